@@ -1,0 +1,84 @@
+"""The canonical transaction: one definition shared by every engine.
+
+Landing files may use any column names; a column map renames them to these.
+Only the required columns must be present; a missing optional column is
+filled with nulls and nothing downstream breaks.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Required in every landing file (after the column map is applied).
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "timestamp",
+    "customer_id",
+    "terminal_id",
+    "amount",
+)
+
+# Optional in landing files. ``card_number`` exists only in landing: it is
+# tokenised during ingestion and never stored in clear downstream.
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "card_number",
+    "currency",
+    "merchant_category",
+    "channel",
+    "country",
+    "is_cash",
+    "is_fraud",
+    "fraud_scenario",
+)
+
+LANDING_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+
+# Fields that must never be accepted anywhere (PCI DSS: no sensitive
+# authentication data after authorisation).
+FORBIDDEN_COLUMNS: frozenset[str] = frozenset(
+    {"cvv", "cvv2", "cvc", "cvc2", "cid", "pin", "track_data", "track1", "track2"}
+)
+
+CHANNELS: tuple[str, ...] = ("card_present", "ecommerce", "atm")
+DEFAULT_CURRENCY = "USD"
+
+# The curated table: typed, tokenised, partitioned by ``dt`` (the UTC day).
+CURATED_SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("customer_id", pa.string(), nullable=False),
+        pa.field("terminal_id", pa.string(), nullable=False),
+        pa.field("amount", pa.float64(), nullable=False),
+        pa.field("card_token", pa.string()),
+        pa.field("card_masked", pa.string()),
+        pa.field("currency", pa.string()),
+        pa.field("merchant_category", pa.string()),
+        pa.field("channel", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("is_cash", pa.bool_()),
+        pa.field("is_fraud", pa.int8()),
+        pa.field("fraud_scenario", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("ingestion_id", pa.string()),
+        pa.field("dt", pa.string(), nullable=False),
+    ]
+)
+
+# Rejected rows keep every original value as text, plus why and where.
+QUARANTINE_SCHEMA = pa.schema(
+    [pa.field(name, pa.string()) for name in REQUIRED_COLUMNS]
+    + [pa.field(name, pa.string()) for name in OPTIONAL_COLUMNS if name != "card_number"]
+    + [
+        pa.field("card_masked", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_line", pa.int64(), nullable=False),
+        pa.field("ingestion_id", pa.string(), nullable=False),
+        pa.field("dt", pa.string(), nullable=False),
+    ]
+)
+
+PARTITION_COLUMN = "dt"
+LABEL_COLUMN = "is_fraud"
+ENTITY_COLUMN = "customer_id"  # the card/customer the per-entity features key on

@@ -1,0 +1,60 @@
+"""Installable package: pipeline definition, local backend, AWS adapters, CLI."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+about: dict[str, str] = {}
+exec((Path(__file__).parent / "pipelines" / "__init__.py").read_text(), about)
+
+# Direct dependencies, pinned; the SageMaker SDK needs the s3fs floor or pip
+# back-tracks for minutes into a 2019 release.
+required_packages = [
+    "sagemaker==3.27.0",
+    "s3fs==2026.9.0",
+    "boto3==1.43.117",
+    # Same XGBoost as the SageMaker framework container the definition names.
+    "xgboost-cpu==3.2.0",
+    "scikit-learn==1.9.1",
+    "pandas==3.1.1",
+    "pyarrow==25.0.1",
+    "duckdb==2.0.1",
+    "sqlglot==30.30.0",
+    "rich==14.3.4",
+    "plotly==7.1.0",
+]
+extras = {
+    "spark": ["pyspark==4.3.0"],
+    "dev": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "moto[all]==5.2.5",
+        "ruff==0.17.6",
+        "cfn-lint==1.58.0",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+        "pyspark==4.3.0",
+    ],
+}
+
+setup(
+    name="fraudops",
+    version=about["__version__"],
+    description="Fraud detection and compliance workflow on Amazon SageMaker Pipelines",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "companions", "companions.*",
+                                    "lambdas", "lambdas.*"]),
+    install_requires=required_packages,
+    extras_require=extras,
+    entry_points={
+        "console_scripts": [
+            "fraudops=pipelines.cli:main",
+            "run-pipeline=pipelines.run_pipeline:main",
+            "get-pipeline-definition=pipelines.get_pipeline_definition:main",
+        ]
+    },
+    license="Proprietary",
+)
