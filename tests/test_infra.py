@@ -73,8 +73,8 @@ def test_wildcard_resources_only_where_the_api_requires_them():
 def test_every_bucket_is_encrypted_versioned_private_and_tls_only():
     buckets = _resources("AWS::S3::Bucket")
     assert len(buckets) == 4
-    policies = {props["Bucket"]["Ref"]: props for _, _, props in _resources("AWS::S3::BucketPolicy")}
-    for template, name, props in buckets:
+    policies = {p["Bucket"]["Ref"]: p for _, _, p in _resources("AWS::S3::BucketPolicy")}
+    for _, name, props in buckets:
         rule = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
         assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms", name
         assert props["VersioningConfiguration"]["Status"] == "Enabled", name
