@@ -36,6 +36,9 @@ FILE_ZONES: tuple[str, ...] = LAKE_ZONES + ("records", "artifacts")
 DATABASE_ZONES: tuple[str, ...] = ("registry_db", "cases_db", "catalog_db")
 ALL_ZONES: tuple[str, ...] = FILE_ZONES + DATABASE_ZONES
 
+# Derived, recomputable working data that the minimisation job removes by default.
+DEFAULT_MINIMISE_ZONES: tuple[str, ...] = ("scored", "features")
+
 RECORD_ZONES: frozenset[str] = frozenset({"records", "cases_db", "registry_db", "artifacts"})
 
 DEFAULT_RETENTION_DAYS: dict[str, int] = {

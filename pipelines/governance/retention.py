@@ -29,6 +29,7 @@ from pipelines.governance.carddata import (
 )
 from pipelines.governance.locks import workspace_lock
 from pipelines.governance.policy import (
+    DEFAULT_MINIMISE_ZONES,
     LAKE_ZONES,
     RECORD_ZONES,
     PolicyError,
@@ -40,6 +41,7 @@ from pipelines.governance.policy import (
 from pipelines.workspace import Workspace
 
 __all__ = [
+    "DEFAULT_MINIMISE_ZONES",
     "CardDataError",
     "MinimisationResult",
     "assert_no_card_data",
@@ -48,7 +50,6 @@ __all__ = [
     "minimise",
 ]
 
-DEFAULT_MINIMISE_ZONES: tuple[str, ...] = ("scored", "features")
 _PARTITION = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
