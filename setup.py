@@ -22,6 +22,7 @@ required_packages = [
     "sqlglot==30.30.0",
     "rich==14.3.4",
     "plotly==7.1.0",
+    "PyYAML==6.0.4",
 ]
 extras = {
     "spark": ["pyspark==4.3.0"],
