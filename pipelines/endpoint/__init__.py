@@ -1,0 +1,1 @@
+"""Local real-time endpoint hosting the model's SageMaker inference handler."""
