@@ -1,0 +1,354 @@
+"""SageMaker inference handler for the XGBoost fraud model.
+
+Used by the SageMaker XGBoost framework container (endpoint and batch
+transform) and by the local endpoint server; ships as the ``inference/`` folder
+and uses only numpy, pandas and xgboost.
+
+Request formats (``input_fn``):
+    text/csv          one transaction per line, feature values in the model's
+                      feature order (``feature_set.json``), no header; an empty
+                      cell is a missing value.
+    application/json  ``{"instances": [{"feature": value, ...}, ...]}`` (extra keys such
+                      as ``transaction_id`` are ignored), ``{"instances": [[v1, v2, ...]]}``
+                      (feature order), a bare list of either, or one object
+                      ``{"feature": value, ...}``; ``null`` is a missing value.
+
+Missing values: every feature may be missing (empty CSV cell, JSON null, NaN).
+XGBoost routes a missing value down the default branch each split learned in
+training, which is how the model saw missing values (e.g. a card's first
+transaction has no history). Infinite values are rejected.
+
+Responses (``output_fn``): ``application/json`` ``{"predictions": [{"score": 0.12}, ...]}``
+(default for a missing or ``*/*`` Accept) or ``text/csv``, one score per line.
+The scores are XGBoost probabilities of the re-weighted training problem; see
+processing/evaluate.py for the alert threshold.
+
+Errors: a bad request raises ``BadRequest`` (HTTP 400, message says which row or
+column is wrong and what to send); an unsupported Content-Type or Accept raises
+``UnsupportedMediaType`` (HTTP 415). Both are raised from ``input_fn`` where the
+request alone shows the problem, and from ``predict_fn`` where the model's feature
+list is needed (column count, missing features), because SageMaker's ``input_fn``
+does not receive the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+MODEL_FILE = "xgboost-model.json"
+FEATURE_SET_FILE = "feature_set.json"
+CSV_TYPE = "text/csv"
+JSON_TYPE = "application/json"
+SUPPORTED_CONTENT_TYPES = (CSV_TYPE, JSON_TYPE)
+JSON_FORMS = (
+    '{"instances": [{"<feature>": <number>, ...}]}, {"instances": [[<number>, ...]]} '
+    'or {"<feature>": <number>, ...}'
+)
+
+
+class BadRequest(ValueError):
+    """The request body cannot be scored; the message is the HTTP 400 body."""
+
+    status_code = 400
+
+
+class UnsupportedMediaType(ValueError):
+    """The Content-Type or Accept header names a format this model does not speak."""
+
+    status_code = 415
+
+
+@dataclass(frozen=True)
+class FraudModel:
+    """A loaded booster with the feature order it expects."""
+
+    booster: xgb.Booster
+    feature_columns: list[str]
+    feature_set: dict
+
+
+@dataclass(frozen=True)
+class Instances:
+    """A parsed request: positional rows (``values``) or named records (``records``)."""
+
+    values: np.ndarray | None = None
+    records: list[dict] | None = None
+    source: str = "request"
+
+    def __len__(self) -> int:
+        return len(self.records) if self.records is not None else len(self.values)
+
+
+# --- model_fn ----------------------------------------------------------------
+
+
+def model_fn(model_dir: str | Path) -> FraudModel:
+    """Load ``xgboost-model.json`` and ``feature_set.json`` from the model directory."""
+    root = Path(model_dir)
+    model_path, features_path = root / MODEL_FILE, root / FEATURE_SET_FILE
+    for path in (model_path, features_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: the model directory must hold training/train.py's output."
+            )
+    feature_set = json.loads(features_path.read_text())
+    features = list(feature_set["feature_columns"])
+    booster = xgb.Booster()
+    booster.load_model(str(model_path))
+    if booster.feature_names and list(booster.feature_names) != features:
+        raise ValueError(
+            f"{model_path} was trained on features {booster.feature_names} but {features_path} "
+            f"lists {features}; redeploy the matching model.tar.gz."
+        )
+    return FraudModel(booster=booster, feature_columns=features, feature_set=feature_set)
+
+
+# --- input_fn ----------------------------------------------------------------
+
+
+def media_type(header: str | None) -> str:
+    """``"text/csv; charset=utf-8"`` -> ``"text/csv"``."""
+    return (header or "").split(";")[0].strip().lower()
+
+
+def decode_body(body: bytes | bytearray | str) -> str:
+    """The body as text; undecodable bytes are a bad request."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the request body is not UTF-8 text ({exc}).") from exc
+    if not body.strip():
+        raise BadRequest(
+            "the request body is empty; send one or more transactions as text/csv "
+            f"or application/json ({JSON_FORMS})."
+        )
+    return body
+
+
+def parse_csv_number(text: str, row: int, column: int) -> float:
+    """One CSV cell: a finite number, or empty/``nan`` for missing."""
+    cell = text.strip()
+    if cell == "":
+        return math.nan
+    try:
+        value = float(cell)
+    except ValueError:
+        hint = " (do not send a header row)" if row == 1 else ""
+        raise BadRequest(
+            f"CSV row {row} column {column}: {cell!r} is not a number{hint}; send numeric "
+            "feature values in the model's feature order, empty for missing."
+        ) from None
+    if math.isinf(value):
+        raise BadRequest(f"CSV row {row} column {column}: infinite values are not allowed.")
+    return value
+
+
+def parse_csv(text: str) -> Instances:
+    """Rows of feature values, all of the same length."""
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise BadRequest(f"malformed CSV: {exc}; send plain comma-separated numbers.") from exc
+    width = len(rows[0])
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for r, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise BadRequest(
+                f"CSV row {r} has {len(row)} values but row 1 has {width}; every row must "
+                "hold one value per model feature."
+            )
+        values[r - 1] = [parse_csv_number(cell, r, c) for c, cell in enumerate(row, start=1)]
+    return Instances(values=values, source="CSV")
+
+
+def json_number(value: object, where: str) -> float:
+    """A JSON number or null (missing); anything else is a bad request."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(
+            f"{where}: {json.dumps(value)} is not a number; send numbers, or null for missing."
+        )
+    if math.isinf(value):
+        raise BadRequest(f"{where}: infinite values are not allowed.")
+    return float(value)
+
+
+def json_instances(payload: object) -> list:
+    """The list of instances in any accepted JSON form."""
+    if isinstance(payload, dict):
+        if "instances" not in payload:
+            return [payload]  # a single named record
+        payload = payload["instances"]
+    if not isinstance(payload, list):
+        raise BadRequest(f"JSON 'instances' must be a list; send {JSON_FORMS}.")
+    if not payload:
+        raise BadRequest(f"JSON 'instances' is empty; send at least one transaction: {JSON_FORMS}.")
+    return payload
+
+
+def parse_json(text: str) -> Instances:
+    """Named records or positional rows from a JSON body."""
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; send {JSON_FORMS}."
+        ) from None
+    instances = json_instances(payload)
+    if all(isinstance(item, dict) for item in instances):
+        return Instances(records=instances, source="JSON")
+    if not all(isinstance(item, list) for item in instances):
+        kinds = sorted({type(item).__name__ for item in instances})
+        raise BadRequest(
+            f"JSON instances must all be objects or all be arrays (got {', '.join(kinds)}); "
+            f"send {JSON_FORMS}."
+        )
+    width = len(instances[0])
+    for i, row in enumerate(instances):
+        if len(row) != width:
+            raise BadRequest(
+                f"JSON instance {i} has {len(row)} values but instance 0 has {width}; every "
+                "array must hold one value per model feature."
+            )
+    values = np.array(
+        [
+            [json_number(v, f"JSON instance {i} position {j}") for j, v in enumerate(row)]
+            for i, row in enumerate(instances)
+        ],
+        dtype=np.float64,
+    ).reshape(len(instances), width)
+    return Instances(values=values, source="JSON")
+
+
+def input_fn(request_body: bytes | str, request_content_type: str | None) -> Instances:
+    """Parse a text/csv or application/json request into ``Instances``."""
+    kind = media_type(request_content_type)
+    if kind not in SUPPORTED_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {request_content_type!r} is not supported; send "
+            f"{' or '.join(SUPPORTED_CONTENT_TYPES)}."
+        )
+    text = decode_body(request_body)
+    return parse_csv(text) if kind == CSV_TYPE else parse_json(text)
+
+
+# --- predict_fn --------------------------------------------------------------
+
+
+def records_matrix(records: list[dict], features: list[str]) -> np.ndarray:
+    """Named records -> rows in the model's feature order."""
+    matrix = np.empty((len(records), len(features)), dtype=np.float64)
+    for i, record in enumerate(records):
+        missing = [name for name in features if name not in record]
+        if missing:
+            raise BadRequest(
+                f"JSON instance {i} lacks features {missing}; send every model feature "
+                f"({', '.join(features)}), null for a missing value."
+            )
+        matrix[i] = [
+            json_number(record[name], f"JSON instance {i} feature {name!r}") for name in features
+        ]
+    return matrix
+
+
+def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
+    """The request as a float matrix in the model's feature order, or ``BadRequest``."""
+    features = model.feature_columns
+    if isinstance(data, pd.DataFrame):
+        missing = [name for name in features if name not in data.columns]
+        if missing:
+            raise BadRequest(f"the frame lacks features {missing}.")
+        return data[features].to_numpy(dtype=np.float64)
+    if isinstance(data, Instances) and data.records is not None:
+        return records_matrix(data.records, features)
+    values = data.values if isinstance(data, Instances) else np.asarray(data, dtype=np.float64)
+    source = data.source if isinstance(data, Instances) else "input"
+    if values.ndim != 2 or values.shape[1] != len(features):
+        got = values.shape[1] if values.ndim == 2 else values.shape
+        raise BadRequest(
+            f"{source} rows have {got} values but the model expects {len(features)} "
+            f"features in this order: {', '.join(features)}."
+        )
+    return values
+
+
+def to_dmatrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> xgb.DMatrix:
+    return xgb.DMatrix(feature_matrix(data, model), feature_names=model.feature_columns)
+
+
+def predict_fn(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
+    """Fraud scores (probabilities) for every row, as float64."""
+    return model.booster.predict(to_dmatrix(data, model)).astype(np.float64)
+
+
+# --- output_fn ---------------------------------------------------------------
+
+
+def response_type(accept: str | None) -> str:
+    """The first supported media type of an Accept header (JSON for none or ``*/*``)."""
+    for option in (accept or "").split(","):
+        kind = media_type(option)
+        if kind in ("", "*/*", "application/*"):
+            return JSON_TYPE
+        if kind in SUPPORTED_CONTENT_TYPES:
+            return kind
+    raise UnsupportedMediaType(
+        f"Accept {accept!r} is not supported; ask for {' or '.join(SUPPORTED_CONTENT_TYPES)}."
+    )
+
+
+def output_fn(prediction: np.ndarray, accept: str | None) -> str:
+    """Serialise scores as JSON ``{"predictions": [{"score": s}]}`` or CSV lines."""
+    scores = [float(value) for value in np.asarray(prediction, dtype=np.float64).ravel()]
+    if response_type(accept) == CSV_TYPE:
+        return "".join(f"{value!r}\n" for value in scores)
+    return json.dumps({"predictions": [{"score": value} for value in scores]})
+
+
+# --- reason codes ------------------------------------------------------------
+
+
+def contributions(
+    data: Instances | np.ndarray | pd.DataFrame, model: FraudModel, top_n: int = 3
+) -> list[dict]:
+    """Per-row SHAP contributions (XGBoost ``pred_contribs``, in log-odds).
+
+    Each row gets ``bias`` (the expected log-odds), ``contributions`` for every
+    feature (bias + sum = the row's log-odds) and ``top``: the ``top_n``
+    features pushing the score most towards fraud, with the feature's value,
+    for reason codes.
+    """
+    matrix = feature_matrix(data, model)
+    dmatrix = xgb.DMatrix(matrix, feature_names=model.feature_columns)
+    contribs = model.booster.predict(dmatrix, pred_contribs=True)
+    features = model.feature_columns
+    rows = []
+    for i, row in enumerate(contribs):
+        values = matrix[i]
+        order = np.argsort(-row[:-1], kind="stable")[:top_n]
+        rows.append(
+            {
+                "bias": float(row[-1]),
+                "contributions": {name: float(row[j]) for j, name in enumerate(features)},
+                "top": [
+                    {
+                        "feature": features[j],
+                        "value": None if math.isnan(values[j]) else float(values[j]),
+                        "contribution": float(row[j]),
+                    }
+                    for j in order
+                ],
+            }
+        )
+    return rows

@@ -1,0 +1,355 @@
+"""Score the test window and write the model-quality report.
+
+Runs inside a SageMaker Processing container (or locally via ``--base-dir``);
+ships as the ``processing/`` folder and uses only numpy, pandas, pyarrow,
+scikit-learn and xgboost.
+
+Inputs:
+    <base>/processing/model/model.tar.gz   the training job's output (xgboost-model.json,
+                                           feature_set.json, training_metadata.json)
+    <base>/processing/test/                data.parquet + feature_set.json from preprocess
+Outputs:
+    <base>/processing/evaluation/evaluation.json     SageMaker model-quality style metrics
+    <base>/processing/evaluation/test_scores.parquet transaction_id, customer_id, timestamp,
+                                                     is_fraud, score
+
+Metrics (Le Borgne et al., "Reproducible Machine Learning for Credit Card
+Fraud Detection", ch. 4): average precision and ROC AUC over all test
+transactions; card precision@k, the daily share of fraudulent cards among the
+k cards investigators can check, averaged over test days; precision and recall
+of the alert threshold.
+
+Alert threshold default 0.5: the model is trained with
+scale_pos_weight = negatives/positives, so its scores are not calibrated fraud
+probabilities; 0.5 is the decision boundary of that re-weighted problem (the
+point where the weighted classes are equally likely). The alert handler must
+use the same number; pass ``--alert-threshold`` to report another one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+MODEL_ARCHIVE = "model.tar.gz"
+MODEL_FILE = "xgboost-model.json"
+FEATURE_SET_FILE = "feature_set.json"
+METADATA_FILE = "training_metadata.json"
+DATA_FILE = "data.parquet"
+EVALUATION_FILE = "evaluation.json"
+SCORES_FILE = "test_scores.parquet"
+SCORE_COLUMNS = ("transaction_id", "customer_id", "timestamp")
+MAX_CURVE_POINTS = 200
+
+
+class EvaluationError(Exception):
+    """A user-fixable problem with the model archive or the test data."""
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract regular files only, refusing absolute paths and ``..`` (tar slip)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    raise EvaluationError(f"{archive} holds an unsafe path {member.name!r}.")
+                if not (member.isfile() or member.isdir()):
+                    raise EvaluationError(
+                        f"{archive} holds a link or device {member.name!r}; expected files only."
+                    )
+            tar.extractall(target, members=members)  # noqa: S202 - members checked above
+    except tarfile.TarError as exc:
+        raise EvaluationError(
+            f"{archive} is not a readable tar.gz ({exc}); pass the training job's model.tar.gz."
+        ) from exc
+
+
+def find_file(root: Path, name: str, archive: Path) -> Path:
+    """The one ``name`` inside the extracted archive (at its root or in a sub-folder)."""
+    matches = sorted(root.rglob(name))
+    if not matches:
+        raise EvaluationError(
+            f"{archive} contains no {name}; it must be the output of training/train.py."
+        )
+    return matches[0]
+
+
+def load_model(archive: Path) -> tuple[xgb.Booster, dict, dict]:
+    """Booster, feature set and training metadata from ``model.tar.gz``."""
+    if not archive.is_file():
+        raise EvaluationError(f"{archive} not found: the training step's model.tar.gz goes there.")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        safe_extract(archive, root)
+        booster = xgb.Booster()
+        booster.load_model(str(find_file(root, MODEL_FILE, archive)))
+        feature_set = json.loads(find_file(root, FEATURE_SET_FILE, archive).read_text())
+        metadata_matches = sorted(root.rglob(METADATA_FILE))
+        metadata = json.loads(metadata_matches[0].read_text()) if metadata_matches else {}
+    return booster, feature_set, metadata
+
+
+def load_test(test_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The test window frame and the feature set preprocess wrote beside it."""
+    data_path, meta_path = test_dir / DATA_FILE, test_dir / FEATURE_SET_FILE
+    for path in (data_path, meta_path):
+        if not path.is_file():
+            raise EvaluationError(
+                f"{path} not found: the test directory must hold preprocess's output."
+            )
+    return pd.read_parquet(data_path), json.loads(meta_path.read_text())
+
+
+# --- scoring -----------------------------------------------------------------
+
+
+def score(booster: xgb.Booster, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Fraud scores for every row, in the model's feature order."""
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        raise EvaluationError(
+            f"the test data lacks model features {missing}; preprocess and training must use "
+            "the same feature set version."
+        )
+    matrix = xgb.DMatrix(frame[features].to_numpy(dtype=np.float64), feature_names=features)
+    return booster.predict(matrix).astype(np.float64)
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+def card_precision_at_k(
+    days: pd.Series,
+    cards: pd.Series,
+    labels: pd.Series,
+    scores: pd.Series,
+    k: int,
+    remove_detected: bool = True,
+) -> tuple[float, list[dict]]:
+    """Mean over days of the share of fraudulent cards among the day's top-k cards.
+
+    Per day each card is ranked by its highest transaction score; a card is
+    fraudulent that day if any of its transactions is. The denominator is k,
+    the investigators' capacity, even on days with fewer cards (unused capacity
+    is not a success). As in the handbook, cards found compromised on an
+    earlier day are blocked and leave the ranking of later days
+    (``remove_detected``).
+    """
+    frame = pd.DataFrame(
+        {"day": days.to_numpy(), "card": cards.to_numpy(), "y": labels.to_numpy(), "s": scores}
+    )
+    detected: set = set()
+    per_day = []
+    for day, group in frame.groupby("day", sort=True):
+        if remove_detected and detected:
+            group = group[~group["card"].isin(detected)]
+        by_card = group.groupby("card").agg(s=("s", "max"), y=("y", "max"))
+        top = by_card.sort_values("s", ascending=False, kind="stable").head(k)
+        found = top.index[top["y"] == 1]
+        per_day.append(
+            {
+                "day": str(pd.Timestamp(day).date()),
+                "precision": len(found) / k,
+                "fraud_cards_found": len(found),
+                "fraud_cards": int((by_card["y"] == 1).sum()),
+            }
+        )
+        detected.update(found)
+    mean = float(np.mean([entry["precision"] for entry in per_day])) if per_day else 0.0
+    return mean, per_day
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Precision and recall of alerting on ``score >= threshold``."""
+    alerts = scores >= threshold
+    true_positives = int((alerts & (labels == 1)).sum())
+    n_alerts = int(alerts.sum())
+    n_fraud = int((labels == 1).sum())
+    return {
+        # No alert at all means no wrong alert: report 0 rather than undefined.
+        "precision": true_positives / n_alerts if n_alerts else 0.0,
+        "recall": true_positives / n_fraud if n_fraud else 0.0,
+        "alerts": n_alerts,
+        "true_positives": true_positives,
+    }
+
+
+def downsample_curve(labels: np.ndarray, scores: np.ndarray, limit: int) -> dict:
+    """Precision/recall/threshold triples, at most ``limit`` evenly spaced along the curve."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    # precision/recall have one more point than thresholds (recall 0); align on thresholds.
+    count = len(thresholds)
+    index = np.unique(np.linspace(0, count - 1, num=min(limit, count)).round().astype(int))
+    return {
+        "precision": [round(float(v), 6) for v in precision[index]],
+        "recall": [round(float(v), 6) for v in recall[index]],
+        "thresholds": [round(float(v), 6) for v in thresholds[index]],
+    }
+
+
+def compute_metrics(
+    scored: pd.DataFrame, label: str, threshold: float, k: int, remove_detected: bool
+) -> dict:
+    """The ``binary_classification_metrics`` block plus supporting detail."""
+    labels = scored[label].to_numpy().astype(int)
+    scores = scored["score"].to_numpy()
+    n_fraud = int(labels.sum())
+    if n_fraud == 0 or n_fraud == len(labels):
+        raise EvaluationError(
+            f"the test window has {n_fraud} fraud rows out of {len(labels)}; AP and ROC AUC "
+            "need both classes. Widen --test-days in preprocess."
+        )
+    days = pd.to_datetime(scored["timestamp"], utc=True).dt.tz_convert(None).dt.floor("D")
+    cp_k, per_day = card_precision_at_k(
+        days, scored["customer_id"], scored[label], scores, k, remove_detected
+    )
+    at_threshold = threshold_metrics(labels, scores, threshold)
+    return {
+        "binary_classification_metrics": {
+            "average_precision": {
+                "value": float(average_precision_score(labels, scores)),
+                "standard_deviation": "NaN",
+            },
+            "roc_auc": {"value": float(roc_auc_score(labels, scores)), "standard_deviation": "NaN"},
+            "card_precision_at_k": {
+                "value": cp_k,
+                "k": k,
+                "remove_detected_cards": remove_detected,
+                "standard_deviation": float(np.std([d["precision"] for d in per_day])),
+            },
+            "precision_at_threshold": {
+                "value": at_threshold["precision"],
+                "threshold": threshold,
+                "standard_deviation": "NaN",
+            },
+            "recall_at_threshold": {
+                "value": at_threshold["recall"],
+                "threshold": threshold,
+                "standard_deviation": "NaN",
+            },
+        },
+        "alerts_at_threshold": at_threshold["alerts"],
+        "card_precision_at_k_per_day": per_day,
+        "n_test": len(labels),
+        "n_fraud": n_fraud,
+        "pr_curve": downsample_curve(labels, scores, MAX_CURVE_POINTS),
+    }
+
+
+# --- writing -----------------------------------------------------------------
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write through a temporary sibling so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def describe_test_window(frame: pd.DataFrame, feature_set: dict) -> dict:
+    """The window preprocess recorded, else the span of the test timestamps."""
+    window = feature_set.get("split", {}).get("window")
+    if window:
+        return {key: window[key] for key in ("start", "end", "days") if key in window}
+    days = pd.to_datetime(frame["timestamp"], utc=True).dt.date
+    return {"start": str(days.min()), "end": str(days.max())}
+
+
+# --- entry point -------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
+    parser.add_argument("--alert-threshold", "--alert_threshold", type=float, default=0.5)
+    parser.add_argument("--k", type=int, default=100, help="investigators' daily card capacity")
+    parser.add_argument(
+        "--keep-detected-cards",
+        "--keep_detected_cards",
+        action="store_true",
+        help="keep cards found fraudulent on earlier test days in later days' rankings",
+    )
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Score the test window, compute metrics, write evaluation.json and test scores."""
+    if args.k < 1:
+        raise EvaluationError(f"--k must be at least 1 (got {args.k}).")
+    if not 0.0 <= args.alert_threshold <= 1.0:
+        raise EvaluationError(f"--alert-threshold must be in [0, 1] (got {args.alert_threshold}).")
+    processing = args.base_dir / "processing"
+    booster, model_features, metadata = load_model(processing / "model" / MODEL_ARCHIVE)
+    frame, test_features = load_test(processing / "test")
+    label = test_features.get("label_column", "is_fraud")
+    features = list(model_features["feature_columns"])
+
+    scored = frame[[*SCORE_COLUMNS, label]].copy()
+    scored["score"] = score(booster, frame, features)
+    scored = scored.rename(columns={label: "is_fraud"})
+    report = {
+        **compute_metrics(
+            scored, "is_fraud", args.alert_threshold, args.k, not args.keep_detected_cards
+        ),
+        "alert_threshold": args.alert_threshold,
+        "test_window": describe_test_window(frame, test_features),
+        "model": {
+            "feature_set_version": model_features.get("version"),
+            "xgboost_version": metadata.get("xgboost_version"),
+            "best_iteration": metadata.get("best_iteration"),
+            "validation_aucpr": metadata.get("validation_aucpr"),
+        },
+    }
+    out_dir = processing / "evaluation"
+    write_atomically(out_dir / SCORES_FILE, lambda tmp: scored.to_parquet(tmp, index=False))
+    text = json.dumps(report, indent=2)
+    write_atomically(out_dir / EVALUATION_FILE, lambda tmp: tmp.write_text(text))
+    return report
+
+
+def print_report(report: dict) -> None:
+    """One ``name: value`` line per headline metric."""
+    metrics = report["binary_classification_metrics"]
+    window = report["test_window"]
+    print(
+        f"test window {window.get('start')}..{window.get('end')}: {report['n_test']} rows, "
+        f"{report['n_fraud']} fraud"
+    )
+    for name, entry in metrics.items():
+        print(f"{name.replace('_', '-')}: {entry['value']:.6f}")
+    print(f"alerts-at-threshold: {report['alerts_at_threshold']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except EvaluationError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Train the XGBoost fraud classifier (SageMaker XGBoost framework container, script mode).
+
+Ships as the ``training/`` folder without the ``pipelines`` package, so it uses
+only numpy, pandas, pyarrow and xgboost.
+
+Channels (SageMaker environment variables, defaults under ``--base-dir``):
+    SM_CHANNEL_TRAIN       <base>/input/data/train        data.parquet + feature_set.json
+    SM_CHANNEL_VALIDATION  <base>/input/data/validation   (written by processing/preprocess.py)
+    SM_MODEL_DIR           <base>/model
+    SM_OUTPUT_DATA_DIR     <base>/output/data
+
+Writes to SM_MODEL_DIR:
+    xgboost-model.json      the booster (Booster.save_model), truncated to the best
+                            iteration so every consumer predicts with the same trees
+    feature_set.json        the feature set the model was trained on (column order)
+    training_metadata.json  hyperparameters, best iteration, windows, row counts,
+                            validation aucpr, xgboost and feature-set versions
+and the per-round metric history to SM_OUTPUT_DATA_DIR/training_history.json.
+
+Hyperparameters arrive as ``--kebab-case`` arguments (``--snake_case`` is accepted
+too, as SageMaker passes hyperparameter names verbatim). Metrics are printed as
+``validation-aucpr: 0.123`` lines for SageMaker metric definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+MODEL_FILE = "xgboost-model.json"
+FEATURE_SET_FILE = "feature_set.json"
+METADATA_FILE = "training_metadata.json"
+HISTORY_FILE = "training_history.json"
+DATA_FILE = "data.parquet"
+EVAL_METRIC = "aucpr"
+
+
+class TrainingError(Exception):
+    """A user-fixable problem with the training input or hyperparameters."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One input channel: its frame and the feature set written beside it."""
+
+    name: str
+    frame: pd.DataFrame
+    feature_set: dict
+
+
+# --- arguments ---------------------------------------------------------------
+
+
+def default_nthread() -> int:
+    """SageMaker's SM_NUM_CPUS, else OMP_NUM_THREADS, else every core."""
+    for var in ("SM_NUM_CPUS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+def add_hyperparameter(parser: argparse.ArgumentParser, name: str, type_, default, help_: str):
+    """Register ``--name-with-dashes`` and its ``--name_with_underscores`` alias."""
+    snake = name.replace("-", "_")
+    flags = [f"--{name}"] + ([f"--{snake}"] if snake != name else [])
+    parser.add_argument(*flags, dest=snake, type=type_, default=default, help=help_)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
+    # Shallow trees, row/column subsampling and a minimum child weight keep the
+    # model from memorising the few fraud cases; early stopping picks the size.
+    add_hyperparameter(parser, "max-depth", int, 5, "maximum tree depth")
+    add_hyperparameter(parser, "eta", float, 0.1, "learning rate")
+    add_hyperparameter(parser, "subsample", float, 0.8, "row subsample per tree")
+    add_hyperparameter(parser, "colsample-bytree", float, 0.8, "column subsample per tree")
+    add_hyperparameter(parser, "min-child-weight", float, 3.0, "minimum hessian in a leaf")
+    add_hyperparameter(parser, "gamma", float, 0.0, "minimum loss reduction to split")
+    add_hyperparameter(parser, "lambda", float, 1.0, "L2 regularisation")
+    add_hyperparameter(parser, "alpha", float, 0.0, "L1 regularisation")
+    add_hyperparameter(parser, "max-bin", int, 256, "histogram bins per feature")
+    add_hyperparameter(parser, "num-round", int, 400, "maximum boosting rounds")
+    add_hyperparameter(parser, "early-stopping-rounds", int, 30, "patience on validation aucpr")
+    add_hyperparameter(
+        parser,
+        "scale-pos-weight",
+        float,
+        None,
+        "weight of the fraud class; default: negatives / positives of the train set",
+    )
+    add_hyperparameter(parser, "nthread", int, default_nthread(), "threads")
+    add_hyperparameter(parser, "seed", int, 42, "random seed")
+    add_hyperparameter(parser, "verbose-eval", int, 25, "print metrics every N rounds")
+    return parser.parse_args(argv)
+
+
+def channel_dirs(base_dir: Path) -> dict[str, Path]:
+    """Resolve the SageMaker directories from the environment, defaulting under base_dir."""
+    return {
+        "train": Path(os.environ.get("SM_CHANNEL_TRAIN", base_dir / "input/data/train")),
+        "validation": Path(
+            os.environ.get("SM_CHANNEL_VALIDATION", base_dir / "input/data/validation")
+        ),
+        "model": Path(os.environ.get("SM_MODEL_DIR", base_dir / "model")),
+        "output": Path(os.environ.get("SM_OUTPUT_DATA_DIR", base_dir / "output/data")),
+    }
+
+
+def check_hyperparameters(args: argparse.Namespace) -> None:
+    """Reject values XGBoost would reject with a less helpful message."""
+    checks = [
+        ("max-depth", args.max_depth >= 1, "at least 1"),
+        ("eta", 0 < args.eta <= 1, "in (0, 1]"),
+        ("subsample", 0 < args.subsample <= 1, "in (0, 1]"),
+        ("colsample-bytree", 0 < args.colsample_bytree <= 1, "in (0, 1]"),
+        ("num-round", args.num_round >= 1, "at least 1"),
+        ("early-stopping-rounds", args.early_stopping_rounds >= 1, "at least 1"),
+        ("nthread", args.nthread >= 1, "at least 1"),
+    ]
+    if args.scale_pos_weight is not None:
+        checks.append(("scale-pos-weight", args.scale_pos_weight > 0, "positive"))
+    for name, ok, expected in checks:
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            raise TrainingError(f"hyperparameter --{name} must be {expected} (got {value}).")
+
+
+# --- reading -----------------------------------------------------------------
+
+
+def read_channel(name: str, directory: Path) -> Channel:
+    """Read ``data.parquet`` (or every .parquet file) and ``feature_set.json`` of a channel."""
+    meta_path = directory / FEATURE_SET_FILE
+    if not meta_path.is_file():
+        raise TrainingError(
+            f"{meta_path} not found: the {name} channel must hold the output of "
+            "processing/preprocess.py (data.parquet and feature_set.json)."
+        )
+    feature_set = json.loads(meta_path.read_text())
+    files = sorted(directory.glob("*.parquet"))
+    if not files:
+        raise TrainingError(f"no .parquet file in the {name} channel {directory}.")
+    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    if frame.empty:
+        raise TrainingError(f"the {name} channel {directory} has no rows; widen its window.")
+    return Channel(name, frame, feature_set)
+
+
+def feature_matrix(channel: Channel, features: list[str], label: str) -> xgb.DMatrix:
+    """Build a DMatrix after checking columns, labels and finite values."""
+    frame = channel.frame
+    missing = [name for name in [*features, label] if name not in frame.columns]
+    if missing:
+        raise TrainingError(f"the {channel.name} data lacks columns {missing}; re-run preprocess.")
+    values = frame[features].to_numpy(dtype=np.float64)
+    infinite = np.isinf(values)
+    if infinite.any():
+        row, col = np.argwhere(infinite)[0]
+        raise TrainingError(
+            f"{channel.name} row {row} feature {features[col]!r} is infinite; the features "
+            "job must produce finite values or null (missing)."
+        )
+    labels = frame[label].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise TrainingError(f"the {channel.name} label {label!r} must be 0 or 1 on every row.")
+    # NaN is XGBoost's missing value: each split learns a default direction for it.
+    return xgb.DMatrix(values, label=labels.astype(np.float32), feature_names=features)
+
+
+def class_counts(labels: np.ndarray) -> tuple[int, int]:
+    """(negatives, positives)."""
+    positives = int(labels.sum())
+    return len(labels) - positives, positives
+
+
+# --- training ----------------------------------------------------------------
+
+
+def booster_params(args: argparse.Namespace, scale_pos_weight: float) -> dict:
+    """The XGBoost parameter dict (hist trees, logistic objective, aucpr metric)."""
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": EVAL_METRIC,
+        "tree_method": "hist",
+        "max_depth": args.max_depth,
+        "eta": args.eta,
+        "subsample": args.subsample,
+        "colsample_bytree": args.colsample_bytree,
+        "min_child_weight": args.min_child_weight,
+        "gamma": args.gamma,
+        "lambda": args.__dict__["lambda"],
+        "alpha": args.alpha,
+        "max_bin": args.max_bin,
+        "scale_pos_weight": scale_pos_weight,
+        "nthread": args.nthread,
+        "seed": args.seed,
+    }
+
+
+def train_booster(
+    params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, args: argparse.Namespace
+) -> tuple[xgb.Booster, dict]:
+    """Boost until validation aucpr stops improving; keep only the best rounds."""
+    history: dict = {}
+    stopper = xgb.callback.EarlyStopping(
+        rounds=args.early_stopping_rounds,
+        metric_name=EVAL_METRIC,
+        data_name="validation",
+        maximize=True,
+        save_best=True,  # the saved model is exactly the best iteration's trees
+    )
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=args.num_round,
+        evals=[(dtrain, "train"), (dvalid, "validation")],
+        evals_result=history,
+        verbose_eval=args.verbose_eval if args.verbose_eval > 0 else False,
+        callbacks=[stopper],
+    )
+    return booster, history
+
+
+# --- writing -----------------------------------------------------------------
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write through a temporary sibling so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    text = json.dumps(payload, indent=2, default=str)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def model_feature_set(feature_set: dict) -> dict:
+    """The feature set as the model sees it (the split description stays in metadata)."""
+    return {key: value for key, value in feature_set.items() if key != "split"}
+
+
+def build_metadata(
+    args: argparse.Namespace,
+    params: dict,
+    booster: xgb.Booster,
+    history: dict,
+    train: Channel,
+    valid: Channel,
+    counts: dict,
+) -> dict:
+    """Everything a reviewer needs to reproduce or audit the training run."""
+    rounds_run = len(history["validation"][EVAL_METRIC])
+    best_iteration = int(booster.best_iteration)
+    return {
+        "hyperparameters": {
+            **params,
+            "num_round": args.num_round,
+            "early_stopping_rounds": args.early_stopping_rounds,
+            "scale_pos_weight_source": "argument"
+            if args.scale_pos_weight
+            else "train negatives/positives",
+        },
+        "best_iteration": best_iteration,
+        "best_ntree_limit": best_iteration + 1,
+        "rounds_run": rounds_run,
+        "stopped_early": rounds_run < args.num_round,
+        "validation_aucpr": float(booster.best_score),
+        "train_aucpr_at_best": float(history["train"][EVAL_METRIC][best_iteration]),
+        "windows": {
+            "train": train.feature_set.get("split", {}).get("window"),
+            "validation": valid.feature_set.get("split", {}).get("window"),
+        },
+        "label_delay_days": train.feature_set.get("split", {}).get("label_delay_days"),
+        "rows": counts,
+        "xgboost_version": xgb.__version__,
+        "feature_set_version": train.feature_set.get("version"),
+        "feature_columns": train.feature_set["feature_columns"],
+    }
+
+
+# --- entry point -------------------------------------------------------------
+
+
+def check_same_features(train: Channel, valid: Channel) -> None:
+    if train.feature_set["feature_columns"] != valid.feature_set["feature_columns"]:
+        raise TrainingError(
+            "the train and validation channels list different feature_columns; "
+            "they must come from the same preprocess run."
+        )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train, save the model artefacts and return the metadata."""
+    check_hyperparameters(args)
+    dirs = channel_dirs(args.base_dir)
+    train = read_channel("train", dirs["train"])
+    valid = read_channel("validation", dirs["validation"])
+    check_same_features(train, valid)
+    features = list(train.feature_set["feature_columns"])
+    label = train.feature_set["label_column"]
+    dtrain = feature_matrix(train, features, label)
+    dvalid = feature_matrix(valid, features, label)
+
+    neg, pos = class_counts(dtrain.get_label())
+    vneg, vpos = class_counts(dvalid.get_label())
+    if pos == 0 or neg == 0:
+        raise TrainingError(
+            f"the train window has {pos} fraud and {neg} genuine rows; both classes are "
+            "needed. Widen --train-days or move --train-start in preprocess."
+        )
+    if vpos == 0:
+        raise TrainingError(
+            "the validation window has no fraud rows, so aucpr cannot drive early stopping. "
+            "Widen --validation-days in preprocess."
+        )
+    scale_pos_weight = args.scale_pos_weight or neg / pos
+    params = booster_params(args, scale_pos_weight)
+    print(
+        f"training on {len(train.frame)} rows ({pos} fraud), validating on "
+        f"{len(valid.frame)} rows ({vpos} fraud), {len(features)} features, "
+        f"scale_pos_weight={scale_pos_weight:.3f}, nthread={args.nthread}",
+        flush=True,
+    )
+    booster, history = train_booster(params, dtrain, dvalid, args)
+
+    counts = {
+        "train": {"rows": len(train.frame), "frauds": pos},
+        "validation": {"rows": len(valid.frame), "frauds": vpos},
+    }
+    metadata = build_metadata(args, params, booster, history, train, valid, counts)
+    model_dir = dirs["model"]
+    write_atomically(model_dir / MODEL_FILE, lambda tmp: booster.save_model(str(tmp)))
+    write_json(model_dir / FEATURE_SET_FILE, model_feature_set(train.feature_set))
+    write_json(model_dir / METADATA_FILE, metadata)
+    write_json(dirs["output"] / HISTORY_FILE, history)
+    return metadata
+
+
+def report(metadata: dict) -> None:
+    """Print metrics in the ``name: value`` form SageMaker metric regexes parse."""
+    print(f"best-iteration: {metadata['best_iteration']}")
+    print(f"rounds-run: {metadata['rounds_run']}")
+    print(f"train-aucpr: {metadata['train_aucpr_at_best']:.6f}")
+    print(f"validation-aucpr: {metadata['validation_aucpr']:.6f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        metadata = run(args)
+    except TrainingError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    report(metadata)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
