@@ -1,0 +1,417 @@
+"""The local vault: round trip, damage detection, increments, locks, crashes, minimisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main as cli_main
+from pipelines.governance import audit, vault
+from pipelines.governance.locks import LockTimeout, workspace_lock
+from pipelines.governance.policy import FILE_ZONES, place_legal_hold, zone_root
+from pipelines.governance.retention import minimise
+from pipelines.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _write_partition(root: Path, day: str, rows: int = 50, seed: int = 0) -> Path:
+    """One day partition written the way writers do: staging dir, then os.replace."""
+    table = pa.table(
+        {
+            "transaction_id": [f"tx-{day}-{seed}-{i}" for i in range(rows)],
+            "amount": [float(i + seed) for i in range(rows)],
+            "dt": [day] * rows,
+        }
+    )
+    staging = root / f".dt={day}.staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, staging / "part-0.parquet")
+    final = root / f"dt={day}"
+    os.replace(staging, final)
+    return final / "part-0.parquet"
+
+
+def _populate(ws: Workspace) -> None:
+    for index in range(3):
+        _write_partition(ws.curated, f"2026-01-0{index + 1}", seed=index)
+        _write_partition(ws.features, f"2026-01-0{index + 1}", seed=10 + index)
+    _write_partition(ws.scored, "2026-01-03")
+    (ws.features / "_feature_set.json").write_text('{"version": "1"}')
+    (ws.records / "reports").mkdir(parents=True)
+    (ws.records / "reports" / "sar.html").write_text("<html>SAR candidates</html>")
+    (ws.artifacts / "models").mkdir(parents=True)
+    (ws.artifacts / "models" / "model.tar.gz").write_bytes(os.urandom(4096))
+    audit.record(ws, "ingest.run", "tester", "transactions.csv", {"rows": 150})
+    with sqlite3.connect(ws.registry_db) as db:
+        db.execute("CREATE TABLE packages (arn TEXT, status TEXT)")
+        db.execute("INSERT INTO packages VALUES ('arn:1', 'Approved')")
+    with sqlite3.connect(ws.cases_db) as db:
+        db.execute("CREATE TABLE cases (id INTEGER, disposition TEXT)")
+        db.execute("INSERT INTO cases VALUES (1, 'fraud')")
+    catalog = duckdb.connect(str(ws.catalog_db))
+    catalog.execute("CREATE TABLE tables AS SELECT 'transactions' AS name, 3 AS partitions")
+    catalog.close()
+
+
+def _zone_files(ws_root: Path, zone_path: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(ws_root).as_posix(): p.read_bytes()
+        for p in zone_path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(zone_path).parts)
+    }
+
+
+@pytest.fixture
+def populated(workspace: Workspace) -> Workspace:
+    _populate(workspace)
+    return workspace
+
+
+# --- round trip ----------------------------------------------------------------------
+
+
+def test_backup_then_restore_gives_a_byte_identical_tree(populated: Workspace, tmp_path: Path):
+    ws = populated
+    (ws.curated / ".dt=2026-01-09.staging").mkdir()  # a writer mid-way: never captured
+    (ws.curated / ".dt=2026-01-09.staging" / "part-0.parquet").write_bytes(b"half")
+    result = vault.create_snapshot(ws)
+    target = tmp_path / "restored"
+
+    vault.restore_snapshot(ws, result.snapshot.snapshot_id, target)
+
+    for zone in FILE_ZONES:
+        original = _zone_files(ws.root, zone_root(ws, zone))
+        restored = _zone_files(target, target / zone_root(ws, zone).relative_to(ws.root))
+        assert restored.keys() == original.keys(), zone
+        for name, data in restored.items():
+            if name.endswith("audit.jsonl"):  # the trail grew after the snapshot (backup.create)
+                assert original[name].startswith(data)
+            elif not name.endswith("audit.head.json"):
+                assert data == original[name], name
+    assert not list(target.rglob("*.staging"))
+    with sqlite3.connect(target / "registry.sqlite") as db:
+        assert db.execute("SELECT * FROM packages").fetchall() == [("arn:1", "Approved")]
+    with sqlite3.connect(target / "cases.sqlite") as db:
+        assert db.execute("SELECT * FROM cases").fetchall() == [(1, "fraud")]
+    catalog = duckdb.connect(str(target / "catalog.duckdb"), read_only=True)
+    assert catalog.execute("SELECT * FROM tables").fetchall() == [("transactions", 3)]
+    catalog.close()
+    restored_trail = Workspace(target)
+    assert audit.verify(restored_trail).ok
+    assert [e["action"] for e in audit.list_entries(restored_trail)] == ["ingest.run"]
+
+
+def test_restore_refuses_a_non_empty_target_and_leaves_it_alone(populated, tmp_path):
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(vault.VaultError, match="not empty"):
+        vault.restore_snapshot(populated, snapshot.snapshot_id, target)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_restore_of_a_damaged_object_stops_and_writes_nothing(populated, tmp_path):
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    victim = vault.object_path(populated, snapshot.entries[-1].sha256)
+    victim.chmod(0o644)
+    victim.write_bytes(b"tampered")
+    target = tmp_path / "restored"
+    with pytest.raises(vault.VaultError, match=snapshot.entries[-1].path):
+        vault.restore_snapshot(populated, snapshot.snapshot_id, target)
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".restored")]
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+def test_verify_names_an_altered_and_a_deleted_object(populated, capsys):
+    ws = populated
+    snapshot = vault.create_snapshot(ws).snapshot
+    assert vault.verify_snapshots(ws).ok
+    curated = [e for e in snapshot.entries if e.zone == "curated"]
+    altered, deleted = curated[0], curated[1]
+    path = vault.object_path(ws, altered.sha256)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"X")  # same size, one byte flipped
+    vault.object_path(ws, deleted.sha256).unlink()
+
+    report = vault.verify_snapshots(ws)
+
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert f"curated/{altered.path}" in text and f"{altered.sha256[2:]} is altered" in text
+    assert f"curated/{deleted.path}" in text and f"{deleted.sha256[2:]} is missing" in text
+    assert len(report.problems) == 2
+    assert cli_main(["backup", "verify", "--workdir", str(ws.root)]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
+
+
+def test_verify_detects_an_edited_manifest(populated):
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    manifest = populated.vault / "snapshots" / f"{snapshot.snapshot_id}.json"
+    body = json.loads(manifest.read_text())
+    body["entries"][0]["retain_until"] = "2020-01-01T00:00:00+00:00"  # an early unlock
+    manifest.write_text(json.dumps(body))
+    report = vault.verify_snapshots(populated)
+    assert not report.ok and f"{snapshot.snapshot_id}.json was altered" in report.problems[0]
+
+
+# --- incremental -----------------------------------------------------------------------
+
+
+def test_incremental_backup_stores_only_the_change(populated: Workspace):
+    ws = populated
+    first = vault.create_snapshot(ws, zones=("curated", "features"))
+    assert first.bytes_written == first.bytes_total > 0
+    new_file = _write_partition(ws.curated, "2026-01-04", seed=99)
+
+    second = vault.create_snapshot(ws, zones=("curated", "features"))
+
+    assert second.bytes_written == new_file.stat().st_size
+    assert second.objects_written == 1
+    assert second.files == first.files + 1
+
+
+def test_every_zone_increment_counts_exactly_the_new_contents(populated: Workspace):
+    ws = populated
+    first = vault.create_snapshot(ws).snapshot
+    (ws.records / "reports" / "ctr.html").write_text("<html>CTR</html>")
+    second = vault.create_snapshot(ws)
+    before = {e.sha256 for e in first.entries}
+    new = {e.sha256: e.size for e in second.snapshot.entries if e.sha256 not in before}
+    assert second.bytes_written == sum(new.values())
+    # the new report, the grown audit trail and its head; the databases are unchanged
+    changed = {e.path for e in second.snapshot.entries if e.sha256 in new}
+    assert changed == {"reports/ctr.html", "audit/audit.jsonl", "audit/audit.head.json"}
+
+
+def test_identical_files_are_stored_once(workspace: Workspace):
+    for day in ("2026-02-01", "2026-02-02"):
+        (workspace.labels / f"dt={day}").mkdir(parents=True)
+        (workspace.labels / f"dt={day}" / "labels.csv").write_text("transaction_id,is_fraud\n")
+    result = vault.create_snapshot(workspace, zones=("labels",))
+    assert result.files == 2 and result.objects_written == 1
+
+
+# --- retain-until locks, prune, legal holds -------------------------------------------
+
+
+def test_deleting_before_retain_until_is_refused_named_and_audited(populated, capsys):
+    ws = populated
+    snapshot = vault.create_snapshot(ws, zones=("curated",)).snapshot
+    retain_until = snapshot.retain_until
+    assert retain_until.startswith(
+        (datetime.fromisoformat(snapshot.created_at) + timedelta(days=35)).date().isoformat()
+    )
+
+    with pytest.raises(vault.SnapshotLocked) as refused:
+        vault.delete_snapshots(ws, [snapshot.snapshot_id])
+
+    assert snapshot.snapshot_id in str(refused.value) and retain_until in str(refused.value)
+    assert vault.snapshot_ids(ws) == [snapshot.snapshot_id]
+    assert vault.verify_snapshots(ws).ok
+    refusals = audit.list_entries(ws, action="backup.delete.refused")
+    assert [e["subject"] for e in refusals] == [snapshot.snapshot_id]
+    assert refusals[0]["details"]["retain_until"] == retain_until
+    assert cli_main(["backup", "prune", snapshot.snapshot_id, "--workdir", str(ws.root)]) == 1
+    assert f"locked until {retain_until}" in capsys.readouterr().out
+    assert len(audit.list_entries(ws, action="backup.delete.refused")) == 2
+
+
+def test_prune_expires_working_data_keeps_records_and_collects_garbage(populated):
+    ws = populated
+    snapshot = vault.create_snapshot(ws).snapshot
+    curated_objects = {e.sha256 for e in snapshot.entries if e.zone == "curated"}
+    later = datetime.fromisoformat(snapshot.created_at) + timedelta(days=36)
+
+    result = vault.prune(ws, now=later)
+
+    kept = vault.load_snapshot(ws, snapshot.snapshot_id)
+    assert {e.zone for e in kept.entries} == {"records", "artifacts", "registry_db", "cases_db"}
+    assert result.entries_expired == len(snapshot.entries) - len(kept.entries)
+    assert all(not vault.object_path(ws, sha).exists() for sha in curated_objects)
+    assert result.objects_removed >= len(curated_objects)
+    assert vault.verify_snapshots(ws).ok
+    assert kept.pruned and "curated" in kept.pruned[0]["zones"]
+
+
+def test_prune_keeps_expired_data_under_legal_hold(populated):
+    ws = populated
+    snapshot = vault.create_snapshot(ws, zones=("curated", "scored")).snapshot
+    hold = place_legal_hold(ws, "scored", "dt=2026-01-03", "subpoena 17", "counsel")
+    later = datetime.fromisoformat(snapshot.created_at) + timedelta(days=40)
+
+    result = vault.prune(ws, now=later)
+
+    kept = vault.load_snapshot(ws, snapshot.snapshot_id)
+    assert [e.zone for e in kept.entries] == ["scored"]
+    assert (snapshot.snapshot_id, hold.hold_id) in result.kept_held
+    with pytest.raises(vault.SnapshotLocked, match=hold.hold_id):
+        vault.delete_snapshots(ws, [snapshot.snapshot_id], now=later)
+
+
+def test_delete_after_retain_until_removes_snapshot_and_its_objects(populated):
+    ws = populated
+    snapshot = vault.create_snapshot(ws, zones=("curated",)).snapshot
+    later = datetime.fromisoformat(snapshot.retain_until) + timedelta(seconds=1)
+    result = vault.delete_snapshots(ws, [snapshot.snapshot_id], now=later)
+    assert result.snapshots_removed == [snapshot.snapshot_id]
+    assert vault.snapshot_ids(ws) == []
+    assert not any(p.is_file() for p in (ws.vault / "objects").rglob("*"))
+
+
+# --- consistency: locks and a real crash -------------------------------------------------
+
+
+def test_backup_waits_for_writers_holding_the_workspace_lock(populated):
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with workspace_lock(populated, exclusive=False):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    holding.wait(5)
+    try:
+        with pytest.raises(LockTimeout, match="another fraudops process"):
+            vault.create_snapshot(populated, lock_timeout=0.2)
+    finally:
+        release.set()
+        thread.join()
+    assert vault.snapshot_ids(populated) == []
+    assert vault.create_snapshot(populated, lock_timeout=5).files > 0
+
+
+_SLOW_BACKUP = textwrap.dedent(
+    """
+    import sys, time
+    from pipelines.governance import vault
+    from pipelines.workspace import Workspace
+
+    real_store = vault._store_object
+
+    def slow_store(*args, **kwargs):
+        outcome = real_store(*args, **kwargs)
+        time.sleep(0.05)  # widen the window so the kill lands mid-backup
+        return outcome
+
+    vault._store_object = slow_store
+    vault.create_snapshot(Workspace.open(sys.argv[1]))
+    """
+)
+
+
+def test_a_backup_killed_mid_way_loses_nothing(populated: Workspace, tmp_path: Path):
+    ws = populated
+    first = vault.create_snapshot(ws).snapshot
+    for day in range(10, 30):
+        _write_partition(ws.curated, f"2026-01-{day}", rows=200, seed=day)
+    objects_before = sum(1 for p in (ws.vault / "objects").rglob("*") if p.is_file())
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_BACKUP, str(ws.root)],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while sum(1 for p in (ws.vault / "objects").rglob("*") if p.is_file()) < objects_before + 5:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the backup never started writing objects"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (ws.vault / "tmp").mkdir(exist_ok=True)
+    (ws.vault / "tmp" / "leftover.part").write_bytes(b"a torn object")  # as if killed mid-copy
+
+    assert vault.snapshot_ids(ws) == [first.snapshot_id]  # no manifest: no snapshot
+    assert vault.verify_snapshots(ws).ok
+    second = vault.create_snapshot(ws, lock_timeout=5)
+    assert not any((ws.vault / "tmp").iterdir())
+    assert vault.verify_snapshots(ws).ok
+    target = tmp_path / "after-crash"
+    vault.restore_snapshot(ws, second.snapshot.snapshot_id, target)
+    assert _zone_files(target, target / "s3/lake/curated/transactions") == _zone_files(
+        ws.root, ws.curated
+    )
+    # objects written before the kill were reused, not written twice
+    new_days = [
+        e for e in second.snapshot.entries if e.zone == "curated" and e.path >= "dt=2026-01-10"
+    ]
+    assert len(new_days) == 20
+    assert second.bytes_written < sum(e.size for e in new_days)
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+def test_schedule_is_daily_by_default_and_run_if_due_follows_it(workspace: Workspace):
+    _write_partition(workspace.curated, "2026-03-01")
+    start = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    assert vault.get_schedule(workspace).describe() == "daily"
+    assert vault.due(workspace, start)
+    taken = vault.run_if_due(workspace, now=start)
+    assert taken is not None and taken.snapshot.trigger == "scheduled"
+    assert vault.run_if_due(workspace, now=start + timedelta(hours=23)) is None
+    assert vault.due(workspace, start + timedelta(hours=24))
+
+    vault.set_schedule(workspace, vault.parse_schedule("off"))
+    assert not vault.due(workspace, start + timedelta(days=30))
+    vault.set_schedule(workspace, vault.parse_schedule("6h"))
+    assert vault.due(workspace, start + timedelta(hours=6))
+    with pytest.raises(vault.VaultError, match="use daily"):
+        vault.parse_schedule("sometimes")
+
+
+# --- data minimisation ------------------------------------------------------------------------
+
+
+def test_minimise_removes_old_working_partitions_but_not_held_or_recent(workspace):
+    ws = workspace
+    today = datetime(2026, 6, 30, tzinfo=UTC)
+    for day in ("2026-05-01", "2026-05-10", "2026-06-20"):
+        _write_partition(ws.scored, day)
+        _write_partition(ws.features, day)
+    _write_partition(ws.curated, "2026-05-01")
+    hold = place_legal_hold(ws, "scored", "dt=2026-05-10", "case 42", "investigator")
+
+    result = minimise(ws, now=today)
+
+    assert sorted(result.removed) == [
+        "features/dt=2026-05-01",
+        "features/dt=2026-05-10",
+        "scored/dt=2026-05-01",
+    ]
+    assert result.held == [f"scored/dt=2026-05-10 ({hold.hold_id})"]
+    assert sorted(p.name for p in ws.scored.iterdir()) == ["dt=2026-05-10", "dt=2026-06-20"]
+    assert (ws.curated / "dt=2026-05-01").exists()  # not asked for
+    entry = audit.list_entries(ws, action="retention.minimise")[-1]
+    assert entry["details"]["removed"] == result.removed
+    assert audit.verify(ws).ok
+
+
+def test_minimise_refuses_records_and_periods_shorter_than_the_rule(workspace):
+    from pipelines.governance.policy import PolicyError
+
+    with pytest.raises(PolicyError, match="cannot be minimised"):
+        minimise(workspace, zones=("records",))
+    with pytest.raises(PolicyError, match="retained 35 days"):
+        minimise(workspace, zones=("scored",), older_than_days=7)
