@@ -36,6 +36,8 @@ LOG = logging.getLogger("fraudops.endpoint")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker real-time payload limit
 SUPPORTED_CONTENT_TYPES: tuple[str, ...] = ("text/csv", "application/json")
+# Response types, default first: JSON when the client sends no Accept (as inference.py does).
+RESPONSE_TYPES: tuple[str, ...] = ("application/json", "text/csv")
 READ_TIMEOUT_SECONDS = 30  # a client that stops sending frees its thread
 
 
@@ -53,15 +55,14 @@ def media_type(header_value: str | None) -> str:
     return (header_value or "").split(";", 1)[0].strip().lower()
 
 
-def negotiate_accept(accept_header: str | None, request_type: str, offered: Sequence[str]) -> str:
+def negotiate_accept(accept_header: str | None, offered: Sequence[str] = RESPONSE_TYPES) -> str:
     """The response type: the first offered type the client accepts.
 
-    No ``Accept`` (or ``*/*``) answers in the request's own type, as clients
-    of SageMaker endpoints expect.
+    No ``Accept`` (or ``*/*``) gets the first offered type, JSON.
     """
     wanted = [media_type(part) for part in (accept_header or "").split(",") if part.strip()]
     if not wanted or "*/*" in wanted:
-        return request_type if request_type in offered else offered[0]
+        return offered[0]
     for candidate in wanted:
         if candidate in offered:
             return candidate
@@ -116,7 +117,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _route(self, method: str) -> None:
-        self._body_consumed = self.headers.get("Content-Length") in (None, "0")
+        self._body_consumed = self._has_no_body(method)
         try:
             path = self.path.split("?", 1)[0]
             if path not in self.ROUTES:
@@ -141,6 +142,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send_error(
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}: {exc}"
             )
+
+    def _has_no_body(self, method: str) -> bool:
+        """True when nothing follows the headers, so the connection can be kept alive."""
+        length = self.headers.get("Content-Length")
+        if length is not None:
+            return length.strip() == "0"
+        return method in ("GET", "HEAD") and "Transfer-Encoding" not in self.headers
 
     def _content_length(self) -> int:
         raw = self.headers.get("Content-Length")
@@ -170,7 +178,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 f"unsupported Content-Type {content_type or '(none)'!r}: "
                 f"use {' or '.join(offered)}",
             )
-        accept = negotiate_accept(self.headers.get("Accept"), content_type, offered)
+        accept = negotiate_accept(self.headers.get("Accept"))
         body = self.rfile.read(length) if length else b""
         self._body_consumed = True
         if len(body) < length:
@@ -198,6 +206,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return inference.render(prediction, accept)
         except unsupported as exc:
             raise HttpError(HTTPStatus.NOT_ACCEPTABLE, str(exc)) from None
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the stdlib finds while parsing (bad request line, long URI) as JSON too."""
+        if self.request_version == "HTTP/0.9":  # unparseable request: answer in HTTP/1.1
+            self.request_version = "HTTP/1.1"
+        self._body_consumed = False
+        status = HTTPStatus(code)
+        self._send_error(status, message or status.phrase)
 
     def _send_error(self, status: HTTPStatus, message: str) -> None:
         if not self._body_consumed:
