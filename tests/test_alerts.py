@@ -136,3 +136,18 @@ def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(monkeypatch):
         bodies = [json.loads(m["Body"]) for m in
                   sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]]
         assert len(bodies) == 3
+
+
+def test_feedback_command_loads_labels_and_rejects_bad_rows(workspace, tmp_path, capsys):
+    good = tmp_path / "chargebacks.csv"
+    good.write_text("transaction_id,is_fraud,label_known_at\n"
+                    "t1,1,2026-02-20T00:00:00+00:00\nt2,0,2026-02-21T00:00:00+00:00\n")
+    wd = ["--workdir", str(workspace.root)]
+    assert main(["feedback", str(good), *wd]) == 0
+    assert main(["feedback", str(good), *wd]) == 0  # idempotent
+    labels = read_labels(workspace).to_pylist()
+    assert [(r["transaction_id"], r["is_fraud"]) for r in labels] == [("t1", 1), ("t2", 0)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("transaction_id,is_fraud,label_known_at\nt3,maybe,2026-02-20T00:00:00+00:00\n")
+    assert main(["feedback", str(bad), *wd]) == 2
+    assert "bad.csv: label 1 (t3): is_fraud must be 0 or 1" in capsys.readouterr().err
