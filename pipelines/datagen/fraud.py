@@ -61,7 +61,10 @@ COMPROMISE_PROBABILITY = 0.85  # share of a skimmed terminal's window that is fr
 _AMOUNT_FACTOR = np.array([c.amount_factor for c in CATEGORIES])
 
 
-def _victims(rows: int, mean_rows: float, customers: Customers, rng: np.random.Generator):
+def _victims(
+    rows: int, mean_rows: float, customers: Customers, rng: np.random.Generator
+) -> np.ndarray:
+    """Distinct customers to victimise, enough for about ``rows`` rows."""
     if rows <= 0:
         return np.empty(0, dtype=np.int64)
     count = min(customers.size, max(1, round(rows / mean_rows)))
@@ -76,6 +79,8 @@ def _sequences(
     mean_gap: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-victim event sequences: (victim of each row, timestamp of each row)."""
+    if victims.size == 0:
+        return victims, np.empty(0, dtype=np.int64)
     # Start at least a day in (when the period allows) so histories exist.
     day_p = np.ones(config.days)
     if config.days > 2:

@@ -41,7 +41,8 @@ ABSURD_AMOUNT_FLOOR = 1e7
 
 Bad = tuple[str, np.ndarray]  # (column, replacement text per row)
 
-_UNPARSEABLE = ("N/A", "12,50", "abc", "1.2.3", "$$", "twelve")
+# Not "N/A" or "NA": CSV readers take those for null, a different class.
+_UNPARSEABLE = ("12,50", "abc", "1.2.3", "$$", "twelve", "12.00 USD")
 _BAD_TIMESTAMPS = (
     "2026-02-30T10:00:00Z",
     "2026-01-01T25:61:00Z",
@@ -75,7 +76,7 @@ def inject_malformed(table: pa.Table, rate: float, seed: int) -> Spoiled:
 
     ``table`` must be in landing form (see ``landing_text``). With a positive
     rate, ``amount`` becomes a text column (it must carry values such as
-    ``N/A``).
+    ``abc``).
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"malformed rate must be in [0, 1), got {rate}")
