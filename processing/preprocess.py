@@ -29,12 +29,13 @@ the most recent labelled days, the ones closest to the test period. Pass
 deployment too.
 
 Window defaults (all days are UTC calendar days):
-    * ``--train-start``: the earliest day in the data.
+    * ``--train-start``: the earliest day in the data (also when given as "").
+    * 0 for a ``--*-days`` argument means "derive", as the pipeline parameters do.
     * ``--test-days`` and ``--validation-days``: 7 (a week covers the weekly
       seasonality of card spending), shrunk to a quarter of the usable days on
       short histories.
-    * ``--train-days``: unset means "every day from --train-start up to the
-      validation window" and the test window is the last days of the data.
+    * ``--train-days``: unset (or 0) means "every day from --train-start up to
+      the validation window" and the test window is the last days of the data.
       Set, the windows are laid out forwards from --train-start (for
       backtesting an older period).
 """
@@ -217,7 +218,7 @@ def plan_windows(first_day: date, last_day: date, args: WindowArgs) -> WindowPla
         if value < 1:
             raise SplitError(f"{flag} must be at least 1 (got {value}).")
 
-    if args.train_days is None:
+    if not args.train_days:
         # Anchor the test window at the end of the data; train takes what is left.
         test = Window("test", last_day - timedelta(days=test_days - 1), last_day)
         val_end = test.start - timedelta(days=args.label_delay_days + 1)
@@ -340,8 +341,10 @@ def write_split(out_dir: Path, frame: pd.DataFrame, feature_set: dict, split: di
 # --- entry point -------------------------------------------------------------
 
 
-def iso_date(text: str) -> date:
-    """argparse type for YYYY-MM-DD."""
+def iso_date(text: str) -> date | None:
+    """argparse type for YYYY-MM-DD; empty means "derive" (a pipeline parameter's default)."""
+    if not text.strip():
+        return None
     try:
         return date.fromisoformat(text)
     except ValueError as exc:

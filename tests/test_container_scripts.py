@@ -196,27 +196,14 @@ def test_split_drops_unknown_labels_and_keeps_contract_columns(pipeline_run):
     assert "train: 2026-01-01..2026-01-13 (13 days) rows=" in pipeline_run["preprocess"].stdout
 
 
-def test_explicit_windows_are_laid_out_forward_from_train_start(tmp_path):
+def test_explicit_windows_are_laid_out_forward_from_train_start(tmp_path, capsys):
     make_feature_table(tmp_path / "processing" / "input" / "features", n_days=20)
-    result = run_script(
-        PREPROCESS,
-        "--base-dir",
-        str(tmp_path),
-        "--train-start",
-        "2026-01-02",
-        "--train-days",
-        "5",
-        "--validation-days",
-        "3",
-        "--test-days",
-        "2",
-        "--label-delay-days",
-        "2",
-        "--validation-gap-days",
-        "1",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    code, err = run_main(
+        PREPROCESS, capsys, "--base-dir", str(tmp_path), "--train-start", "2026-01-02",
+        "--train-days", "5", "--validation-days", "3", "--test-days", "2",
+        "--label-delay-days", "2", "--validation-gap-days", "1",
+    )  # fmt: skip
+    assert code == 0, err
     _, meta = read_split(tmp_path, "test")
     windows = meta["split"]["windows"]
     assert (windows["train"]["start"], windows["train"]["end"]) == ("2026-01-02", "2026-01-06")
@@ -231,6 +218,24 @@ def run_main(script: Path, capsys, *args: str) -> tuple[int, str]:
     """Call a script's main() in-process (error paths; cheaper than a new interpreter)."""
     code = load_script(script).main(list(args))
     return code, capsys.readouterr().err
+
+
+def test_pipeline_parameter_defaults_mean_derive_from_data(tmp_path, capsys):
+    """The pipeline passes TrainStartDate "" and TrainDays 0 for "derive"."""
+    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=12)
+    code, err = run_main(
+        PREPROCESS, capsys, "--base-dir", str(tmp_path), "--train-start", "",
+        "--train-days", "0", "--validation-days", "3", "--test-days", "3",
+        "--label-delay-days", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    windows = read_split(tmp_path, "train")[1]["split"]["windows"]
+    spans = {name: (w["start"], w["end"]) for name, w in windows.items()}
+    assert spans == {
+        "train": ("2026-01-01", "2026-01-04"),
+        "validation": ("2026-01-05", "2026-01-07"),
+        "test": ("2026-01-10", "2026-01-12"),
+    }
 
 
 def test_window_past_the_data_fails_naming_dates_and_flags(tmp_path, capsys):
@@ -363,6 +368,26 @@ def test_test_scores_equal_the_booster_predictions(pipeline_run):
     expected = booster.predict(xgb.DMatrix(test[FEATURES].to_numpy(), feature_names=FEATURES))
     scores = pd.read_parquet(base / "processing" / "evaluation" / "test_scores.parquet")
     np.testing.assert_allclose(scores["score"].to_numpy(), expected, rtol=1e-6)
+
+
+def test_endpoint_handler_scores_like_evaluation(pipeline_run):
+    """The trained model directory loads in inference.py and reproduces the test scores."""
+    handler = load_script(REPO / "inference" / "inference.py")
+    base = pipeline_run["base"]
+    model = handler.model_fn(str(base / "model"))
+    test, _ = read_split(base, "test")
+    records = test[FEATURES].head(50).astype(object).where(test[FEATURES].head(50).notna(), None)
+    body = json.dumps({"instances": records.to_dict(orient="records")})
+    response = json.loads(
+        handler.output_fn(
+            handler.predict_fn(handler.input_fn(body, "application/json"), model),
+            "application/json",
+        )
+    )
+    scores = pd.read_parquet(base / "processing" / "evaluation" / "test_scores.parquet")
+    np.testing.assert_allclose(
+        [p["score"] for p in response["predictions"]], scores["score"].head(50), rtol=1e-6
+    )
 
 
 def brute_force_card_precision(frame: pd.DataFrame, k: int) -> float:

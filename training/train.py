@@ -101,7 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_hyperparameter(parser, "nthread", int, default_nthread(), "threads")
     add_hyperparameter(parser, "seed", int, 42, "random seed")
     add_hyperparameter(parser, "verbose-eval", int, 25, "print metrics every N rounds")
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # The training toolkit reserves sagemaker_* hyperparameters for itself; any
+    # other unknown name is a typo that would otherwise be silently ignored.
+    typos = [a for a in unknown if a.startswith("--") and not a.startswith("--sagemaker_")]
+    if typos:
+        parser.error(f"unknown hyperparameters {typos}; known: {known_hyperparameters(parser)}")
+    return args
+
+
+def known_hyperparameters(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted(a.option_strings[0] for a in parser._actions if a.option_strings[0] != "-h")
 
 
 def channel_dirs(base_dir: Path) -> dict[str, Path]:
@@ -361,12 +371,23 @@ def report(metadata: dict) -> None:
     print(f"validation-aucpr: {metadata['validation_aucpr']:.6f}")
 
 
+def write_failure_reason(base_dir: Path, message: str) -> None:
+    """SageMaker shows the contents of SM_OUTPUT_FAILURE as the job's FailureReason."""
+    path = Path(os.environ.get("SM_OUTPUT_FAILURE", base_dir / "output" / "failure"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message)
+    except OSError:
+        pass  # the message is on stderr already; a read-only base must not mask it
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         metadata = run(args)
     except TrainingError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
+        write_failure_reason(args.base_dir, str(exc))
         return 2
     report(metadata)
     return 0
