@@ -1,0 +1,268 @@
+"""Deploy on approval: local blue/green with rollback (real processes, real HTTP), AWS path."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import urllib.error
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+from moto import mock_aws
+
+from lambdas.deploy.handler import handler as deploy_lambda
+from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
+from pipelines.deploy.aws import SageMakerEndpointBackend
+from pipelines.deploy.local import (
+    LocalEndpointBackend,
+    http_request,
+    is_endpoint_process,
+    read_endpoint_state,
+)
+from pipelines.deploy.sample_model import (
+    create_request,
+    train_model_files,
+    upload_model,
+    write_corrupt_tarball,
+)
+from pipelines.events import MODEL_PACKAGE_STATE_CHANGE, LocalLambdaContext
+from pipelines.notifications import FAILURES_TOPIC, read_outbox
+from pipelines.registry import APPROVED, REJECTED, LocalModelRegistry
+
+GROUP = "fraud-detection"
+
+
+@pytest.fixture
+def registry(workspace):
+    registry = LocalModelRegistry.for_workspace(workspace)
+    yield registry
+    LocalEndpointBackend(workspace).stop()  # never leave an endpoint process behind
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return train_model_files(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def code_uri(workspace) -> str:
+    """The inference/ folder as the pipeline stages it: a sourcedir tarball in S3."""
+    uri = "s3://artifacts/code/run-1/inference.tar.gz"
+    path = workspace.local_path(uri)
+    path.parent.mkdir(parents=True)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(REPO_INFERENCE_DIR / "inference.py", arcname="inference.py")
+    return uri
+
+
+def register(registry, workspace, model_dir, run: str, code_uri=None, corrupt=False) -> str:
+    key = f"models/{run}/model.tar.gz"
+    if corrupt:
+        uri = workspace.s3_uri("artifacts", key)
+        write_corrupt_tarball(workspace.local_path(uri))
+    else:
+        uri = upload_model(workspace, model_dir, key)
+    request = create_request(GROUP, uri, submit_directory=code_uri)
+    return registry.create_model_package(request, created_by="alice")["ModelPackageArn"]
+
+
+def deployment(result) -> dict:
+    (delivery,) = result["Deliveries"]
+    assert delivery.error is None, delivery.error
+    return delivery.result
+
+
+def score(url: str) -> float:
+    status, body = http_request(
+        f"{url}/invocations", b"9,9,9,0", {"Content-Type": "text/csv", "Accept": "text/csv"}
+    )
+    assert status == 200, body
+    return float(body)
+
+
+def test_approval_deploys_and_the_endpoint_answers(registry, workspace, model_dir, code_uri):
+    arn = register(registry, workspace, model_dir, "run-1", code_uri)
+    result = deployment(registry.update_model_package(arn, APPROVED, "bob", "AP 0.8"))
+    assert result["status"] == "InService"
+    state = read_endpoint_state(workspace)
+    assert state["model_package_arn"] == arn and state["version"] == 1
+    assert is_endpoint_process(state["pid"])
+    assert http_request(f"{state['url']}/ping")[0] == 200
+    assert 0.0 <= score(state["url"]) <= 1.0
+    history = LocalEndpointBackend(workspace).history.list()
+    assert [(h["version"], h["status"]) for h in history] == [(1, "InService")]
+
+
+def test_unhealthy_version_rolls_back_and_the_old_one_keeps_serving(
+    registry, workspace, model_dir
+):
+    good = register(registry, workspace, model_dir, "run-1")
+    deployment(registry.update_model_package(good, APPROVED, "bob", "ok"))
+    before = read_endpoint_state(workspace)
+    old_score = score(before["url"])
+
+    bad = register(registry, workspace, model_dir, "run-2", corrupt=True)
+    result = deployment(registry.update_model_package(bad, APPROVED, "bob", "ok"))
+
+    assert result["status"] == "RolledBack"
+    assert "version 1 keeps serving" in result["message"]
+    assert "exited" in result["message"]  # model_fn failed in the new process
+    assert read_endpoint_state(workspace)["pid"] == before["pid"]
+    assert score(before["url"]) == old_score  # real request to the old process
+    history = LocalEndpointBackend(workspace).history.list()
+    assert [(h["version"], h["status"]) for h in history] == [(2, "RolledBack"), (1, "InService")]
+    failures = read_outbox(workspace.outbox, FAILURES_TOPIC)
+    assert failures[-1]["message"]["model_package_arn"] == bad
+
+
+def test_unreadable_artifact_is_rolled_back_too(registry, workspace, model_dir):
+    good = register(registry, workspace, model_dir, "run-1")
+    deployment(registry.update_model_package(good, APPROVED, "bob", "ok"))
+    url = read_endpoint_state(workspace)["url"]
+    broken = register(registry, workspace, model_dir, "run-2")
+    workspace.local_path("s3://artifacts/models/run-2/model.tar.gz").write_bytes(b"not gzip")
+    result = deployment(registry.update_model_package(broken, APPROVED, "bob", "ok"))
+    assert result["status"] == "RolledBack"
+    assert "not a readable tar.gz" in result["message"]
+    assert http_request(f"{url}/ping")[0] == 200
+
+
+def test_a_new_version_replaces_the_old_process(registry, workspace, model_dir):
+    first = register(registry, workspace, model_dir, "run-1")
+    deployment(registry.update_model_package(first, APPROVED, "bob", "ok"))
+    old = read_endpoint_state(workspace)
+    second = register(registry, workspace, model_dir, "run-2")
+    result = deployment(registry.update_model_package(second, APPROVED, "carol", "better AP"))
+    new = read_endpoint_state(workspace)
+    assert result["status"] == "InService" and new["version"] == 2
+    assert new["port"] != old["port"]
+    assert not is_endpoint_process(old["pid"])
+    with pytest.raises(urllib.error.URLError):
+        http_request(f"{old['url']}/ping", timeout=2)
+    assert http_request(f"{new['url']}/ping")[0] == 200
+
+
+def test_a_rejected_model_is_never_deployed(registry, workspace, model_dir):
+    arn = register(registry, workspace, model_dir, "run-1")
+    result = deployment(registry.update_model_package(arn, REJECTED, "bob", "recall too low"))
+    assert result["status"] == "Skipped"
+    assert read_endpoint_state(workspace) is None
+    # A stale or replayed "Approved" event for the rejected package deploys nothing either.
+    forged = {
+        "source": "aws.sagemaker",
+        "detail-type": MODEL_PACKAGE_STATE_CHANGE,
+        "resources": [arn],
+        "detail": {"ModelPackageArn": arn, "ModelApprovalStatus": APPROVED},
+    }
+    context = LocalLambdaContext("deploy", workspace_root=str(workspace.root))
+    assert deploy_lambda(forged, context)["status"] == "Skipped"
+    assert read_endpoint_state(workspace) is None
+    statuses = [h["status"] for h in LocalEndpointBackend(workspace).history.list()]
+    assert statuses == ["Skipped", "Skipped"]
+
+
+def test_retiring_the_serving_model_is_recorded_not_deployed(registry, workspace, model_dir):
+    arn = register(registry, workspace, model_dir, "run-1")
+    deployment(registry.update_model_package(arn, APPROVED, "bob", "ok"))
+    result = deployment(registry.update_model_package(arn, REJECTED, "carol", "drift"))
+    assert result["status"] == "Skipped"
+    assert read_endpoint_state(workspace)["version"] == 1
+
+
+def test_decisions_and_deployments_reach_the_audit_trail(registry, workspace, model_dir):
+    from pipelines.governance.audit import audit_log_path
+
+    arn = register(registry, workspace, model_dir, "run-1")
+    registry.update_model_package(arn, REJECTED, "bob", "no")
+    entries = [json.loads(line) for line in audit_log_path(workspace).read_text().splitlines()]
+    assert [(e["action"], e["actor"]) for e in entries] == [
+        ("model.register", "alice"),
+        ("model.reject", "bob"),
+    ]
+
+
+# --- AWS ------------------------------------------------------------------------
+
+ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
+PACKAGE = {
+    "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud-detection/3",
+    "ModelPackageVersion": 3,
+}
+
+
+@mock_aws
+def test_aws_first_deployment_creates_model_config_and_endpoint():
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    backend = SageMakerEndpointBackend(client, ROLE, endpoint_name="fraudops-dev-fraud")
+    result = backend.deploy(PACKAGE)
+    assert result.status == "Updating" and result.endpoint_name == "fraudops-dev-fraud"
+    endpoint = client.describe_endpoint(EndpointName="fraudops-dev-fraud")
+    config = client.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    (variant,) = config["ProductionVariants"]
+    model = client.describe_model(ModelName=variant["ModelName"])
+    assert model["PrimaryContainer"]["ModelPackageName"] == PACKAGE["ModelPackageArn"]
+    assert model["ExecutionRoleArn"] == ROLE
+    assert variant["InstanceType"] == "ml.m5.large"
+
+
+def test_aws_later_deployment_is_a_blue_green_update_with_alarm_rollback():
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    backend = SageMakerEndpointBackend(
+        client, ROLE, endpoint_name="fraudops-dev-fraud", alarm_names=["fraud-5xx"]
+    )
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:{}/fraudops-dev-fraud".format
+    stubber = Stubber(client)
+    stubber.add_response("create_model", {"ModelArn": arn("model")}, {
+        "ModelName": ANY, "PrimaryContainer": {"ModelPackageName": PACKAGE["ModelPackageArn"]},
+        "ExecutionRoleArn": ROLE, "Tags": ANY,
+    })
+    stubber.add_response("create_endpoint_config", {"EndpointConfigArn": arn("endpoint-config")}, {
+        "EndpointConfigName": ANY, "ProductionVariants": ANY, "Tags": ANY,
+    })
+    stubber.add_response("describe_endpoint", {
+        "EndpointName": "fraudops-dev-fraud", "EndpointArn": arn("endpoint"),
+        "EndpointConfigName": "old", "EndpointStatus": "InService",
+        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z",
+    }, {"EndpointName": "fraudops-dev-fraud"})
+    stubber.add_response("update_endpoint", {"EndpointArn": arn("endpoint")}, {
+        "EndpointName": "fraudops-dev-fraud",
+        "EndpointConfigName": ANY,
+        "DeploymentConfig": {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE",
+                                                "WaitIntervalInSeconds": 300},
+                "TerminationWaitInSeconds": 300,
+            },
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "fraud-5xx"}]},
+        },
+    })
+    with stubber:
+        result = backend.deploy(PACKAGE)
+    stubber.assert_no_pending_responses()
+    assert result.status == "Updating" and "blue/green" in result.message
+
+
+@mock_aws
+def test_aws_lambda_deploys_only_approved_packages(monkeypatch):
+    monkeypatch.setenv("FRAUDOPS_BACKEND", "aws")
+    monkeypatch.setenv("ENDPOINT_NAME", "fraudops-dev-fraud")
+    monkeypatch.setenv("EXECUTION_ROLE_ARN", ROLE)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    client.create_model_package_group(ModelPackageGroupName=GROUP)
+    request = create_request(GROUP, "s3://bucket/model.tar.gz")
+    arns = [client.create_model_package(**request)["ModelPackageArn"] for _ in range(2)]
+    client.update_model_package(ModelPackageArn=arns[0], ModelApprovalStatus="Rejected")
+    client.update_model_package(ModelPackageArn=arns[1], ModelApprovalStatus="Approved")
+
+    def event(arn, status):
+        return {"source": "aws.sagemaker", "detail-type": MODEL_PACKAGE_STATE_CHANGE,
+                "resources": [arn], "detail": {"ModelPackageArn": arn,
+                                               "ModelApprovalStatus": status}}
+
+    assert deploy_lambda(event(arns[0], "Rejected"), None)["status"] == "Skipped"
+    assert client.list_endpoints()["Endpoints"] == []
+    assert deploy_lambda(event(arns[1], "Approved"), None)["status"] == "Updating"
+    assert [e["EndpointName"] for e in client.list_endpoints()["Endpoints"]] == [
+        "fraudops-dev-fraud"
+    ]
