@@ -1,0 +1,766 @@
+"""The local executor runs hand-written SageMaker pipeline definitions end to end.
+
+Steps are tiny standalone Python scripts written into the test's object
+store, so every test is fast and independent of the real pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines import cli
+from pipelines.executor import (
+    DefinitionError,
+    ExecutionStore,
+    ExecutorError,
+    ParameterError,
+    UnsupportedFeatureError,
+    check_supported,
+    parse_definition,
+    resume_pipeline_execution,
+    run_pipeline_definition,
+)
+from pipelines.executor.expressions import ResolutionContext, evaluate_condition
+from pipelines.workspace import Workspace
+
+CODE = "s3://artifacts/code"
+
+PREPROCESS = """
+import argparse, json, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--base-dir", required=True)
+parser.add_argument("--tag", default="")
+args = parser.parse_args()
+base = pathlib.Path(args.base_dir) / "processing"
+rows = (base / "input" / "raw" / "data.txt").read_text().split()
+(base / "train" / "data.txt").write_text("\\n".join(r.upper() + args.tag for r in rows))
+print(f"preprocessed {len(rows)} rows")
+"""
+
+TRAIN = """
+import argparse, json, os, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, required=True)
+parser.add_argument("--label", default="")
+args = parser.parse_args()
+rows = (pathlib.Path(os.environ["SM_CHANNEL_TRAIN"]) / "data.txt").read_text().split()
+hps = json.loads(os.environ["SM_HPS"])
+model = {"rows": rows, "epochs": args.epochs, "label": args.label, "hps": hps}
+(pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model.json").write_text(json.dumps(model))
+print("validation-auc: 0.875")
+"""
+
+EVALUATE = """
+import argparse, json, pathlib, tarfile
+parser = argparse.ArgumentParser()
+parser.add_argument("--base-dir", required=True)
+args = parser.parse_args()
+base = pathlib.Path(args.base_dir) / "processing"
+with tarfile.open(base / "model" / "model.tar.gz") as tar:
+    model = json.load(tar.extractfile("model.json"))
+score = len(model["rows"]) / 10
+out = base / "evaluation" / "evaluation.json"
+out.write_text(json.dumps({"metrics": {"score": {"value": score}}, "rows": model["rows"]}))
+"""
+
+
+class FakeRegistry:
+    """Records CreateModelPackage requests like the local model registry would take them."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, Any], str]] = []
+
+    def create_model_package(self, request: dict[str, Any], created_by: str) -> dict[str, Any]:
+        self.requests.append((request, created_by))
+        arn = f"arn:aws:sagemaker:local:000000000000:model-package/fraud/{len(self.requests)}"
+        return {"ModelPackageArn": arn, "ModelApprovalStatus": request["ModelApprovalStatus"]}
+
+
+# --- fixture builders ----------------------------------------------------------
+
+
+def put(ws: Workspace, uri: str, text: str) -> Path:
+    path = ws.local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def put_tarball(ws: Workspace, uri: str, files: dict[str, str]) -> None:
+    path = ws.local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = textwrap.dedent(text).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def processing_step(
+    name: str,
+    script: str,
+    inputs: list[tuple[str, Any, str]],
+    outputs: list[tuple[str, Any, str]],
+    arguments: list[Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A CreateProcessingJob-shaped step running ``script`` (an s3 URI of a .py file)."""
+    code = [("code", script, "/opt/ml/processing/input/code")]
+    app: dict[str, Any] = {
+        "ImageUri": "sagemaker-scikit-learn:1.2-1-cpu-py3",
+        "ContainerEntrypoint": [
+            "python3",
+            f"/opt/ml/processing/input/code/{script.split('/')[-1]}",
+        ],
+    }
+    if arguments is not None:
+        app["ContainerArguments"] = arguments
+    return {
+        "Name": name,
+        "Type": "Processing",
+        "Arguments": {
+            "ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.m5.large"}},
+            "AppSpecification": app,
+            "RoleArn": "arn:aws:iam::123456789012:role/x",
+            "ProcessingInputs": [
+                {
+                    "InputName": n,
+                    "S3Input": {
+                        "S3Uri": uri,
+                        "LocalPath": local,
+                        "S3DataType": "S3Prefix",
+                        "S3InputMode": "File",
+                    },
+                }
+                for n, uri, local in [*inputs, *code]
+            ],
+            "ProcessingOutputConfig": {
+                "Outputs": [
+                    {
+                        "OutputName": n,
+                        "S3Output": {"S3Uri": uri, "LocalPath": local, "S3UploadMode": "EndOfJob"},
+                    }
+                    for n, uri, local in outputs
+                ]
+            },
+        },
+        **extra,
+    }
+
+
+def training_step(name: str, channel_uri: Any, epochs: Any, **extra: Any) -> dict[str, Any]:
+    """A framework script-mode CreateTrainingJob step (sagemaker_program + submit dir)."""
+    return {
+        "Name": name,
+        "Type": "Training",
+        "Arguments": {
+            "AlgorithmSpecification": {
+                "TrainingImage": "sagemaker-xgboost:3.0-5",
+                "TrainingInputMode": "File",
+                "MetricDefinitions": [
+                    {"Name": "validation:auc", "Regex": r"validation-auc: ([0-9.]+)"}
+                ],
+            },
+            "HyperParameters": {
+                "epochs": epochs,
+                "sagemaker_program": '"train.py"',
+                "sagemaker_submit_directory": f'"{CODE}/train/sourcedir.tar.gz"',
+            },
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {
+                        "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": channel_uri}
+                    },
+                }
+            ],
+            "OutputDataConfig": {"S3OutputPath": "s3://artifacts/models"},
+            "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+        },
+        **extra,
+    }
+
+
+def fraud_like_definition(steps_reversed: bool = True) -> dict[str, Any]:
+    """Preprocess -> Train -> Evaluate -> Gate -> Register | Fail, using every expression kind."""
+    preprocess = processing_step(
+        "Preprocess",
+        f"{CODE}/preprocess.py",
+        inputs=[("raw", {"Get": "Parameters.InputData"}, "/opt/ml/processing/input/raw")],
+        outputs=[
+            (
+                "train",
+                {
+                    "Std:Join": {
+                        "On": "/",
+                        "Values": [
+                            "s3://artifacts/runs",
+                            {"Get": "Execution.PipelineExecutionId"},
+                            "train",
+                        ],
+                    }
+                },
+                "/opt/ml/processing/train",
+            )
+        ],
+        arguments=["--base-dir", "/opt/ml", "--tag", {"Get": "Parameters.Tag"}],
+    )
+    train = training_step(
+        "Train",
+        {"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"},
+        {"Get": "Parameters.Epochs"},
+    )
+    evaluate = processing_step(
+        "Evaluate",
+        f"{CODE}/evaluate.py",
+        inputs=[
+            (
+                "model",
+                {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+                "/opt/ml/processing/model",
+            )
+        ],
+        outputs=[("evaluation", "s3://artifacts/evaluation", "/opt/ml/processing/evaluation")],
+        PropertyFiles=[
+            {
+                "PropertyFileName": "EvaluationReport",
+                "OutputName": "evaluation",
+                "FilePath": "evaluation.json",
+            }
+        ],
+    )
+    register = {
+        "Name": "Register",
+        "Type": "RegisterModel",
+        "Arguments": {
+            "ModelPackageGroupName": "fraud",
+            "ModelApprovalStatus": {"Get": "Parameters.ApprovalStatus"},
+            "InferenceSpecification": {
+                "Containers": [
+                    {
+                        "Image": "sagemaker-xgboost:3.0-5",
+                        "ModelDataUrl": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+                    }
+                ],
+                "SupportedContentTypes": ["text/csv"],
+                "SupportedResponseMIMETypes": ["text/csv"],
+            },
+        },
+    }
+    fail = {
+        "Name": "QualityTooLow",
+        "Type": "Fail",
+        "Arguments": {
+            "ErrorMessage": {
+                "Std:Join": {
+                    "On": " ",
+                    "Values": [
+                        "score below",
+                        {"Get": "Parameters.MinScore"},
+                        "in",
+                        {"Get": "Execution.PipelineName"},
+                    ],
+                }
+            }
+        },
+    }
+    gate = {
+        "Name": "Gate",
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [
+                {
+                    "Type": "GreaterThanOrEqualTo",
+                    "LeftValue": {
+                        "Std:JsonGet": {
+                            "PropertyFile": {
+                                "Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"
+                            },
+                            "Path": "metrics.score.value",
+                        }
+                    },
+                    "RightValue": {"Get": "Parameters.MinScore"},
+                }
+            ],
+            "IfSteps": [register],
+            "ElseSteps": [fail],
+        },
+    }
+    steps = [preprocess, train, evaluate, gate]
+    return {
+        "Version": "2020-12-01",
+        "Parameters": [
+            {"Name": "InputData", "Type": "String", "DefaultValue": "s3://landing/raw"},
+            {"Name": "Tag", "Type": "String", "DefaultValue": "_v1"},
+            {"Name": "Epochs", "Type": "Integer", "DefaultValue": 3},
+            {"Name": "MinScore", "Type": "Float", "DefaultValue": 0.2},
+            {"Name": "ApprovalStatus", "Type": "String", "DefaultValue": "PendingManualApproval"},
+        ],
+        "PipelineExperimentConfig": {
+            "ExperimentName": {"Get": "Execution.PipelineName"},
+            "TrialName": {"Get": "Execution.PipelineExecutionId"},
+        },
+        "Steps": list(reversed(steps)) if steps_reversed else steps,
+    }
+
+
+def seed(ws: Workspace, rows: str = "a b c") -> None:
+    put(ws, "s3://landing/raw/data.txt", rows)
+    put(ws, f"{CODE}/preprocess.py", PREPROCESS)
+    put(ws, f"{CODE}/evaluate.py", EVALUATE)
+    put_tarball(ws, f"{CODE}/train/sourcedir.tar.gz", {"train.py": TRAIN})
+
+
+def run(ws: Workspace, definition: dict[str, Any], registry: Any = None, **params: Any):
+    return run_pipeline_definition(
+        json.dumps(definition),
+        ws,
+        params,
+        started_by="tester",
+        pipeline_name="fraud-test",
+        progress=False,
+        registry=registry or FakeRegistry(),
+    )
+
+
+def single_step(name: str, script_uri: str, script: str, ws: Workspace, **extra: Any) -> dict:
+    put(ws, script_uri, script)
+    return {
+        "Version": "2020-12-01",
+        "Parameters": [],
+        "Steps": [processing_step(name, script_uri, [], [], **extra)],
+    }
+
+
+# --- a whole pipeline ----------------------------------------------------------
+
+
+def test_pipeline_resolves_every_expression_and_registers_the_trained_model(workspace):
+    seed(workspace)
+    registry = FakeRegistry()
+    summary = run(workspace, fraud_like_definition(), registry, Epochs="5")
+
+    assert summary.status == "Succeeded", summary.failure_reason
+    # Steps were listed in reverse; implicit Get references put them in data order.
+    assert [s.name for s in summary.steps] == [
+        "Preprocess",
+        "Train",
+        "Evaluate",
+        "Gate",
+        "Register",
+    ]
+    # Std:Join with Execution.PipelineExecutionId and a parameter-valued argument.
+    train_out = workspace.local_path(f"s3://artifacts/runs/{summary.execution_id}/train/data.txt")
+    assert train_out.read_text().split() == ["A_v1", "B_v1", "C_v1"]
+    # Training: channel from the Preprocess output, hyper-parameter from a parameter (coerced).
+    train = summary.step("Train")
+    model_uri = train.properties["ModelArtifacts"]["S3ModelArtifacts"]
+    job = train.properties["TrainingJobName"]
+    assert model_uri == f"s3://artifacts/models/{job}/output/model.tar.gz"
+    with tarfile.open(workspace.local_path(model_uri)) as tar:
+        model = json.load(tar.extractfile("model.json"))
+    assert model["epochs"] == 5 and model["rows"] == ["A_v1", "B_v1", "C_v1"]
+    assert model["hps"]["epochs"] == 5 and "sagemaker_program" in model["hps"]
+    assert train.properties["FinalMetricDataList"] == [
+        {"MetricName": "validation:auc", "Value": 0.875}
+    ]
+    # JsonGet on the property file: 3 rows -> score 0.3 >= 0.2, so the If branch ran.
+    assert summary.step("Gate").metadata == {"Condition": {"Outcome": "True"}}
+    ((request, created_by),) = registry.requests
+    assert request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
+    assert request["ModelApprovalStatus"] == "PendingManualApproval"
+    assert created_by == "tester"
+    assert summary.step("Register").metadata["RegisterModel"]["Arn"].endswith("fraud/1")
+
+
+def test_condition_takes_else_branch_and_fail_step_fails_with_resolved_message(workspace):
+    seed(workspace)
+    registry = FakeRegistry()
+    summary = run(workspace, fraud_like_definition(), registry, MinScore=0.9)
+
+    assert summary.status == "Failed"
+    assert summary.failure_reason == "score below 0.9 in fraud-test"
+    assert summary.step("Gate").metadata == {"Condition": {"Outcome": "False"}}
+    assert summary.step("QualityTooLow").status == "Failed"
+    assert registry.requests == []
+    store = ExecutionStore(workspace.executions)
+    described = store.describe_pipeline_execution(summary.execution_id)
+    assert described["PipelineExecutionStatus"] == "Failed"
+    assert {"Name": "MinScore", "Value": 0.9} in described["PipelineParameters"]
+
+
+def test_failing_step_fails_the_execution_with_its_log_tail(workspace):
+    seed(workspace)
+    put(workspace, f"{CODE}/preprocess.py", "raise ValueError('bad row 17 in data.txt')\n")
+    summary = run(workspace, fraud_like_definition())
+
+    assert summary.status == "Failed"
+    assert [s.name for s in summary.steps] == ["Preprocess"]  # nothing downstream ran
+    reason = summary.failure_reason
+    assert reason.startswith("step Preprocess: AlgorithmError")
+    assert "exited with code 1" in reason and "bad row 17 in data.txt" in reason
+    log = Path(summary.step("Preprocess").log_path)
+    assert "Traceback" in log.read_text()
+    listed = ExecutionStore(workspace.executions).list_pipeline_execution_steps(
+        summary.execution_id
+    )["PipelineExecutionSteps"]
+    assert listed[0]["StepStatus"] == "Failed" and "bad row 17" in listed[0]["FailureReason"]
+
+
+def test_container_script_cannot_import_the_project_package(workspace):
+    definition = single_step("Leaky", f"{CODE}/leaky.py", "import pipelines.workspace\n", workspace)
+    summary = run(workspace, definition)
+    assert summary.status == "Failed"
+    assert "ModuleNotFoundError: No module named 'pipelines'" in summary.failure_reason
+
+
+# --- caching -----------------------------------------------------------------------
+
+
+def cached(definition: dict[str, Any]) -> dict[str, Any]:
+    for step in definition["Steps"]:
+        if step["Type"] in ("Processing", "Training"):
+            step["CacheConfig"] = {"Enabled": True, "ExpireAfter": "P30D"}
+    return definition
+
+
+def test_cache_skips_unchanged_steps_and_reruns_changed_ones(workspace):
+    seed(workspace)
+    first = run(workspace, cached(fraud_like_definition()))
+    assert first.succeeded and not any(s.cache_hit for s in first.steps)
+
+    # Preprocess writes under the execution id, so make its output location stable.
+    again = run(workspace, cached(fraud_like_definition()))
+    assert again.step("Preprocess").cache_hit is False  # its output URI has a new execution id
+
+    definition = cached(fraud_like_definition())
+    definition["Steps"][-1]["Arguments"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"][
+        "S3Uri"
+    ] = "s3://artifacts/stable/train"
+    base = run(workspace, definition)
+    hit = run(workspace, definition)
+    assert hit.succeeded
+    assert {s.name for s in hit.steps if s.cache_hit} == {"Preprocess", "Train", "Evaluate"}
+    assert hit.step("Train").metadata["CacheHit"] == base.execution_id
+    assert hit.step("Train").properties == base.step("Train").properties
+    assert not (workspace.executions / hit.execution_id / "logs" / "Preprocess.log").exists()
+
+    # A parameter change reaches Preprocess's arguments: everything downstream re-runs.
+    tagged = run(workspace, definition, Tag="_v2")
+    assert not any(s.cache_hit for s in tagged.steps)
+
+    # Changed code is a changed input even with identical arguments.
+    put(workspace, f"{CODE}/evaluate.py", EVALUATE + "\nprint('changed')\n")
+    recoded = run(workspace, definition, Tag="_v2")
+    assert [s.name for s in recoded.steps if s.cache_hit] == ["Preprocess", "Train"]
+    assert not recoded.step("Evaluate").cache_hit
+
+
+def test_cache_miss_when_previous_outputs_were_overwritten(workspace):
+    definition = single_step(
+        "Write",
+        f"{CODE}/write.py",
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--base-dir'); a = p.parse_args()\n"
+        "(pathlib.Path(a.base_dir) / 'processing/out/x.txt').write_text('fresh')\n",
+        workspace,
+    )
+    definition["Steps"][0]["Arguments"]["ProcessingOutputConfig"] = {
+        "Outputs": [
+            {
+                "OutputName": "out",
+                "S3Output": {"S3Uri": "s3://artifacts/out", "LocalPath": "/opt/ml/processing/out"},
+            }
+        ]
+    }
+    cached(definition)
+    assert run(workspace, definition).succeeded
+    put(workspace, "s3://artifacts/out/x.txt", "tampered")
+    again = run(workspace, definition)
+    assert not again.step("Write").cache_hit
+    assert workspace.local_path("s3://artifacts/out/x.txt").read_text() == "fresh"
+
+
+# --- retries and resume -------------------------------------------------------------
+
+FLAKY = """
+import os, pathlib, signal, sys
+marker = pathlib.Path(sys.argv[sys.argv.index("--marker") + 1])
+if not marker.exists():
+    marker.write_text("first attempt")
+    os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or lost host looks like
+print("second attempt ok")
+"""
+
+
+def test_retry_policy_retries_an_internal_error_then_succeeds(workspace, tmp_path):
+    retry = [
+        {
+            "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"],
+            "MaxAttempts": 2,
+            "IntervalSeconds": 0,
+            "BackoffRate": 2.0,
+        }
+    ]
+    definition = single_step(
+        "Flaky",
+        f"{CODE}/flaky.py",
+        FLAKY,
+        workspace,
+        arguments=["--marker", str(tmp_path / "marker")],
+        RetryPolicies=retry,
+    )
+    summary = run(workspace, definition)
+    assert summary.status == "Succeeded", summary.failure_reason
+    assert summary.step("Flaky").attempts == 2
+    assert "killed by signal 9" not in (summary.failure_reason or "")
+
+
+def test_retry_policy_does_not_retry_a_script_error(workspace):
+    retry = [
+        {
+            "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "Step.SERVICE_FAULT"],
+            "MaxAttempts": 3,
+            "IntervalSeconds": 0,
+        }
+    ]
+    definition = single_step(
+        "Broken", f"{CODE}/broken.py", "raise SystemExit(3)\n", workspace, RetryPolicies=retry
+    )
+    summary = run(workspace, definition)
+    assert summary.status == "Failed"
+    assert summary.step("Broken").attempts == 1
+    assert "exited with code 3" in summary.failure_reason
+
+
+def test_resume_reruns_only_what_failed(workspace, tmp_path):
+    seed(workspace)
+    gate_file = tmp_path / "labels-ready"
+    put(
+        workspace,
+        f"{CODE}/evaluate.py",
+        f"import pathlib, sys\nif not pathlib.Path({str(gate_file)!r}).exists():\n"
+        "    sys.exit('labels not ready')\n" + EVALUATE,
+    )
+    first = run(workspace, fraud_like_definition())
+    assert first.status == "Failed" and "labels not ready" in first.failure_reason
+
+    gate_file.write_text("ok")
+    resumed = resume_pipeline_execution(
+        first.execution_id, workspace, progress=False, registry=FakeRegistry()
+    )
+    assert resumed.execution_id == first.execution_id
+    assert resumed.status == "Succeeded", resumed.failure_reason
+    # Preprocess and Train were not run again: same job names, one command in their logs.
+    for name in ("Preprocess", "Train"):
+        assert resumed.step(name).properties == first.step(name).properties
+        assert Path(resumed.step(name).log_path).read_text().count("\n$ ") == 0
+    assert resumed.step("Evaluate").status == "Succeeded"
+    assert resumed.step("Register").status == "Succeeded"
+    with pytest.raises(ExecutorError, match="only Failed or Stopped"):
+        resume_pipeline_execution(first.execution_id, workspace, progress=False)
+
+
+# --- SDK v3 job shapes ------------------------------------------------------------
+
+
+def test_framework_processor_runproc_and_model_trainer_source_code(workspace):
+    """The shapes the SageMaker SDK v3 renders: runproc.sh + sourcedir.tar.gz, sm_drivers."""
+    put(workspace, "s3://landing/raw/data.txt", "x y")
+    put_tarball(
+        workspace,
+        f"{CODE}/prep/sourcedir.tar.gz",
+        {"preprocess.py": PREPROCESS, "helpers.py": "TAG = '-h'\n"},
+    )
+    put(
+        workspace,
+        f"{CODE}/prep/runproc.sh",
+        """\
+        #!/bin/bash
+        set -e
+        cd /opt/ml/processing/input/code/
+        if [ -f sourcedir.tar.gz ]; then
+            tar -xzf sourcedir.tar.gz
+        fi
+        python3 preprocess.py "$@"
+    """,
+    )
+    preprocess = processing_step(
+        "Prep",
+        f"{CODE}/prep/",
+        [("raw", "s3://landing/raw", "/opt/ml/processing/input/raw")],
+        [("train", "s3://artifacts/v3/train", "/opt/ml/processing/train")],
+        arguments=["--base-dir", "/opt/ml"],
+    )
+    preprocess["Arguments"]["ProcessingInputs"].append(
+        {
+            "InputName": "entrypoint",
+            "S3Input": {
+                "S3Uri": f"{CODE}/prep/runproc.sh",
+                "LocalPath": "/opt/ml/processing/input/entrypoint",
+            },
+        }
+    )
+    preprocess["Arguments"]["AppSpecification"]["ContainerEntrypoint"] = [
+        "/bin/bash",
+        "/opt/ml/processing/input/entrypoint/runproc.sh",
+    ]
+    put(workspace, f"{CODE}/trainer/code/train.py", TRAIN)
+    put(
+        workspace,
+        f"{CODE}/trainer/sm_drivers/sourcecode.json",
+        json.dumps({"source_dir": "src", "entry_script": "train.py", "command": None}),
+    )
+    put(workspace, f"{CODE}/trainer/sm_drivers/distributed.json", "{}")
+    train = training_step(
+        "Fit", {"Get": "Steps.Prep.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"}, "2"
+    )
+    hps = train["Arguments"]["HyperParameters"]
+    del hps["sagemaker_program"], hps["sagemaker_submit_directory"]
+    hps["label"] = "fraud model"
+    train["Arguments"]["InputDataConfig"] += [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{CODE}/trainer/{name}"}
+            },
+        }
+        for name in ("code", "sm_drivers")
+    ]
+    definition = {"Version": "2020-12-01", "Parameters": [], "Steps": [preprocess, train]}
+
+    summary = run(workspace, definition)
+    assert summary.status == "Succeeded", summary.failure_reason
+    model_uri = summary.step("Fit").properties["ModelArtifacts"]["S3ModelArtifacts"]
+    with tarfile.open(workspace.local_path(model_uri)) as tar:
+        model = json.load(tar.extractfile("model.json"))
+    assert model["rows"] == ["X", "Y"]
+    assert model["label"] == "fraud model" and model["epochs"] == 2
+
+
+# --- definition checks ---------------------------------------------------------------
+
+
+def test_unsupported_step_type_is_a_clear_error_before_anything_runs(workspace):
+    definition = fraud_like_definition()
+    definition["Steps"].append({"Name": "BatchScore", "Type": "Transform", "Arguments": {}})
+    with pytest.raises(UnsupportedFeatureError, match="'BatchScore' has Type 'Transform'"):
+        run(workspace, definition)
+    assert (
+        ExecutionStore(workspace.executions).list_pipeline_executions()[
+            "PipelineExecutionSummaries"
+        ]
+        == []
+    )
+
+
+def test_unsupported_expression_is_a_clear_error(workspace):
+    definition = fraud_like_definition()
+    definition["Steps"][0]["Arguments"]["ErrorMessage"] = {"Std:Select": {"Index": 0}}
+    with pytest.raises(UnsupportedFeatureError, match="'Std:Select'"):
+        run(workspace, definition)
+    definition = fraud_like_definition()
+    definition["Steps"][1]["Arguments"]["ProcessingInputs"][0]["S3Input"]["S3Uri"] = {
+        "Get": "Steps.Train.ModelArtifact.S3ModelArtifacts"
+    }
+    with pytest.raises(
+        UnsupportedFeatureError, match="Training step has no property 'ModelArtifact'"
+    ):
+        check_supported(parse_definition(json.dumps(definition)))
+
+
+def test_dependencies_cycles_and_unknown_references():
+    steps = [
+        {"Name": "C", "Type": "Fail", "Arguments": {"ErrorMessage": "x"}, "DependsOn": ["B"]},
+        {"Name": "B", "Type": "Fail", "Arguments": {"ErrorMessage": {"Get": "Steps.A.Outcome"}}},
+        {
+            "Name": "A",
+            "Type": "Condition",
+            "Arguments": {"Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 1}]},
+        },
+    ]
+    assert parse_definition({"Steps": steps}).order == ["A", "B", "C"]
+    steps[2]["DependsOn"] = ["C"]
+    with pytest.raises(DefinitionError, match="cycle: A, B, C"):
+        parse_definition({"Steps": steps})
+    with pytest.raises(DefinitionError, match="DependsOn 'Nope'"):
+        parse_definition(
+            {"Steps": [{"Name": "X", "Type": "Fail", "Arguments": {}, "DependsOn": ["Nope"]}]}
+        )
+
+
+def test_parameters_are_typed_and_unknown_ones_rejected(workspace):
+    seed(workspace)
+    with pytest.raises(ParameterError, match="Epochs must be Integer, got 'many'"):
+        run(workspace, fraud_like_definition(), Epochs="many")
+    with pytest.raises(ParameterError, match="unknown pipeline parameter.*Epoch\\b"):
+        run(workspace, fraud_like_definition(), Epoch=3)
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ({"Type": "GreaterThan", "LeftValue": {"Get": "Parameters.N"}, "RightValue": 2}, True),
+        ({"Type": "GreaterThan", "LeftValue": 3, "RightValue": "3"}, False),
+        ({"Type": "LessThan", "LeftValue": 2.5, "RightValue": {"Get": "Parameters.N"}}, True),
+        ({"Type": "LessThanOrEqualTo", "LeftValue": 3, "RightValue": 3}, True),
+        ({"Type": "GreaterThanOrEqualTo", "LeftValue": 2, "RightValue": 3}, False),
+        ({"Type": "Equals", "LeftValue": {"Get": "Parameters.S"}, "RightValue": "fraud"}, True),
+        ({"Type": "Equals", "LeftValue": {"Get": "Parameters.N"}, "RightValue": 3.0}, True),
+        ({"Type": "In", "QueryValue": {"Get": "Parameters.S"}, "Values": ["a", "fraud"]}, True),
+        ({"Type": "In", "QueryValue": "z", "Values": ["a", "fraud"]}, False),
+        ({"Type": "Not", "Condition": {"Type": "Equals", "LeftValue": 1, "RightValue": 2}}, True),
+        (
+            {
+                "Type": "Or",
+                "Conditions": [
+                    {"Type": "Equals", "LeftValue": 1, "RightValue": 2},
+                    {"Type": "LessThan", "LeftValue": 1, "RightValue": 2},
+                ],
+            },
+            True,
+        ),
+        (
+            {"Type": "Or", "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 2}]},
+            False,
+        ),
+    ],
+)
+def test_condition_kinds(condition, expected):
+    definition = parse_definition(
+        {
+            "Parameters": [{"Name": "N", "Type": "Integer"}, {"Name": "S", "Type": "String"}],
+            "Steps": [],
+        }
+    )
+    ctx = ResolutionContext(definition, {"N": 3, "S": "fraud"}, {}, read_json=json.loads)
+    assert evaluate_condition(condition, ctx) is expected
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_lists_describes_and_shows_steps(workspace, capsys):
+    seed(workspace)
+    summary = run(workspace, fraud_like_definition(), MinScore=0.9)
+    workdir = ["--workdir", str(workspace.root)]
+    assert cli.main(["pipeline", "list", *workdir]) == 0
+    assert summary.execution_id in capsys.readouterr().out
+    assert cli.main(["pipeline", "describe", summary.execution_id, "--json", *workdir]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["PipelineExecutionStatus"] == "Failed"
+    assert described["FailureReason"] == "score below 0.9 in fraud-test"
+    assert cli.main(["pipeline", "steps", summary.execution_id, *workdir]) == 0
+    out = capsys.readouterr().out
+    assert "QualityTooLow" in out and "Gate" in out
+    assert cli.main(["pipeline", "describe", "nosuchid", *workdir]) == 2
+    assert "no pipeline execution 'nosuchid'" in capsys.readouterr().err
