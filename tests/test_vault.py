@@ -415,3 +415,20 @@ def test_minimise_refuses_records_and_periods_shorter_than_the_rule(workspace):
         minimise(workspace, zones=("records",))
     with pytest.raises(PolicyError, match="retained 35 days"):
         minimise(workspace, zones=("scored",), older_than_days=7)
+
+
+def test_retention_rules_are_configurable_above_the_legal_floor(populated: Workspace, capsys):
+    from pipelines.governance.policy import PolicyError, retention_rules, set_retention
+
+    assert retention_rules(populated)["records"] == 1826
+    with pytest.raises(PolicyError, match="at least 1826 days"):
+        set_retention(populated, {"records": 365})
+    set_retention(populated, {"curated": 90})
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    created = datetime.fromisoformat(snapshot.created_at)
+    assert snapshot.retain_until == (created + timedelta(days=90)).isoformat()
+    code = cli_main(
+        ["backup", "retention", "--set", "cases_db=30", "--workdir", str(populated.root)]
+    )
+    assert code == 2  # a user mistake, refused with the legal floor named
+    assert "at least 1826 days" in capsys.readouterr().err
