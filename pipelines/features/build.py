@@ -69,7 +69,7 @@ def read_labels(ws: Workspace) -> pa.Table | None:
     if not files:
         return None
     con = duckdb_engine.connect()
-    return con.execute(
+    return con.sql(
         f"SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true)"
     ).to_arrow_table()
 

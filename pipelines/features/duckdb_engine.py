@@ -98,7 +98,8 @@ def _windowed_select(delay_micros: int) -> str:
         windows.setdefault(window_name(a), window_sql(a, delay_micros))
         call = f"{aggregate_call(a)} OVER {window_name(a)}"
         if a.function == "sum":
-            call = f"coalesce({call}, 0)"
+            # An empty frame sums to 0, not NULL; DOUBLE whatever the value type.
+            call = f"CAST(coalesce({call}, 0) AS DOUBLE)"
         columns.append(f"        {call} AS {a.name}")
     window_clauses = ",\n".join(f"        {name} AS ({sql})" for name, sql in windows.items())
     return (
@@ -253,7 +254,7 @@ def check_transactions(con: duckdb.DuckDBPyConnection, source: str = TRANSACTION
     return {c for c in OPTIONAL_INPUTS if c not in columns}
 
 
-def check_labels(con: duckdb.DuckDBPyConnection, source: str = LABELS_VIEW) -> None:
+def check_labels(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """A labels table needs one row per transaction, a 0/1 label and a known-at time."""
     columns = set(_relation_columns(con, source))
     absent = [c for c in LABELS_COLUMNS if c not in columns]
@@ -262,7 +263,7 @@ def check_labels(con: duckdb.DuckDBPyConnection, source: str = LABELS_VIEW) -> N
     bad = con.execute(
         f"SELECT transaction_id, is_fraud, label_known_at FROM {source} "
         "WHERE transaction_id IS NULL OR label_known_at IS NULL OR is_fraud IS NULL "
-        "OR is_fraud NOT IN (0, 1) LIMIT 1"
+        "OR CAST(is_fraud AS INTEGER) NOT IN (0, 1) LIMIT 1"
     ).fetchall()
     if bad:
         raise ValueError(
@@ -303,8 +304,15 @@ def prepare_query(
     """Validate ``source`` (and ``labels``, registered on ``con``) and compile the query."""
     missing = check_transactions(con, source)
     if labels is not None:
-        con.register(LABELS_VIEW, labels)
-        check_labels(con)
+        raw = f"{LABELS_VIEW}_raw"
+        con.register(raw, labels)
+        check_labels(con, raw)
+        # One type for the join whatever the producer wrote (bool or int labels).
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW {LABELS_VIEW} AS SELECT "
+            "CAST(transaction_id AS VARCHAR) AS transaction_id, "
+            f"CAST(is_fraud AS TINYINT) AS is_fraud, label_known_at FROM {raw}"
+        )
     return compile_sql(
         label_delay_days, with_labels=labels is not None, missing_columns=missing, source=source
     )
@@ -346,5 +354,5 @@ def compute_features(
     else:
         raise TypeError("compute_features takes a pyarrow.Table or a duckdb connection")
     sql = prepare_query(con, label_delay_days, labels)
-    table = con.execute(sql).to_arrow_table()
+    table = con.sql(sql).to_arrow_table()
     return table.cast(output_schema())
