@@ -177,11 +177,9 @@ def read_partition(path: Path, root: Path, columns: list[str]) -> pa.Table:
     return table.select(columns)
 
 
-def read_feature_table(features_dir: Path, columns: list[str]) -> pd.DataFrame:
+def read_feature_table(features_dir: Path, files: list[Path], columns: list[str]) -> pd.DataFrame:
     """Read only ``columns`` from every partition file into one frame."""
-    tables = [
-        read_partition(path, features_dir, columns) for path in list_parquet_files(features_dir)
-    ]
+    tables = [read_partition(path, features_dir, columns) for path in files]
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.to_pandas()
 
@@ -249,7 +247,7 @@ def check_plan_fits(plan: WindowPlan, first_day: date, last_day: date) -> None:
             f"no days left for training: data spans {first_day}..{last_day}, but {layout}, "
             f"with a label-delay gap of {plan.label_delay_days} days and a validation gap of "
             f"{plan.validation_gap_days} days. Reduce --test-days, --validation-days or "
-            "--label-delay-days, or provide more days of data."
+            "--label-delay-days, move --train-start earlier, or provide more days of data."
         )
     if plan.test.end > last_day:
         raise SplitError(
@@ -403,7 +401,9 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     features_dir = processing / "input" / "features"
     feature_set = load_feature_set(features_dir)
     label = feature_set["label_column"]
-    frame = read_feature_table(features_dir, output_columns(feature_set))
+    files = list_parquet_files(features_dir)
+    print(f"reading {len(files)} feature files from {features_dir}", flush=True)
+    frame = read_feature_table(features_dir, files, output_columns(feature_set))
     if frame.empty:
         raise SplitError(f"the feature table under {features_dir} has no rows.")
     check_labels(frame, label)

@@ -495,3 +495,17 @@ def test_container_scripts_import_only_what_the_container_provides(script):
             modules.add(node.module.split(".")[0])
     foreign = modules - set(sys.stdlib_module_names) - CONTAINER_PACKAGES
     assert not foreign, f"{script.name} imports {foreign}, which the SageMaker container lacks"
+
+
+def test_evaluate_refuses_a_model_archive_escaping_its_directory(tmp_path, capsys):
+    import io
+
+    archive = tmp_path / "processing" / "model" / "model.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    code, err = run_main(EVALUATE, capsys, "--base-dir", str(tmp_path))
+    assert code == 2 and "unsafe path '../escaped.json'" in err
+    assert not (tmp_path / "processing" / "escaped.json").exists()

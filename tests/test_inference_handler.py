@@ -92,6 +92,15 @@ def test_csv_response_is_one_score_per_line(model, model_dir):
     )
 
 
+def test_csv_missing_values_and_padding_parse_the_same_on_every_path(model):
+    # Clean numeric CSV takes the vectorised parser, padded cells the cell-by-cell one.
+    clean = inference.input_fn("1.5,,3\n4,nan,-6e-1\n", "text/csv").values
+    padded = inference.input_fn(" 1.5 , ,3\n4 ,nan, -6e-1\n\n", "text/csv").values
+    expected = np.array([[1.5, np.nan, 3.0], [4.0, np.nan, -0.6]])
+    np.testing.assert_array_equal(clean, expected)
+    np.testing.assert_array_equal(padded, expected)
+
+
 def test_json_objects_match_by_name_and_ignore_extra_keys(model, model_dir):
     instances = [
         {"transaction_id": "t1", "terminal_risk_7d": 0.9, "amount_log": 3.2, "tx_count_1d": 1},
