@@ -22,7 +22,7 @@ import pytest
 from pipelines.cli import main as cli_main
 from pipelines.governance import audit, vault
 from pipelines.governance.locks import LockTimeout, workspace_lock
-from pipelines.governance.policy import FILE_ZONES, place_legal_hold, zone_root
+from pipelines.governance.policy import BSA_RETENTION_DAYS, FILE_ZONES, place_legal_hold, zone_root
 from pipelines.governance.retention import minimise
 from pipelines.workspace import Workspace
 
@@ -114,6 +114,25 @@ def test_backup_then_restore_gives_a_byte_identical_tree(populated: Workspace, t
     restored_trail = Workspace(target)
     assert audit.verify(restored_trail).ok
     assert [e["action"] for e in audit.list_entries(restored_trail)] == ["ingest.run"]
+
+
+def test_sqlite_is_copied_consistently_while_a_writer_holds_uncheckpointed_wal(
+    workspace: Workspace, tmp_path: Path
+):
+    writer = sqlite3.connect(workspace.cases_db)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # committed rows stay in the -wal file
+    writer.execute("CREATE TABLE cases (id INTEGER, disposition TEXT)")
+    writer.executemany("INSERT INTO cases VALUES (?, ?)", [(i, "fraud") for i in range(500)])
+    writer.commit()
+    assert Path(f"{workspace.cases_db}-wal").stat().st_size > 0
+    try:
+        snapshot = vault.create_snapshot(workspace, zones=("cases_db",)).snapshot
+    finally:
+        writer.close()
+    vault.restore_snapshot(workspace, snapshot.snapshot_id, tmp_path / "r")
+    with sqlite3.connect(tmp_path / "r" / "cases.sqlite") as restored:
+        assert restored.execute("SELECT count(*) FROM cases").fetchall() == [(500,)]
 
 
 def test_restore_refuses_a_non_empty_target_and_leaves_it_alone(populated, tmp_path):
@@ -420,8 +439,8 @@ def test_minimise_refuses_records_and_periods_shorter_than_the_rule(workspace):
 def test_retention_rules_are_configurable_above_the_legal_floor(populated: Workspace, capsys):
     from pipelines.governance.policy import PolicyError, retention_rules, set_retention
 
-    assert retention_rules(populated)["records"] == 1826
-    with pytest.raises(PolicyError, match="at least 1826 days"):
+    assert retention_rules(populated)["records"] == BSA_RETENTION_DAYS
+    with pytest.raises(PolicyError, match=f"at least {BSA_RETENTION_DAYS} days"):
         set_retention(populated, {"records": 365})
     set_retention(populated, {"curated": 90})
     snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
@@ -431,4 +450,4 @@ def test_retention_rules_are_configurable_above_the_legal_floor(populated: Works
         ["backup", "retention", "--set", "cases_db=30", "--workdir", str(populated.root)]
     )
     assert code == 2  # a user mistake, refused with the legal floor named
-    assert "at least 1826 days" in capsys.readouterr().err
+    assert f"at least {BSA_RETENTION_DAYS} days" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from typing import Any
 from pipelines.governance.locks import file_lock
 from pipelines.workspace import Workspace
 
-BSA_RETENTION_DAYS = 1826  # five years, leap day included
+BSA_RETENTION_DAYS = 1827  # five years and a day, as infra/backup.yaml
 WORKING_RETENTION_DAYS = 35
 
 LAKE_ZONES: tuple[str, ...] = ("curated", "features", "scored", "labels", "quarantine")

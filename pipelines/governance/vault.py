@@ -603,6 +603,11 @@ def restore_snapshot(
         raise VaultError(f"restore target {target} exists and is not empty; choose a new directory")
     snapshot = load_snapshot(ws, snapshot_id)
     entries = [e for e in snapshot.entries if zones is None or e.zone in zones]
+    if zones and not entries:
+        raise VaultError(
+            f"snapshot {snapshot_id} holds nothing of zone(s) {', '.join(zones)}; it has "
+            f"{', '.join(sorted({e.zone for e in snapshot.entries})) or 'no files'}"
+        )
     staging = target.parent / f".{target.name}.restore-{secrets.token_hex(4)}"
     result = RestoreResult(snapshot_id, target)
     try:
