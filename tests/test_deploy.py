@@ -94,9 +94,7 @@ def test_approval_deploys_and_the_endpoint_answers(registry, workspace, model_di
     assert [(h["version"], h["status"]) for h in history] == [(1, "InService")]
 
 
-def test_unhealthy_version_rolls_back_and_the_old_one_keeps_serving(
-    registry, workspace, model_dir
-):
+def test_unhealthy_version_rolls_back_and_the_old_one_keeps_serving(registry, workspace, model_dir):
     good = register(registry, workspace, model_dir, "run-1")
     deployment(registry.update_model_package(good, APPROVED, "bob", "ok"))
     before = read_endpoint_state(workspace)
@@ -213,30 +211,55 @@ def test_aws_later_deployment_is_a_blue_green_update_with_alarm_rollback():
     )
     arn = "arn:aws:sagemaker:us-east-1:123456789012:{}/fraudops-dev-fraud".format
     stubber = Stubber(client)
-    stubber.add_response("create_model", {"ModelArn": arn("model")}, {
-        "ModelName": ANY, "PrimaryContainer": {"ModelPackageName": PACKAGE["ModelPackageArn"]},
-        "ExecutionRoleArn": ROLE, "Tags": ANY,
-    })
-    stubber.add_response("create_endpoint_config", {"EndpointConfigArn": arn("endpoint-config")}, {
-        "EndpointConfigName": ANY, "ProductionVariants": ANY, "Tags": ANY,
-    })
-    stubber.add_response("describe_endpoint", {
-        "EndpointName": "fraudops-dev-fraud", "EndpointArn": arn("endpoint"),
-        "EndpointConfigName": "old", "EndpointStatus": "InService",
-        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z",
-    }, {"EndpointName": "fraudops-dev-fraud"})
-    stubber.add_response("update_endpoint", {"EndpointArn": arn("endpoint")}, {
-        "EndpointName": "fraudops-dev-fraud",
-        "EndpointConfigName": ANY,
-        "DeploymentConfig": {
-            "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE",
-                                                "WaitIntervalInSeconds": 300},
-                "TerminationWaitInSeconds": 300,
-            },
-            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "fraud-5xx"}]},
+    stubber.add_response(
+        "create_model",
+        {"ModelArn": arn("model")},
+        {
+            "ModelName": ANY,
+            "PrimaryContainer": {"ModelPackageName": PACKAGE["ModelPackageArn"]},
+            "ExecutionRoleArn": ROLE,
+            "Tags": ANY,
         },
-    })
+    )
+    stubber.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": arn("endpoint-config")},
+        {
+            "EndpointConfigName": ANY,
+            "ProductionVariants": ANY,
+            "Tags": ANY,
+        },
+    )
+    stubber.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "fraudops-dev-fraud",
+            "EndpointArn": arn("endpoint"),
+            "EndpointConfigName": "old",
+            "EndpointStatus": "InService",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "LastModifiedTime": "2026-01-01T00:00:00Z",
+        },
+        {"EndpointName": "fraudops-dev-fraud"},
+    )
+    stubber.add_response(
+        "update_endpoint",
+        {"EndpointArn": arn("endpoint")},
+        {
+            "EndpointName": "fraudops-dev-fraud",
+            "EndpointConfigName": ANY,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "ALL_AT_ONCE",
+                        "WaitIntervalInSeconds": 300,
+                    },
+                    "TerminationWaitInSeconds": 300,
+                },
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "fraud-5xx"}]},
+            },
+        },
+    )
     with stubber:
         result = backend.deploy(PACKAGE)
     stubber.assert_no_pending_responses()
@@ -256,9 +279,12 @@ def test_aws_lambda_deploys_only_approved_packages(monkeypatch):
     client.update_model_package(ModelPackageArn=arns[1], ModelApprovalStatus="Approved")
 
     def event(arn, status):
-        return {"source": "aws.sagemaker", "detail-type": MODEL_PACKAGE_STATE_CHANGE,
-                "resources": [arn], "detail": {"ModelPackageArn": arn,
-                                               "ModelApprovalStatus": status}}
+        return {
+            "source": "aws.sagemaker",
+            "detail-type": MODEL_PACKAGE_STATE_CHANGE,
+            "resources": [arn],
+            "detail": {"ModelPackageArn": arn, "ModelApprovalStatus": status},
+        }
 
     assert deploy_lambda(event(arns[0], "Rejected"), None)["status"] == "Skipped"
     assert client.list_endpoints()["Endpoints"] == []

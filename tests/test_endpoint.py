@@ -88,7 +88,10 @@ def test_ping_answers_when_the_model_is_loaded(server):
 def test_csv_request_gets_the_models_scores(server, model_dir):
     values = rows(5)
     status, content_type, body = request(
-        server, "POST", "/invocations", csv_body(values),
+        server,
+        "POST",
+        "/invocations",
+        csv_body(values),
         {"Content-Type": "text/csv", "Accept": "text/csv"},
     )
     assert status == 200 and content_type == "text/csv"
@@ -108,7 +111,10 @@ def test_json_request_with_named_features_and_accept_honoured(server, model_dir)
     np.testing.assert_allclose(scores, expected_scores(model_dir, values), rtol=1e-6)
 
     status, content_type, body = request(
-        server, "POST", "/invocations", payload,
+        server,
+        "POST",
+        "/invocations",
+        payload,
         {"Content-Type": "application/json; charset=utf-8", "Accept": "text/csv"},
     )
     assert status == 200 and content_type == "text/csv"
@@ -117,13 +123,16 @@ def test_json_request_with_named_features_and_accept_honoured(server, model_dir)
 
 BAD_REQUESTS = {
     "malformed json": ("POST", "/invocations", b'{"instances": [1, 2', "application/json", 400),
-    "json of strings": ("POST", "/invocations", b'{"instances": [["a", "b", "c", "d"]]}',
-                        "application/json", 400),
-    "json missing features": ("POST", "/invocations", b'{"amount": 3.0}', "application/json",
-                              400),
+    "json of strings": (
+        "POST",
+        "/invocations",
+        b'{"instances": [["a", "b", "c", "d"]]}',
+        "application/json",
+        400,
+    ),
+    "json missing features": ("POST", "/invocations", b'{"amount": 3.0}', "application/json", 400),
     "non-numeric csv": ("POST", "/invocations", b"1,2,abc,4", "text/csv", 400),
-    "csv header row": ("POST", "/invocations", ",".join(SAMPLE_FEATURES).encode(), "text/csv",
-                       400),
+    "csv header row": ("POST", "/invocations", ",".join(SAMPLE_FEATURES).encode(), "text/csv", 400),
     "too few columns": ("POST", "/invocations", b"1,2,3", "text/csv", 400),
     "too many columns": ("POST", "/invocations", b"1,2,3,4,5", "text/csv", 400),
     "ragged csv": ("POST", "/invocations", b"1,2,3,4\n1,2", "text/csv", 400),
@@ -158,7 +167,10 @@ def test_bad_requests_get_their_status_and_the_server_lives_on(server, model_dir
 
 def test_unacceptable_accept_is_406(server, model_dir):
     status, _, raw = request(
-        server, "POST", "/invocations", b"1,2,3,4",
+        server,
+        "POST",
+        "/invocations",
+        b"1,2,3,4",
         {"Content-Type": "text/csv", "Accept": "application/x-parquet"},
     )
     assert status == 406 and "Accept" in json.loads(raw)["error"]
@@ -239,8 +251,12 @@ def test_concurrent_clients_all_get_correct_scores(server, model_dir):
         scores = []
         try:
             for i in range(offset, len(values), 8):  # keep-alive: many requests per connection
-                conn.request("POST", "/invocations", csv_body(values[i : i + 1]),
-                             {"Content-Type": "text/csv", "Accept": "text/csv"})
+                conn.request(
+                    "POST",
+                    "/invocations",
+                    csv_body(values[i : i + 1]),
+                    {"Content-Type": "text/csv", "Accept": "text/csv"},
+                )
                 response = conn.getresponse()
                 assert response.status == 200
                 scores.append((i, float(response.read())))

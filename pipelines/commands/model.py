@@ -148,8 +148,11 @@ def run_show(args: argparse.Namespace) -> int:
         history.add_column(column)
     for decision in decisions:
         history.add_row(
-            decision["DecidedAt"][:19], decision["FromStatus"], decision["ToStatus"],
-            decision["Approver"], decision["Reason"],
+            decision["DecidedAt"][:19],
+            decision["FromStatus"],
+            decision["ToStatus"],
+            decision["Approver"],
+            decision["Reason"],
         )
     console.print(history if decisions else "no decisions yet")
     return 0
@@ -217,7 +220,10 @@ def run_deployments(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in backend.history.list(args.limit):
         table.add_row(
-            str(row["id"]), row["finished_at"][:19], str(row["version"]), row["status"],
+            str(row["id"]),
+            row["finished_at"][:19],
+            str(row["version"]),
+            row["status"],
             row["message"],
         )
     console.print(table)

@@ -101,7 +101,9 @@ def _reap(pid: int) -> None:
 
 
 def http_request(
-    url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
     timeout: float = 5.0,
 ) -> tuple[int, bytes]:
     """One request; HTTP errors are returned as (status, body), not raised."""
@@ -205,13 +207,24 @@ class LocalEndpointBackend:
                 stop_endpoint_process(previous["pid"])
             message = f"serving version {version} at {info['url']}"
             deployment_id = self.history.record(
-                model_package_arn=arn, version=version, backend=self.name, status=IN_SERVICE,
-                endpoint_url=info["url"], port=info["port"], pid=info["pid"],
-                previous_model_package_arn=previous_arn, message=message, started_at=started_at,
+                model_package_arn=arn,
+                version=version,
+                backend=self.name,
+                status=IN_SERVICE,
+                endpoint_url=info["url"],
+                port=info["port"],
+                pid=info["pid"],
+                previous_model_package_arn=previous_arn,
+                message=message,
+                started_at=started_at,
             )
             return DeploymentResult(
-                status=IN_SERVICE, model_package_arn=arn, version=version,
-                endpoint_url=info["url"], message=message, deployment_id=deployment_id,
+                status=IN_SERVICE,
+                model_package_arn=arn,
+                version=version,
+                endpoint_url=info["url"],
+                message=message,
+                deployment_id=deployment_id,
             )
 
     def skip(self, package: dict[str, Any], reason: str) -> DeploymentResult:
@@ -219,11 +232,17 @@ class LocalEndpointBackend:
         arn = package["ModelPackageArn"]
         version = int(package["ModelPackageVersion"])
         deployment_id = self.history.record(
-            model_package_arn=arn, version=version, backend=self.name, status=SKIPPED,
+            model_package_arn=arn,
+            version=version,
+            backend=self.name,
+            status=SKIPPED,
             message=reason,
         )
         return DeploymentResult(
-            status=SKIPPED, model_package_arn=arn, version=version, message=reason,
+            status=SKIPPED,
+            model_package_arn=arn,
+            version=version,
+            message=reason,
             deployment_id=deployment_id,
         )
 
@@ -246,9 +265,13 @@ class LocalEndpointBackend:
             status = FAILED
             message = f"version {version} failed ({reason}); no endpoint is serving"
         deployment_id = self.history.record(
-            model_package_arn=arn, version=version, backend=self.name, status=status,
+            model_package_arn=arn,
+            version=version,
+            backend=self.name,
+            status=status,
             previous_model_package_arn=previous["model_package_arn"] if previous else None,
-            message=message, started_at=started_at,
+            message=message,
+            started_at=started_at,
         )
         self.notifier.publish(
             FAILURES_TOPIC,
@@ -256,9 +279,12 @@ class LocalEndpointBackend:
             {"stage": "deploy", "model_package_arn": arn, "status": status, "error": message},
         )
         return DeploymentResult(
-            status=status, model_package_arn=arn, version=version,
+            status=status,
+            model_package_arn=arn,
+            version=version,
             endpoint_url=previous["url"] if previous and previous.get("alive") else None,
-            message=message, deployment_id=deployment_id,
+            message=message,
+            deployment_id=deployment_id,
         )
 
     def _start_checked(self, bundle: ModelBundle) -> dict[str, Any]:
@@ -281,13 +307,21 @@ class LocalEndpointBackend:
         log_file = self.workspace.logs / f"endpoint-{bundle.group}-v{bundle.version}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", SERVER_MODULE,
-            "--model-dir", str(bundle.model_dir),
-            "--code-dir", str(bundle.code_dir),
-            "--program", bundle.program,
-            "--port", "0",
-            "--ready-file", str(ready_file),
-            "--log-file", str(log_file),
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--model-dir",
+            str(bundle.model_dir),
+            "--code-dir",
+            str(bundle.code_dir),
+            "--program",
+            bundle.program,
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready_file),
+            "--log-file",
+            str(log_file),
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
@@ -295,8 +329,13 @@ class LocalEndpointBackend:
         )
         with (run_dir / "stderr.log").open("ab") as stderr:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                start_new_session=True, close_fds=True, env=env,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
             )
         info = self._wait_ready(process, ready_file, log_file, run_dir / "stderr.log")
         info["log_file"] = str(log_file)

@@ -47,16 +47,28 @@ def train_model_files(
     model_dir.mkdir(parents=True, exist_ok=True)
     frame = synthetic_features(rows, features, seed)
     dtrain = xgb.DMatrix(frame[list(features)], label=frame["is_fraud"])
-    params = {"objective": "binary:logistic", "max_depth": max_depth, "eta": 0.3,
-              "nthread": 1, "seed": seed}
+    params = {
+        "objective": "binary:logistic",
+        "max_depth": max_depth,
+        "eta": 0.3,
+        "nthread": 1,
+        "seed": seed,
+    }
     booster = xgb.train(params, dtrain, num_boost_round=num_round)
     booster.save_model(str(model_dir / MODEL_FILE))
-    feature_set = {"version": "sample-1", "feature_columns": list(features),
-                   "label_column": "is_fraud", "id_columns": ["transaction_id"],
-                   "label_delay_days": 7}
+    feature_set = {
+        "version": "sample-1",
+        "feature_columns": list(features),
+        "label_column": "is_fraud",
+        "id_columns": ["transaction_id"],
+        "label_delay_days": 7,
+    }
     (model_dir / FEATURE_SET_FILE).write_text(json.dumps(feature_set))
-    metadata: dict[str, Any] = {"xgboost_version": xgb.__version__, "rows": {"train": rows},
-                                "hyperparameters": {**params, "num_round": num_round}}
+    metadata: dict[str, Any] = {
+        "xgboost_version": xgb.__version__,
+        "rows": {"train": rows},
+        "hyperparameters": {**params, "num_round": num_round},
+    }
     if alert_threshold is not None:
         metadata["alert_threshold"] = alert_threshold
     (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
@@ -102,8 +114,7 @@ def create_request(
         "ModelPackageDescription": "fraud model (sample)",
         "InferenceSpecification": {
             "Containers": [
-                {"Image": XGBOOST_IMAGE, "ModelDataUrl": model_data_url,
-                 "Environment": environment}
+                {"Image": XGBOOST_IMAGE, "ModelDataUrl": model_data_url, "Environment": environment}
             ],
             "SupportedContentTypes": ["application/json", "text/csv"],
             "SupportedResponseMIMETypes": ["application/json"],

@@ -126,9 +126,7 @@ def _validate_request(request: Mapping[str, Any]) -> None:
     for index, container in enumerate(containers):
         for key in ("Image", "ModelDataUrl"):
             if not container.get(key):
-                raise RegistryError(
-                    f"InferenceSpecification.Containers[{index}] has no {key}"
-                )
+                raise RegistryError(f"InferenceSpecification.Containers[{index}] has no {key}")
     status = request.get("ModelApprovalStatus", PENDING)
     if status not in APPROVAL_STATUSES:
         raise RegistryError(
@@ -217,9 +215,7 @@ class LocalModelRegistry:
 
     @staticmethod
     def _group_row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
-        return conn.execute(
-            "SELECT * FROM model_package_groups WHERE name = ?", (name,)
-        ).fetchone()
+        return conn.execute("SELECT * FROM model_package_groups WHERE name = ?", (name,)).fetchone()
 
     def list_model_package_groups(self) -> dict[str, list[dict[str, str]]]:
         """ListModelPackageGroups (summaries, oldest first)."""
