@@ -10,17 +10,15 @@ code the definition references.
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.workspace import ARTIFACTS_BUCKET, LAKE_BUCKET
+from pipelines.workspace import ARTIFACTS_BUCKET
 
 DEFAULT_MODULE = "pipelines.fraud.pipeline"
 DEFAULT_REGION = "us-east-1"
@@ -45,8 +43,6 @@ def offline_kwargs(pipeline_kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs.setdefault("region", DEFAULT_REGION)
     kwargs.setdefault("role", OFFLINE_ROLE_ARN)
     kwargs.setdefault("default_bucket", ARTIFACTS_BUCKET)
-    if "input_features_uri" not in kwargs:
-        kwargs.setdefault("lake_bucket", LAKE_BUCKET)
     return kwargs
 
 
@@ -67,15 +63,14 @@ def _offline_environment(region: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _load_get_pipeline(module_name: str) -> Callable[..., Any]:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot import pipeline module {module_name!r}: {exc}") from exc
-    get_pipeline = getattr(module, "get_pipeline", None)
-    if not callable(get_pipeline):
-        raise ValueError(f"module {module_name!r} has no get_pipeline(...) function")
-    return get_pipeline
+def _create_bucket(s3_client, bucket: str, region: str) -> None:
+    """Create ``bucket`` in the mocked S3 (us-east-1 takes no location constraint)."""
+    if region == "us-east-1":
+        s3_client.create_bucket(Bucket=bucket)
+    else:
+        s3_client.create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+        )
 
 
 def _write_atomically(path: Path, body: bytes) -> None:
@@ -105,101 +100,60 @@ def _copy_uploaded_objects(s3_client, code_store_dir: Path) -> list[str]:
     return copied
 
 
-def render_definition(
+@dataclass(frozen=True)
+class RenderedPipeline:
+    """A pipeline's name and definition JSON, and where its code was copied."""
+
+    name: str
+    definition: str
+    code_objects: tuple[str, ...]  # s3:// URIs copied into code_store_dir
+
+
+def render_pipeline(
     pipeline_kwargs: dict[str, Any],
     *,
     code_store_dir: Path | None = None,
     module_name: str = DEFAULT_MODULE,
-) -> str:
-    """The pipeline definition JSON of ``module_name.get_pipeline(**pipeline_kwargs)``.
+) -> RenderedPipeline:
+    """Build ``module_name.get_pipeline(**pipeline_kwargs)`` under moto and render it.
 
-    Runs under moto, so it needs no AWS account. Missing kwargs default to the
-    local backend (see ``offline_kwargs``). When ``code_store_dir`` is given, the
-    code the SDK uploaded is copied there as ``<bucket>/<key>``.
+    Needs no AWS account and no network. Missing kwargs default to the local
+    backend (see ``offline_kwargs``). When ``code_store_dir`` is given, every
+    object the SDK uploaded (code tarballs, runproc.sh, helpers) is copied
+    there as ``<bucket>/<key>``.
     """
     kwargs = offline_kwargs(pipeline_kwargs)
     with _offline_environment(kwargs["region"]):
         import boto3
         from moto import mock_aws
 
+        from pipelines._utils import check_pipeline_kwargs, import_pipeline_module
         from pipelines.fraud.pipeline import config_validation_cache
 
-        get_pipeline = _load_get_pipeline(module_name)
+        module = import_pipeline_module(module_name)
+        check_pipeline_kwargs(module, kwargs)
         with mock_aws(), config_validation_cache():
             s3_client = boto3.client("s3", region_name=kwargs["region"])
-            s3_client.create_bucket(Bucket=kwargs["default_bucket"])
-            definition = get_pipeline(**kwargs).definition()
+            _create_bucket(s3_client, kwargs["default_bucket"], kwargs["region"])
+            pipeline = module.get_pipeline(**kwargs)
+            definition = pipeline.definition()
+            copied = []
             if code_store_dir is not None:
-                _copy_uploaded_objects(s3_client, Path(code_store_dir))
-    return definition
+                copied = _copy_uploaded_objects(s3_client, Path(code_store_dir))
+    return RenderedPipeline(pipeline.name, definition, tuple(copied))
 
 
-# --- reading the code a step runs (for the local executor and tests) -------------
+def render_definition(
+    pipeline_kwargs: dict[str, Any],
+    *,
+    code_store_dir: Path | None = None,
+    module_name: str = DEFAULT_MODULE,
+) -> str:
+    """The definition JSON of ``get_pipeline(**pipeline_kwargs)``, rendered offline.
 
-
-@dataclass(frozen=True)
-class StepCode:
-    """The code a Processing or Training step runs, as the definition names it."""
-
-    step_name: str
-    source_uri: str  # s3://.../sourcedir.tar.gz
-    entry_script: str  # relative to the extracted source dir
-    arguments: list[Any]  # container arguments (may hold {"Get": ...} expressions)
-
-
-def _processing_code(step: dict, read_object: Callable[[str], bytes]) -> StepCode:
-    """FrameworkProcessor: input ``code`` holds sourcedir.tar.gz, runproc.sh names the script."""
-    args = step["Arguments"]
-    inputs = {item["InputName"]: item["S3Input"]["S3Uri"] for item in args["ProcessingInputs"]}
-    if "code" not in inputs or "entrypoint" not in inputs:
-        raise ValueError(f"step {step['Name']!r} has no 'code'/'entrypoint' inputs")
-    runproc = read_object(inputs["entrypoint"]).decode("utf-8")
-    # The last command of runproc.sh is `<python> <script> "$@"`.
-    command = [line for line in runproc.splitlines() if line.strip().endswith('"$@"')]
-    if not command:
-        raise ValueError(f"cannot find the entry script in {inputs['entrypoint']}")
-    script = command[-1].split()[-2]
-    return StepCode(
-        step_name=step["Name"],
-        source_uri=inputs["code"].rstrip("/") + "/sourcedir.tar.gz",
-        entry_script=script,
-        arguments=list(args["AppSpecification"].get("ContainerArguments", [])),
-    )
-
-
-def _training_code(step: dict) -> StepCode:
-    """Framework script mode: ``sagemaker_program`` in ``sagemaker_submit_directory``."""
-    hyper = step["Arguments"].get("HyperParameters", {})
-    if "sagemaker_program" not in hyper or "sagemaker_submit_directory" not in hyper:
-        raise ValueError(f"step {step['Name']!r} is not a script-mode training step")
-    arguments: list[Any] = []
-    for name, value in hyper.items():
-        if not name.startswith("sagemaker_"):
-            arguments += [f"--{name}", value]
-    return StepCode(
-        step_name=step["Name"],
-        source_uri=_unquote(hyper["sagemaker_submit_directory"]),
-        entry_script=_unquote(hyper["sagemaker_program"]),
-        arguments=arguments,
-    )
-
-
-def _unquote(value: str) -> str:
-    """Hyperparameters may be JSON-encoded strings (the v2 SDK did that)."""
-    try:
-        decoded = json.loads(value)
-    except (TypeError, ValueError):
-        return value
-    return decoded if isinstance(decoded, str) else value
-
-
-def step_code(step: dict, read_object: Callable[[str], bytes]) -> StepCode:
-    """The source tarball, entry script and arguments of a Processing/Training step.
-
-    ``read_object(s3_uri) -> bytes`` reads from the object store holding the code.
+    See ``render_pipeline``; with ``code_store_dir`` (e.g. a workspace's
+    ``object_store``) the code the definition references is copied there.
     """
-    if step["Type"] == "Processing":
-        return _processing_code(step, read_object)
-    if step["Type"] == "Training":
-        return _training_code(step)
-    raise ValueError(f"step {step['Name']!r} of type {step['Type']} runs no code")
+    return render_pipeline(
+        pipeline_kwargs, code_store_dir=code_store_dir, module_name=module_name
+    ).definition

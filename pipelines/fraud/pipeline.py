@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.workspace import LAKE_BUCKET
+
 if TYPE_CHECKING:  # the SDK import is slow and needs AWS_DEFAULT_REGION first
     from sagemaker.core.workflow.pipeline_context import PipelineSession
     from sagemaker.mlops.workflow.pipeline import Pipeline
@@ -518,6 +520,21 @@ def quality_gate_steps(ctx: _Context, evaluate, report, register):
 # --- the pipeline ----------------------------------------------------------------
 
 
+def get_pipeline_custom_tags(
+    new_tags: list[dict[str, str]], region: str, sagemaker_project_name: str | None = None
+) -> list[dict[str, str]]:
+    """``new_tags`` plus the SageMaker project's tags (template behaviour)."""
+    if not sagemaker_project_name:
+        return new_tags
+    import boto3
+
+    client = boto3.client("sagemaker", region_name=region)
+    project_arn = client.describe_project(ProjectName=sagemaker_project_name)["ProjectArn"]
+    keys = {tag["Key"] for tag in new_tags}
+    project_tags = client.list_tags(ResourceArn=project_arn)["Tags"]
+    return new_tags + [tag for tag in project_tags if tag["Key"] not in keys]
+
+
 def default_input_features_uri(bucket: str) -> str:
     """Where the features job writes the feature table (docs/CONTRACTS.md)."""
     return f"s3://{bucket}/features/transactions"
@@ -531,8 +548,9 @@ def get_pipeline(
     model_package_group_name: str = "fraud-detection",
     base_job_prefix: str = "fraud",
     sagemaker_session: PipelineSession | None = None,
+    sagemaker_project_name: str | None = None,
     input_features_uri: str | None = None,
-    lake_bucket: str | None = None,
+    lake_bucket: str = LAKE_BUCKET,
     hyperparameters: dict[str, Any] | None = None,
     enable_caching: bool = True,
 ) -> Pipeline:
@@ -546,9 +564,12 @@ def get_pipeline(
         model_package_group_name: registry group the Register step writes to.
         base_job_prefix: prefix of the processing and training job names.
         sagemaker_session: an existing PipelineSession (else one is created).
+        sagemaker_project_name: the SageMaker project (the template's buildspec
+            passes it); its tags are added by ``get_pipeline_custom_tags``.
         input_features_uri: default of InputFeaturesUri (else the feature
-            table in ``lake_bucket`` or the default bucket).
-        lake_bucket: bucket holding the feature table (the lake).
+            table in ``lake_bucket``).
+        lake_bucket: bucket holding the feature table: the local backend's
+            ``lake`` by default; on AWS the data-lake stack output.
         hyperparameters: XGBoost hyperparameters passed to ``training/train.py``.
         enable_caching: cache step results for 30 days (same code, same inputs).
     """
@@ -560,10 +581,10 @@ def get_pipeline(
         from sagemaker.core.helper.session_helper import get_execution_role
 
         role = get_execution_role(session)
-    bucket = default_bucket or session.default_bucket()
-    params = build_parameters(
-        input_features_uri or default_input_features_uri(lake_bucket or bucket)
-    )
+    # A session we create owns default_bucket and creates it if missing.
+    bucket = session.default_bucket() if sagemaker_session is None else default_bucket
+    bucket = bucket or session.default_bucket()
+    params = build_parameters(input_features_uri or default_input_features_uri(lake_bucket))
     ctx = _Context(
         session=session,
         role=role,

@@ -1,0 +1,88 @@
+"""``get-pipeline-definition``: print or write a pipeline's definition JSON.
+
+Compatible with the SageMaker MLOps project template's command::
+
+    get-pipeline-definition --module-name pipelines.fraud.pipeline \\
+        --kwargs '{"region": "us-east-1"}' --file-name pipeline.json
+
+It needs no AWS credentials and no network: the pipeline is built under
+moto (see ``pipelines.fraud.definition``), with local-backend defaults for
+anything ``--kwargs`` leaves out. ``--code-store DIR`` also copies the code
+the definition references into ``DIR/<bucket>/<key>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines._utils import ArgumentError, configure_cli_logging, convert_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="get-pipeline-definition",
+        description="Gets the pipeline definition for the pipeline script (offline).",
+    )
+    parser.add_argument(
+        "-n", "--module-name", dest="module_name", default="pipelines.fraud.pipeline",
+        help="module whose get_pipeline(...) builds the pipeline (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-f", "--file-name", dest="file_name", default=None,
+        help="write the definition JSON to this file instead of stdout",
+    )  # fmt: skip
+    parser.add_argument(
+        "-kwargs", "--kwargs", dest="kwargs", default=None,
+        help="JSON object of keyword arguments for get_pipeline",
+    )  # fmt: skip
+    parser.add_argument(
+        "--code-store", dest="code_store", default=None, type=Path,
+        help="also copy the code the definition references to DIR/<bucket>/<key>",
+    )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the SageMaker SDK's notices"
+    )
+    return parser
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` through a temp file, so no half file is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_cli_logging(args.verbose)
+    try:
+        kwargs = convert_kwargs(args.kwargs)
+        from pipelines.fraud.definition import render_definition
+
+        content = render_definition(
+            kwargs, code_store_dir=args.code_store, module_name=args.module_name
+        )
+    except ArgumentError as exc:
+        print(f"get-pipeline-definition: error: {exc}", file=sys.stderr)
+        return 2
+    if args.file_name:
+        write_atomically(Path(args.file_name), content)
+        print(f"wrote the definition of {args.module_name} to {args.file_name}", file=sys.stderr)
+    else:
+        print(content)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
