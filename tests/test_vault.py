@@ -451,3 +451,20 @@ def test_retention_rules_are_configurable_above_the_legal_floor(populated: Works
     )
     assert code == 2  # a user mistake, refused with the legal floor named
     assert f"at least {BSA_RETENTION_DAYS} days" in capsys.readouterr().err
+
+
+def test_cli_create_list_restore_and_run_scheduled(populated: Workspace, tmp_path, capsys):
+    root = ["--workdir", str(populated.root)]
+    assert cli_main(["backup", "create", "--zone", "curated", *root]) == 0
+    assert "stored" in capsys.readouterr().out
+    assert cli_main(["backup", "list", "--json", *root]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    target = tmp_path / "cli-restore"
+    assert cli_main(["backup", "restore", listed["snapshot_id"], "--to", str(target), *root]) == 0
+    assert _zone_files(target, target / "s3/lake/curated/transactions") == _zone_files(
+        populated.root, populated.curated
+    )
+    assert cli_main(["backup", "run-scheduled", *root]) == 0  # the snapshot just taken is fresh
+    assert "no backup due" in capsys.readouterr().out
+    assert cli_main(["backup", "restore", "nope", "--to", str(tmp_path / "x"), *root]) == 2
+    assert "no snapshot 'nope'" in capsys.readouterr().err
