@@ -764,3 +764,52 @@ def test_cli_lists_describes_and_shows_steps(workspace, capsys):
     assert "QualityTooLow" in out and "Gate" in out
     assert cli.main(["pipeline", "describe", "nosuchid", *workdir]) == 2
     assert "no pipeline execution 'nosuchid'" in capsys.readouterr().err
+
+
+# --- the real pipeline definition ---------------------------------------------------------
+
+
+def _processing_input(step: dict[str, Any], name: str) -> str:
+    for item in step["Arguments"]["ProcessingInputs"]:
+        if item["InputName"] == name:
+            return item["S3Input"]["S3Uri"]
+    raise AssertionError(f"{step['Name']} has no input {name}")
+
+
+def _tar_names(path: Path) -> set[str]:
+    with tarfile.open(path) as tar:
+        return set(tar.getnames())
+
+
+@pytest.mark.slow
+def test_real_definition_uses_only_supported_steps_expressions_and_job_shapes(workspace):
+    """Walk the SDK-rendered fraud-detection definition without running its heavy steps."""
+    definition_module = pytest.importorskip("pipelines.fraud.definition")
+    from pipelines.executor.containers import parse_runproc
+
+    text = definition_module.render_definition({}, code_store_dir=workspace.object_store)
+    parsed = parse_definition(text)
+    seen = check_supported(parsed)  # raises on anything the executor cannot run
+    assert {
+        "Step:Processing",
+        "Step:Training",
+        "Step:Condition",
+        "Step:RegisterModel",
+        "Step:Fail",
+        "Get:Parameters",
+        "Get:Steps",
+        "Std:JsonGet",
+    } <= set(seen)
+    order = parsed.order
+    assert order.index("Preprocess") < order.index("Train") < order.index("Evaluate")
+    assert order.index("Evaluate") < order.index(parsed.steps["Register"].branch[0])
+
+    for step in (s.raw for s in parsed.steps.values() if s.type == "Processing"):
+        # FrameworkProcessor shape: runproc.sh names a script inside the code tarball.
+        runproc = workspace.local_path(_processing_input(step, "entrypoint"))
+        plan = parse_runproc(runproc.read_text(), step["Name"])
+        code = workspace.local_path(_processing_input(step, "code"))
+        assert plan.script in _tar_names(code / plan.archive), step["Name"]
+    train = parsed.steps["Train"].arguments["HyperParameters"]
+    submit = workspace.local_path(train["sagemaker_submit_directory"].strip('"'))
+    assert train["sagemaker_program"].strip('"') in _tar_names(submit)

@@ -191,6 +191,35 @@ def _processing_command(app: dict[str, Any], ctx: JobContext) -> tuple[list[str]
     return argv, cwd
 
 
+@dataclass(frozen=True)
+class RunprocPlan:
+    """What a FrameworkProcessor ``runproc.sh`` does: cd, unpack, run a python script."""
+
+    code_dir: str
+    archive: str | None
+    interpreter_args: list[str]
+    script: str
+
+
+def parse_runproc(text: str, where: str) -> RunprocPlan:
+    """Read the SDK-generated ``runproc.sh``; anything else is an UnsupportedFeatureError."""
+    code_dir, archive, command = None, None, None
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if line.startswith("cd "):
+            code_dir = shlex.split(line)[1]
+        elif line.startswith("tar ") and "-xzf" in line:
+            archive = shlex.split(line)[-1]
+        elif line.endswith('"$@"'):
+            command = shlex.split(line)[:-1]
+    if code_dir is None or not command or not _PYTHON.match(Path(command[0]).name):
+        raise UnsupportedFeatureError(
+            f"{where}: expected the SageMaker FrameworkProcessor shape "
+            '(cd <code dir>; tar -xzf sourcedir.tar.gz; python <script> "$@")'
+        )
+    return RunprocPlan(code_dir, archive, command[1:-1], command[-1])
+
+
 def _framework_runproc(script: Path, ctx: JobContext) -> tuple[list[str], Path]:
     """Do what a FrameworkProcessor ``runproc.sh`` does: unpack the source dir, run the script.
 
@@ -200,26 +229,14 @@ def _framework_runproc(script: Path, ctx: JobContext) -> tuple[list[str], Path]:
     where = f"Processing step {ctx.step_name!r} entrypoint {script.name}"
     if not script.is_file():
         raise StepFailure(f"{where}: the script was not staged at {script}", CLIENT_ERROR)
-    code_dir, archive, command = None, None, None
-    for raw_line in script.read_text(encoding="utf-8").splitlines():
-        line = raw_line.strip()
-        if line.startswith("cd "):
-            code_dir = Path(ctx.container_path(shlex.split(line)[1]))
-        elif line.startswith("tar ") and "-xzf" in line:
-            archive = shlex.split(line)[-1]
-        elif line.endswith('"$@"'):
-            command = shlex.split(line)[:-1]
-    if code_dir is None or command is None or not _PYTHON.match(Path(command[0]).name):
-        raise UnsupportedFeatureError(
-            f"{where}: expected the SageMaker FrameworkProcessor shape "
-            '(cd <code dir>; tar -xzf sourcedir.tar.gz; python <script> "$@")'
-        )
-    if archive:
-        if not (code_dir / archive).is_file():
-            raise StepFailure(f"{where}: {archive} not found in {code_dir}", CLIENT_ERROR)
-        objects.extract_tarball(code_dir / archive, code_dir)
-    command[-1] = str(code_dir / command[-1])
-    return python_invocation(command[1:], where), code_dir
+    plan = parse_runproc(script.read_text(encoding="utf-8"), where)
+    code_dir = Path(ctx.container_path(plan.code_dir))
+    if plan.archive:
+        if not (code_dir / plan.archive).is_file():
+            raise StepFailure(f"{where}: {plan.archive} not found in {code_dir}", CLIENT_ERROR)
+        objects.extract_tarball(code_dir / plan.archive, code_dir)
+    argv = python_invocation([*plan.interpreter_args, str(code_dir / plan.script)], where)
+    return argv, code_dir
 
 
 # --- Training ------------------------------------------------------------------

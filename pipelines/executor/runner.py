@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +25,6 @@ from pipelines.executor.definition import PipelineDefinition, StepDef, parse_def
 from pipelines.executor.errors import (
     CLIENT_ERROR,
     FAIL_STEP,
-    RETRYABLE_EXCEPTION_TYPES,
     SERVICE_FAULT,
     ExecutorError,
     ParameterError,
@@ -37,6 +36,7 @@ from pipelines.executor.expressions import (
     format_value,
     resolve,
 )
+from pipelines.executor.policies import parse_duration, retry_delays
 from pipelines.executor.progress import make_progress
 from pipelines.executor.store import (
     ARN_PREFIX,
@@ -51,11 +51,6 @@ from pipelines.executor.store import (
 )
 from pipelines.executor.validate import check_supported
 from pipelines.workspace import Workspace
-
-_DURATION = re.compile(
-    r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
-    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
-)
 
 
 class ModelRegistry(Protocol):
@@ -204,51 +199,6 @@ def resolve_parameters(definition: PipelineDefinition, given: dict[str, Any]) ->
         else:
             raise ParameterError(f"pipeline parameter {name} has no default; give a value for it")
     return values
-
-
-def parse_duration(text: str) -> timedelta:
-    """ISO-8601 duration of a CacheConfig ExpireAfter (``P30D``, ``PT1H``, ``P1W``)."""
-    match = _DURATION.match(text or "")
-    if not match or text in ("P", "PT"):
-        raise ExecutorError(f"CacheConfig ExpireAfter {text!r} is not an ISO-8601 duration")
-    parts = {k: int(v) for k, v in match.groupdict().items() if v}
-    days = parts.get("years", 0) * 365 + parts.get("months", 0) * 30 + parts.get("days", 0)
-    return timedelta(
-        days=days,
-        weeks=parts.get("weeks", 0),
-        hours=parts.get("hours", 0),
-        minutes=parts.get("minutes", 0),
-        seconds=parts.get("seconds", 0),
-    )
-
-
-def retry_delays(
-    policies: list[dict[str, Any]], exception_type: str
-) -> Callable[[int], float | None]:
-    """For a failure type, a function ``retries_so_far -> seconds to wait`` (None: give up).
-
-    The first policy naming the failure type applies. MaxAttempts counts
-    retries (as on SageMaker), ExpireAfterMin bounds the total time spent.
-    """
-    policy = next((p for p in policies if exception_type in (p.get("ExceptionType") or [])), None)
-    started = time.monotonic()
-
-    def delay(retries_so_far: int) -> float | None:
-        if policy is None or exception_type not in RETRYABLE_EXCEPTION_TYPES:
-            return None
-        max_attempts = policy.get("MaxAttempts")
-        if max_attempts is not None and retries_so_far >= int(max_attempts):
-            return None
-        wait = (
-            float(policy.get("IntervalSeconds", 1))
-            * float(policy.get("BackoffRate", 2.0)) ** retries_so_far
-        )
-        expire = policy.get("ExpireAfterMin")
-        if expire is not None and time.monotonic() - started + wait > float(expire) * 60:
-            return None
-        return wait
-
-    return delay
 
 
 class _Runner:

@@ -20,6 +20,7 @@ from pipelines.executor.expressions import (
     is_expression,
     property_path_tokens,
 )
+from pipelines.executor.policies import parse_duration
 
 # Properties each step type exposes besides its (resolved) request arguments.
 RUNTIME_PROPERTIES: dict[str, set[str]] = {
@@ -74,6 +75,8 @@ def _check_step(step: StepDef, definition: PipelineDefinition, seen: set[str]) -
             seen.add(f"Condition:{str(condition.get('Type')).removeprefix('Condition')}")
     elif step.type == "Fail" and "ErrorMessage" not in step.arguments:
         raise DefinitionError(f"{where}: a Fail step needs Arguments.ErrorMessage")
+    if step.cache_enabled and step.cache_expire_after:
+        parse_duration(step.cache_expire_after)
     for policy in step.retry_policies:
         if "MaxAttempts" not in policy and "ExpireAfterMin" not in policy:
             raise DefinitionError(f"{where}: each RetryPolicy needs MaxAttempts or ExpireAfterMin")
