@@ -227,7 +227,12 @@ class FraudParameters:
 
 
 def build_parameters(input_features_uri: str) -> FraudParameters:
-    """Declare the parameters; empty TrainStartDate and TrainDays 0 mean "derive from data"."""
+    """Declare the parameters.
+
+    Empty TrainStartDate and 0 for TrainDays/ValidationDays/TestDays mean
+    "derive from the data" (preprocess.py: first day; 7-day windows shrunk on
+    short histories), per docs/CONTRACTS.md.
+    """
     from sagemaker.core.workflow.parameters import (
         ParameterFloat,
         ParameterInteger,
@@ -239,8 +244,8 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
         train_start_date=ParameterString("TrainStartDate", default_value=""),
         train_days=ParameterInteger("TrainDays", default_value=0),
         label_delay_days=ParameterInteger("LabelDelayDays", default_value=7),
-        validation_days=ParameterInteger("ValidationDays", default_value=7),
-        test_days=ParameterInteger("TestDays", default_value=7),
+        validation_days=ParameterInteger("ValidationDays", default_value=0),
+        test_days=ParameterInteger("TestDays", default_value=0),
         processing_instance_type=ParameterString(
             "ProcessingInstanceType", default_value="ml.m5.xlarge"
         ),
