@@ -435,34 +435,36 @@ def cached(definition: dict[str, Any]) -> dict[str, Any]:
 
 def test_cache_skips_unchanged_steps_and_reruns_changed_ones(workspace):
     seed(workspace)
-    first = run(workspace, cached(fraud_like_definition()))
+    definition = cached(fraud_like_definition())
+    first = run(workspace, definition)
     assert first.succeeded and not any(s.cache_hit for s in first.steps)
 
-    # Preprocess writes under the execution id, so make its output location stable.
-    again = run(workspace, cached(fraud_like_definition()))
-    assert again.step("Preprocess").cache_hit is False  # its output URI has a new execution id
-
-    definition = cached(fraud_like_definition())
-    definition["Steps"][-1]["Arguments"]["ProcessingOutputConfig"]["Outputs"][0]["S3Output"][
-        "S3Uri"
-    ] = "s3://artifacts/stable/train"
-    base = run(workspace, definition)
+    # As on SageMaker, output locations (here holding the execution id) are not in the key.
     hit = run(workspace, definition)
     assert hit.succeeded
     assert {s.name for s in hit.steps if s.cache_hit} == {"Preprocess", "Train", "Evaluate"}
-    assert hit.step("Train").metadata["CacheHit"] == base.execution_id
-    assert hit.step("Train").properties == base.step("Train").properties
+    assert hit.step("Train").metadata["CacheHit"] == first.execution_id
+    assert hit.step("Preprocess").properties == first.step("Preprocess").properties
     assert not (workspace.executions / hit.execution_id / "logs" / "Preprocess.log").exists()
+    steps = ExecutionStore(workspace.executions).list_pipeline_execution_steps(hit.execution_id)
+    assert steps["PipelineExecutionSteps"][-1]["CacheHitResult"][
+        "SourcePipelineExecutionArn"
+    ].endswith(first.execution_id)
 
     # A parameter change reaches Preprocess's arguments: everything downstream re-runs.
     tagged = run(workspace, definition, Tag="_v2")
     assert not any(s.cache_hit for s in tagged.steps)
 
-    # Changed code is a changed input even with identical arguments.
+    # Changed code is a changed input even under the same URI and arguments.
     put(workspace, f"{CODE}/evaluate.py", EVALUATE + "\nprint('changed')\n")
     recoded = run(workspace, definition, Tag="_v2")
     assert [s.name for s in recoded.steps if s.cache_hit] == ["Preprocess", "Train"]
     assert not recoded.step("Evaluate").cache_hit
+
+    # So is changed input data.
+    put(workspace, "s3://landing/raw/data.txt", "a b c d")
+    more_rows = run(workspace, definition, Tag="_v2")
+    assert not any(s.cache_hit for s in more_rows.steps)
 
 
 def test_cache_miss_when_previous_outputs_were_overwritten(workspace):

@@ -52,6 +52,21 @@ from pipelines.executor.store import (
 from pipelines.executor.validate import check_supported
 from pipelines.workspace import Workspace
 
+# The request attributes SageMaker compares to decide a cache hit ("Default cache key
+# attributes by pipeline step type" in the SageMaker developer guide).
+CACHE_KEY_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": (
+        "AlgorithmSpecification",
+        "CheckpointConfig",
+        "DebugHookConfig",
+        "DebugRuleConfigurations",
+        "Environment",
+        "HyperParameters",
+        "InputDataConfig",
+    ),
+}
+
 
 class ModelRegistry(Protocol):
     """What a RegisterModel step needs (``pipelines.registry.LocalModelRegistry``)."""
@@ -427,13 +442,21 @@ class _Runner:
 
     # --- caching ------------------------------------------------------------------------
     def _cache_key(self, step: StepDef, inputs: dict[str, Any]) -> str:
-        """Hash of the resolved request and the content of every input it reads (incl. code)."""
+        """Hash of SageMaker's cache-key attributes plus the content of every input (incl. code).
+
+        Like SageMaker, output locations are not part of the key (they often
+        contain the execution id); unlike SageMaker, the bytes behind each
+        input URI are, so changed data or code under the same URI re-runs.
+        """
+        attributes = {k: inputs.get(k) for k in CACHE_KEY_ATTRIBUTES[step.type]}
         content = {
             uri: objects.hash_tree(self.workspace.local_path(uri))
             for uri in _input_uris(step.type, inputs)
         }
         document = json.dumps(
-            {"type": step.type, "arguments": inputs, "inputs": content}, sort_keys=True, default=str
+            {"type": step.type, "attributes": attributes, "inputs": content},
+            sort_keys=True,
+            default=str,
         )
         return hashlib.sha256(document.encode()).hexdigest()
 
