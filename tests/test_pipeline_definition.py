@@ -1,0 +1,348 @@
+"""The fraud-detection pipeline definition: steps, gate, parameters and the code it ships.
+
+The definition is rendered once per module (the SDK import and build take
+seconds) with its code copied into a temporary object store, the way
+``run-pipeline --backend local`` stages it in a workspace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipelines._utils import ArgumentError, convert_kwargs, convert_struct, convert_tags
+from pipelines.fraud.definition import render_pipeline
+from pipelines.fraud.pipeline import QUALITY_METRIC_PATH, pack_source_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CODE_FOLDERS = ("processing", "training", "inference")
+KWARGS = {"region": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    store = tmp_path_factory.mktemp("object-store")
+    result = render_pipeline(KWARGS, code_store_dir=store)
+    return result, json.loads(result.definition), store
+
+
+@pytest.fixture(scope="module")
+def definition(rendered):
+    return rendered[1]
+
+
+@pytest.fixture(scope="module")
+def store(rendered) -> Path:
+    return rendered[2]
+
+
+def all_steps(steps: list[dict]) -> list[dict]:
+    """Top-level steps and those nested in condition branches."""
+    found = []
+    for step in steps:
+        found.append(step)
+        if step["Type"] == "Condition":
+            found += all_steps(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"])
+    return found
+
+
+def step(definition: dict, name: str) -> dict:
+    return next(s for s in all_steps(definition["Steps"]) if s["Name"] == name)
+
+
+def object_path(store: Path, uri: str) -> Path:
+    assert uri.startswith("s3://"), uri
+    return store / uri[len("s3://") :]
+
+
+def repo_files(folder: str) -> dict[str, str]:
+    """sha256 of every source file of a repository folder (no caches, no dot files)."""
+    root = REPO_ROOT / folder
+    files = {}
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if any(p == "__pycache__" or p.startswith(".") for p in relative.parts):
+            continue
+        if path.is_file() and path.suffix not in (".pyc", ".pyo"):
+            files[relative.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def tarball_files(path: Path) -> dict[str, str]:
+    with tarfile.open(path, "r:gz") as tar:
+        return {
+            member.name: hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+            for member in tar.getmembers()
+            if member.isfile()
+        }
+
+
+def processing_inputs(step_json: dict) -> dict[str, str]:
+    inputs = step_json["Arguments"]["ProcessingInputs"]
+    return {item["InputName"]: item["S3Input"]["S3Uri"] for item in inputs}
+
+
+# --- shape -------------------------------------------------------------------------
+
+
+def test_steps_are_preprocess_train_evaluate_gate_register_or_fail(definition):
+    top = [(s["Name"], s["Type"]) for s in definition["Steps"]]
+    assert top == [
+        ("Preprocess", "Processing"),
+        ("Train", "Training"),
+        ("Evaluate", "Processing"),
+        ("QualityGate", "Condition"),
+    ]
+    gate = step(definition, "QualityGate")["Arguments"]
+    assert [(s["Name"], s["Type"]) for s in gate["IfSteps"]] == [("Register", "RegisterModel")]
+    assert [(s["Name"], s["Type"]) for s in gate["ElseSteps"]] == [("QualityGateFailed", "Fail")]
+    # No SDK-generated repack training job: the handler ships as SAGEMAKER_SUBMIT_DIRECTORY.
+    types = sorted(s["Type"] for s in all_steps(definition["Steps"]))
+    assert types == sorted(
+        ["Processing", "Training", "Processing", "Condition", "RegisterModel", "Fail"]
+    )
+
+
+def test_register_is_pending_manual_approval_by_default(definition):
+    params = {p["Name"]: p for p in definition["Parameters"]}
+    assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
+    register = step(definition, "Register")["Arguments"]
+    assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert register["ModelPackageGroupName"] == "fraud-detection"
+    assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {
+        "Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"
+    }
+    statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert statistics["S3Uri"]["Std:Join"]["Values"][-1] == "evaluation.json"
+
+
+def test_parameters_and_defaults(definition):
+    params = {p["Name"]: (p["Type"], p.get("DefaultValue")) for p in definition["Parameters"]}
+    assert params == {
+        "InputFeaturesUri": ("String", "s3://lake/features/transactions"),
+        "TrainStartDate": ("String", ""),
+        "TrainDays": ("Integer", 0),
+        "LabelDelayDays": ("Integer", 7),
+        "ValidationDays": ("Integer", 0),
+        "TestDays": ("Integer", 0),
+        "ProcessingInstanceType": ("String", "ml.m5.xlarge"),
+        "ProcessingInstanceCount": ("Integer", 1),
+        "TrainingInstanceType": ("String", "ml.m5.xlarge"),
+        "QualityThresholdAP": ("Float", 0.5),
+        "AlertThreshold": ("Float", 0.5),
+        "CardPrecisionK": ("Integer", 100),
+        "ModelApprovalStatus": ("String", "PendingManualApproval"),
+    }
+
+
+def test_parameters_reach_the_container_arguments(definition):
+    def container_arguments(name: str) -> list[str]:
+        arguments = step(definition, name)["Arguments"]["AppSpecification"]["ContainerArguments"]
+        return [a if isinstance(a, str) else json.dumps(a) for a in arguments]
+
+    preprocess = container_arguments("Preprocess")
+    for flag, parameter in [
+        ("--train-start", "TrainStartDate"),
+        ("--train-days", "TrainDays"),
+        ("--label-delay-days", "LabelDelayDays"),
+        ("--validation-days", "ValidationDays"),
+        ("--test-days", "TestDays"),
+    ]:
+        assert f"Parameters.{parameter}" in preprocess[preprocess.index(flag) + 1]
+    evaluate = container_arguments("Evaluate")
+    assert "Parameters.AlertThreshold" in evaluate[evaluate.index("--alert-threshold") + 1]
+    assert "Parameters.CardPrecisionK" in evaluate[evaluate.index("--k") + 1]
+    inputs = processing_inputs(step(definition, "Preprocess"))
+    assert inputs["features"] == {"Get": "Parameters.InputFeaturesUri"}
+
+
+def test_quality_gate_reads_average_precision_and_fail_names_metric_and_threshold(definition):
+    gate = step(definition, "QualityGate")["Arguments"]
+    (condition,) = gate["Conditions"]
+    assert condition["Type"] == "GreaterThanOrEqualTo"
+    json_get = condition["LeftValue"]["Std:JsonGet"]
+    assert json_get["Path"] == QUALITY_METRIC_PATH == (
+        "binary_classification_metrics.average_precision.value"
+    )
+    assert json_get["PropertyFile"] == {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}
+    assert condition["RightValue"] == {"Get": "Parameters.QualityThresholdAP"}
+    assert step(definition, "Evaluate")["PropertyFiles"] == [
+        {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
+         "FilePath": "evaluation.json"}
+    ]  # fmt: skip
+    message = step(definition, "QualityGateFailed")["Arguments"]["ErrorMessage"]["Std:Join"]
+    values = message["Values"]
+    assert {"Std:JsonGet": json_get} in values
+    assert {"Get": "Parameters.QualityThresholdAP"} in values
+    assert any("average precision" in v for v in values if isinstance(v, str))
+
+
+def test_xgboost_container_version_matches_the_local_xgboost(definition):
+    import xgboost
+
+    images = {
+        step(definition, "Preprocess")["Arguments"]["AppSpecification"]["ImageUri"],
+        step(definition, "Train")["Arguments"]["AlgorithmSpecification"]["TrainingImage"],
+        step(definition, "Register")["Arguments"]["InferenceSpecification"]["Containers"][0][
+            "Image"
+        ],
+    }
+    assert len(images) == 1
+    (image,) = images
+    assert image.endswith("/sagemaker-xgboost:3.2-0")
+    # setup.py pins xgboost-cpu to the container's release: 3.2-0 ships xgboost 3.2.
+    assert xgboost.__version__.startswith("3.2.")
+
+
+# --- the code the definition ships --------------------------------------------------
+
+
+def test_processing_steps_run_the_repository_processing_folder(definition, store):
+    for name, script in (("Preprocess", "preprocess.py"), ("Evaluate", "evaluate.py")):
+        inputs = processing_inputs(step(definition, name))
+        tarball = object_path(store, inputs["code"]) / "sourcedir.tar.gz"
+        assert tarball_files(tarball) == repo_files("processing")
+        runproc = object_path(store, inputs["entrypoint"]).read_text()
+        assert runproc.strip().splitlines()[-1] == f'python3 {script} "$@"'
+        assert "tar -xzf sourcedir.tar.gz" in runproc
+
+
+def test_training_runs_the_repository_training_folder_in_script_mode(definition, store):
+    hyper = step(definition, "Train")["Arguments"]["HyperParameters"]
+    assert hyper["sagemaker_program"] == "train.py"
+    tarball = object_path(store, hyper["sagemaker_submit_directory"])
+    files = tarball_files(tarball)
+    assert files == repo_files("training")
+    assert "train.py" in files
+
+
+def test_register_serves_the_repository_inference_folder(definition, store):
+    container = step(definition, "Register")["Arguments"]["InferenceSpecification"]["Containers"][0]
+    env = container["Environment"]
+    assert env["SAGEMAKER_PROGRAM"] == "inference.py"
+    files = tarball_files(object_path(store, env["SAGEMAKER_SUBMIT_DIRECTORY"]))
+    assert files == repo_files("inference")
+    assert "inference.py" in files
+
+
+def static_s3_uris(value) -> set[str]:
+    """Every literal s3:// string of the definition (not the Join-built output paths)."""
+    if isinstance(value, str):
+        return {value} if value.startswith("s3://") else set()
+    if isinstance(value, dict):
+        if "Std:Join" in value:
+            return set()
+        return set().union(*(static_s3_uris(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(set(), *(static_s3_uris(v) for v in value))
+    return set()
+
+
+def test_store_holds_exactly_the_code_the_definition_references(rendered, definition, store):
+    referenced = static_s3_uris(definition["Steps"]) - {
+        "s3://artifacts/fraud-detection/models"  # the training output prefix
+    }
+    stored = {f"s3://{p.relative_to(store).as_posix()}" for p in store.rglob("*") if p.is_file()}
+    # Processing inputs name prefixes; everything stored sits under a referenced URI.
+    for uri in stored:
+        assert any(uri == ref or uri.startswith(ref.rstrip("/") + "/") for ref in referenced), uri
+    for ref in referenced:
+        assert any(uri == ref or uri.startswith(ref.rstrip("/") + "/") for uri in stored), ref
+    assert set(rendered[0].code_objects) == stored
+    folders = {uri.split("/")[5] for uri in stored if uri.endswith("sourcedir.tar.gz")}
+    assert folders == set(CODE_FOLDERS)
+
+
+def test_unknown_kwargs_are_rejected_with_the_accepted_names():
+    with pytest.raises(ArgumentError, match="regin.*takes: region"):
+        render_pipeline({"regin": "us-east-1"})
+
+
+# --- reproducible packaging -----------------------------------------------------------
+
+
+def test_pack_source_dir_depends_only_on_content(tmp_path):
+    source = tmp_path / "code"
+    (source / "pkg" / "__pycache__").mkdir(parents=True)
+    (source / "main.py").write_text("print('hi')\n")
+    (source / "pkg" / "util.py").write_text("X = 1\n")
+    (source / "pkg" / "__pycache__" / "util.cpython-311.pyc").write_bytes(b"junk")
+    (source / ".hidden").write_text("secret")
+    first = pack_source_dir(source)
+
+    os.utime(source / "main.py", (1_000_000, 1_000_000))
+    assert pack_source_dir(source) == first  # times do not matter
+
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == ["main.py", "pkg/util.py"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+
+    (source / "main.py").write_text("print('changed')\n")
+    assert pack_source_dir(source) != first  # content does
+
+
+def test_pack_source_dir_refuses_an_empty_folder(tmp_path):
+    (tmp_path / "empty" / "__pycache__").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no code"):
+        pack_source_dir(tmp_path / "empty")
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def offline_env() -> dict[str, str]:
+    """The environment with AWS credentials removed and every proxy pointing nowhere,
+    so any attempt to reach the network fails instead of silently succeeding."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    dead = "http://127.0.0.1:9"
+    env.update(HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead, https_proxy=dead, NO_PROXY="")
+    env["HOME"] = "/nonexistent"  # no ~/.aws/credentials either
+    return env
+
+
+def test_get_pipeline_definition_works_without_credentials_or_network(rendered, tmp_path):
+    out = tmp_path / "out" / "pipeline.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.get_pipeline_definition",
+         "--module-name", "pipelines.fraud.pipeline",
+         "--kwargs", json.dumps(KWARGS), "--file-name", str(out)],
+        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # Byte-identical to the in-process render: rendering is reproducible across
+    # processes (same code, same keys), which SageMaker step caching relies on.
+    assert out.read_text() == rendered[0].definition
+    assert rendered[0].name == "fraud-detection"
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_get_pipeline_definition_reports_bad_kwargs(capsys):
+    from pipelines.get_pipeline_definition import main
+
+    assert main(["--kwargs", "{region: us-east-1}"]) == 2
+    assert "--kwargs is not valid JSON" in capsys.readouterr().err
+    assert main(["--kwargs", '{"no_such_argument": 1}']) == 2
+    assert "no_such_argument" in capsys.readouterr().err
+    assert main(["--module-name", "pipelines.no_such_module"]) == 2
+    assert "cannot be imported" in capsys.readouterr().err
+
+
+def test_convert_struct_reads_json_and_python_literals():
+    assert convert_struct(None) == {}
+    assert convert_struct('{"a": true, "b": null}') == {"a": True, "b": None}
+    assert convert_struct("{'a': True}") == {"a": True}  # the template's literal_eval form
+    with pytest.raises(ArgumentError, match="--kwargs must be a JSON object"):
+        convert_kwargs("[1, 2]")
+    assert convert_tags('[{"Key": "team", "Value": "fraud"}]') == [
+        {"Key": "team", "Value": "fraud"}
+    ]
+    with pytest.raises(ArgumentError, match="--tags must be a JSON list"):
+        convert_tags('{"team": "fraud"}')
