@@ -100,11 +100,12 @@ def test_channels_cash_and_currencies_are_consistent(frame: pd.DataFrame) -> Non
 # --- determinism -----------------------------------------------------------------
 
 
-def test_same_seed_gives_byte_identical_files(tmp_path: Path, table: pa.Table) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_same_seed_gives_byte_identical_files(tmp_path: Path, table: pa.Table, fmt: str) -> None:
     again = generate_transactions(CONFIG)
     assert again.equals(table)
-    first = write_landing_drops(table, tmp_path / "a", "csv", 0.01, CONFIG.seed)
-    second = write_landing_drops(again, tmp_path / "b", "csv", 0.01, CONFIG.seed)
+    first = write_landing_drops(table, tmp_path / "a", fmt, 0.01, CONFIG.seed)
+    second = write_landing_drops(again, tmp_path / "b", fmt, 0.01, CONFIG.seed)
     assert [p.name for p in first] == [p.name for p in second]
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes()

