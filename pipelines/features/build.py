@@ -21,6 +21,7 @@ from pipelines.features.definitions import (
     FEATURE_SET_VERSION,
     LABEL_COLUMN,
     PARTITION_COLUMN,
+    label_delay_micros,
 )
 from pipelines.workspace import Workspace
 
@@ -139,7 +140,7 @@ def build_feature_table(
     """Compute features for every curated transaction and publish the feature table."""
     if engine not in ENGINES:
         raise ValueError(f"unknown feature engine {engine!r}: choose one of {ENGINES}")
-    duckdb_engine.label_delay_micros(label_delay_days)
+    label_delay_micros(label_delay_days)
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     staging = store.staging_dir(ws.features)

@@ -58,6 +58,17 @@ AggregateFunction = Literal["count", "sum", "max"]
 Lag = Literal["none", "label_delay"]
 
 
+def label_delay_micros(label_delay_days: int) -> int:
+    """Validate the label delay (whole days >= 0) and convert it to microseconds."""
+    if isinstance(label_delay_days, bool) or not isinstance(label_delay_days, int):
+        raise ValueError(
+            f"label_delay_days must be a whole number of days, got {label_delay_days!r}"
+        )
+    if label_delay_days < 0:
+        raise ValueError(f"label_delay_days must be >= 0, got {label_delay_days}")
+    return label_delay_days * MICROS_PER_DAY
+
+
 @dataclass(frozen=True)
 class Window:
     """A named time span, e.g. ``1d``; stored in microseconds so it is exact."""

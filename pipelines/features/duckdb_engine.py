@@ -27,6 +27,7 @@ from pipelines.features.definitions import (
     MICROS_PER_HOUR,
     PARTITION_COLUMN,
     Aggregate,
+    label_delay_micros,
 )
 from pipelines.schema import REQUIRED_COLUMNS
 
@@ -41,17 +42,6 @@ TRANSACTIONS_VIEW = "transactions"
 LABELS_VIEW = "fraudops_feature_labels"
 DEFAULT_THREADS = 2
 DEFAULT_MEMORY_LIMIT = "3GB"
-
-
-def label_delay_micros(label_delay_days: int) -> int:
-    """Validate the label delay and convert it to microseconds."""
-    if isinstance(label_delay_days, bool) or not isinstance(label_delay_days, int):
-        raise ValueError(
-            f"label_delay_days must be a whole number of days, got {label_delay_days!r}"
-        )
-    if label_delay_days < 0:
-        raise ValueError(f"label_delay_days must be >= 0, got {label_delay_days}")
-    return label_delay_days * MICROS_PER_DAY
 
 
 # --- SQL compilation ----------------------------------------------------------------
