@@ -1,0 +1,181 @@
+"""One ingestion run, start to finish, on any filesystem (local workspace or S3).
+
+``run_ingestion`` is the engine shared by ``fraudops ingest`` and the Glue job;
+``ingest`` adds what only the local backend has: the workspace key file, a
+process lock, and the DuckDB catalog.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.ingest import writer
+from pipelines.ingest.errors import IngestError
+from pipelines.ingest.layout import LakeLayout
+from pipelines.ingest.ledger import Ledger
+from pipelines.ingest.reconcile import IngestReport, SourceCounts, apply_counts
+from pipelines.ingest.sources import RawFile, discover_sources, read_source
+from pipelines.ingest.tokenise import Tokeniser, load_key
+from pipelines.ingest.validation import card_columns, classify
+from pipelines.workspace import Workspace
+
+# progress(stage, done, total): lets the CLI draw a bar without this module printing.
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def new_ingestion_id(now: datetime | None = None) -> str:
+    """Sortable, unique run id, e.g. ``ing-20240101T120000Z-1a2b3c4d``."""
+    now = now or datetime.now(UTC)
+    return f"ing-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def run_ingestion(
+    layout: LakeLayout,
+    paths: Sequence[str],
+    tokeniser: Tokeniser,
+    column_map: Mapping[str, str] | None = None,
+    fmt: str = "auto",
+    progress: Progress = _no_progress,
+) -> IngestReport:
+    """Ingest landing files into the curated and quarantine zones; return the reconciliation.
+
+    The caller must hold the ingestion lock (one run at a time per lake). Every
+    file is read and checked before anything is written, so a refused file
+    (``IngestError``) leaves the lake untouched.
+    """
+    ledger = Ledger(layout.fs, layout.state)
+    recovered = writer.recover(layout, ledger, lambda report: _write_log(layout, report))
+    started = datetime.now(UTC)
+    ingestion_id = new_ingestion_id(started)
+    sources = discover_sources(layout.fs, paths, fmt, display=layout.display)
+    if not sources:
+        shown = ", ".join(layout.display(p) for p in paths)
+        raise IngestError(f"no landing files (.csv, .jsonl, .parquet) found under {shown}")
+
+    raw_files = []
+    for done, source in enumerate(sources):
+        progress("reading", done, len(sources))
+        raw_files.append(read_source(layout.fs, source, column_map or {}))
+    progress("reading", len(sources), len(sources))
+
+    progress("validating", 0, 1)
+    raw = _combine(raw_files)
+    card_values = _card_text(raw.column("card_number"))
+    classified = classify(
+        raw=raw,
+        source_files=[raw_file.source.display for raw_file in raw_files],
+        cards=card_columns(card_values, tokeniser.card_lookup(card_values)),
+        seen_ids=ledger.seen_transaction_ids(),
+        seen_quarantine=ledger.seen_quarantine_keys(),
+        ingestion_id=ingestion_id,
+        ingestion_day=f"{started:%Y-%m-%d}",
+    )
+    report = IngestReport(
+        ingestion_id=ingestion_id,
+        started_at=started.isoformat(),
+        token_key_id=tokeniser.key_id,
+        sources=[SourceCounts(s.display, s.format) for s in sources],
+        recovered=recovered,
+    )
+    apply_counts(report, classified.counts)
+    progress("validating", 1, 1)
+
+    progress("writing", 0, 1)
+    staged = writer.stage_zone(layout, ingestion_id, layout.curated, "curated", classified.curated)
+    staged += writer.stage_zone(
+        layout, ingestion_id, layout.quarantine, "quarantine", classified.quarantine
+    )
+    report.partitions = sorted({_partition_of(f.final) for f in staged})
+    report.finished_at = datetime.now(UTC).isoformat()
+    writer.write_journal(layout, ingestion_id, staged, report.to_dict())
+    try:
+        writer.publish(layout, staged)
+        ledger.commit(
+            ingestion_id, classified.curated.column("transaction_id"), classified.quarantine_keys
+        )
+    except BaseException:
+        # Undo now if we can; if the process dies here instead, ``recover`` does it next run.
+        if not ledger.is_committed(ingestion_id):
+            writer.rollback(layout, ingestion_id, staged)
+        raise
+    _write_log(layout, report.to_dict())
+    writer.finish(layout, ingestion_id)
+    progress("writing", 1, 1)
+    return report
+
+
+def _card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Trimmed card values; blank means no card (an optional column), not a bad one."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+
+
+def _partition_of(path: str) -> str:
+    return path.rsplit("/", 2)[-2]
+
+
+def _write_log(layout: LakeLayout, report: dict) -> None:
+    layout.write_json(f"{layout.logs}/{report['ingestion_id']}.json", report)
+
+
+def _combine(raw_files: list[RawFile]) -> pa.Table:
+    """One table for the batch, with ``_file`` (the index of the file it came from)."""
+    tables, file_ids = [], []
+    for index, raw in enumerate(raw_files):
+        tables.append(raw.table)
+        file_ids.append(np.full(raw.table.num_rows, index, dtype=np.int32))
+    combined = pa.concat_tables(tables)
+    combined = combined.append_column("_file", pa.array(np.concatenate(file_ids), pa.int32()))
+    return combined
+
+
+# --- local backend -------------------------------------------------------------------------
+@contextmanager
+def ingestion_lock(ws: Workspace) -> Iterator[None]:
+    """One ingestion at a time per workspace (the ledger and recovery assume it)."""
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(ws.state_dir / "ingest.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ingest(
+    ws: Workspace,
+    paths: Sequence[str | os.PathLike[str]] | None = None,
+    column_map: Mapping[str, str] | None = None,
+    fmt: str = "auto",
+    key_file: Path | None = None,
+    progress: Progress = _no_progress,
+) -> IngestReport:
+    """Ingest local files or directories (default: the workspace landing zone).
+
+    Records the reconciliation in the catalog's ``ingestion_runs`` table and
+    refreshes the ``transactions`` and ``quarantine`` views.
+    """
+    from pipelines.lake import catalog  # the catalog imports nothing from ingest
+
+    layout = LakeLayout.for_workspace(ws)
+    tokeniser = Tokeniser(load_key(ws.secrets, key_file))
+    targets = [str(Path(p).expanduser().resolve()) for p in (paths or [ws.landing])]
+    with ingestion_lock(ws):
+        report = run_ingestion(layout, targets, tokeniser, column_map, fmt, progress)
+    catalog.sync_ingestion_runs(ws)
+    catalog.refresh_catalog(ws)
+    return report
