@@ -22,6 +22,7 @@ from pipelines.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_fea
 from pipelines.features.build import build_feature_table
 from pipelines.features.definitions import NO_PREVIOUS_TX_SECONDS
 from pipelines.features.duckdb_engine import compile_sql
+from pipelines.features.emr import JobCode, feature_step, submit_feature_step, upload_job_code
 from pipelines.schema import CHANNELS, CURATED_SCHEMA
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -451,3 +452,78 @@ def test_cli_without_curated_data_says_what_to_do(workspace, capsys):
     code = cli_main(["features", "--workdir", str(workspace.root)])
     assert code == 2
     assert "run the ingest job" in capsys.readouterr().err
+
+
+# --- the EMR step ----------------------------------------------------------------------
+def test_emr_step_runs_spark_submit_with_the_packaged_engine():
+    code = JobCode("s3://artifacts/emr/fraudops_features.zip", "s3://artifacts/emr/feature_job.py")
+    step = feature_step(
+        code,
+        "s3://lake/curated/transactions",
+        "s3://lake/features/transactions",
+        5,
+        labels_uri="s3://lake/labels/transactions",
+    )
+    assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
+    args = step["HadoopJarStep"]["Args"]
+    assert args[0] == "spark-submit"
+    assert args[args.index("--py-files") + 1] == code.py_files_uri
+    assert args[args.index("--py-files") + 2] == code.entry_uri
+    assert args[args.index("--input") + 1] == "s3://lake/curated/transactions"
+    assert args[args.index("--output") + 1] == "s3://lake/features/transactions"
+    assert args[args.index("--label-delay-days") + 1] == "5"
+    assert args[args.index("--labels") + 1] == "s3://lake/labels/transactions"
+
+
+def test_emr_step_is_submitted_with_add_job_flow_steps():
+    import boto3
+    from botocore.stub import Stubber
+
+    emr = boto3.client("emr", region_name="us-east-1")
+    code = JobCode("s3://a/c.zip", "s3://a/feature_job.py")
+    step = feature_step(code, "s3://lake/in", "s3://lake/out")
+    with Stubber(emr) as stub:
+        stub.add_response(
+            "add_job_flow_steps",
+            {"StepIds": ["s-1ABC"]},
+            expected_params={"JobFlowId": "j-CLUSTER", "Steps": [step]},
+        )
+        assert submit_feature_step(emr, "j-CLUSTER", step) == "s-1ABC"
+        stub.assert_no_pending_responses()
+
+
+def test_emr_step_rejects_local_paths():
+    code = JobCode("s3://a/c.zip", "s3://a/feature_job.py")
+    with pytest.raises(ValueError, match="--output must be an s3://"):
+        feature_step(code, "s3://lake/in", "/tmp/out")
+
+
+def test_job_code_is_uploaded_and_importable_from_the_zip(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="artifacts")
+        code = upload_job_code(s3, "s3://artifacts/emr/features", tmp_path)
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="artifacts")["Contents"]}
+    assert code.entry_uri == "s3://artifacts/emr/features/feature_job.py"
+    assert keys == {"emr/features/fraudops_features.zip", "emr/features/feature_job.py"}
+    archive = tmp_path / "fraudops_features.zip"
+    assert "pipelines/features/spark_engine.py" in zipfile.ZipFile(archive).namelist()
+    # spark-submit --py-files puts the zip first on sys.path: the job must import from it.
+    probe = (
+        f"import sys; sys.path.insert(0, {str(archive)!r}); "
+        "from pipelines.features import definitions, spark_engine; "
+        "print(definitions.__file__, definitions.FEATURE_SET_VERSION)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    where, version = done.stdout.split()
+    assert where.startswith(str(archive))
+    assert version == FEATURE_SET_VERSION

@@ -1,0 +1,1 @@
+"""EMR companions: entry points that EMR steps run (``feature_job.py``)."""
