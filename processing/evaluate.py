@@ -19,11 +19,12 @@ transactions; card precision@k, the daily share of fraudulent cards among the
 k cards investigators can check, averaged over test days; precision and recall
 of the alert threshold.
 
-Alert threshold default 0.5: the model is trained with
-scale_pos_weight = negatives/positives, so its scores are not calibrated fraud
-probabilities; 0.5 is the decision boundary of that re-weighted problem (the
-point where the weighted classes are equally likely). The alert handler must
-use the same number; pass ``--alert-threshold`` to report another one.
+Alert threshold default 0.5: training/train.py does not re-weight the fraud
+class by default, so scores are calibrated fraud probabilities and 0.5 means
+"more likely fraud than not" (a model trained with --scale-pos-weight has
+inflated scores; raise the threshold accordingly). The alert handler must use
+the same number; pass ``--alert-threshold`` to report another one. Card
+precision@k needs no threshold: it ranks.
 """
 
 from __future__ import annotations
@@ -164,12 +165,15 @@ def card_precision_at_k(
         by_card = group.groupby("card").agg(s=("s", "max"), y=("y", "max"))
         top = by_card.sort_values("s", ascending=False, kind="stable").head(k)
         found = top.index[top["y"] == 1]
+        fraud_cards = int((by_card["y"] == 1).sum())
         per_day.append(
             {
                 "day": str(pd.Timestamp(day).date()),
                 "precision": len(found) / k,
                 "fraud_cards_found": len(found),
-                "fraud_cards": int((by_card["y"] == 1).sum()),
+                "fraud_cards": fraud_cards,
+                # A perfect ranking's score: days with fewer than k fraud cards cap it.
+                "best_possible": min(fraud_cards, k) / k,
             }
         )
         detected.update(found)
@@ -233,6 +237,7 @@ def compute_metrics(
                 "value": cp_k,
                 "k": k,
                 "remove_detected_cards": remove_detected,
+                "best_possible": float(np.mean([d["best_possible"] for d in per_day])),
                 "standard_deviation": float(np.std([d["precision"] for d in per_day])),
             },
             "precision_at_threshold": {
@@ -282,7 +287,7 @@ def describe_test_window(frame: pd.DataFrame, feature_set: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
     parser.add_argument("--alert-threshold", "--alert_threshold", type=float, default=0.5)
     parser.add_argument("--k", type=int, default=100, help="investigators' daily card capacity")

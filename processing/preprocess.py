@@ -350,7 +350,7 @@ def iso_date(text: str) -> date | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
     parser.add_argument("--train-start", "--train_start", type=iso_date, default=None)
     parser.add_argument("--train-days", "--train_days", type=int, default=None)

@@ -284,11 +284,7 @@ def test_training_stops_early_and_records_metadata(pipeline_run):
     assert metadata["windows"]["validation"]["start"] == "2026-01-14"
     assert metadata["rows"]["train"]["rows"] == len(read_split(base, "train")[0])
     assert metadata["feature_set_version"] == "test-1"
-    train = read_split(base, "train")[0]
-    pos = int(train["is_fraud"].sum())
-    assert metadata["hyperparameters"]["scale_pos_weight"] == pytest.approx(
-        (len(train) - pos) / pos
-    )
+    assert metadata["hyperparameters"]["scale_pos_weight"] == 1.0  # unweighted by default
     assert metadata["hyperparameters"]["tree_method"] == "hist"
     stdout = pipeline_run["train"].stdout
     assert f"validation-aucpr: {metadata['validation_aucpr']:.6f}" in stdout
@@ -317,6 +313,34 @@ def test_training_rejects_a_train_window_without_fraud(tmp_path, pipeline_run, c
     assert code == 2
     assert "0 fraud" in err and "--train-days" in err
     assert not (tmp_path / "model").exists()
+
+
+def test_scale_pos_weight_modes():
+    train = load_script(TRAIN)
+    assert train.resolve_scale_pos_weight("balanced", 990, 10) == pytest.approx(99.0)
+    assert train.resolve_scale_pos_weight("sqrt", 990, 10) == pytest.approx(99.0**0.5)
+    assert train.resolve_scale_pos_weight("2.5", 990, 10) == 2.5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale-pos-weight", "heavy"], "--scale-pos-weight must be a positive number"),
+        (["--eta", "0"], "--eta must be in (0, 1]"),
+    ],
+)
+def test_training_rejects_bad_hyperparameters(tmp_path, capsys, args, message):
+    code, err = run_main(TRAIN, capsys, "--base-dir", str(tmp_path), *args)
+    assert code == 2 and message in err
+    assert message in (tmp_path / "output" / "failure").read_text()  # SageMaker FailureReason
+
+
+def test_training_rejects_unknown_hyperparameters_but_ignores_sagemaker_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_main(TRAIN, capsys, "--base-dir", str(tmp_path), "--max_dept", "3")
+    assert "unknown hyperparameters ['--max_dept']" in capsys.readouterr().err
+    args = load_script(TRAIN).parse_args(["--max_depth", "3", "--sagemaker_program", "train.py"])
+    assert args.max_depth == 3
 
 
 # --- evaluate ------------------------------------------------------------------
