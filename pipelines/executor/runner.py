@@ -331,14 +331,14 @@ class _Runner:
             inputs = resolve(step.arguments, self.ctx) if step.type != "Condition" else None
         except ExecutorError as exc:
             return self._fail_unstarted(step, str(exc))
-        self.store.start_step(self.execution_id, step.name, step.type, inputs)
-        self.store.update_step(self.execution_id, step.name, log_path=str(log_path))
+        self.store.start_step(self.execution_id, step.name, step.type, inputs, str(log_path))
         try:
             if step.type in ("Processing", "Training") and step.cache_enabled:
                 cache_key = self._cache_key(step, inputs)
                 self.store.update_step(self.execution_id, step.name, cache_key=cache_key)
                 if self._try_cache(step, cache_key):
                     return None
+            self.store.update_step(self.execution_id, step.name, attempt_count=1)
             result = self._with_retries(step, inputs, log_path)
         except StepFailure as failure:
             return self._record_failure(step, failure)
@@ -353,7 +353,8 @@ class _Runner:
         retries = 0
         while True:
             attempt = retries + 1
-            self.store.update_step(self.execution_id, step.name, attempt_count=attempt)
+            if retries:
+                self.store.update_step(self.execution_id, step.name, attempt_count=attempt)
             try:
                 return self._execute(step, inputs, attempt, log_path)
             except StepFailure as failure:
@@ -419,12 +420,14 @@ class _Runner:
         registry = self.registry or _default_registry(self.workspace)
         try:
             created = registry.create_model_package(request, created_by=self.started_by)
-        except (ValueError, KeyError) as exc:
-            raise StepFailure(
-                f"{CLIENT_ERROR}: model registration rejected: {exc}", CLIENT_ERROR
-            ) from exc
         except OSError as exc:
             raise StepFailure(f"{SERVICE_FAULT}: model registry: {exc}", SERVICE_FAULT) from exc
+        except Exception as exc:
+            # The registry is another unit; whatever it rejects fails this step, not the executor.
+            raise StepFailure(
+                f"{CLIENT_ERROR}: model registration rejected ({type(exc).__name__}): {exc}",
+                CLIENT_ERROR,
+            ) from exc
         details = created if isinstance(created, dict) else {"ModelPackageArn": str(created)}
         arn = details.get("ModelPackageArn")
         if not arn:

@@ -20,6 +20,7 @@ from pipelines.executor.errors import ExecutionNotFoundError
 EXECUTING, SUCCEEDED, FAILED, STOPPED = "Executing", "Succeeded", "Failed", "Stopped"
 ARN_PREFIX = "arn:aws:sagemaker:local:000000000000"
 
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     execution_id TEXT PRIMARY KEY,
@@ -75,12 +76,19 @@ class ExecutionStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "executions.sqlite"
         with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                # WAL: readers (``fraudops pipeline list``) never block a running execution.
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(self.path, timeout=30)
         conn.row_factory = sqlite3.Row
+        # Records are rewritten at every step boundary; losing the last one in a power
+        # cut is acceptable, an fsync per status change is not (it dominated overhead).
+        conn.execute("PRAGMA synchronous=NORMAL")
         try:
             with conn:
                 yield conn
@@ -189,20 +197,21 @@ class ExecutionStore:
 
     # --- steps -------------------------------------------------------------------
     def start_step(
-        self, execution_id: str, step_name: str, step_type: str, inputs: dict[str, Any] | None
+        self,
+        execution_id: str,
+        step_name: str,
+        step_type: str,
+        inputs: dict[str, Any] | None,
+        log_path: str | None = None,
     ) -> None:
         """Insert (or, on resume, restart) a step record in status Executing."""
         with self._connect() as conn:
             seq = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE execution_id=?", (execution_id,)
             ).fetchone()[0]
-            previous = conn.execute(
-                "SELECT attempt_count FROM steps WHERE execution_id=? AND step_name=?",
-                (execution_id, step_name),
-            ).fetchone()
             conn.execute(
                 "INSERT OR REPLACE INTO steps (execution_id, step_name, step_type, seq, status, "
-                "start_time, attempt_count, inputs) VALUES (?,?,?,?,?,?,?,?)",
+                "start_time, attempt_count, inputs, log_path) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     execution_id,
                     step_name,
@@ -210,8 +219,9 @@ class ExecutionStore:
                     seq,
                     EXECUTING,
                     now_iso(),
-                    previous[0] if previous else 0,
+                    0,
                     json.dumps(inputs, default=str) if inputs is not None else None,
+                    log_path,
                 ),
             )
 
