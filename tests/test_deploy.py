@@ -292,3 +292,34 @@ def test_aws_lambda_deploys_only_approved_packages(monkeypatch):
     assert [e["EndpointName"] for e in client.list_endpoints()["Endpoints"]] == [
         "fraudops-dev-fraud"
     ]
+
+
+# --- fraudops serve ---------------------------------------------------------------
+
+
+def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, model_dir):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    arn = register(registry, workspace, model_dir, "run-1")
+    registry.update_model_package(arn, REJECTED, "bob", "not yet")
+    from pipelines.cli import main
+
+    assert main(["serve", "--version", "1", "--workdir", str(workspace.root)]) == 2
+
+    arn = register(registry, workspace, model_dir, "run-2")
+    LocalModelRegistry(workspace.registry_db).update_model_package(arn, APPROVED, "bob", "ok")
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--version", "2",
+               "--workdir", str(workspace.root)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        assert "model version 2" in line
+        assert 0.0 <= score(url) <= 1.0
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0 and "stopped" in out
