@@ -45,7 +45,7 @@ class IngestReport:
     duplicates_seen_before: int = 0
     duplicates_quarantined: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    partitions: list[str] = field(default_factory=list)
+    partitions: dict[str, list[str]] = field(default_factory=dict)  # zone -> ["dt=..."]
     recovered: list[str] = field(default_factory=list)
 
     @property

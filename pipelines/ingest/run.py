@@ -99,7 +99,10 @@ def run_ingestion(
     staged += writer.stage_zone(
         layout, ingestion_id, layout.quarantine, "quarantine", classified.quarantine
     )
-    report.partitions = sorted({_partition_of(f.final) for f in staged})
+    report.partitions = {
+        "curated": writer.partitions_of(classified.curated),
+        "quarantine": writer.partitions_of(classified.quarantine),
+    }
     report.finished_at = datetime.now(UTC).isoformat()
     writer.write_journal(layout, ingestion_id, staged, report.to_dict())
     try:
@@ -122,10 +125,6 @@ def _card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Trimmed card values; blank means no card (an optional column), not a bad one."""
     trimmed = pc.utf8_trim_whitespace(column)
     return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
-
-
-def _partition_of(path: str) -> str:
-    return path.rsplit("/", 2)[-2]
 
 
 def _write_log(layout: LakeLayout, report: dict) -> None:

@@ -135,14 +135,20 @@ class CardColumns:
         ok = pc.take(self.lookup.column("card_ok"), self.indices)
         return pc.fill_null(pc.invert(ok), False)
 
+    def _valid_indices(self) -> pa.Array:
+        # Rows with an invalid card never reach curated: their index becomes null, and the
+        # dictionaries hold no nulls (Parquet cannot write a null inside a dictionary).
+        ok = pc.take(self.lookup.column("card_ok"), self.indices)
+        return pc.if_else(ok, self.indices, pa.scalar(None, pa.int32()))
+
     def tokens(self) -> pa.DictionaryArray:
-        return pa.DictionaryArray.from_arrays(self.indices, self.lookup.column("card_token"))
+        values = pc.fill_null(self.lookup.column("card_token"), "")
+        return pa.DictionaryArray.from_arrays(self._valid_indices(), values)
 
     def valid_masked(self) -> pa.DictionaryArray:
         """Masked numbers of valid cards only (invalid ones never reach curated)."""
-        masked = pc.if_else(self.lookup.column("card_ok"), self.lookup.column("card_masked"),
-                            pa.scalar(None, pa.string()))
-        return pa.DictionaryArray.from_arrays(self.indices, masked)
+        return pa.DictionaryArray.from_arrays(self._valid_indices(),
+                                              self.lookup.column("card_masked"))
 
     def masked_rows(self, rows: pa.Array) -> pa.Array:
         """Masked form of whatever was given (valid or not) for the selected rows."""

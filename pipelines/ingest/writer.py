@@ -58,6 +58,11 @@ def split_by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
     return slices
 
 
+def partitions_of(table: pa.Table) -> list[str]:
+    """The ``dt=YYYY-MM-DD`` partitions a table's rows go to."""
+    return [f"{schema.PARTITION_COLUMN}={day}" for day, _ in split_by_day(table)]
+
+
 def stage_zone(
     layout: LakeLayout, ingestion_id: str, zone_dir: str, zone: str, table: pa.Table
 ) -> list[StagedFile]:
