@@ -382,6 +382,33 @@ def test_pipeline_resolves_every_expression_and_registers_the_trained_model(work
     assert summary.step("Register").metadata["RegisterModel"]["Arn"].endswith("fraud/1")
 
 
+def test_register_uses_the_workspace_registry_and_the_run_is_audited(workspace):
+    from pipelines.governance.audit import list_entries
+    from pipelines.registry import LocalModelRegistry
+
+    seed(workspace)
+    summary = run_pipeline_definition(
+        json.dumps(fraud_like_definition()),
+        workspace,
+        {},
+        started_by="alice",
+        pipeline_name="fraud-test",
+        progress=False,
+    )
+    assert summary.succeeded, summary.failure_reason
+    arn = summary.step("Register").metadata["RegisterModel"]["Arn"]
+    package = LocalModelRegistry(workspace.registry_db).describe_model_package(arn)
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    model_uri = summary.step("Train").properties["ModelArtifacts"]["S3ModelArtifacts"]
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
+
+    (entry,) = list_entries(workspace, action="pipeline.execution")
+    assert entry["actor"] == "alice" and entry["subject"] == summary.execution_arn
+    assert entry["details"]["status"] == "Succeeded"
+    assert entry["details"]["steps"]["Register"] == "Succeeded"
+    assert entry["details"]["parameters"]["Epochs"] == 3
+
+
 def test_condition_takes_else_branch_and_fail_step_fails_with_resolved_message(workspace):
     seed(workspace)
     registry = FakeRegistry()
@@ -570,6 +597,84 @@ def test_resume_reruns_only_what_failed(workspace, tmp_path):
     assert resumed.step("Register").status == "Succeeded"
     with pytest.raises(ExecutorError, match="only Failed or Stopped"):
         resume_pipeline_execution(first.execution_id, workspace, progress=False)
+
+
+class InterruptingRegistry:
+    """Simulates Ctrl-C arriving while the Register step runs."""
+
+    def create_model_package(self, request: dict[str, Any], created_by: str) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+
+def test_interrupted_execution_is_recorded_stopped_and_can_be_resumed(workspace):
+    seed(workspace)
+    with pytest.raises(KeyboardInterrupt):
+        run(workspace, fraud_like_definition(), InterruptingRegistry())
+    store = ExecutionStore(workspace.executions)
+    (listed,) = store.list_pipeline_executions()["PipelineExecutionSummaries"]
+    assert listed["PipelineExecutionStatus"] == "Stopped"
+    execution_id = listed["PipelineExecutionId"]
+    steps = {
+        s["StepName"]: s["StepStatus"]
+        for s in store.list_pipeline_execution_steps(execution_id)["PipelineExecutionSteps"]
+    }
+    assert steps["Register"] == "Stopped" and steps["Train"] == "Succeeded"
+
+    registry = FakeRegistry()
+    resumed = resume_pipeline_execution(execution_id, workspace, progress=False, registry=registry)
+    assert resumed.status == "Succeeded" and len(registry.requests) == 1
+
+
+def test_max_runtime_stops_a_hanging_script(workspace):
+    definition = single_step("Hang", f"{CODE}/hang.py", "import time\ntime.sleep(60)\n", workspace)
+    definition["Steps"][0]["Arguments"]["StoppingCondition"] = {"MaxRuntimeInSeconds": 1}
+    summary = run(workspace, definition)
+    assert summary.status == "Failed"
+    assert "MaxRuntimeExceeded" in summary.failure_reason
+
+
+def test_missing_input_names_the_input_and_location(workspace):
+    seed(workspace)
+    summary = run(workspace, fraud_like_definition(), InputData="s3://landing/nowhere")
+    assert summary.status == "Failed"
+    assert "input 'raw'" in summary.failure_reason
+    assert "s3://landing/nowhere" in summary.failure_reason
+
+
+def test_training_failure_file_and_model_step(workspace):
+    seed(workspace)
+    failing = TRAIN.replace(
+        'print("validation-auc: 0.875")',
+        'import sys\n(pathlib.Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text('
+        '"label column is all zeros")\nsys.exit(2)',
+    )
+    put_tarball(workspace, f"{CODE}/train/sourcedir.tar.gz", {"train.py": failing})
+    summary = run(workspace, fraud_like_definition())
+    assert "failure file: label column is all zeros" in summary.failure_reason
+
+    seed(workspace)
+    definition = fraud_like_definition(steps_reversed=False)
+    definition["Steps"] = definition["Steps"][:2] + [
+        {
+            "Name": "CreateModel",
+            "Type": "Model",
+            "Arguments": {
+                "ExecutionRoleArn": "arn:aws:iam::123456789012:role/x",
+                "PrimaryContainer": {
+                    "Image": "sagemaker-xgboost:3.0-5",
+                    "ModelDataUrl": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+                },
+            },
+        }
+    ]
+    summary = run(workspace, definition)
+    assert summary.succeeded, summary.failure_reason
+    model = summary.step("CreateModel")
+    assert (
+        model.properties["PrimaryContainer"]["ModelDataUrl"]
+        == (summary.step("Train").properties["ModelArtifacts"]["S3ModelArtifacts"])
+    )
+    assert model.metadata["Model"]["Arn"].endswith(model.properties["ModelName"])
 
 
 # --- SDK v3 job shapes ------------------------------------------------------------
@@ -766,6 +871,11 @@ def test_cli_lists_describes_and_shows_steps(workspace, capsys):
     assert "QualityTooLow" in out and "Gate" in out
     assert cli.main(["pipeline", "describe", "nosuchid", *workdir]) == 2
     assert "no pipeline execution 'nosuchid'" in capsys.readouterr().err
+    # Resuming re-runs the failed Fail step (the gate still says no): exit code 1.
+    assert cli.main(["pipeline", "resume", summary.execution_id, *workdir]) == 1
+    out = capsys.readouterr()
+    assert "Failed" in out.out and "score below 0.9" in out.out
+    assert "QualityTooLow" in out.err  # the per-step progress display
 
 
 # --- the real pipeline definition ---------------------------------------------------------

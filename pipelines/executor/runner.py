@@ -277,6 +277,7 @@ class _Runner:
                     executed.add(name)
             except KeyboardInterrupt:
                 self._stop(current)
+                self._audit(STOPPED, resumed=bool(previous))
                 raise
             except Exception as exc:
                 # An executor bug must not leave the execution looking as if it still runs.
@@ -293,7 +294,33 @@ class _Runner:
                 raise
         status = FAILED if failure is not None else SUCCEEDED
         self.store.finish_execution(self.execution_id, status, failure)
+        self._audit(status, resumed=bool(previous))
         return summarize(self.store, self.execution_id)
+
+    def _audit(self, status: str, resumed: bool) -> None:
+        """One ``pipeline.execution`` entry in the workspace audit trail per run or resume.
+
+        Step statuses and parameters only: failure reasons carry log tails,
+        which do not belong in a tamper-evident compliance record.
+        """
+        from pipelines.governance.audit import record
+        from pipelines.governance.carddata import CardDataError
+
+        details = {
+            "pipeline": self.pipeline_name,
+            "execution_id": self.execution_id,
+            "status": status,
+            "resumed": resumed,
+            "steps": {s["step_name"]: s["status"] for s in self.store.step_rows(self.execution_id)},
+            "parameters": self.ctx.parameters,
+        }
+        subject = execution_arn(self.pipeline_name, self.execution_id)
+        try:
+            record(self.workspace, "pipeline.execution", self.started_by, subject, details)
+        except CardDataError:
+            # A parameter value looks like a card number: keep the entry, withhold the values.
+            details["parameters"] = dict.fromkeys(self.ctx.parameters, "<withheld>")
+            record(self.workspace, "pipeline.execution", self.started_by, subject, details)
 
     def _should_run(self, step: StepDef, executed: set[str]) -> bool:
         """A step runs when all its dependencies ran and its branch (if any) was taken."""
@@ -568,7 +595,9 @@ def _default_registry(workspace: Workspace) -> ModelRegistry:
             f"which cannot be imported ({exc})",
             CLIENT_ERROR,
         ) from exc
-    return LocalModelRegistry(workspace.registry_db)
+    # The workspace registry publishes approval events to the workspace bus and
+    # records to its audit trail; a bare LocalModelRegistry would do neither.
+    return LocalModelRegistry.for_workspace(workspace)
 
 
 def _coerce_parameter(name: str, ptype: str, value: Any) -> Any:
