@@ -452,3 +452,78 @@ def test_killed_process_leaves_no_half_run_and_rerun_is_consistent(workspace, tm
     ids = curated(workspace).column("transaction_id").to_pylist()
     assert sorted(ids) == ["new1", "new2", "old"]
     assert not any((workspace.lake / "_staging" / "ingest").iterdir())
+
+
+# --- the Glue job shell ----------------------------------------------------------------
+def test_glue_options_resolve_like_get_resolved_options():
+    from companions.glue.transactions_etl import OPTIONAL, REQUIRED, get_resolved_options
+
+    argv = ["script.py", "--JOB_NAME", "etl", "--job-bookmark-option", "job-bookmark-disable",
+            "--landing-uri", "s3://landing/transactions/", "--lake_uri=s3://lake/"]
+    options = get_resolved_options(argv, REQUIRED, OPTIONAL)
+    assert options == {"JOB_NAME": "etl", "landing_uri": "s3://landing/transactions/",
+                       "lake_uri": "s3://lake/"}
+    with pytest.raises(SystemExit):
+        get_resolved_options(["script.py", "--JOB_NAME", "etl"], REQUIRED, OPTIONAL)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_glue_job_ingests_from_s3_with_the_same_engine(moto_endpoint, tmp_path, capsys,
+                                                       monkeypatch):
+    import boto3
+    import pyarrow.fs as pafs
+
+    from companions.glue import transactions_etl
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    session = boto3.session.Session(region_name="us-east-1")
+    s3 = session.client("s3", endpoint_url=moto_endpoint)
+    for bucket in ("glue-landing", "glue-lake"):
+        s3.create_bucket(Bucket=bucket)
+    drop = two_day_drop(tmp_path / "drop.csv", "g")
+    s3.upload_file(str(drop), "glue-landing", "transactions/2024-03-01.csv")
+    secrets = session.client("secretsmanager", endpoint_url=moto_endpoint)
+    secrets.create_secret(Name="fraudops/test/key", SecretString="k" * 64)
+    glue = session.client("glue", endpoint_url=moto_endpoint)
+    glue.create_database(DatabaseInput={"Name": "fraudops_test"})
+    glue.create_table(DatabaseName="fraudops_test", TableInput={
+        "Name": "transactions", "PartitionKeys": [{"Name": "dt", "Type": "string"}],
+        "StorageDescriptor": {"Columns": [{"Name": "transaction_id", "Type": "string"}],
+                              "Location": "s3://glue-lake/curated/transactions/"}})
+    argv = ["transactions_etl.py", "--JOB_NAME", "etl", "--landing_uri",
+            "s3://glue-landing/transactions/", "--lake_uri", "s3://glue-lake/",
+            "--token_key_secret", "fraudops/test/key", "--glue_database", "fraudops_test",
+            "--endpoint_url", moto_endpoint, "--region", "us-east-1"]
+
+    assert transactions_etl.main(argv, session=session) == 0
+
+    out = capsys.readouterr().out
+    report = json.loads(out.splitlines()[0])
+    assert (report["rows_curated"], report["rows_quarantined"], report["balanced"]) == (2, 1, True)
+    assert "quarantine does not exist" in out  # only the transactions table was created
+    fs = transactions_etl.s3_filesystem({"endpoint_url": moto_endpoint, "region": "us-east-1"})
+    written = [i.path for i in fs.get_file_info(pafs.FileSelector("glue-lake", recursive=True))
+               if i.type == pafs.FileType.File]
+    assert sum(p.startswith("glue-lake/curated/transactions/dt=") for p in written) == 2
+    assert any(p.startswith("glue-lake/_logs/ingest/ing-") for p in written)
+    assert not any("_staging" in p and p.endswith(".parquet") for p in written)
+    partitions = glue.get_partitions(DatabaseName="fraudops_test", TableName="transactions")
+    assert sorted(p["Values"][0] for p in partitions["Partitions"]) == ["2024-03-01",
+                                                                         "2024-03-02"]
+    for path in written:
+        with fs.open_input_stream(path) as stream:
+            assert VISA.encode() not in stream.read(), path
+
+    assert transactions_etl.main(argv, session=session) == 0  # a retried job adds nothing
+    again = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (again["rows_curated"], again["duplicates_skipped"]) == (0, 3)

@@ -8,7 +8,7 @@ Glue runs this script with job arguments such as::
     --token_key_secret fraudops/dev/card-tokenisation-key
     [--column_map_uri s3://.../column_map.json] [--format auto|csv|jsonl|parquet]
     [--state_uri s3://lake-bucket/_state/ingest] [--logs_uri s3://lake-bucket/_logs/ingest]
-    [--glue_database fraudops_dev] [--s3_endpoint_url http://127.0.0.1:5000]
+    [--glue_database fraudops_dev] [--endpoint_url http://127.0.0.1:5000 (tests, LocalStack)]
 
 and ``--extra-py-files`` carrying the ``fraudops`` wheel. Arguments are parsed
 like ``awsglue.utils.getResolvedOptions`` (``--name value`` or ``--name=value``,
@@ -38,7 +38,7 @@ from pipelines.ingest.tokenise import KEY_ENV, key_from_text
 REQUIRED = ("JOB_NAME", "landing_uri", "lake_uri")
 OPTIONAL = (
     "token_key_secret", "column_map_uri", "format", "state_uri", "logs_uri", "glue_database",
-    "s3_endpoint_url", "region",
+    "endpoint_url", "region",
 )
 # Glue table name -> (zone in the run report, lake prefix relative to --lake_uri).
 GLUE_TABLES = {
@@ -82,7 +82,7 @@ def s3_path(uri: str) -> str:
 
 
 def s3_filesystem(options: dict[str, str]) -> pafs.S3FileSystem:
-    endpoint = options.get("s3_endpoint_url")
+    endpoint = options.get("endpoint_url")
     region = options.get("region") or os.environ.get("AWS_REGION") or os.environ.get(
         "AWS_DEFAULT_REGION", "us-east-1")
     if not endpoint:
@@ -111,7 +111,7 @@ def _boto3_client(service: str, options: dict[str, str], session=None):
     import boto3
 
     session = session or boto3.session.Session()
-    return session.client(service, endpoint_url=options.get("s3_endpoint_url"),
+    return session.client(service, endpoint_url=options.get("endpoint_url"),
                           region_name=options.get("region"))
 
 
