@@ -346,3 +346,49 @@ def test_convert_struct_reads_json_and_python_literals():
     ]
     with pytest.raises(ArgumentError, match="--tags must be a JSON list"):
         convert_tags('{"team": "fraud"}')
+
+
+# --- run-pipeline --backend local ------------------------------------------------------
+
+
+def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
+    rendered, workspace, monkeypatch, capsys
+):
+    import pipelines.executor
+    from pipelines.executor import ExecutionSummary, StepSummary
+    from pipelines.run_pipeline import main
+
+    calls = []
+
+    def fake_executor(definition, ws, parameters, started_by, pipeline_name):
+        calls.append((definition, ws, parameters, started_by, pipeline_name))
+        step_summary = StepSummary("Preprocess", "Processing", "Failed", 1, False,
+                                   "no features", None, {}, {})  # fmt: skip
+        return ExecutionSummary("e1", "arn:e1", pipeline_name, "Failed", "no features",
+                                "t0", "t1", [step_summary])  # fmt: skip
+
+    monkeypatch.setattr(pipelines.executor, "run_pipeline_definition", fake_executor)
+    monkeypatch.setenv("FRAUDOPS_USER", "analyst-1")
+    code = main(["--workdir", str(workspace.root), "--kwargs", json.dumps(KWARGS),
+                 "--pipeline-parameters", '{"QualityThresholdAP": 0.2}'])  # fmt: skip
+
+    assert code == 1  # the execution failed
+    ((definition, ws, parameters, started_by, name),) = calls
+    assert definition == rendered[0].definition
+    assert ws.root == workspace.root
+    assert parameters == {"QualityThresholdAP": 0.2}
+    assert (started_by, name) == ("analyst-1", "fraud-detection")
+    staged = {p.relative_to(workspace.object_store) for p in workspace.object_store.rglob("*")}
+    expected = {p.relative_to(rendered[2]) for p in rendered[2].rglob("*")}
+    assert staged == expected
+    out = capsys.readouterr().out
+    assert "step Preprocess: Failed (no features)" in out
+    assert "Execution e1 Failed: no features" in out
+
+
+def test_run_pipeline_local_without_the_executor_says_so(workspace, monkeypatch, capsys):
+    from pipelines.run_pipeline import main
+
+    monkeypatch.setitem(sys.modules, "pipelines.executor", None)  # import fails
+    assert main(["--workdir", str(workspace.root)]) == 2
+    assert "needs pipelines.executor.run_pipeline_definition" in capsys.readouterr().err
