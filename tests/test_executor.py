@@ -374,7 +374,10 @@ def test_pipeline_resolves_every_expression_and_registers_the_trained_model(work
         {"MetricName": "validation:auc", "Value": 0.875}
     ]
     # JsonGet on the property file: 3 rows -> score 0.3 >= 0.2, so the If branch ran.
-    assert summary.step("Gate").metadata == {"Condition": {"Outcome": "True"}}
+    gate = summary.step("Gate")
+    assert gate.metadata == {"Condition": {"Outcome": "True"}}
+    assert gate.inputs["Conditions"][0]["LeftValue"] == pytest.approx(0.3)
+    assert gate.inputs["Conditions"][0]["RightValue"] == 0.2
     ((request, created_by),) = registry.requests
     assert request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
     assert request["ModelApprovalStatus"] == "PendingManualApproval"

@@ -87,6 +87,7 @@ class StepSummary:
     log_path: str | None
     metadata: dict[str, Any]
     properties: dict[str, Any]
+    inputs: dict[str, Any] | None = None  # the step's arguments with expressions resolved
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,7 @@ class _Runner:
         log_path = self.directory / "logs" / f"{_slug(step.name)}.log"
         self.progress.start(step.name, step.type)
         try:
-            inputs = resolve(step.arguments, self.ctx) if step.type != "Condition" else None
+            inputs = resolve(step.arguments, self.ctx)
         except ExecutorError as exc:
             return self._fail_unstarted(step, str(exc))
         self.store.start_step(self.execution_id, step.name, step.type, inputs, str(log_path))
@@ -558,6 +559,7 @@ def summarize(store: ExecutionStore, execution_id: str) -> ExecutionSummary:
             log_path=s["log_path"],
             metadata=s["metadata"] or {},
             properties=s["properties"] or {},
+            inputs=s["inputs"],
         )
         for s in store.step_rows(execution_id)
     ]
