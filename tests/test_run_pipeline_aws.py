@@ -170,3 +170,35 @@ def test_failed_execution_exits_1_with_the_reason(aws, monkeypatch, capsys):
     monkeypatch.setattr(run_pipeline, "wait_for_execution", failed)
     assert main(aws_args()) == 1
     assert "Execution Failed: Step QualityGateFailed" in capsys.readouterr().out
+
+
+def test_project_tags_are_added_for_a_sagemaker_project(monkeypatch):
+    """The template's buildspec passes sagemaker_project_name; its tags join ours."""
+    from pipelines._utils import get_pipeline_custom_tags
+
+    client, stubber = stubbed_client()
+    project_arn = "arn:aws:sagemaker:us-east-1:123456789012:project/fraud"
+    stubber.add_response(
+        "describe_project",
+        {"ProjectArn": project_arn, "ProjectName": "fraud", "ProjectId": "p-1",
+         "ProjectStatus": "CreateCompleted",
+         "CreationTime": "2026-01-01T00:00:00Z"},
+        {"ProjectName": "fraud"},
+    )  # fmt: skip
+    stubber.add_response(
+        "list_tags",
+        {"Tags": [{"Key": "sagemaker:project-id", "Value": "p-1"},
+                  {"Key": "team", "Value": "from-project"}]},
+        {"ResourceArn": project_arn},
+    )  # fmt: skip
+    monkeypatch.setattr(boto3, "client", lambda service, region_name=None: client)
+    ours = [{"Key": "team", "Value": "fraud"}]
+    kwargs = {"region": REGION, "sagemaker_project_name": "fraud"}
+    with stubber:
+        tags = get_pipeline_custom_tags("pipelines.fraud.pipeline", kwargs, ours)
+    assert tags == [
+        {"Key": "team", "Value": "fraud"},  # the command line wins on a clash
+        {"Key": "sagemaker:project-id", "Value": "p-1"},
+    ]
+    # Without a project name, nothing is looked up.
+    assert get_pipeline_custom_tags("pipelines.fraud.pipeline", {"region": REGION}, ours) == ours

@@ -34,7 +34,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,11 +123,6 @@ class StagedCode:
     local_dir: Path
     s3_uri: str
     sha256: str
-
-    @property
-    def prefix_uri(self) -> str:
-        """The S3 prefix holding only this tarball (what a Processing input mounts)."""
-        return self.s3_uri.rsplit("/", 1)[0] + "/"
 
 
 def stage_source_dir(
@@ -223,7 +218,8 @@ class FraudParameters:
     model_approval_status: Any
 
     def as_list(self) -> list:
-        return list(self.__dict__.values())
+        """In declaration order, for ``Pipeline(parameters=...)``."""
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 def build_parameters(input_features_uri: str) -> FraudParameters:
@@ -316,8 +312,12 @@ class _Context:
     cache_config: Any
 
 
-def _processor(ctx: _Context, step_slug: str, code: StagedCode):
-    """A FrameworkProcessor running the staged ``processing/`` folder with python3."""
+def _processor(ctx: _Context, step_slug: str):
+    """A FrameworkProcessor: runs a script of a staged source folder with python3.
+
+    FrameworkProcessor rather than ScriptProcessor because the whole folder
+    ships (its runproc.sh unpacks sourcedir.tar.gz), not a single script.
+    """
     from sagemaker.core.processing import FrameworkProcessor
 
     return FrameworkProcessor(
@@ -349,7 +349,7 @@ def preprocess_step(ctx: _Context, code: StagedCode):
         )
         for split in ("train", "validation", "test")
     ]
-    step_args = _processor(ctx, "preprocess", code).run(
+    step_args = _processor(ctx, "preprocess").run(
         code=str(code.local_dir / "preprocess.py"),
         source_dir=code.s3_uri,
         job_name=_helper_job_name(ctx, "preprocess", code),
@@ -409,7 +409,7 @@ def evaluate_step(ctx: _Context, code: StagedCode, preprocess, train):
 
     report = PropertyFile(name=EVALUATION_REPORT, output_name="evaluation", path=EVALUATION_FILE)
     test_uri = preprocess.properties.ProcessingOutputConfig.Outputs["test"].S3Output.S3Uri
-    step_args = _processor(ctx, "evaluate", code).run(
+    step_args = _processor(ctx, "evaluate").run(
         code=str(code.local_dir / "evaluate.py"),
         source_dir=code.s3_uri,
         job_name=_helper_job_name(ctx, "evaluate", code),
