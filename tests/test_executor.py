@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -626,6 +631,49 @@ def test_interrupted_execution_is_recorded_stopped_and_can_be_resumed(workspace)
     registry = FakeRegistry()
     resumed = resume_pipeline_execution(execution_id, workspace, progress=False, registry=registry)
     assert resumed.status == "Succeeded" and len(registry.requests) == 1
+
+
+def test_execution_abandoned_by_a_killed_process_is_reaped_and_resumable(workspace):
+    seed(workspace)
+    # A real process starts the execution and is killed mid-step (no chance to record).
+    put(workspace, f"{CODE}/evaluate.py", "import time\ntime.sleep(60)\n")
+    starter = (
+        "import json, sys\n"
+        "from pipelines.workspace import Workspace\n"
+        "from pipelines.executor import run_pipeline_definition\n"
+        "run_pipeline_definition(sys.stdin.read(), Workspace.open(sys.argv[1]), {}, 't', "
+        "'fraud-test', progress=False)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", starter, str(workspace.root)],
+        stdin=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    process.stdin.write(json.dumps(fraud_like_definition()))
+    process.stdin.close()
+    store = ExecutionStore(workspace.executions)
+    log = None
+    for _ in range(600):  # until Evaluate is running
+        rows = store.list_pipeline_executions()["PipelineExecutionSummaries"]
+        if rows:
+            log = workspace.executions / rows[0]["PipelineExecutionId"] / "logs" / "Evaluate.log"
+            if log.exists():
+                break
+        process.poll()
+        assert process.returncode is None, "the starter process ended early"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    (row,) = store.list_pipeline_executions()["PipelineExecutionSummaries"]
+    assert row["PipelineExecutionStatus"] == "Stopped"
+    assert "ended before the execution finished" in row["PipelineExecutionFailureReason"]
+    put(workspace, f"{CODE}/evaluate.py", EVALUATE)
+    resumed = resume_pipeline_execution(
+        row["PipelineExecutionId"], workspace, progress=False, registry=FakeRegistry()
+    )
+    assert resumed.succeeded, resumed.failure_reason
 
 
 def test_max_runtime_stops_a_hanging_script(workspace):

@@ -8,6 +8,8 @@ AWS backend alike.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from pipelines.executor.errors import ExecutionNotFoundError
 EXECUTING, SUCCEEDED, FAILED, STOPPED = "Executing", "Succeeded", "Failed", "Stopped"
 ARN_PREFIX = "arn:aws:sagemaker:local:000000000000"
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     execution_id TEXT PRIMARY KEY,
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS executions (
     last_modified TEXT NOT NULL,
     parameters TEXT NOT NULL,
     definition TEXT NOT NULL,
-    failure_reason TEXT
+    failure_reason TEXT,
+    owner TEXT  -- host:pid of the process running it, to spot executions it abandoned
 );
 CREATE TABLE IF NOT EXISTS steps (
     execution_id TEXT NOT NULL REFERENCES executions(execution_id),
@@ -76,10 +79,13 @@ class ExecutionStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "executions.sqlite"
         with self._connect() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < _SCHEMA_VERSION:
                 # WAL: readers (``fraudops pipeline list``) never block a running execution.
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
+                if version == 1:
+                    conn.execute("ALTER TABLE executions ADD COLUMN owner TEXT")
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     @contextmanager
@@ -108,7 +114,8 @@ class ExecutionStore:
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO executions (execution_id, pipeline_name, status, started_by, "
-                "start_time, last_modified, parameters, definition) VALUES (?,?,?,?,?,?,?,?)",
+                "start_time, last_modified, parameters, definition, owner) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     execution_id,
                     pipeline_name,
@@ -118,6 +125,7 @@ class ExecutionStore:
                     start_time,
                     json.dumps(parameters),
                     definition,
+                    _owner(),
                 ),
             )
 
@@ -135,11 +143,46 @@ class ExecutionStore:
         with self._connect() as conn:
             conn.execute(
                 "UPDATE executions SET status=?, end_time=NULL, failure_reason=NULL, "
-                "last_modified=? WHERE execution_id=?",
-                (EXECUTING, now_iso(), execution_id),
+                "last_modified=?, owner=? WHERE execution_id=?",
+                (EXECUTING, now_iso(), _owner(), execution_id),
             )
 
+    def reap_abandoned(self) -> list[str]:
+        """Mark Stopped the executions whose process on this host is gone.
+
+        A run killed outright (OOM, closed laptop) never records its end; left
+        as Executing it could neither be trusted nor resumed.
+        """
+        host = socket.gethostname()
+        reaped = []
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT execution_id, owner FROM executions WHERE status=?", (EXECUTING,)
+            ).fetchall()
+            for row in rows:
+                owner_host, _, pid = str(row["owner"] or "").rpartition(":")
+                if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
+                    continue
+                reason = (
+                    f"the executor process (pid {pid}) ended before the execution finished; "
+                    f"resume it with `fraudops pipeline resume {row['execution_id']}`"
+                )
+                stamp = now_iso()
+                conn.execute(
+                    "UPDATE executions SET status=?, end_time=?, last_modified=?, "
+                    "failure_reason=? WHERE execution_id=?",
+                    (STOPPED, stamp, stamp, reason, row["execution_id"]),
+                )
+                conn.execute(
+                    "UPDATE steps SET status=?, end_time=?, failure_reason=? "
+                    "WHERE execution_id=? AND status=?",
+                    (STOPPED, stamp, reason, row["execution_id"], EXECUTING),
+                )
+                reaped.append(row["execution_id"])
+        return reaped
+
     def execution_row(self, execution_id: str) -> dict[str, Any]:
+        self.reap_abandoned()
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT * FROM executions WHERE execution_id=?", (execution_id,)
@@ -155,6 +198,7 @@ class ExecutionStore:
         self, pipeline_name: str | None = None, limit: int = 50
     ) -> dict[str, Any]:
         """Newest first, in the ListPipelineExecutions response shape."""
+        self.reap_abandoned()
         query, args = "SELECT * FROM executions", []
         if pipeline_name:
             query, args = query + " WHERE pipeline_name=?", [pipeline_name]
@@ -284,6 +328,20 @@ class ExecutionStore:
                 }
             steps.append(entry)
         return {"PipelineExecutionSteps": steps}
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _decode_step(row: sqlite3.Row) -> dict[str, Any]:
