@@ -15,6 +15,7 @@ import sys
 import tarfile
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from pipelines.executor import (
     run_pipeline_definition,
 )
 from pipelines.executor.expressions import ResolutionContext, evaluate_condition
+from pipelines.executor.policies import parse_duration, retry_delays
 from pipelines.workspace import Workspace
 
 CODE = "s3://artifacts/code"
@@ -726,6 +728,58 @@ def test_training_failure_file_and_model_step(workspace):
         == (summary.step("Train").properties["ModelArtifacts"]["S3ModelArtifacts"])
     )
     assert model.metadata["Model"]["Arn"].endswith(model.properties["ModelName"])
+
+
+def test_retry_delays_follow_interval_backoff_and_max_attempts():
+    policies = [
+        {"ExceptionType": ["Step.THROTTLING"], "MaxAttempts": 5, "IntervalSeconds": 9},
+        {
+            "ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"],
+            "MaxAttempts": 3,
+            "IntervalSeconds": 1,
+            "BackoffRate": 2.0,
+        },
+    ]
+    delay = retry_delays(policies, "SageMaker.JOB_INTERNAL_ERROR")
+    assert [delay(n) for n in range(4)] == [1.0, 2.0, 4.0, None]
+    assert retry_delays(policies, "SageMaker.CAPACITY_ERROR")(0) is None  # no policy names it
+    assert (
+        retry_delays([{"ExceptionType": ["AlgorithmError"], "MaxAttempts": 3}], "AlgorithmError")(0)
+        is None
+    )  # never retried, as on SageMaker
+    expiring = [
+        {
+            "ExceptionType": ["Step.SERVICE_FAULT"],
+            "ExpireAfterMin": 1,
+            "IntervalSeconds": 50,
+            "BackoffRate": 2.0,
+        }
+    ]
+    expiry = retry_delays(expiring, "Step.SERVICE_FAULT")
+    assert expiry(0) == 50.0 and expiry(1) is None  # 100 s would pass the 1-minute bound
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("P30D", timedelta(days=30)),
+        ("5y", timedelta(days=1825)),
+        ("T16m", timedelta(minutes=16)),
+        ("30dT5h", timedelta(days=30, hours=5)),
+        ("PT1H", timedelta(hours=1)),
+        ("P1W", timedelta(weeks=1)),
+    ],
+)
+def test_cache_expire_after_durations(text, expected):
+    assert parse_duration(text) == expected
+
+
+def test_invalid_expire_after_is_rejected_before_running(workspace):
+    definition = cached(fraud_like_definition())
+    definition["Steps"][-1]["CacheConfig"]["ExpireAfter"] = "a month"
+    with pytest.raises(ExecutorError, match="ExpireAfter 'a month' is not an ISO-8601 duration"):
+        run(workspace, definition)
 
 
 # --- SDK v3 job shapes ------------------------------------------------------------
