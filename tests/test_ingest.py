@@ -527,3 +527,25 @@ def test_glue_job_ingests_from_s3_with_the_same_engine(moto_endpoint, tmp_path, 
     assert transactions_etl.main(argv, session=session) == 0  # a retried job adds nothing
     again = json.loads(capsys.readouterr().out.splitlines()[0])
     assert (again["rows_curated"], again["duplicates_skipped"]) == (0, 3)
+
+
+def test_generated_drops_reconcile_with_the_generators_own_counts(workspace):
+    datagen = pytest.importorskip("pipelines.datagen")
+    config = datagen.GeneratorConfig(transactions=4_000, days=5, seed=7)
+    drops = datagen.write_landing_drops(datagen.generate_transactions(config), workspace.landing,
+                                        "csv", 0.05, config.seed)
+
+    report = ingest(workspace)
+
+    planted = drops.malformed_counts
+    reasons = report.quarantine_reasons
+    missing = sum(n for reason, n in reasons.items() if reason.startswith("missing_"))
+    assert missing == planted["missing_required"]
+    for theirs, ours in [("unparseable_amount", "bad_amount"), ("bad_timestamp", "bad_timestamp"),
+                         ("non_positive_amount", "non_positive_amount"),
+                         ("absurd_amount", "absurd_amount"), ("bad_currency", "bad_currency"),
+                         ("invalid_card_number", "bad_card_number")]:
+        assert reasons.get(ours, 0) == planted[theirs], theirs
+    assert report.duplicates_in_batch == planted["duplicate_transaction_id"]
+    assert report.rows_read == drops.rows_written
+    assert report.balanced and len(report.sources) == 5

@@ -57,7 +57,7 @@ _FALSE = "'false', 'f', '0', 'no', 'n'"
 _PARSE = f"""
 WITH typed AS (
     SELECT
-        _malformed, _card_bad,
+        _row, _malformed, _card_bad,
         nullif(transaction_id, '') AS transaction_id,
         nullif(customer_id, '') AS customer_id,
         nullif(terminal_id, '') AS terminal_id,
@@ -84,7 +84,7 @@ timed AS (
     END AS ts
     FROM typed
 )
-SELECT ts AS timestamp, amount, is_cash, is_fraud,
+SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
     CASE
         WHEN _malformed IS NOT NULL THEN _malformed
         WHEN transaction_id IS NULL THEN 'missing_transaction_id'
@@ -108,7 +108,7 @@ FROM timed
 
 _PARSE_INPUTS = (
     "transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
-    "is_cash", "is_fraud", "_malformed", "_card_bad",
+    "is_cash", "is_fraud", "_malformed", "_card_bad", "_row",
 )
 # Text columns stored in curated, with how each is normalised.
 _UPPER = ("currency", "country")
@@ -190,12 +190,22 @@ def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns) 
     try:
         con.execute("SET TimeZone = 'UTC'")
         inputs = pa.table({**text, "_malformed": raw.column("_malformed"),
-                           "_card_bad": cards.bad}).select(list(_PARSE_INPUTS))
-        con.register("raw", inputs)
+                           "_card_bad": cards.bad,
+                           "_row": pa.array(np.arange(raw.num_rows), pa.int64())})
+        con.register("raw", inputs.select(list(_PARSE_INPUTS)))
         # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
-        return con.sql(_PARSE).to_arrow_table()
+        parsed = con.sql(_PARSE).to_arrow_table()
     finally:
         con.close()
+    return _in_row_order(parsed)
+
+
+def _in_row_order(parsed: pa.Table) -> pa.Table:
+    """Put DuckDB's output back in input order: parallel scans of many chunks reorder rows."""
+    rows = parsed.column("_row").to_numpy()
+    if rows.size > 1 and not np.all(rows[1:] > rows[:-1]):
+        parsed = parsed.take(pa.array(np.argsort(rows, kind="stable")))
+    return parsed
 
 
 def _first_occurrences(ids: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
