@@ -34,7 +34,7 @@ from pipelines.executor import (
     run_pipeline_definition,
 )
 from pipelines.executor.expressions import ResolutionContext, evaluate_condition
-from pipelines.executor.policies import parse_duration, retry_delays
+from pipelines.executor.policies import parse_duration, retry_delay
 from pipelines.workspace import Workspace
 
 CODE = "s3://artifacts/code"
@@ -730,7 +730,7 @@ def test_training_failure_file_and_model_step(workspace):
     assert model.metadata["Model"]["Arn"].endswith(model.properties["ModelName"])
 
 
-def test_retry_delays_follow_interval_backoff_and_max_attempts():
+def test_retry_delays_follow_interval_backoff_max_attempts_and_expiry():
     policies = [
         {"ExceptionType": ["Step.THROTTLING"], "MaxAttempts": 5, "IntervalSeconds": 9},
         {
@@ -740,23 +740,17 @@ def test_retry_delays_follow_interval_backoff_and_max_attempts():
             "BackoffRate": 2.0,
         },
     ]
-    delay = retry_delays(policies, "SageMaker.JOB_INTERNAL_ERROR")
-    assert [delay(n) for n in range(4)] == [1.0, 2.0, 4.0, None]
-    assert retry_delays(policies, "SageMaker.CAPACITY_ERROR")(0) is None  # no policy names it
-    assert (
-        retry_delays([{"ExceptionType": ["AlgorithmError"], "MaxAttempts": 3}], "AlgorithmError")(0)
-        is None
-    )  # never retried, as on SageMaker
+    delays = [retry_delay(policies, "SageMaker.JOB_INTERNAL_ERROR", n, 0.0) for n in range(4)]
+    assert delays == [1.0, 2.0, 4.0, None]
+    assert retry_delay(policies, "Step.THROTTLING", 1, 0.0) == 18.0  # default BackoffRate 2
+    assert retry_delay(policies, "SageMaker.CAPACITY_ERROR", 0, 0.0) is None  # not named
+    never = [{"ExceptionType": ["AlgorithmError"], "MaxAttempts": 3}]
+    assert retry_delay(never, "AlgorithmError", 0, 0.0) is None  # as on SageMaker
     expiring = [
-        {
-            "ExceptionType": ["Step.SERVICE_FAULT"],
-            "ExpireAfterMin": 1,
-            "IntervalSeconds": 50,
-            "BackoffRate": 2.0,
-        }
+        {"ExceptionType": ["Step.SERVICE_FAULT"], "ExpireAfterMin": 1, "IntervalSeconds": 5}
     ]
-    expiry = retry_delays(expiring, "Step.SERVICE_FAULT")
-    assert expiry(0) == 50.0 and expiry(1) is None  # 100 s would pass the 1-minute bound
+    assert retry_delay(expiring, "Step.SERVICE_FAULT", 0, 54.0) == 5.0
+    assert retry_delay(expiring, "Step.SERVICE_FAULT", 1, 54.0) is None  # 54 + 10 s > 1 min
 
 
 @pytest.mark.parametrize(

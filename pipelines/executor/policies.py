@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -41,30 +39,26 @@ def parse_duration(text: str) -> timedelta:
     )
 
 
-def retry_delays(
-    policies: list[dict[str, Any]], exception_type: str
-) -> Callable[[int], float | None]:
-    """For a failure type, a function ``retries_so_far -> seconds to wait`` (None: give up).
+def retry_delay(
+    policies: list[dict[str, Any]], exception_type: str, retries_so_far: int, elapsed: float
+) -> float | None:
+    """Seconds to wait before the next attempt, or None to give up.
 
     The first policy naming the failure type applies. MaxAttempts counts
-    retries (as on SageMaker), ExpireAfterMin bounds the total time spent.
+    retries (as on SageMaker); ExpireAfterMin bounds the time since the first
+    attempt started (``elapsed`` seconds ago).
     """
+    if exception_type not in RETRYABLE_EXCEPTION_TYPES:
+        return None
     policy = next((p for p in policies if exception_type in (p.get("ExceptionType") or [])), None)
-    started = time.monotonic()
-
-    def delay(retries_so_far: int) -> float | None:
-        if policy is None or exception_type not in RETRYABLE_EXCEPTION_TYPES:
-            return None
-        max_attempts = policy.get("MaxAttempts")
-        if max_attempts is not None and retries_so_far >= int(max_attempts):
-            return None
-        wait = (
-            float(policy.get("IntervalSeconds", 1))
-            * float(policy.get("BackoffRate", 2.0)) ** retries_so_far
-        )
-        expire = policy.get("ExpireAfterMin")
-        if expire is not None and time.monotonic() - started + wait > float(expire) * 60:
-            return None
-        return wait
-
-    return delay
+    if policy is None:
+        return None
+    max_attempts = policy.get("MaxAttempts")
+    if max_attempts is not None and retries_so_far >= int(max_attempts):
+        return None
+    interval = float(policy.get("IntervalSeconds", 1))
+    wait = interval * float(policy.get("BackoffRate", 2.0)) ** retries_so_far
+    expire = policy.get("ExpireAfterMin")
+    if expire is not None and elapsed + wait > float(expire) * 60:
+        return None
+    return wait

@@ -36,7 +36,7 @@ from pipelines.executor.expressions import (
     format_value,
     resolve,
 )
-from pipelines.executor.policies import parse_duration, retry_delays
+from pipelines.executor.policies import parse_duration, retry_delay
 from pipelines.executor.progress import make_progress
 from pipelines.executor.store import (
     ARN_PREFIX,
@@ -379,6 +379,7 @@ class _Runner:
         self, step: StepDef, inputs: dict[str, Any], log_path: Path
     ) -> containers.JobResult:
         retries = 0
+        started = time.monotonic()
         while True:
             attempt = retries + 1
             if retries:
@@ -386,10 +387,16 @@ class _Runner:
             try:
                 return self._execute(step, inputs, attempt, log_path)
             except StepFailure as failure:
-                wait = retry_delays(step.retry_policies, failure.exception_type)(retries)
+                wait = retry_delay(
+                    step.retry_policies,
+                    failure.exception_type,
+                    retries,
+                    time.monotonic() - started,
+                )
                 if wait is None:
                     raise
                 self.progress.retrying(step.name, attempt, failure.exception_type, wait)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
                 with log_path.open("a", encoding="utf-8") as log:
                     log.write(
                         f"--- attempt {attempt} failed ({failure.exception_type}); "
@@ -406,7 +413,7 @@ class _Runner:
         if step.type == "Training":
             return self._job(step, inputs, attempt, log_path, containers.run_training_job)
         if step.type == "Condition":
-            outcome = evaluate_conditions(step.arguments["Conditions"], self.ctx)
+            outcome = evaluate_conditions(inputs["Conditions"], self.ctx)
             self.outcomes[step.name] = outcome
             return containers.JobResult(
                 {"Outcome": outcome}, {"Condition": {"Outcome": str(outcome)}}
