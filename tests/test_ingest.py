@@ -451,7 +451,7 @@ def test_killed_process_leaves_no_half_run_and_rerun_is_consistent(workspace, tm
     assert lake_snapshot(workspace).keys() >= before.keys()
     ids = curated(workspace).column("transaction_id").to_pylist()
     assert sorted(ids) == ["new1", "new2", "old"]
-    assert not any((workspace.lake / "_staging" / "ingest").iterdir())
+    assert not any((workspace.lake / ".staging" / "ingest").iterdir())
 
 
 # --- the Glue job shell ----------------------------------------------------------------
@@ -516,7 +516,7 @@ def test_glue_job_ingests_from_s3_with_the_same_engine(moto_endpoint, tmp_path, 
                if i.type == pafs.FileType.File]
     assert sum(p.startswith("glue-lake/curated/transactions/dt=") for p in written) == 2
     assert any(p.startswith("glue-lake/_logs/ingest/ing-") for p in written)
-    assert not any("_staging" in p and p.endswith(".parquet") for p in written)
+    assert not any(".staging" in p and p.endswith(".parquet") for p in written)
     partitions = glue.get_partitions(DatabaseName="fraudops_test", TableName="transactions")
     assert sorted(p["Values"][0] for p in partitions["Partitions"]) == ["2024-03-01",
                                                                          "2024-03-02"]

@@ -34,7 +34,8 @@ class LakeLayout:
             fs=pafs.LocalFileSystem(),
             curated=str(ws.curated),
             quarantine=str(ws.quarantine),
-            staging=str(ws.lake / "_staging" / "ingest"),
+            # A dot name: never backed up, never matched by a zone's glob.
+            staging=str(ws.lake / ".staging" / "ingest"),
             state=str(ws.state_dir / "ingest"),
             logs=str(ws.logs / "ingest"),
         )
@@ -47,7 +48,7 @@ class LakeLayout:
             fs=fs,
             curated=f"{lake}/curated/transactions",
             quarantine=f"{lake}/quarantine/transactions",
-            staging=f"{lake}/_staging/ingest",
+            staging=f"{lake}/.staging/ingest",
             state=state.rstrip("/"),
             logs=logs.rstrip("/"),
             scheme="s3://",

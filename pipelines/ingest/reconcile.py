@@ -47,6 +47,7 @@ class IngestReport:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)  # zone -> ["dt=..."]
     recovered: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the user, e.g. catalog busy
 
     @property
     def duplicates_skipped(self) -> int:
@@ -132,3 +133,5 @@ def render(report: IngestReport, console: Console | None = None) -> None:
     )
     for action in report.recovered:
         console.print(f"[yellow]recovery:[/] {action}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")

@@ -86,6 +86,13 @@ def execute(ws: Workspace, sql: str, params: Params = None, dialect: str = "auto
     """
     if dialect not in DIALECTS:
         raise QueryError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
+    try:
+        return _execute_in_catalog(ws, sql, params, dialect)
+    except duckdb.Error as exc:  # e.g. a conversion error while reading the rows
+        raise QueryError(_first_line(exc)) from exc
+
+
+def _execute_in_catalog(ws: Workspace, sql: str, params: Params, dialect: str) -> QueryResult:
     if not ws.catalog_db.exists():
         catalog.refresh_catalog(ws)
     con = catalog.connect(ws, read_only=True)
@@ -122,7 +129,4 @@ def run_query(ws: Workspace, sql: str, params: Params = None, dialect: str = "du
     ``dialect`` is ``duckdb``, ``athena`` (transpiled with sqlglot) or ``auto``.
     Raises ``QueryError`` for writes and for SQL DuckDB rejects.
     """
-    try:
-        return execute(ws, sql, params, dialect).table
-    except duckdb.Error as exc:
-        raise QueryError(_first_line(exc)) from exc
+    return execute(ws, sql, params, dialect).table
