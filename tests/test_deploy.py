@@ -177,7 +177,9 @@ def test_decisions_and_deployments_reach_the_audit_trail(registry, workspace, mo
     assert [(e["action"], e["actor"]) for e in entries] == [
         ("model.register", "alice"),
         ("model.reject", "bob"),
+        ("deploy.skip", "deploy-on-approval"),
     ]
+    assert entries[-1]["details"]["status"] == "Skipped"
 
 
 # --- AWS ------------------------------------------------------------------------

@@ -33,6 +33,13 @@ from pipelines.workspace import Workspace
 SERVER_MODULE = "pipelines.endpoint.server"
 STATE_FILE = "endpoint.json"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding pipelines/
+DEPLOY_ACTOR = "deploy-on-approval"  # the service identity, as the Lambda's role on AWS
+AUDIT_ACTIONS = {
+    IN_SERVICE: "deploy.deploy",
+    ROLLED_BACK: "deploy.rollback",
+    FAILED: "deploy.rollback",
+    SKIPPED: "deploy.skip",
+}
 
 
 class DeployError(Exception):
@@ -175,6 +182,21 @@ class LocalEndpointBackend:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _record(self, **fields: Any) -> int:
+        """Keep the attempt in the deployment history and the workspace audit trail."""
+        from pipelines.governance.audit import record
+
+        deployment_id = self.history.record(**fields)
+        details = {key: value for key, value in fields.items() if key != "model_package_arn"}
+        record(
+            self.workspace,
+            AUDIT_ACTIONS[fields["status"]],
+            actor=DEPLOY_ACTOR,
+            subject=fields["model_package_arn"],
+            details={**details, "deployment_id": deployment_id},
+        )
+        return deployment_id
+
     # --- deploy ----------------------------------------------------------------
     def deploy(self, package: dict[str, Any]) -> DeploymentResult:
         """Start, check, switch, stop the old one; roll back on any failure."""
@@ -206,7 +228,7 @@ class LocalEndpointBackend:
             if previous and previous.get("pid") != info["pid"]:
                 stop_endpoint_process(previous["pid"])
             message = f"serving version {version} at {info['url']}"
-            deployment_id = self.history.record(
+            deployment_id = self._record(
                 model_package_arn=arn,
                 version=version,
                 backend=self.name,
@@ -231,7 +253,7 @@ class LocalEndpointBackend:
         """Record that a decision deployed nothing (a rejection): the audit trail shows it."""
         arn = package["ModelPackageArn"]
         version = int(package["ModelPackageVersion"])
-        deployment_id = self.history.record(
+        deployment_id = self._record(
             model_package_arn=arn,
             version=version,
             backend=self.name,
@@ -264,7 +286,7 @@ class LocalEndpointBackend:
         else:
             status = FAILED
             message = f"version {version} failed ({reason}); no endpoint is serving"
-        deployment_id = self.history.record(
+        deployment_id = self._record(
             model_package_arn=arn,
             version=version,
             backend=self.name,
