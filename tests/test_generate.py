@@ -369,6 +369,7 @@ def test_cli_writes_day_files_into_the_workspace_landing_zone(
         ("--malformed-rate", "1.5", "malformed-rate"),
         ("--transactions", "0", "transactions"),
         ("--transactions", "10", "too few"),
+        ("--terminals", "12", "terminals must be at least"),
     ],
 )
 def test_cli_rejects_bad_options_with_a_clear_message(

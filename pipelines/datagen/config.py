@@ -38,8 +38,9 @@ class GeneratorConfig:
             raise ValueError(f"days must be at least 1, got {self.days}")
         if self.customers is not None and self.customers < 1:
             raise ValueError(f"customers must be at least 1, got {self.customers}")
-        if self.terminals is not None and self.terminals < 10:
-            raise ValueError(f"terminals must be at least 10, got {self.terminals}")
+        if self.terminals is not None and self.terminals < MIN_TERMINALS:
+            # Fewer leaves no room for stores, ATMs, web shops and bank branches.
+            raise ValueError(f"terminals must be at least {MIN_TERMINALS}, got {self.terminals}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
         if not 0.0 <= self.fraud_rate_scale <= 20.0:

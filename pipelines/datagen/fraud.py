@@ -53,7 +53,7 @@ class FraudBudget:
 
 
 ATO_MEAN_ROWS = 6.0  # 2 + Poisson(4) transactions per taken-over card
-ATO_MEAN_GAP_SECONDS = 2.5 * 3600
+ATO_MEAN_GAP_SECONDS = 1.5 * 3600
 CARD_TEST_MEAN_ROWS = 12.0  # 5 + Poisson(7) probes per burst
 CARD_TEST_MEAN_GAP_SECONDS = 35.0
 CASH_OUT_PROBABILITY = 0.35
@@ -227,7 +227,7 @@ def mark_large_amounts(
     eligible = np.flatnonzero(purchase & (legit.scenario == SCENARIO_CODE[LEGIT]))
     chosen = rng.choice(eligible, size=min(target, eligible.size), replace=False)
     habit = customers.mean_amount[legit.customer[chosen]]
-    legit.amount[chosen] = np.maximum(habit * rng.lognormal(np.log(7.0), 0.5, chosen.size), 150.0)
+    legit.amount[chosen] = np.maximum(habit * rng.lognormal(np.log(9.0), 0.5, chosen.size), 200.0)
     legit.scenario[chosen] = SCENARIO_CODE[LARGE_AMOUNT]
     legit.is_fraud[chosen] = 1
     return int(chosen.size)
