@@ -853,6 +853,46 @@ def test_framework_processor_runproc_and_model_trainer_source_code(workspace):
     assert model["label"] == "fraud model" and model["epochs"] == 2
 
 
+def test_model_trainer_command_and_unsupported_shell_entry_script(workspace):
+    put(workspace, "s3://landing/train/data.txt", "p q r")
+    put(workspace, f"{CODE}/mt/code/train.py", TRAIN)
+    sourcecode = {
+        "source_dir": "src",
+        "entry_script": None,
+        "command": "python3 train.py --epochs 4",
+        "args": ["--label", "two words"],
+    }
+    put(workspace, f"{CODE}/mt/sm_drivers/sourcecode.json", json.dumps(sourcecode))
+    train = training_step("Fit", "s3://landing/train", "9")
+    hps = train["Arguments"]["HyperParameters"]
+    del hps["sagemaker_program"], hps["sagemaker_submit_directory"]
+    train["Arguments"]["InputDataConfig"] += [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{CODE}/mt/{name}"}
+            },
+        }
+        for name in ("code", "sm_drivers")
+    ]
+    definition = {"Version": "2020-12-01", "Parameters": [], "Steps": [train]}
+    summary = run(workspace, definition)
+    assert summary.succeeded, summary.failure_reason
+    model_uri = summary.step("Fit").properties["ModelArtifacts"]["S3ModelArtifacts"]
+    with tarfile.open(workspace.local_path(model_uri)) as tar:
+        model = json.load(tar.extractfile("model.json"))
+    # The command's own arguments, not the hyper-parameters (ModelTrainer semantics).
+    assert model["epochs"] == 4 and model["label"] == "two words"
+    assert model["hps"]["epochs"] == 9  # still visible through SM_HPS
+
+    # SDK v3's model repack launcher is a shell script: a clear error, not a skip.
+    sourcecode = {"source_dir": "src", "entry_script": "_repack_script_launcher.sh"}
+    put(workspace, f"{CODE}/mt/sm_drivers/sourcecode.json", json.dumps(sourcecode))
+    summary = run(workspace, definition)
+    assert summary.status == "Failed"
+    assert "entry script '_repack_script_launcher.sh' (only .py)" in summary.failure_reason
+
+
 # --- definition checks ---------------------------------------------------------------
 
 
