@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 import tarfile
 import urllib.error
 
@@ -12,6 +16,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from lambdas.deploy.handler import handler as deploy_lambda
+from pipelines.cli import main
 from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
 from pipelines.deploy.aws import SageMakerEndpointBackend
 from pipelines.deploy.local import (
@@ -300,21 +305,15 @@ def test_aws_lambda_deploys_only_approved_packages(monkeypatch):
 
 
 def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, model_dir):
-    import re
-    import signal
-    import subprocess
-    import sys
-
     arn = register(registry, workspace, model_dir, "run-1")
     registry.update_model_package(arn, REJECTED, "bob", "not yet")
-    from pipelines.cli import main
-
     assert main(["serve", "--version", "1", "--workdir", str(workspace.root)]) == 2
 
     arn = register(registry, workspace, model_dir, "run-2")
     LocalModelRegistry(workspace.registry_db).update_model_package(arn, APPROVED, "bob", "ok")
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--version", "2",
-               "--workdir", str(workspace.root)]
+    workdir = str(workspace.root)
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--version", "2"]
+    command += ["--workdir", workdir]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
