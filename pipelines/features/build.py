@@ -84,7 +84,7 @@ def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> N
         f"CREATE VIEW {duckdb_engine.TRANSACTIONS_VIEW} AS SELECT * FROM "
         f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
     )
-    sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws))
+    sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
     con.execute(
         f"COPY ({sql}) TO '{staging}' "
         f"(FORMAT parquet, PARTITION_BY ({PARTITION_COLUMN}), COMPRESSION zstd)"

@@ -155,11 +155,13 @@ def compile_sql(
     missing_columns: Iterable[str] = (),
     source: str = TRANSACTIONS_VIEW,
     labels_source: str = LABELS_VIEW,
+    ordered: bool = True,
 ) -> str:
     """The whole feature query: base columns, windows, late-label corrections, features.
 
     ``missing_columns`` are optional inputs absent from ``source`` (read as NULL).
-    The result is ordered by (timestamp, transaction_id).
+    ``ordered`` sorts the result by (timestamp, transaction_id); a partitioned
+    write does not keep row order anyway, so the table build skips the sort.
     """
     delay = label_delay_micros(label_delay_days)
     missing = set(missing_columns)
@@ -204,7 +206,8 @@ def compile_sql(
         "WITH\n" + ",\n".join(ctes) + f"\nSELECT {', '.join(outputs)},\n"
         f"    strftime(ts_utc, '%Y-%m-%d') AS {PARTITION_COLUMN},\n"
         + features
-        + f"\nFROM {aggregates_from}\nORDER BY ts_us, transaction_id"
+        + f"\nFROM {aggregates_from}"
+        + ("\nORDER BY ts_us, transaction_id" if ordered else "")
     )
 
 
@@ -290,6 +293,7 @@ def prepare_query(
     label_delay_days: int = DEFAULT_LABEL_DELAY_DAYS,
     labels: pa.Table | None = None,
     source: str = TRANSACTIONS_VIEW,
+    ordered: bool = True,
 ) -> str:
     """Validate ``source`` (and ``labels``, registered on ``con``) and compile the query."""
     missing = check_transactions(con, source)
@@ -304,7 +308,11 @@ def prepare_query(
             f"CAST(is_fraud AS TINYINT) AS is_fraud, label_known_at FROM {raw}"
         )
     return compile_sql(
-        label_delay_days, with_labels=labels is not None, missing_columns=missing, source=source
+        label_delay_days,
+        with_labels=labels is not None,
+        missing_columns=missing,
+        source=source,
+        ordered=ordered,
     )
 
 

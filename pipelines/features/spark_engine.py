@@ -243,8 +243,8 @@ def run_feature_job(
     labels = _read_parquet(spark, labels_uri) if labels_uri else None
     features = compute_features(transactions, label_delay_days, labels)
     (
+        # One task per day: one file per dt partition rather than one per task and day.
         features.repartition(PARTITION_COLUMN)
-        .sortWithinPartitions("ts_us", "transaction_id")
         .drop("ts_us")
         .write.mode("overwrite")
         .partitionBy(PARTITION_COLUMN)
