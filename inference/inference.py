@@ -312,13 +312,15 @@ def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudMode
     return values
 
 
-def to_dmatrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> xgb.DMatrix:
-    return xgb.DMatrix(feature_matrix(data, model), feature_names=model.feature_columns)
-
-
 def predict_fn(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
-    """Fraud scores (probabilities) for every row, as float64."""
-    return model.booster.predict(to_dmatrix(data, model)).astype(np.float64)
+    """Fraud scores (probabilities) for every row, as float64.
+
+    ``inplace_predict`` skips building a DMatrix: measured 0.4 ms against ~100 ms
+    for one row on a busy 2-core host (DMatrix construction spins OpenMP threads),
+    and it is thread-safe. ``feature_matrix`` has already put the columns in the
+    model's order, which is what the DMatrix feature-name check would verify.
+    """
+    return np.asarray(model.booster.inplace_predict(feature_matrix(data, model)), np.float64)
 
 
 # --- output_fn ---------------------------------------------------------------
