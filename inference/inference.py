@@ -298,7 +298,10 @@ def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudMode
         missing = [name for name in features if name not in data.columns]
         if missing:
             raise BadRequest(f"the frame lacks features {missing}.")
-        return data[features].to_numpy(dtype=np.float64)
+        try:
+            return data[features].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"the frame has non-numeric feature values ({exc}).") from exc
     if isinstance(data, Instances) and data.records is not None:
         return records_matrix(data.records, features)
     values = data.values if isinstance(data, Instances) else np.asarray(data, dtype=np.float64)

@@ -230,3 +230,14 @@ def test_model_fn_rejects_a_feature_set_that_does_not_match_the_booster(model_di
     )
     with pytest.raises(ValueError, match="redeploy"):
         inference.model_fn(str(tmp_path))
+
+
+def test_programmatic_frames_are_scored_by_column_name(model, model_dir):
+    import pandas as pd
+
+    frame = pd.DataFrame(ROWS, columns=FEATURES)[list(reversed(FEATURES))].assign(extra="x")
+    np.testing.assert_allclose(
+        inference.predict_fn(frame, model), booster_scores(model_dir, ROWS), rtol=1e-6
+    )
+    with pytest.raises(inference.BadRequest, match="non-numeric"):
+        inference.predict_fn(frame.assign(amount_log="high"), model)
