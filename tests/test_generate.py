@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
@@ -307,7 +308,7 @@ def test_other_formats_hold_the_same_rows(tmp_path: Path, table: pa.Table, fmt: 
     if fmt == "parquet":
         back = pd.concat([pq.read_table(p).to_pandas() for p in drops], ignore_index=True)
     else:
-        back = pd.concat([pd.read_json(p, lines=True, dtype=False) for p in drops])
+        back = pd.concat([pajson.read_json(p).to_pandas() for p in drops], ignore_index=True)
     assert list(back.columns) == list(LANDING_COLUMNS)
     assert len(back) == table.num_rows
     assert back.transaction_id.tolist() == table["transaction_id"].to_pylist()

@@ -74,13 +74,13 @@ def write_landing_drops(
     changes = np.flatnonzero(day_of_row[1:] != day_of_row[:-1]) + 1
     bounds = np.concatenate([[0], changes, [text.num_rows]])
     paths: list[Path] = []
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        day = str(day_of_row[start])
-        path = out_dir / drop_name(day, fmt)
-        _write_atomically(text.slice(start, stop - start), path, fmt)
-        paths.append(path)
-        if on_file_written is not None:
-            on_file_written(path, int(stop - start))
+    with _DropWriter(fmt) as writer:
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            path = out_dir / drop_name(str(day_of_row[start]), fmt)
+            writer.write(text.slice(start, stop - start), path)
+            paths.append(path)
+            if on_file_written is not None:
+                on_file_written(path, int(stop - start))
     counts = {name: spoiled.counts.get(name, 0) for name in MALFORMED_CLASSES}
     return LandingDrops(paths, text.num_rows, counts)
 
@@ -101,25 +101,44 @@ def _sorted_by_time(table: pa.Table) -> pa.Table:
     return table.take(np.argsort(seconds, kind="stable"))
 
 
-def _write_jsonl(table: pa.Table, path: Path) -> None:
-    """One JSON object per line, in row order (DuckDB: ~3x faster than pandas)."""
-    with duckdb.connect() as con:
-        con.execute("SET preserve_insertion_order = true")
-        con.register("drop_rows", table)
-        target = str(path).replace("'", "''")
-        con.execute(f"COPY (SELECT * FROM drop_rows) TO '{target}' (FORMAT json)")
+class _DropWriter:
+    """Writes one drop per call, atomically; one DuckDB connection serves every JSONL file."""
 
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        self._con: duckdb.DuckDBPyConnection | None = None
 
-def _write_atomically(table: pa.Table, path: Path, fmt: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "csv":
-            pacsv.write_csv(table, tmp)
-        elif fmt == "jsonl":
-            _write_jsonl(table, tmp)
-        else:
-            pq.write_table(table, tmp, compression="snappy")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    def __enter__(self) -> _DropWriter:
+        if self.fmt == "jsonl":
+            # Opening a connection costs more than writing a small day file.
+            self._con = duckdb.connect()
+            self._con.execute("SET preserve_insertion_order = true")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._con is not None:
+            self._con.close()
+
+    def write(self, table: pa.Table, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            if self.fmt == "csv":
+                pacsv.write_csv(table, tmp)
+            elif self.fmt == "jsonl":
+                self._write_jsonl(table, tmp)
+            else:
+                pq.write_table(table, tmp, compression="snappy")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_jsonl(self, table: pa.Table, path: Path) -> None:
+        """One JSON object per line, in row order (DuckDB: ~3x faster than pandas)."""
+        assert self._con is not None
+        self._con.register("drop_rows", table)
+        try:
+            target = str(path).replace("'", "''")
+            self._con.execute(f"COPY (SELECT * FROM drop_rows) TO '{target}' (FORMAT json)")
+        finally:
+            self._con.unregister("drop_rows")
