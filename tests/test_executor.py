@@ -678,6 +678,26 @@ def test_execution_abandoned_by_a_killed_process_is_reaped_and_resumable(workspa
     assert resumed.succeeded, resumed.failure_reason
 
 
+def test_store_upgrades_records_written_before_the_owner_column(workspace):
+    import sqlite3
+
+    workspace.executions.mkdir(parents=True)
+    with sqlite3.connect(workspace.executions / "executions.sqlite") as conn:
+        conn.execute(
+            "CREATE TABLE executions (execution_id TEXT PRIMARY KEY, pipeline_name TEXT NOT NULL,"
+            " status TEXT NOT NULL, started_by TEXT NOT NULL, start_time TEXT NOT NULL,"
+            " end_time TEXT, last_modified TEXT NOT NULL, parameters TEXT NOT NULL,"
+            " definition TEXT NOT NULL, failure_reason TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO executions VALUES ('old1', 'fraud-test', 'Succeeded', 'bob', "
+            "'2026-01-01T00:00:00', '2026-01-01T00:01:00', '2026-01-01T00:01:00', '{}', '{}', NULL)"
+        )
+    store = ExecutionStore(workspace.executions)
+    (row,) = store.list_pipeline_executions()["PipelineExecutionSummaries"]
+    assert row["PipelineExecutionId"] == "old1" and row["PipelineExecutionStatus"] == "Succeeded"
+
+
 def test_max_runtime_stops_a_hanging_script(workspace):
     definition = single_step("Hang", f"{CODE}/hang.py", "import time\ntime.sleep(60)\n", workspace)
     definition["Steps"][0]["Arguments"]["StoppingCondition"] = {"MaxRuntimeInSeconds": 1}

@@ -62,15 +62,16 @@ def _list(args: argparse.Namespace) -> int:
         "PipelineExecutionSummaries"
     ]
     table = Table(title="pipeline executions (local)")
-    for column in ("execution id", "pipeline", "status", "started", "failure reason"):
-        table.add_column(column)
+    for column in ("execution id", "pipeline", "status", "started (UTC)"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("failure reason")
     for s in summaries:
         reason = (s["PipelineExecutionFailureReason"] or "").splitlines()
         table.add_row(
             s["PipelineExecutionId"],
             s["PipelineName"],
             _styled(s["PipelineExecutionStatus"]),
-            s["StartTime"],
+            s["StartTime"][:19].replace("T", " "),
             reason[0] if reason else "",
         )
     Console().print(table)
@@ -91,7 +92,8 @@ def _describe(args: argparse.Namespace) -> int:
     for parameter in described["PipelineParameters"]:
         console.print(f"  {parameter['Name']} = {parameter['Value']!r}")
     if described["FailureReason"]:
-        console.print(f"[red]failure:[/] {described['FailureReason']}", markup=False)
+        console.print("[red]failure:[/]", end=" ")
+        console.print(described["FailureReason"], markup=False)
     return 0
 
 

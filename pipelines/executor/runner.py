@@ -359,7 +359,11 @@ class _Runner:
             inputs = resolve(step.arguments, self.ctx)
         except ExecutorError as exc:
             return self._fail_unstarted(step, str(exc))
-        self.store.start_step(self.execution_id, step.name, step.type, inputs, str(log_path))
+        # Only container steps run a program and write a log.
+        has_log = step.type in ("Processing", "Training")
+        self.store.start_step(
+            self.execution_id, step.name, step.type, inputs, str(log_path) if has_log else None
+        )
         try:
             if step.type in ("Processing", "Training") and step.cache_enabled:
                 cache_key = self._cache_key(step, inputs)

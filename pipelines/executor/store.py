@@ -79,14 +79,15 @@ class ExecutionStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "executions.sqlite"
         with self._connect() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < _SCHEMA_VERSION:
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
                 # WAL: readers (``fraudops pipeline list``) never block a running execution.
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
-                if version == 1:
-                    conn.execute("ALTER TABLE executions ADD COLUMN owner TEXT")
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            # Records written before the owner column existed stay readable.
+            columns = {r["name"] for r in conn.execute("PRAGMA table_info(executions)")}
+            if "owner" not in columns:
+                conn.execute("ALTER TABLE executions ADD COLUMN owner TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
