@@ -363,6 +363,17 @@ def test_cli_writes_day_files_into_the_workspace_landing_zone(
     assert str(workspace.landing) in out.replace("\n", "")
 
 
+def test_cli_points_out_drops_left_from_an_older_run(
+    workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["generate", "--workdir", str(workspace.root), "--transactions", "3000"]
+    assert main([*base, "--days", "4"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--days", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 other drop(s)" in out and "transactions_2026-01-03.csv" in out
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

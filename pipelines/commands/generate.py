@@ -23,7 +23,7 @@ from pipelines.datagen import (
     write_landing_drops,
 )
 from pipelines.datagen.config import MAX_MALFORMED_RATE
-from pipelines.datagen.writer import FORMATS
+from pipelines.datagen.writer import FILE_PREFIX, FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,6 +117,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(summary(table, drops))
     # Not in the table: a long path must stay whole to be copy-pasted.
     console.print(f"drops in {out_dir}", soft_wrap=True, highlight=False)
+    stale = stale_drops(out_dir, drops)
+    if stale:
+        console.print(
+            f"note: {len(stale)} other drop(s) in that directory were left as they were "
+            f"(e.g. {stale[0].name}); delete them if they belong to an older run",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(
         f"generated in {generated - started:.1f} s, written in {written - generated:.1f} s"
     )
@@ -144,6 +152,13 @@ def summary(table: pa.Table, drops: LandingDrops) -> Table:
             report.add_row(f"  {name}", f"{count:,}")
     report.add_row("rows written", f"{drops.rows_written:,}")
     return report
+
+
+def stale_drops(out_dir: Path, drops: LandingDrops) -> list[Path]:
+    """Landing drops in ``out_dir`` that this run did not write (an older run's days)."""
+    written = {p.name for p in drops}
+    pattern = f"{FILE_PREFIX}*"
+    return sorted(p for p in out_dir.glob(pattern) if p.is_file() and p.name not in written)
 
 
 def _scenario_counts(table: pa.Table) -> dict[str, int]:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # --- scenario labels ---------------------------------------------------------
-# ``fraud_scenario`` values. Fraud scenarios carry ``is_fraud = 1`` (a few
-# compromised-terminal rows stay 0: see fraud.py). AML patterns are *not* card
+# ``fraud_scenario`` values. Rows of a fraud scenario carry ``is_fraud = 1``
+# (at a compromised terminal, the ~15 % of window rows that stay legitimate
+# keep an empty scenario). AML patterns are *not* card
 # fraud: the customer spends their own money, so ``is_fraud`` stays 0 and the
 # fraud model never learns from them; compliance reports select them by rule
 # (cash > $10,000, structuring just below it), the label only lets tests and
