@@ -374,6 +374,8 @@ def write_curated(ws, rows: list[Tx]) -> None:
         },
         schema=CURATED_SCHEMA,
     )
+    source = pa.array([f"transactions_{dt}.csv" for dt in full["dt"].to_pylist()])
+    full = full.set_column(full.schema.get_field_index("source_file"), "source_file", source)
     for dt in sorted(set(full["dt"].to_pylist())):
         part = full.filter(pa.compute.equal(full["dt"], dt))
         directory = ws.curated / f"dt={dt}"
@@ -430,7 +432,7 @@ def test_failed_build_keeps_the_previous_table(workspace):
     # A second drop repeats a transaction id: the build must fail and change nothing.
     bad = workspace.curated / "dt=2024-03-02" / "part-1.parquet"
     pq.write_table(pq.read_table(workspace.curated / "dt=2024-03-02" / "part-0.parquet"), bad)
-    with pytest.raises(ValueError, match="duplicate transaction_id"):
+    with pytest.raises(ValueError, match="duplicate transaction_id.*transactions_2024-03-02.csv"):
         build_feature_table(workspace)
     assert read_feature_table(workspace).equals(before)
     leftovers = [p.name for p in workspace.features.parent.iterdir() if p.name.startswith(".")]
@@ -527,3 +529,17 @@ def test_job_code_is_uploaded_and_importable_from_the_zip(tmp_path):
     where, version = done.stdout.split()
     assert where.startswith(str(archive))
     assert version == FEATURE_SET_VERSION
+
+
+def test_feature_set_version_is_a_hash_of_the_definitions(monkeypatch):
+    from pipelines.features import definitions
+
+    assert definitions._fingerprint() == FEATURE_SET_VERSION
+    changed = tuple(
+        definitions.Feature(f.name, f"{f.expression} + 0", f.description)
+        if f.name == "log_amount"
+        else f
+        for f in definitions.FEATURES
+    )
+    monkeypatch.setattr(definitions, "FEATURES", changed)
+    assert definitions._fingerprint() != FEATURE_SET_VERSION

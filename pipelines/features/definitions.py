@@ -28,6 +28,13 @@ Point-in-time rules (what "available at the moment of the transaction" means):
   alone guarantees it; explicit late labels are subtracted by the engines.
 * Calendar features use the UTC clock of the timestamp.
 
+Online (one transaction at a time): keep, per entity key, the history of
+``(ts_us, value, filter result, label_known_us)`` back to the widest frame; each
+aggregate is a scan of that history over ``[t - start, t - end]``, and each
+feature expression is then evaluated on one row. Counts are integers and
+amount sums are whole cents (see ``AMOUNT_CENTS``), so the results are
+bit-identical to the batch engines, whatever the order of additions.
+
 Base columns every engine derives before aggregating (and nothing else):
 ``ts_us`` (BIGINT epoch microseconds of ``timestamp``), ``amount``,
 ``customer_id``, ``terminal_id``, ``channel``, ``country``, ``is_cash``,

@@ -216,34 +216,42 @@ def _relation_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     return [row[0] for row in con.execute(f"DESCRIBE {name}").fetchall()]
 
 
+def _example(con: duckdb.DuckDBPyConnection, source: str, where: str, has_file: bool) -> str:
+    """``transaction_id 'x' in <file>`` for the first offending row: where to look."""
+    file_column = "source_file" if has_file else "NULL"
+    tid, file = con.execute(
+        f"SELECT transaction_id, {file_column} FROM {source} WHERE {where} LIMIT 1"
+    ).fetchall()[0]
+    return f"transaction_id {tid!r}" + (f" from {file}" if file else "")
+
+
 def check_transactions(con: duckdb.DuckDBPyConnection, source: str = TRANSACTIONS_VIEW) -> set[str]:
-    """Reject input the features cannot be computed from; return missing optional columns."""
+    """Reject input the features cannot be computed from; return missing optional columns.
+
+    Messages name the column, the count, and the first offending transaction
+    with its source file when the input carries one (curated data does).
+    """
     columns = set(_relation_columns(con, source))
     absent = [c for c in REQUIRED_COLUMNS if c not in columns]
     if absent:
         raise ValueError(
             f"transactions lack required column(s) {absent}: map them with the ingest column map"
         )
-    null_counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL)" for c in REQUIRED_COLUMNS)
-    row = con.execute(
-        f"SELECT {null_counts}, count(*) FILTER (WHERE amount <= 0), "
-        f"count(*) - count(DISTINCT transaction_id) FROM {source}"
-    ).fetchall()[0]
-    for name, nulls in zip(REQUIRED_COLUMNS, row, strict=False):
-        if nulls:
-            raise ValueError(
-                f"transactions: {nulls} row(s) with null {name}; fix or quarantine them"
-            )
-    if row[-2]:
-        raise ValueError(f"transactions: {row[-2]} row(s) with amount <= 0; amounts must be > 0")
-    if row[-1]:
-        dup = con.execute(
-            f"SELECT transaction_id FROM {source} GROUP BY 1 HAVING count(*) > 1 LIMIT 1"
-        ).fetchall()[0][0]
-        raise ValueError(
-            f"transactions: {row[-1]} duplicate transaction_id(s), e.g. {dup!r}; "
-            "ingest dedupes them"
-        )
+    has_file = "source_file" in columns
+    duplicated = (
+        f"transaction_id IN (SELECT transaction_id FROM {source} GROUP BY 1 HAVING count(*) > 1)"
+    )
+    problems = [(f"{c} IS NULL", f"null {c}; fix or quarantine them") for c in REQUIRED_COLUMNS]
+    problems += [
+        ("amount <= 0", "amount <= 0; amounts must be > 0"),
+        (duplicated, "a duplicate transaction_id; ingest dedupes them"),
+    ]
+    counts = ", ".join(f"count(*) FILTER (WHERE {where})" for where, _ in problems)
+    row = con.execute(f"SELECT {counts} FROM {source}").fetchall()[0]
+    for (where, what), count in zip(problems, row, strict=True):
+        if count:
+            example = _example(con, source, where, has_file)
+            raise ValueError(f"transactions: {count} row(s) with {what} (first: {example})")
     return {c for c in OPTIONAL_INPUTS if c not in columns}
 
 
