@@ -15,7 +15,9 @@ import importlib
 import json
 import logging
 import os
+import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from pipelines.workspace import Workspace
 
 LOG = logging.getLogger(__name__)
 
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the Lambda code bundle's root: the repo
 LOCAL_ACCOUNT = "000000000000"
 LOCAL_REGION = "local"
 
@@ -119,12 +122,25 @@ def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
 
 
 def _resolve_target(target: Target | str) -> Target:
+    """Import a ``"module:function"`` target the way the Lambda runtime does.
+
+    Lambda puts the code bundle's root on ``sys.path``; locally the bundle root
+    is the repository (which holds ``lambdas/``), added when the module is not
+    importable otherwise (e.g. from an installed ``fraudops`` command).
+    """
     if callable(target):
         return target
     module_name, _, attribute = target.partition(":")
     if not attribute:
         raise ValueError(f"rule target {target!r} must look like 'package.module:function'")
-    return getattr(importlib.import_module(module_name), attribute)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0] or str(CODE_ROOT) in sys.path:
+            raise
+        sys.path.append(str(CODE_ROOT))
+        module = importlib.import_module(module_name)
+    return getattr(module, attribute)
 
 
 class EventBus:
@@ -190,13 +206,17 @@ class EventBus:
         try:
             result = _resolve_target(rule.target)(event, self._context_factory(rule))
         except Exception as exc:  # a failing target must not fail the publisher
-            LOG.exception("rule %s failed on event %s", rule.name, event["id"])
+            # The caller reports delivery.error; the traceback goes to the event log.
+            LOG.debug("rule %s failed on event %s", rule.name, event["id"], exc_info=True)
             delivery = Delivery(rule.name, event["id"], error=f"{type(exc).__name__}: {exc}")
+            trace = traceback.format_exc()
         else:
             delivery = Delivery(rule.name, event["id"], result=result)
-        self._append_log(
-            {"delivery": {"rule": rule.name, "event_id": event["id"], "error": delivery.error}}
-        )
+            trace = None
+        record = {"rule": rule.name, "event_id": event["id"], "error": delivery.error}
+        if trace:
+            record["traceback"] = trace
+        self._append_log({"delivery": record})
         return delivery
 
     def _append_log(self, record: dict[str, Any]) -> None:
