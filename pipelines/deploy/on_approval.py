@@ -14,9 +14,9 @@ from typing import Any
 
 from pipelines.deploy.backend import DeploymentResult, EndpointBackend
 from pipelines.events import MODEL_PACKAGE_STATE_CHANGE
+from pipelines.registry import APPROVED
 from pipelines.workspace import Workspace
 
-APPROVED = "Approved"
 Describe = Callable[[str], dict[str, Any]]
 
 

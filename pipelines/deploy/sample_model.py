@@ -22,7 +22,8 @@ from pipelines.deploy.artifacts import FEATURE_SET_FILE, METADATA_FILE, MODEL_FI
 from pipelines.workspace import ARTIFACTS_BUCKET, Workspace
 
 SAMPLE_FEATURES: tuple[str, ...] = ("amount", "cust_tx_count_1d", "term_fraud_rate_7d", "is_night")
-XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.0-5"
+# The image the pipeline names (pipelines.fraud.pipeline.xgboost_image_uri, us-east-1).
+XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.2-0"
 
 
 def synthetic_features(rows: int, features: tuple[str, ...], seed: int = 0) -> pd.DataFrame:

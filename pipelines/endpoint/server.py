@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -297,7 +297,7 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ready_file: Path | None = None,
     predict_lock: bool = True,
-    on_ready: Any = None,
+    on_ready: Callable[[EndpointServer], None] | None = None,
     threads_per_request: int = 1,
 ) -> None:
     """Load the model, listen, and serve until SIGTERM/SIGINT (foreground)."""

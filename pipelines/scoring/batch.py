@@ -297,12 +297,19 @@ def write_partition(workspace: Workspace, day: str, table: pa.Table, merge: bool
 
 
 def _register_catalog(workspace: Workspace) -> str:
-    """Register the scored zone with the catalog, if the lake unit provides one."""
+    """Register the scored zone with the catalog, if the lake unit provides one.
+
+    The scores are already written; a busy catalog only delays the view (rerun,
+    or ``pipelines.lake.refresh_catalog``), so it is reported, not raised.
+    """
     try:
         from pipelines.lake.catalog import register_table
     except ImportError:
         return "not registered (no pipelines.lake.catalog)"
-    register_table(workspace, "scored", workspace.scored)
+    try:
+        register_table(workspace, "scored", workspace.scored)
+    except Exception as exc:  # the data is safe; say why the view is missing
+        return f"not registered yet ({type(exc).__name__}: {exc}); rerun to register it"
     return "scored"
 
 
