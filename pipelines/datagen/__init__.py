@@ -1,8 +1,14 @@
 """Synthetic card transactions with labelled fraud and AML patterns.
 
-``generate_transactions(GeneratorConfig(...))`` builds the table;
-``write_landing_drops(table, out_dir, ...)`` writes one landing file per day,
-optionally with malformed rows the ingest job must quarantine.
+    from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+
+    table = generate_transactions(GeneratorConfig(transactions=100_000, days=30, seed=1))
+    drops = write_landing_drops(table, workspace.landing, "csv", malformed_rate=0.01, seed=1)
+    drops.malformed_counts  # rows per malformed class, for tests and reconciliation
+
+The same seed gives byte-identical files. Scenario labels and the malformed
+classes are described in docs/CONTRACTS.md (landing drops); the realism knobs
+live in ``catalog.py``; ``fraudops generate`` is the command line.
 """
 
 from pipelines.datagen.cards import luhn_valid

@@ -24,6 +24,7 @@ from pipelines.datagen.catalog import (
     ACCOUNT_TAKEOVER,
     CARD_TESTING,
     CARD_TESTING_MCCS,
+    CASH_MCCS,
     COMPROMISED_TERMINAL,
     FRAUD_HOURLY_WEIGHTS,
     FRAUD_PRONE_MCCS,
@@ -223,7 +224,7 @@ def mark_large_amounts(
 ) -> int:
     """Turn some purchases into single large fraudulent ones; returns rows."""
     target = budget.rows(budget.large_amount, config)
-    purchase = terminals.kind[legit.terminal] != KIND_ATM
+    purchase = ~np.isin(terminals.mcc, list(CASH_MCCS))[legit.terminal]
     eligible = np.flatnonzero(purchase & (legit.scenario == SCENARIO_CODE[LEGIT]))
     chosen = rng.choice(eligible, size=min(target, eligible.size), replace=False)
     habit = customers.mean_amount[legit.customer[chosen]]

@@ -29,7 +29,6 @@ from pipelines.datagen.catalog import (
 from pipelines.datagen.config import GeneratorConfig
 
 GRID_SIZE = 100.0  # the home country is a 100 x 100 square
-FOREIGN_OFFSET = 10_000.0  # foreign terminals sit far away, never "near home"
 NEAR_STORES = 25  # how many nearby stores a customer frequents
 NEAR_ATMS = 4
 MIN_BRANCHES = 3  # bank branches (MCC 6010) the AML patterns need
@@ -126,9 +125,9 @@ def build_terminals(config: GeneratorConfig, rng: np.random.Generator) -> Termin
     country = country.astype(str)
     _ensure_branches(category, kind, country)
 
+    # Places on the home grid; only domestic terminals count as "near home".
     x = rng.uniform(0, GRID_SIZE, n)
     y = rng.uniform(0, GRID_SIZE, n)
-    x[country != HOME_COUNTRY] += FOREIGN_OFFSET
     # Heavy-tailed popularity: a few big web shops take most online sales;
     # foreign shops are less popular with domestic customers.
     popularity = rng.pareto(1.5, n) + 0.1
