@@ -26,6 +26,8 @@ from pipelines.datagen import (
 )
 from pipelines.datagen import writer as writer_module
 from pipelines.datagen.cards import generate_card_numbers
+from pipelines.datagen.catalog import KIND_STORE
+from pipelines.datagen.population import build_customers, build_terminals
 from pipelines.schema import CHANNELS, LANDING_COLUMNS, REQUIRED_COLUMNS
 
 CONFIG = GeneratorConfig(transactions=30_000, days=28, seed=7)
@@ -238,6 +240,22 @@ def test_customers_mostly_shop_at_a_few_nearby_stores(frame: pd.DataFrame) -> No
     assert top5[busy[busy >= 20].index].median() > 0.5
     # Every customer's in-person terminals are a small subset of all stores.
     assert stores.groupby("customer_id").terminal_id.nunique().max() <= 25
+
+
+def test_the_stores_a_customer_frequents_are_the_nearest_to_home() -> None:
+    config = GeneratorConfig(transactions=5_000, days=7, seed=5)
+    rng = np.random.default_rng(0)
+    terminals = build_terminals(config, rng)
+    customers = build_customers(config, terminals, rng)
+    stores = terminals.indices(KIND_STORE, domestic=True)
+    for c in range(0, customers.size, 17):
+        dist = np.hypot(terminals.x[stores] - customers.x[c], terminals.y[stores] - customers.y[c])
+        near = np.hypot(
+            terminals.x[customers.near_stores[c]] - customers.x[c],
+            terminals.y[customers.near_stores[c]] - customers.y[c],
+        )
+        assert np.all(np.diff(near) >= 0)  # nearest first
+        assert near[-1] <= np.sort(dist)[near.size - 1] + 1e-9
 
 
 # --- malformed rows -----------------------------------------------------------------
