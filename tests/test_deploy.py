@@ -324,3 +324,27 @@ def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, mo
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=20)
     assert process.returncode == 0 and "stopped" in out
+
+
+def test_a_stale_state_file_never_kills_an_unrelated_process(workspace):
+    import os
+
+    from pipelines.deploy.local import endpoint_state_path
+
+    # After a reboot the recorded pid may belong to anything, here this test process.
+    path = endpoint_state_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "model_package_arn": "arn:x",
+                "version": 1,
+                "pid": os.getpid(),
+                "url": "http://127.0.0.1:9",
+            }
+        )
+    )
+    backend = LocalEndpointBackend(workspace)
+    assert backend.current()["alive"] is False
+    assert backend.stop()["version"] == 1  # forgets the record, kills nothing
+    assert read_endpoint_state(workspace) is None
