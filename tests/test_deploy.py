@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
 from pipelines.deploy.aws import SageMakerEndpointBackend
 from pipelines.deploy.local import (
     LocalEndpointBackend,
+    endpoint_state_path,
     http_request,
     is_endpoint_process,
     read_endpoint_state,
@@ -327,10 +329,6 @@ def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, mo
 
 
 def test_a_stale_state_file_never_kills_an_unrelated_process(workspace):
-    import os
-
-    from pipelines.deploy.local import endpoint_state_path
-
     # After a reboot the recorded pid may belong to anything, here this test process.
     path = endpoint_state_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True)
