@@ -543,3 +543,16 @@ def test_feature_set_version_is_a_hash_of_the_definitions(monkeypatch):
     )
     monkeypatch.setattr(definitions, "FEATURES", changed)
     assert definitions._fingerprint() != FEATURE_SET_VERSION
+
+
+def test_cli_prints_the_compiled_sql(capsys):
+    assert cli_main(["features", "--print-sql", "--label-delay-days", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "INTERVAL '32 days' PRECEDING AND INTERVAL '2 days 1 microsecond' PRECEDING" in out
+    assert "AS term_fraud_rate_30d" in out
+
+
+def test_cli_rejects_a_negative_label_delay(workspace, capsys):
+    code = cli_main(["features", "--workdir", str(workspace.root), "--label-delay-days", "-1"])
+    assert code == 2
+    assert "--label-delay-days must be >= 0" in capsys.readouterr().err

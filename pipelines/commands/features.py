@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="days before a fraud label is known; terminal risk uses only known labels "
         f"(default {DEFAULT_LABEL_DELAY_DAYS})",
     )
+    parser.add_argument(
+        "--print-sql",
+        action="store_true",
+        help="print the DuckDB SQL compiled from the feature definitions and exit",
+    )
     add_workdir_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -41,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.label_delay_days < 0:
         raise UserError(f"--label-delay-days must be >= 0, got {args.label_delay_days}")
+    if args.print_sql:
+        from pipelines.features.duckdb_engine import compile_sql
+
+        print(compile_sql(args.label_delay_days))
+        return 0
     ws = open_workspace(args)
     console = Console(stderr=True)
     with console.status("building features ...") as status:
