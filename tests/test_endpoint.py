@@ -269,3 +269,13 @@ def test_concurrent_clients_all_get_correct_scores(server, model_dir):
     assert len(results) == len(values)
     got = np.array([score for _, score in sorted(results)])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_expect_continue_gets_413_before_the_body_is_sent(server, model_dir):
+    head = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+        b"Content-Length: 104857600\r\nExpect: 100-continue\r\n\r\n"
+    )
+    answer = raw_exchange(server, head)
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+    assert_healthy(server, model_dir)

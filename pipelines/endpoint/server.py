@@ -146,6 +146,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}: {exc}"
             )
 
+    def handle_expect_100(self) -> bool:
+        """Refuse an oversized body before the client sends it (``Expect: 100-continue``)."""
+        try:
+            self._content_length()
+        except HttpError as exc:
+            self._body_consumed = False
+            self._send_error(exc.status, exc.message)
+            return False
+        return super().handle_expect_100()
+
     def _has_no_body(self, method: str) -> bool:
         """True when nothing follows the headers, so the connection can be kept alive."""
         length = self.headers.get("Content-Length")
