@@ -156,8 +156,8 @@ def run_on_aws(args: argparse.Namespace, kwargs: dict[str, Any], tags: list, par
         response = pipeline.upsert(
             role_arn=args.role_arn, description=args.description, tags=all_tags
         )
-    print(f"Created/updated pipeline {pipeline.name}: {response['PipelineArn']}")
-    execution = pipeline.start(parameters=parameters or None)
+        print(f"Created/updated pipeline {pipeline.name}: {response['PipelineArn']}")
+        execution = pipeline.start(parameters=parameters or None)
     print(f"Execution started: {execution.arn}")
     if not args.wait:
         return 0
