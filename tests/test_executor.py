@@ -452,6 +452,22 @@ def test_failing_step_fails_the_execution_with_its_log_tail(workspace):
     )["PipelineExecutionSteps"]
     assert listed[0]["StepStatus"] == "Failed" and "bad row 17" in listed[0]["FailureReason"]
 
+    # The same status-change event SageMaker puts on EventBridge, on the workspace bus,
+    # and the failure-notification code understands it.
+    events = [
+        json.loads(line)["event"]
+        for line in (workspace.state_dir / "events.jsonl").read_text().splitlines()
+        if "event" in json.loads(line)
+    ]
+    (failed,) = [e for e in events if e["detail"].get("currentStepStatus") == "Failed"]
+    assert failed["detail-type"] == "SageMaker Model Building Pipeline Execution Step Status Change"
+    assert failed["detail"]["logPath"] == str(log)
+    from pipelines.failures import describe_failure
+
+    described = describe_failure(failed)
+    assert described["step"] == "Preprocess" and "bad row 17" in described["error"]
+    assert events[-1]["detail"]["currentPipelineExecutionStatus"] == "Failed"
+
 
 def test_container_script_cannot_import_the_project_package(workspace):
     definition = single_step("Leaky", f"{CODE}/leaky.py", "import pipelines.workspace\n", workspace)

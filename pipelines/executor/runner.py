@@ -38,6 +38,7 @@ from pipelines.executor.expressions import (
 )
 from pipelines.executor.policies import parse_duration, retry_delay
 from pipelines.executor.progress import make_progress
+from pipelines.executor.status_events import StatusPublisher
 from pipelines.executor.store import (
     ARN_PREFIX,
     EXECUTING,
@@ -191,7 +192,7 @@ def resume_pipeline_execution(
         registry,
         progress,
     )
-    return runner.run(previous=previous)
+    return runner.run(previous=previous, previous_status=row["status"])
 
 
 resume = resume_pipeline_execution
@@ -242,6 +243,8 @@ class _Runner:
         self.registry = registry
         self.progress = make_progress(progress, pipeline_name, execution_id)
         self.directory = workspace.executions / execution_id
+        self.start_time = start_time
+        self.events = StatusPublisher(workspace, pipeline_name, execution_id)
         self.ctx = ResolutionContext(
             definition=definition,
             parameters=parameters,
@@ -257,10 +260,13 @@ class _Runner:
         self.outcomes: dict[str, bool] = {}
 
     # --- the execution -------------------------------------------------------------
-    def run(self, previous: dict[str, dict[str, Any]]) -> ExecutionSummary:
+    def run(
+        self, previous: dict[str, dict[str, Any]], previous_status: str | None = None
+    ) -> ExecutionSummary:
         failure: str | None = None
         executed: set[str] = set()
         current: str | None = None
+        self.events.execution(previous_status, EXECUTING, self.start_time)
         with self.progress:
             try:
                 for name in self.definition.order:
@@ -295,6 +301,7 @@ class _Runner:
                 raise
         status = FAILED if failure is not None else SUCCEEDED
         self.store.finish_execution(self.execution_id, status, failure)
+        self.events.execution(EXECUTING, status, self.start_time)
         self._audit(status, resumed=bool(previous))
         return summarize(self.store, self.execution_id)
 
@@ -348,12 +355,15 @@ class _Runner:
                 end_time=now_iso(),
                 failure_reason="stopped by the user",
             )
+            step = self.definition.steps[step_name]
+            self.events.step(step_name, step.type, EXECUTING, STOPPED)
         self.store.finish_execution(self.execution_id, STOPPED, "stopped by the user")
+        self.events.execution(EXECUTING, STOPPED, self.start_time)
 
     # --- one step --------------------------------------------------------------------
     def _run_step(self, step: StepDef) -> str | None:
         """Run one step with its cache and retry policies; returns the failure reason or None."""
-        log_path = self.directory / "logs" / f"{_slug(step.name)}.log"
+        log_path = self._log_path(step)
         self.progress.start(step.name, step.type)
         try:
             inputs = resolve(step.arguments, self.ctx)
@@ -364,6 +374,7 @@ class _Runner:
         self.store.start_step(
             self.execution_id, step.name, step.type, inputs, str(log_path) if has_log else None
         )
+        self.events.step(step.name, step.type, "Starting", EXECUTING)
         try:
             if step.type in ("Processing", "Training") and step.cache_enabled:
                 cache_key = self._cache_key(step, inputs)
@@ -523,6 +534,7 @@ class _Runner:
         self, step: StepDef, result: containers.JobResult, cached: bool = False
     ) -> None:
         self.ctx.step_properties[step.name] = result.properties
+        self.events.step(step.name, step.type, EXECUTING, SUCCEEDED, metadata=result.metadata)
         self.store.update_step(
             self.execution_id,
             step.name,
@@ -548,8 +560,21 @@ class _Runner:
             end_time=now_iso(),
             failure_reason=failure.reason,
         )
+        log_path = self._log_path(step)
+        self.events.step(
+            step.name,
+            step.type,
+            EXECUTING,
+            FAILED,
+            failure_reason=failure.reason,
+            metadata={"Fail": {"ErrorMessage": failure.reason}} if step.type == "Fail" else {},
+            log_path=str(log_path) if log_path.is_file() else None,
+        )
         self.progress.finish(step.name, FAILED, failure.reason.splitlines()[0])
         return failure.reason if step.type == "Fail" else f"step {step.name}: {failure.reason}"
+
+    def _log_path(self, step: StepDef) -> Path:
+        return self.directory / "logs" / f"{_slug(step.name)}.log"
 
     def _fail_unstarted(self, step: StepDef, reason: str) -> str:
         self.store.start_step(self.execution_id, step.name, step.type, None)
