@@ -23,6 +23,8 @@ required_packages = [
     "rich==14.3.4",
     "plotly==7.1.0",
     "PyYAML==6.0.4",
+    # Regulatory reports as PDF (pure Python, no system libraries).
+    "reportlab==5.1.0",
     # get-pipeline-definition renders the definition offline under moto's S3.
     "moto[s3]==5.2.5",
 ]
