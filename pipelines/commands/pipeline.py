@@ -24,6 +24,7 @@ _STATUS_STYLE = {"Succeeded": "green", "Failed": "red", "Executing": "yellow", "
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fraudops pipeline list|describe|steps|resume``."""
     parser = subparsers.add_parser(
         "pipeline", help="list, inspect and resume local pipeline executions"
     )

@@ -80,6 +80,7 @@ class JobContext:
 
     @property
     def workdir(self) -> Path:
+        """The job's working directory (inside the scratch dir, like a container's)."""
         return self.scratch / "work"
 
     def container_path(self, value: str) -> str:

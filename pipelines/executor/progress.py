@@ -40,10 +40,12 @@ class StepProgress:
         self._progress.__exit__(exc_type, exc, tb)
 
     def start(self, name: str, step_type: str) -> None:
+        """A step started: add its line with a spinner."""
         self._labels[name] = f"{name} [dim]({step_type})[/]"
         self._tasks[name] = self._progress.add_task(self._labels[name], total=1)
 
     def retrying(self, name: str, attempt: int, exception_type: str, wait: float) -> None:
+        """An attempt failed and a RetryPolicy applies: say so on the step's line."""
         self._progress.update(
             self._tasks[name],
             description=f"{self._labels[name]} [yellow]attempt {attempt} failed "
@@ -51,6 +53,7 @@ class StepProgress:
         )
 
     def finish(self, name: str, status: str, note: str = "") -> None:
+        """Replace the spinner by the outcome mark and freeze the elapsed time."""
         suffix = f" [dim]{note}[/]" if note else ""
         self._progress.update(
             self._tasks[name],
@@ -60,6 +63,7 @@ class StepProgress:
         self._progress.stop_task(self._tasks[name])
 
     def reused(self, name: str, step_type: str) -> None:
+        """A resumed execution keeps this step's earlier success."""
         self.start(name, step_type)
         self.finish(name, "Reused", "succeeded before; reused on resume")
 
@@ -85,4 +89,5 @@ class NoProgress:
 def make_progress(
     enabled: bool, pipeline_name: str, execution_id: str
 ) -> StepProgress | NoProgress:
+    """The rich display, or a silent stand-in when ``progress=False``."""
     return StepProgress(pipeline_name, execution_id) if enabled else NoProgress()

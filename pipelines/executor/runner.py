@@ -72,7 +72,8 @@ CACHE_KEY_ATTRIBUTES = {
 class ModelRegistry(Protocol):
     """What a RegisterModel step needs (``pipelines.registry.LocalModelRegistry``)."""
 
-    def create_model_package(self, request: dict[str, Any], created_by: str) -> Any: ...
+    def create_model_package(self, request: dict[str, Any], created_by: str) -> Any:
+        """CreateModelPackage; returns ``{"ModelPackageArn": ...}`` (or the ARN)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class ExecutionSummary:
 
     @property
     def succeeded(self) -> bool:
+        """True when the execution ended Succeeded."""
         return self.status == SUCCEEDED
 
     def step(self, name: str) -> StepSummary:
@@ -263,6 +265,7 @@ class _Runner:
     def run(
         self, previous: dict[str, dict[str, Any]], previous_status: str | None = None
     ) -> ExecutionSummary:
+        """Run (or resume) the execution's steps in order; record and return the outcome."""
         failure: str | None = None
         executed: set[str] = set()
         current: str | None = None

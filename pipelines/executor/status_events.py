@@ -30,6 +30,7 @@ class StatusPublisher:
 
     @property
     def bus(self) -> EventBus:
+        """The workspace bus, created on first use."""
         if self._bus is None:
             self._bus = local_bus(self._workspace)
         return self._bus

@@ -65,10 +65,12 @@ def now_iso() -> str:
 
 
 def pipeline_arn(pipeline_name: str) -> str:
+    """Local stand-in for a pipeline ARN (account 000000000000, region ``local``)."""
     return f"{ARN_PREFIX}:pipeline/{pipeline_name.lower()}"
 
 
 def execution_arn(pipeline_name: str, execution_id: str) -> str:
+    """Local stand-in for a pipeline execution ARN."""
     return f"{pipeline_arn(pipeline_name)}/execution/{execution_id}"
 
 
@@ -112,6 +114,7 @@ class ExecutionStore:
         definition: str,
         start_time: str,
     ) -> None:
+        """Record a new execution in status Executing, owned by this process."""
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO executions (execution_id, pipeline_name, status, started_by, "
@@ -131,6 +134,7 @@ class ExecutionStore:
             )
 
     def finish_execution(self, execution_id: str, status: str, failure_reason: str | None) -> None:
+        """Record the final status (and why, if it did not succeed)."""
         stamp = now_iso()
         with self._connect() as conn:
             conn.execute(
@@ -183,6 +187,7 @@ class ExecutionStore:
         return reaped
 
     def execution_row(self, execution_id: str) -> dict[str, Any]:
+        """The raw record of one execution; ``ExecutionNotFoundError`` if unknown."""
         self.reap_abandoned()
         with self._connect() as conn:
             row = conn.execute(
