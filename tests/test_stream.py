@@ -1,0 +1,328 @@
+"""``fraudops stream``: validation, online features, scores, dead letters, alerts, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
+from pipelines.deploy.sample_model import create_request, train_model_files, upload_model
+from pipelines.endpoint.handler import InferenceHandler
+from pipelines.endpoint.server import EndpointServer
+from pipelines.features.definitions import FEATURE_COLUMNS
+from pipelines.labels import write_labels
+from pipelines.notifications import ALERTS_TOPIC, FAILURES_TOPIC, read_outbox
+from pipelines.online.reasons import TEMPLATES, explain, render
+from pipelines.registry import APPROVED, LocalModelRegistry
+from pipelines.scoring.batch import SCORED_SCHEMA
+from pipelines.stream.scorer import dead_letter_dir
+from pipelines.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("transaction_id", "score", "decision", "model_version", "customer_id", "amount")
+
+
+# --- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return train_model_files(tmp_path_factory.mktemp("model"), features=FEATURE_COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def drops(tmp_path_factory) -> dict[str, Path]:
+    """10 days of raw transactions with malformed rows, as one CSV and one JSONL file."""
+    root = tmp_path_factory.mktemp("drops")
+    table = generate_transactions(
+        GeneratorConfig(transactions=900, days=10, fraud_rate_scale=8, seed=5)
+    )
+    files = {}
+    for fmt in ("csv", "jsonl"):
+        written = write_landing_drops(table, root / fmt, fmt, malformed_rate=0.03, seed=2)
+        lines: list[str] = []
+        for i, path in enumerate(sorted(written)):
+            text = path.read_text().splitlines()
+            lines += text[1:] if fmt == "csv" and i else text
+        files[fmt] = root / f"all.{fmt}"
+        files[fmt].write_text("\n".join(lines) + "\n")
+    files["cards"] = root / "cards.txt"
+    files["cards"].write_text("\n".join(sorted(set(table.column("card_number").to_pylist()))))
+    return files
+
+
+def register_model(ws: Workspace, model_dir: Path) -> None:
+    uri = upload_model(ws, model_dir, "models/run-1/model.tar.gz")
+    registry = LocalModelRegistry(ws.registry_db)
+    arn = registry.create_model_package(create_request("fraud-detection", uri), "alice")
+    registry.update_model_package(arn["ModelPackageArn"], APPROVED, "bob", "ok")
+
+
+@pytest.fixture
+def ws(workspace, model_dir) -> Workspace:
+    register_model(workspace, model_dir)
+    return workspace
+
+
+def stream(ws: Workspace, source: Path | str, *extra: str) -> int:
+    return main(["stream", "--input", str(source), "--workdir", str(ws.root),
+                 "--model-version", "1", "--threshold", "0.5", "--batch-size", "200", *extra])
+
+
+def scored(ws: Workspace) -> pa.Table:
+    files = sorted(ws.scored.glob("dt=*/stream-*.parquet"))
+    if not files:
+        return SCORED_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f) for f in files).sort_by("transaction_id")
+
+
+def dead_letters(ws: Workspace) -> pa.Table:
+    return pa.concat_tables(
+        pq.read_table(f) for f in sorted(dead_letter_dir(ws).glob("dt=*/dead-*.parquet"))
+    )
+
+
+def results(ws: Workspace) -> dict[str, list]:
+    table = scored(ws)
+    return {name: table.column(name).to_pylist() for name in FIELDS}
+
+
+# --- end to end -------------------------------------------------------------------------------
+def test_stream_scores_valid_records_and_dead_letters_the_rest(ws, drops, capsys):
+    assert stream(ws, drops["csv"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    table = scored(ws)
+    assert table.schema == SCORED_SCHEMA
+    assert table.num_rows == summary["scored"] > 800
+    assert len(set(table.column("transaction_id").to_pylist())) == table.num_rows
+    dead = dead_letters(ws)
+    assert dead.num_rows == summary["dead_letters"] > 0
+    reasons = set(dead.column("reason").to_pylist())
+    assert {"bad_amount", "bad_timestamp", "bad_card_number"} <= reasons
+    # Every record is accounted for: scored, dead-lettered or a counted duplicate.
+    assert summary["records"] == summary["scored"] + summary["dead_letters"] + summary["duplicates"]
+    assert summary["duplicates"] > 0
+    # Partitioned by the transaction's day, like batch scoring.
+    for path in ws.scored.glob("dt=*/stream-*.parquet"):
+        days = {t.date().isoformat() for t in pq.read_table(path).column("timestamp").to_pylist()}
+        assert days == {path.parent.name.removeprefix("dt=")}
+
+
+def test_alerts_carry_reason_codes_and_open_cases(ws, drops):
+    assert stream(ws, drops["jsonl"], "--format", "jsonl") == 0
+    alerts = read_outbox(ws.outbox, ALERTS_TOPIC)
+    assert alerts, "the sample model flags some transactions at 0.5"
+    flagged = set(scored(ws).filter(pa.compute.equal(scored(ws).column("decision"), "alert"))
+                  .column("transaction_id").to_pylist())
+    for line in alerts:
+        message = line["message"]
+        assert message["transaction_id"] in flagged
+        assert 1 <= len(message["reasons"]) <= 3
+        assert all(isinstance(r, str) and "_" not in r.split(" ")[0] for r in message["reasons"])
+    from pipelines.alerts.cases import CaseQueue
+
+    assert CaseQueue(ws.cases_db).list_alerts(limit=5)
+
+
+def test_no_card_number_in_clear_anywhere_after_streaming(ws, drops):
+    assert stream(ws, drops["csv"]) == 0
+    cards = [c for c in drops["cards"].read_text().splitlines() if c]
+    written = [p for p in ws.root.rglob("*") if p.is_file() and "landing" not in p.parts
+               and p.suffix != ".key"]
+    assert any(p.name == "snapshot.pickle" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        leaked = [c for c in cards if c.encode() in data]
+        assert not leaked, f"{path} holds card numbers in clear"
+
+
+def test_rerunning_the_same_input_scores_nothing_twice(ws, drops, capsys):
+    assert stream(ws, drops["csv"]) == 0
+    first = results(ws)
+    dead_before = dead_letters(ws).num_rows
+    capsys.readouterr()
+    assert stream(ws, drops["csv"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["scored"] == 0 and summary["dead_letters"] == 0
+    assert results(ws) == first
+    assert dead_letters(ws).num_rows == dead_before
+
+
+def test_stdin_and_file_give_the_same_scores(ws, drops, tmp_path, model_dir):
+    other = Workspace.open(tmp_path / "other")
+    register_model(other, model_dir)
+    assert stream(ws, drops["csv"]) == 0
+    with open(drops["csv"]) as handle:
+        process = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "stream", "--input", "-", "--workdir",
+             str(other.root), "--model-version", "1", "--threshold", "0.5"],
+            stdin=handle, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        )
+    assert process.returncode == 0, process.stderr
+    assert results(other) == results(ws)
+
+
+# --- restarts ---------------------------------------------------------------------------------
+def _start(ws: Workspace) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "stream", "--input", "-", "--workdir",
+         str(ws.root), "--model-version", "1", "--threshold", "0.5", "--batch-size", "40",
+         "--max-wait", "0.2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO_ROOT, text=True,
+    )
+
+
+def _committed_seq(ws: Workspace) -> int:
+    import pickle
+
+    path = ws.state_dir / "online" / "snapshot.pickle"
+    if not path.exists():
+        return 0
+    try:
+        return int(pickle.loads(path.read_bytes()).checkpoint.get("seq", 0))
+    except (EOFError, pickle.UnpicklingError):
+        return 0
+
+
+def _feed_then_interrupt(ws: Workspace, lines: list[str], how: signal.Signals) -> int:
+    process = _start(ws)
+    half = len(lines) // 2
+    process.stdin.write("".join(lines[:half]))
+    process.stdin.flush()
+    deadline = time.monotonic() + 120
+    while _committed_seq(ws) < 3:
+        assert time.monotonic() < deadline, process.stderr.read() if process.poll() else "slow"
+        time.sleep(0.1)
+    process.stdin.write("".join(lines[half : half + 30]))  # a batch in flight when it stops
+    process.stdin.flush()
+    os.kill(process.pid, how)
+    process.wait(timeout=60)
+    return process.returncode
+
+
+def _replay_all(ws: Workspace, lines: list[str]) -> None:
+    process = _start(ws)
+    out, err = process.communicate("".join(lines), timeout=300)
+    assert process.returncode == 0, err
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "clean-stop"])
+def test_a_stopped_stream_restarted_on_the_same_input_gives_the_same_results(
+    ws, drops, tmp_path, model_dir, how
+):
+    lines = drops["csv"].read_text().splitlines(keepends=True)
+    reference = Workspace.open(tmp_path / "reference")
+    register_model(reference, model_dir)
+    _replay_all(reference, lines)
+
+    code = _feed_then_interrupt(ws, lines, how)
+    assert code == (-signal.SIGKILL if how == signal.SIGKILL else 0)
+    interrupted = scored(ws).num_rows
+    assert 0 < interrupted < scored(reference).num_rows
+    _replay_all(ws, lines)
+
+    assert results(ws) == results(reference)
+    expected_dead = sorted(dead_letters(reference).column("source_line").to_pylist())
+    assert sorted(dead_letters(ws).column("source_line").to_pylist()) == expected_dead
+    alerted = [m["message"]["transaction_id"] for m in read_outbox(ws.outbox, ALERTS_TOPIC)]
+    assert len(alerted) == len(set(alerted)), "an alert was raised twice"
+
+
+# --- scoring over HTTP and failures -----------------------------------------------------------
+def test_scoring_through_the_endpoint_equals_in_process(ws, drops, tmp_path, model_dir):
+    server = EndpointServer(("127.0.0.1", 0), InferenceHandler.load(model_dir, REPO_INFERENCE_DIR))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        other = Workspace.open(tmp_path / "http")
+        register_model(other, model_dir)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert stream(other, drops["csv"], "--endpoint", url) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert stream(ws, drops["csv"]) == 0
+    via_http, in_process = results(other), results(ws)
+    assert via_http["transaction_id"] == in_process["transaction_id"]
+    np.testing.assert_allclose(via_http["score"], in_process["score"], rtol=1e-6)
+
+
+def test_a_failed_batch_notifies_and_commits_nothing(ws, drops, capsys):
+    code = stream(ws, drops["csv"], "--endpoint", "http://127.0.0.1:9")
+    assert code == 2
+    assert "unreachable" in capsys.readouterr().err
+    failures = read_outbox(ws.outbox, FAILURES_TOPIC)
+    assert len(failures) == 1
+    assert failures[0]["message"]["step"].startswith("micro-batch 1 ")
+    assert "EndpointError" in failures[0]["message"]["error"]
+    assert scored(ws).num_rows == 0
+    # The next run starts from scratch and scores everything.
+    assert stream(ws, drops["csv"]) == 0
+    assert scored(ws).num_rows > 800
+
+
+def test_feedback_labels_reach_the_terminal_risk_state(ws, tmp_path):
+    """A confirmed fraud becomes terminal risk once its label is known, not before."""
+    def record(i: int, day: int, terminal: str = "T1") -> str:
+        return json.dumps({"transaction_id": f"tx{i}", "timestamp": f"2026-03-{day:02d}T10:00:00Z",
+                           "customer_id": f"c{i}", "terminal_id": terminal, "amount": "25.00"})
+
+    first = tmp_path / "first.jsonl"
+    first.write_text(record(1, 1) + "\n")
+    assert stream(ws, first) == 0
+    write_labels(ws, [{"transaction_id": "tx1", "is_fraud": 1,
+                       "label_known_at": "2026-03-12T00:00:00+00:00",
+                       "label_source": "case"}])
+    later = tmp_path / "later.jsonl"
+    later.write_text(record(2, 11) + "\n" + record(3, 13) + "\n")
+
+    from pipelines.online.store import LocalStateStore
+
+    assert stream(ws, later) == 0
+    engine, _ = LocalStateStore.for_workspace(ws).load(7)
+    row = {"transaction_id": "probe", "ts_us": 1773662400 * 10**6, "amount": 1.0,
+           "customer_id": "probe", "terminal_id": "T1"}  # 2026-03-16: label known
+    features = dict(zip(FEATURE_COLUMNS, engine.process(row), strict=True))
+    assert features["term_fraud_count_30d"] == 1.0
+    assert features["term_fraud_rate_30d"] == 1.0
+
+
+# --- reason codes -----------------------------------------------------------------------------
+def test_every_declared_feature_has_a_reason_template():
+    missing = [name for name in FEATURE_COLUMNS if name not in TEMPLATES]
+    assert not missing, f"add reason templates for {missing} in pipelines/online/reasons.py"
+    context = dict.fromkeys(FEATURE_COLUMNS, 1.0) | {"amount": 12.5, "channel": "ecommerce",
+                                                     "country": "FR", "currency": "EUR"}
+    for name in FEATURE_COLUMNS:
+        sentence = render(name, 1.0, context)
+        assert sentence and name not in sentence
+
+
+def test_reasons_read_like_the_investigators_examples():
+    context = {"amount": 620.0, "hour_of_day": 3.0, "channel": "ecommerce"}
+    top = [
+        {"feature": "amount_to_cust_avg_30d", "value": 6.2, "contribution": 1.3},
+        {"feature": "term_fraud_count_30d", "value": 4.0, "contribution": 0.8},
+        {"feature": "new_terminal_for_customer", "value": 1.0, "contribution": 0.5},
+        {"feature": "is_night", "value": 1.0, "contribution": -0.2},
+    ]
+    assert explain(top, context) == [
+        "amount is 6.2x this card's 30-day average",
+        "terminal had 4 confirmed frauds in the last 30 days",
+        "first transaction at this terminal",
+    ]
+    assert render("seconds_since_prev_tx", 1e9, context) == "first transaction seen on this card"
+    assert render("seconds_since_prev_tx", 90, context) == (
+        "only 1.5 minutes since this card's previous transaction")
