@@ -476,6 +476,27 @@ def test_container_script_cannot_import_the_project_package(workspace):
     assert "ModuleNotFoundError: No module named 'pipelines'" in summary.failure_reason
 
 
+def test_a_script_that_changes_its_inputs_leaves_the_object_store_alone(workspace):
+    put(workspace, "s3://landing/raw/data.txt", "original")
+    definition = single_step(
+        "Scribble",
+        f"{CODE}/scribble.py",
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--base-dir'); a = p.parse_args()\n"
+        "f = pathlib.Path(a.base_dir) / 'processing/input/raw/data.txt'\n"
+        "f.write_text('scribbled')\n",
+        workspace,
+    )
+    definition["Steps"][0]["Arguments"]["ProcessingInputs"].append(
+        {
+            "InputName": "raw",
+            "S3Input": {"S3Uri": "s3://landing/raw", "LocalPath": "/opt/ml/processing/input/raw"},
+        }
+    )
+    assert run(workspace, definition).succeeded
+    assert workspace.local_path("s3://landing/raw/data.txt").read_text() == "original"
+
+
 # --- caching -----------------------------------------------------------------------
 
 

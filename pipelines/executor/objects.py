@@ -1,8 +1,9 @@
 """Moving data between the local object store and a step's container paths.
 
-Inputs are hard-linked (copied across file systems) so staging a large
-feature table costs no I/O; outputs are copied file by file through a temp
-name and ``os.replace`` so a reader never sees a half-written object.
+Inputs are copied (``shutil.copyfile``: an in-kernel copy on Linux), not
+linked: as in a real container, a script may modify or delete its inputs
+without touching the object store. Outputs are copied file by file through
+a temp name and ``os.replace`` so a reader never sees a half-written object.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def stage_input(workspace: Workspace, uri: str, destination: Path) -> int:
     source = workspace.local_path(uri)
     destination.mkdir(parents=True, exist_ok=True)
     if source.is_file():
-        _link_or_copy(source, destination / source.name)
+        _copy_input(source, destination / source.name)
         return 1
     if not source.is_dir():
         raise FileNotFoundError(f"no objects at {uri} (local path {source})")
@@ -66,7 +67,7 @@ def stage_input(workspace: Workspace, uri: str, destination: Path) -> int:
     for path in iter_files(source):
         target = destination / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(path, target)
+        _copy_input(path, target)
         count += 1
     return count
 
@@ -151,10 +152,7 @@ def outputs_intact(workspace: Workspace, recorded: dict[str, dict[str, str]]) ->
     return True
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _copy_input(source: Path, target: Path) -> None:
     if target.exists():
         target.unlink()
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    shutil.copyfile(source, target)
