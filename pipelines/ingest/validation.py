@@ -47,6 +47,9 @@ STATUS_CURATED = "curated"
 STATUS_QUARANTINED = "quarantined"
 # Duplicates are skipped, not quarantined: the first copy is already stored.
 DUPLICATE_STATUSES = ("duplicate_in_batch", "duplicate_seen_before", "duplicate_quarantined")
+# Row statuses are int8 codes while classifying (a million strings would cost more).
+STATUSES = (STATUS_CURATED, STATUS_QUARANTINED, *DUPLICATE_STATUSES)
+_CODE = {name: np.int8(code) for code, name in enumerate(STATUSES)}
 
 _TRUE = "'true', 't', '1', 'yes', 'y'"
 _FALSE = "'false', 'f', '0', 'no', 'n'"
@@ -64,14 +67,14 @@ WITH typed AS (
         nullif(timestamp, '') AS timestamp_text,
         nullif(amount, '') AS amount_text,
         try_cast(timestamp AS TIMESTAMPTZ) AS iso_ts,
-        try_cast(timestamp AS DOUBLE) AS epoch_seconds,
         try_cast(amount AS DOUBLE) AS amount,
         nullif(currency, '') AS currency,
         nullif(is_cash, '') AS is_cash_text,
         CASE WHEN is_cash IN ({_TRUE}) THEN true
              WHEN is_cash IN ({_FALSE}) THEN false END AS is_cash,
         nullif(is_fraud, '') AS is_fraud_text,
-        CASE WHEN try_cast(is_fraud AS DOUBLE) IN (0, 1)
+        CASE WHEN is_fraud = '0' THEN 0::TINYINT WHEN is_fraud = '1' THEN 1::TINYINT
+             WHEN try_cast(is_fraud AS DOUBLE) IN (0, 1)
              THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud
     FROM raw
 ),
@@ -79,8 +82,9 @@ timed AS (
     -- CASE evaluates the epoch branch only for rows that are not ISO-8601 text.
     SELECT *, CASE
         WHEN iso_ts IS NOT NULL THEN iso_ts
-        WHEN isfinite(epoch_seconds) AND epoch_seconds BETWEEN 0 AND {EPOCH_LIMIT}
-            THEN to_timestamp(epoch_seconds)
+        WHEN isfinite(try_cast(timestamp_text AS DOUBLE))
+             AND try_cast(timestamp_text AS DOUBLE) BETWEEN 0 AND {EPOCH_LIMIT}
+            THEN to_timestamp(try_cast(timestamp_text AS DOUBLE))
     END AS ts
     FROM typed
 )
@@ -129,30 +133,35 @@ class CardColumns:
     indices: pa.Array  # int32 row -> lookup row; null where the row has no card
     lookup: pa.Table  # card_raw, card_ok, card_token, card_masked
 
+    def _lookup(self, name: str) -> pa.Array:
+        # Plain arrays: a chunked input would make DictionaryArray.from_arrays copy
+        # element by element in Python (seconds per million rows).
+        return self.lookup.column(name).combine_chunks()
+
     @property
     def bad(self) -> pa.Array:
         """True where a card number is present but invalid."""
-        ok = pc.take(self.lookup.column("card_ok"), self.indices)
+        ok = pc.take(self._lookup("card_ok"), self.indices)
         return pc.fill_null(pc.invert(ok), False)
 
     def _valid_indices(self) -> pa.Array:
         # Rows with an invalid card never reach curated: their index becomes null, and the
         # dictionaries hold no nulls (Parquet cannot write a null inside a dictionary).
-        ok = pc.take(self.lookup.column("card_ok"), self.indices)
+        ok = pc.take(self._lookup("card_ok"), self.indices)
         return pc.if_else(ok, self.indices, pa.scalar(None, pa.int32()))
 
     def tokens(self) -> pa.DictionaryArray:
-        values = pc.fill_null(self.lookup.column("card_token"), "")
+        values = pc.fill_null(self._lookup("card_token"), "")
         return pa.DictionaryArray.from_arrays(self._valid_indices(), values)
 
     def valid_masked(self) -> pa.DictionaryArray:
         """Masked numbers of valid cards only (invalid ones never reach curated)."""
         return pa.DictionaryArray.from_arrays(self._valid_indices(),
-                                              self.lookup.column("card_masked"))
+                                              self._lookup("card_masked"))
 
     def masked_rows(self, rows: pa.Array) -> pa.Array:
         """Masked form of whatever was given (valid or not) for the selected rows."""
-        return pc.take(self.lookup.column("card_masked"), pc.take(self.indices, rows))
+        return pc.take(self._lookup("card_masked"), pc.take(self.indices, rows))
 
 
 @dataclass(frozen=True)
@@ -209,13 +218,18 @@ def _in_row_order(parsed: pa.Table) -> pa.Table:
 
 
 def _first_occurrences(ids: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
-    """True for the first candidate row carrying each id (in row order)."""
+    """True for the first candidate row carrying each id (in row order).
+
+    Ids are hashed to integer codes once; ``np.unique`` on the candidates' codes
+    then finds each code's first position without copying any strings.
+    """
     first = np.zeros(len(candidates), dtype=bool)
     positions = np.flatnonzero(candidates)
     if positions.size == 0:
         return first
-    encoded = pc.dictionary_encode(ids.take(pa.array(positions)).combine_chunks())
-    _, first_index = np.unique(encoded.indices.to_numpy(zero_copy_only=False), return_index=True)
+    encoded = pc.dictionary_encode(ids.combine_chunks()).indices
+    codes = pc.fill_null(encoded, -1).to_numpy(zero_copy_only=False)
+    _, first_index = np.unique(codes[positions], return_index=True)
     first[positions[first_index]] = True
     return first
 
@@ -263,12 +277,13 @@ def classify(
     already = np.isin(np.array(keys, dtype=object),
                       np.array(seen_quarantine.column("key").to_pylist(), dtype=object))
 
-    status = np.full(raw.num_rows, STATUS_CURATED, dtype=object)
-    status[valid & seen] = "duplicate_seen_before"
-    status[valid & ~seen & ~first] = "duplicate_in_batch"
-    status[rejected] = np.where(already, "duplicate_quarantined", STATUS_QUARANTINED)
+    status = np.full(raw.num_rows, _CODE[STATUS_CURATED], dtype=np.int8)
+    status[valid & seen] = _CODE["duplicate_seen_before"]
+    status[valid & ~seen & ~first] = _CODE["duplicate_in_batch"]
+    status[rejected] = np.where(already, _CODE["duplicate_quarantined"],
+                                _CODE[STATUS_QUARANTINED])
 
-    curated_mask = pa.array(status == STATUS_CURATED)
+    curated_mask = pa.array(status == _CODE[STATUS_CURATED])
     quarantine_rows = rejected[~already]
     return Classified(
         curated=_curated(raw, text, parsed, cards, curated_mask, source_files, ingestion_id),
@@ -354,11 +369,9 @@ def _quarantine(raw, parsed, cards, rows, source_files, ingestion_id, day) -> pa
 
 
 def _counts(file_index, status: np.ndarray, reason) -> list[tuple[int, str, str, int]]:
-    table = pa.table(
-        {"file": file_index, "status": pa.array(status, pa.string()),
-         "reason": pc.fill_null(reason, "")}
-    )
+    table = pa.table({"file": file_index, "status": status, "reason": reason})
     grouped = table.group_by(["file", "status", "reason"]).aggregate([("status", "count")])
     return sorted(
-        (r["file"], r["status"], r["reason"], r["status_count"]) for r in grouped.to_pylist()
+        (r["file"], STATUSES[r["status"]], r["reason"] or "", r["status_count"])
+        for r in grouped.to_pylist()
     )
