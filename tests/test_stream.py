@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -326,3 +327,144 @@ def test_reasons_read_like_the_investigators_examples():
     assert render("seconds_since_prev_tx", 1e9, context) == "first transaction seen on this card"
     assert render("seconds_since_prev_tx", 90, context) == (
         "only 1.5 minutes since this card's previous transaction")
+
+
+# --- the Kinesis Lambda (moto DynamoDB/SQS/Secrets Manager, Stubber for the endpoint) ----------
+def _kinesis_event(records: list[object], start: int = 1) -> dict:
+    def encode(record: object) -> str:
+        import base64
+
+        if isinstance(record, bytes):
+            return record.decode()
+        return base64.b64encode(json.dumps(record).encode()).decode()
+
+    return {"Records": [
+        {"eventID": f"shardId-000000000000:{start + i}", "eventSource": "aws:kinesis",
+         "kinesis": {"data": encode(r), "sequenceNumber": str(start + i),
+                     "partitionKey": "k"}}
+        for i, r in enumerate(records)
+    ]}
+
+
+@pytest.fixture
+def aws_stream():
+    """Real moto DynamoDB/SQS/Secrets Manager; stubbed sagemaker-runtime and lambda clients."""
+    import boto3
+    from botocore.stub import Stubber
+    from moto import mock_aws
+
+    from lambdas.stream_scoring.handler import Resources
+    from pipelines.ingest.tokenise import Tokeniser
+
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+        table = dynamodb.create_table(
+            TableName="online-features", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "entity", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "entity", "KeyType": "HASH"}],
+        )
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        queue_url = sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
+        runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+        lambda_client = boto3.client("lambda", region_name="us-east-1")
+        sent: list[dict] = []
+        runtime.meta.events.register(
+            "provide-client-params.sagemaker-runtime.InvokeEndpoint",
+            lambda params, **_: sent.append(json.loads(params["Body"])),
+        )
+        resources = Resources(
+            table=table, sqs=sqs, runtime=runtime, lambda_client=lambda_client,
+            tokeniser=Tokeniser(b"k" * 32), endpoint_name="fraud-endpoint",
+            dead_letter_queue_url=queue_url, alert_function="alert-fn", threshold=0.5,
+            model_version=3,
+        )
+        with Stubber(runtime) as endpoint, Stubber(lambda_client) as alerts:
+            yield {"resources": resources, "endpoint": endpoint, "alerts": alerts, "sent": sent,
+                   "table": table, "sqs": sqs, "queue_url": queue_url}
+
+
+def _scores_response(scores: list[float]) -> dict:
+    from botocore.response import StreamingBody
+
+    body = json.dumps({"predictions": [{"score": s} for s in scores]}).encode()
+    return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+
+
+def _transactions(n: int) -> list[dict]:
+    table = generate_transactions(GeneratorConfig(transactions=300, days=2, customers=4, seed=9))
+    rows = []
+    for row in table.slice(0, n).to_pylist():
+        row["timestamp"] = row["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows.append(row)
+    return rows
+
+
+def test_the_lambda_scores_a_kinesis_batch_and_dead_letters_bad_records(aws_stream):
+    from botocore.stub import ANY
+
+    from lambdas.stream_scoring.handler import handler
+
+    good = _transactions(6)
+    bad_amount = {**good[0], "transaction_id": "bad-1", "amount": "lots"}
+    event = _kinesis_event([*good, bad_amount, b"%%% not base64 %%%"])
+    scores = [0.1, 0.95, 0.2, 0.3, 0.1, 0.7]
+    aws_stream["endpoint"].add_response(
+        "invoke_endpoint", _scores_response(scores),
+        {"EndpointName": "fraud-endpoint", "ContentType": "application/json",
+         "Accept": "application/json", "Body": ANY},
+    )
+    aws_stream["alerts"].add_response(
+        "invoke", {"StatusCode": 202},
+        {"FunctionName": "alert-fn", "InvocationType": "Event", "Payload": ANY},
+    )
+    assert handler(event, None, aws_stream["resources"]) == {"batchItemFailures": []}
+
+    sent = aws_stream["sent"][0]["instances"]
+    assert len(sent) == 6 and set(sent[0]) == set(FEATURE_COLUMNS)
+    messages = aws_stream["sqs"].receive_message(QueueUrl=aws_stream["queue_url"],
+                                                 MaxNumberOfMessages=10)["Messages"]
+    reasons = sorted(json.loads(m["Body"])["reason"] for m in messages)
+    assert reasons == ["bad_amount", "malformed_row"]
+    assert all(c["card_number"] not in m["Body"] for c in good for m in messages)
+    items = aws_stream["table"].scan()["Items"]
+    assert sum(i["entity"].startswith("processed#") for i in items) == 6
+    assert any(i["entity"].startswith("online#customer_id#") for i in items)
+    aws_stream["alerts"].assert_no_pending_responses()
+
+
+def test_the_lambda_keeps_online_state_across_invocations_and_skips_redeliveries(aws_stream):
+    from lambdas.stream_scoring.handler import handler
+    from pipelines.online.engine import OnlineFeatureEngine
+
+    rows = _transactions(8)
+    first, second = _kinesis_event(rows[:4], 1), _kinesis_event(rows[4:], 5)
+    for batch in (first, second):
+        aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 4))
+        assert handler(batch, None, aws_stream["resources"]) == {"batchItemFailures": []}
+    # Redelivering the first batch scores nothing (the endpoint would be called otherwise).
+    assert handler(first, None, aws_stream["resources"]) == {"batchItemFailures": []}
+
+    reference = OnlineFeatureEngine()
+    expected = []
+    for row in rows:
+        ts = int(np.datetime64(row["timestamp"].rstrip("Z"), "us").astype(np.int64))
+        values = reference.process({**row, "ts_us": ts})
+        expected.append(dict(zip(FEATURE_COLUMNS, values, strict=True)))
+    sent = [instance for call in aws_stream["sent"] for instance in call["instances"]]
+    assert len(sent) == 8
+    for got, want in zip(sent, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_the_lambda_reports_every_record_when_the_endpoint_fails(aws_stream):
+    from lambdas.stream_scoring.handler import handler
+
+    event = _kinesis_event(_transactions(3))
+    aws_stream["endpoint"].add_client_error("invoke_endpoint", "ModelError", "model crashed")
+    result = handler(event, None, aws_stream["resources"])
+    assert result == {"batchItemFailures": [{"itemIdentifier": s} for s in ("1", "2", "3")]}
+    items = aws_stream["table"].scan()["Items"]
+    assert not any(i["entity"].startswith("processed#") for i in items)
+    # The retry succeeds and scores all three.
+    aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 3))
+    assert handler(event, None, aws_stream["resources"]) == {"batchItemFailures": []}

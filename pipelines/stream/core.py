@@ -11,7 +11,7 @@ micro-batch (features of a batch never depend on its scores).
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -236,11 +236,14 @@ def process_batch(
     run_id: str,
     column_map: Mapping[str, str] | None = None,
     now: datetime | None = None,
+    before_features: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> BatchOutcome:
     """Validate, tokenise, featurise (one at a time), score and explain one micro-batch.
 
     The engine's state advances; nothing is written. Duplicates of transactions
     in ``seen_ids`` are skipped (counted), rejected records become dead letters.
+    ``before_features(rows)`` sees the valid rows first (the Lambda prefetches
+    their entities' state from DynamoDB there).
     """
     now = now or datetime.now(UTC)
     day = f"{now:%Y-%m-%d}"
@@ -270,7 +273,10 @@ def process_batch(
         for _, status, _, n in classified.counts:
             if status.startswith("duplicate"):
                 counts["duplicates"] += n
-        rows, late = _featurise(curated_rows(classified.curated), engine)
+        valid = curated_rows(classified.curated)
+        if before_features is not None:
+            before_features(valid)
+        rows, late = _featurise(valid, engine)
         if late:
             first_row: dict[str, int] = {}
             for index, tx in enumerate(raw_ids):

@@ -1,0 +1,1 @@
+"""Stream-scoring Lambda (Kinesis -> online features -> SageMaker endpoint -> alerts)."""
