@@ -10,8 +10,10 @@ code the definition references.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +63,45 @@ def _offline_environment(region: str) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+class _SdkNoiseFilter(logging.Filter):
+    """Drop the SDK's records below ERROR.
+
+    It narrates every default it applies and every field it pops from the
+    definition, on loggers it creates and re-levels itself; that is noise for
+    people running the workflow, so the filter sits on the root handlers.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("sagemaker") or record.levelno >= logging.ERROR
+
+
+@contextmanager
+def _quiet_sdk() -> Iterator[None]:
+    """Keep the SDK from reconfiguring logging and from narrating the render.
+
+    Some SDK modules call ``logging.basicConfig`` when imported; a stand-in
+    root handler makes that a no-op, and the process's logging is restored
+    afterwards exactly as it was.
+    """
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    noise = _SdkNoiseFilter()
+    stand_in = logging.StreamHandler()
+    for handler in [*saved_handlers, stand_in]:
+        handler.addFilter(noise)
+    if not saved_handlers:
+        root.addHandler(stand_in)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+            yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        for handler in saved_handlers:
+            handler.removeFilter(noise)
 
 
 def _create_bucket(s3_client, bucket: str, region: str) -> None:
@@ -123,7 +164,7 @@ def render_pipeline(
     there as ``<bucket>/<key>``.
     """
     kwargs = offline_kwargs(pipeline_kwargs)
-    with _offline_environment(kwargs["region"]):
+    with _offline_environment(kwargs["region"]), _quiet_sdk():
         import boto3
         from moto import mock_aws
 
