@@ -136,7 +136,7 @@ def test_parameters_and_defaults(definition):
         "ProcessingInstanceType": ("String", "ml.m5.xlarge"),
         "ProcessingInstanceCount": ("Integer", 1),
         "TrainingInstanceType": ("String", "ml.m5.xlarge"),
-        "QualityThresholdAP": ("Float", 0.5),
+        "QualityThresholdAP": ("Float", 0.2),
         "AlertThreshold": ("Float", 0.5),
         "CardPrecisionK": ("Integer", 100),
         "ModelApprovalStatus": ("String", "PendingManualApproval"),
