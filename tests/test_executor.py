@@ -357,6 +357,7 @@ def test_pipeline_resolves_every_expression_and_registers_the_trained_model(work
     summary = run(workspace, fraud_like_definition(), registry, Epochs="5")
 
     assert summary.status == "Succeeded", summary.failure_reason
+    assert not list((workspace.executions / summary.execution_id / "scratch").glob("*/*"))
     # Steps were listed in reverse; implicit Get references put them in data order.
     assert [s.name for s in summary.steps] == [
         "Preprocess",

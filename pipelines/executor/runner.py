@@ -13,8 +13,10 @@ import json
 import re
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,6 +262,7 @@ class _Runner:
             read_json=lambda uri: objects.read_json_object(workspace, uri),
         )
         self.outcomes: dict[str, bool] = {}
+        self.cleanups: list[threading.Thread] = []
 
     # --- the execution -------------------------------------------------------------
     def run(
@@ -270,7 +273,7 @@ class _Runner:
         executed: set[str] = set()
         current: str | None = None
         self.events.execution(previous_status, EXECUTING, self.start_time)
-        with self.progress:
+        with self.progress, self._joining_cleanups():
             try:
                 for name in self.definition.order:
                     step = self.definition.steps[name]
@@ -307,6 +310,15 @@ class _Runner:
         self.events.execution(EXECUTING, status, self.start_time)
         self._audit(status, resumed=bool(previous))
         return summarize(self.store, self.execution_id)
+
+    @contextmanager
+    def _joining_cleanups(self) -> Iterator[None]:
+        """Wait for scratch deletions when the execution ends, however it ends."""
+        try:
+            yield
+        finally:
+            for cleanup in self.cleanups:
+                cleanup.join()
 
     def _audit(self, status: str, resumed: bool) -> None:
         """One ``pipeline.execution`` entry in the workspace audit trail per run or resume.
@@ -465,8 +477,13 @@ class _Runner:
             log_path=log_path,
         )
         result = run(inputs, ctx)
-        # Outputs are in the object store now; the staged copies only cost disk.
-        shutil.rmtree(scratch.parent, ignore_errors=True)
+        # Outputs are in the object store now; the staged copies only cost disk. Deleting
+        # them overlaps the next step (rmdir is slow on some file systems).
+        cleanup = threading.Thread(
+            target=shutil.rmtree, args=(scratch.parent,), kwargs={"ignore_errors": True}
+        )
+        cleanup.start()
+        self.cleanups.append(cleanup)
         return result
 
     def _register(self, request: dict[str, Any]) -> containers.JobResult:

@@ -80,6 +80,13 @@ class ExecutionStore:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "executions.sqlite"
+        # One connection for the store's life: closing the last connection to a WAL
+        # database checkpoints it, which cost more than the executor's own work.
+        self._conn = sqlite3.connect(self.path, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        # Records are rewritten at every step boundary; losing the last one in a power
+        # cut is acceptable, an fsync per status change is not.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._connect() as conn:
             if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
                 # WAL: readers (``fraudops pipeline list``) never block a running execution.
@@ -91,18 +98,15 @@ class ExecutionStore:
             if "owner" not in columns:
                 conn.execute("ALTER TABLE executions ADD COLUMN owner TEXT")
 
+    def close(self) -> None:
+        """Release the database connection (also released when the store is collected)."""
+        self._conn.close()
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.row_factory = sqlite3.Row
-        # Records are rewritten at every step boundary; losing the last one in a power
-        # cut is acceptable, an fsync per status change is not (it dominated overhead).
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+        """The store's connection inside one transaction (committed, or rolled back)."""
+        with self._conn:
+            yield self._conn
 
     # --- executions ------------------------------------------------------------
     def create_execution(
