@@ -274,8 +274,8 @@ def classify(
     first = _first_occurrences(ids, valid & ~seen)
     rejected = np.flatnonzero(~valid)
     keys = _fingerprints(raw, cards, rejected, source_files)
-    already = np.isin(np.array(keys, dtype=object),
-                      np.array(seen_quarantine.column("key").to_pylist(), dtype=object))
+    already = pc.is_in(pa.array(keys, pa.string()), value_set=seen_quarantine.column("key"))
+    already = already.to_numpy(zero_copy_only=False).astype(bool)
 
     status = np.full(raw.num_rows, _CODE[STATUS_CURATED], dtype=np.int8)
     status[valid & seen] = _CODE["duplicate_seen_before"]
