@@ -943,12 +943,56 @@ def test_model_trainer_command_and_unsupported_shell_entry_script(workspace):
     assert model["epochs"] == 4 and model["label"] == "two words"
     assert model["hps"]["epochs"] == 9  # still visible through SM_HPS
 
-    # SDK v3's model repack launcher is a shell script: a clear error, not a skip.
-    sourcecode = {"source_dir": "src", "entry_script": "_repack_script_launcher.sh"}
+    # Any other shell entry script would need the image's shell environment: a clear error.
+    sourcecode = {"source_dir": "src", "entry_script": "train.sh"}
     put(workspace, f"{CODE}/mt/sm_drivers/sourcecode.json", json.dumps(sourcecode))
     summary = run(workspace, definition)
     assert summary.status == "Failed"
-    assert "entry script '_repack_script_launcher.sh' (only .py)" in summary.failure_reason
+    assert "entry script 'train.sh' (only .py)" in summary.failure_reason
+
+
+def test_sdk_repack_model_step_adds_the_inference_code_to_the_model(workspace):
+    """ModelStep's RepackModel training job, running the SDK's own _repack_model.py."""
+    import sagemaker.mlops.workflow._repack_model as repack_module
+
+    model_archive = "s3://artifacts/models/job-1/output/model.tar.gz"
+    put_tarball(workspace, model_archive, {"model.json": '{"coef": [1, 2]}'})
+    put(workspace, f"{CODE}/repack/code/_repack_model.py", Path(repack_module.__file__).read_text())
+    put(workspace, f"{CODE}/repack/code/inference.py", "def model_fn(model_dir): ...\n")
+    put(
+        workspace,
+        f"{CODE}/repack/sm_drivers/sourcecode.json",
+        json.dumps({"source_dir": "/tmp/src", "entry_script": "_repack_script_launcher.sh"}),
+    )
+    repack = {
+        "Name": "RegisterRepackModel",
+        "Type": "Training",
+        "Arguments": {
+            "AlgorithmSpecification": {"TrainingImage": "sagemaker-scikit-learn:1.2-1"},
+            "HyperParameters": {
+                "inference_script": "inference.py",
+                "model_archive": model_archive,
+                "source_dir": "null",
+            },
+            "InputDataConfig": [
+                {
+                    "ChannelName": name,
+                    "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri}},
+                }
+                for name, uri in (
+                    ("training", model_archive),
+                    ("code", f"{CODE}/repack/code"),
+                    ("sm_drivers", f"{CODE}/repack/sm_drivers"),
+                )
+            ],
+            "OutputDataConfig": {"S3OutputPath": "s3://artifacts/repacked"},
+        },
+    }
+    summary = run(workspace, {"Version": "2020-12-01", "Parameters": [], "Steps": [repack]})
+    assert summary.succeeded, summary.failure_reason
+    uri = summary.step("RegisterRepackModel").properties["ModelArtifacts"]["S3ModelArtifacts"]
+    names = _tar_names(workspace.local_path(uri))
+    assert {"model.json", "code/inference.py"} <= names
 
 
 # --- definition checks ---------------------------------------------------------------

@@ -35,6 +35,9 @@ from pipelines.executor.store import ARN_PREFIX
 from pipelines.workspace import Workspace
 
 CONTAINER_ROOT = "/opt/ml"
+# ModelStep's repack (SDK v3): a ModelTrainer job whose entry script launches this script.
+REPACK_LAUNCHER = "_repack_script_launcher.sh"
+REPACK_SCRIPT = "_repack_model.py"
 LOG_TAIL_LINES = 25
 # Thread settings pass through so a step uses the cores the user allotted.
 _PASSTHROUGH_ENV = (
@@ -352,12 +355,36 @@ def _model_trainer_command(
         if not _PYTHON.match(Path(tokens[0]).name):
             raise UnsupportedFeatureError(f"{where}: command {source['command']!r} is not python")
         argv = python_invocation(tokens[1:], where)
+    elif entry_script == REPACK_LAUNCHER:
+        argv = _repack_command(ctx, code_dir, hyperparameters, where)
     elif entry_script.endswith(".py"):
         argv = python_invocation([entry_script, *hyperparameter_args(hyperparameters)], where)
     else:
         raise UnsupportedFeatureError(f"{where}: entry script {entry_script!r} (only .py)")
     env = {"SM_SOURCE_DIR": str(code_dir), "SM_ENTRY_SCRIPT": entry_script}
     return argv, code_dir, env
+
+
+def _repack_command(
+    ctx: JobContext, code_dir: Path, hyperparameters: dict[str, Any], where: str
+) -> list[str]:
+    """What the SDK's model-repack launcher does: ``python _repack_model.py`` + its HPs.
+
+    That SDK script hard-codes ``/opt/ml`` paths, so its staged copy (a copy:
+    the object-store original is untouched) gets them rewritten to the scratch
+    stand-in, exactly as the executor rewrites paths in job requests.
+    """
+    script = code_dir / REPACK_SCRIPT
+    if not script.is_file():
+        raise StepFailure(f"{where}: {REPACK_SCRIPT} is not in the code channel", CLIENT_ERROR)
+    script.write_text(ctx.container_path(script.read_text(encoding="utf-8")), encoding="utf-8")
+    values = dict(zip(*[iter(hyperparameter_args(hyperparameters))] * 2, strict=True))
+    arguments = [
+        "--inference_script", values.get("--inference_script", ""),
+        "--model_archive", values.get("--model_archive", ""),
+        "--source_dir", values.get("--source_dir", ""),
+    ]  # fmt: skip
+    return python_invocation([str(script), *arguments], where)
 
 
 def _script_mode_command(
