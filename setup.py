@@ -52,6 +52,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines", "pipelines.*", "companions", "companions.*",
                                     "lambdas", "lambdas.*"]),
+    # The named Athena queries are data files read at run time.
+    package_data={"companions.athena": ["queries/*.sql"]},
     install_requires=required_packages,
     extras_require=extras,
     entry_points={

@@ -1,0 +1,87 @@
+"""Run the named Athena queries locally on the DuckDB catalog, with bound parameters.
+
+``run_named_query(ws, "fraud_rate_by_day", {"start_day": "2024-01-01"})`` reads
+``companions/athena/queries/fraud_rate_by_day.sql``, fills in defaults for the
+parameters not given, and runs it through ``pipelines.lake.run_query(...,
+dialect="athena")``: sqlglot transpiles the Athena SQL and binds ``:name`` as
+DuckDB's ``$name``, so values are never pasted into the SQL.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from companions.athena.ddl import athena_tables
+from companions.athena.library import NamedQuery, get_query, load_library
+from pipelines.lake.query import QueryError, run_query, transpile_athena
+from pipelines.workspace import Workspace
+
+# Tables that only exist once a later stage has written them, and what writes them.
+_PRODUCERS = {
+    "alerts": "fraudops athena export (after scoring has raised alerts)",
+    "cases": "fraudops athena export (after scoring has raised alerts)",
+    "scored": "fraudops score",
+    "quarantine": "fraudops ingest (a table appears once a row was quarantined)",
+    "transactions": "fraudops ingest",
+    "features": "fraudops features",
+    "labels": "fraudops feedback",
+}
+
+
+def named_queries() -> dict[str, NamedQuery]:
+    """The whole library, by name."""
+    return load_library()
+
+
+def run_named_query(
+    ws: Workspace, name: str, params: dict[str, object] | None = None
+) -> pa.Table:
+    """Run named query ``name`` over the workspace's lake; parameters default as declared.
+
+    Raises ``NamedQueryError`` for an unknown query or parameter and
+    ``QueryError`` (naming the command that creates a missing table) for SQL errors.
+    """
+    query = get_query(name)
+    bound = query.bind(params)
+    try:
+        return as_athena_types(run_query(ws, query.sql, bound, dialect="athena"))
+    except QueryError as exc:
+        raise QueryError(_explain(name, str(exc))) from exc
+
+
+def as_athena_types(table: pa.Table) -> pa.Table:
+    """Give results the types Athena returns: DuckDB's ``count_if`` is a HUGEINT
+    (Arrow decimal(38, 0)) where Athena's is a bigint, so whole decimals become int64."""
+    fields = [
+        pa.field(f.name, pa.int64() if f.type.scale == 0 else pa.float64())
+        if pa.types.is_decimal(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def _explain(name: str, message: str) -> str:
+    for table, producer in _PRODUCERS.items():
+        if f"Table with name {table} does not exist" in message:
+            return f"named query {name!r} needs table {table!r}, which is not in the lake yet: " \
+                   f"run `{producer}` first ({message.split(' (SQL after')[0]})"
+    return f"named query {name!r}: {message}"
+
+
+def output_schema(query: NamedQuery) -> pa.Schema:
+    """The result columns and types of ``query``, found by running it on empty tables.
+
+    Used for QuickSight's custom-SQL column declarations and to prove, in tests,
+    that every query compiles against the schemas the writers use.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for name, spec in athena_tables().items():
+            con.register(f"_{name}_empty", spec.schema.empty_table())
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
+        sql = transpile_athena(query.sql)
+        return as_athena_types(con.sql(sql, params=query.bind() or None).to_arrow_table()).schema
+    finally:
+        con.close()
