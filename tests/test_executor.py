@@ -599,7 +599,9 @@ def test_retry_policy_retries_an_internal_error_then_succeeds(workspace, tmp_pat
     summary = run(workspace, definition)
     assert summary.status == "Succeeded", summary.failure_reason
     assert summary.step("Flaky").attempts == 2
-    assert "killed by signal 9" not in (summary.failure_reason or "")
+    log = Path(summary.step("Flaky").log_path).read_text()
+    assert "attempt 1 failed (SageMaker.JOB_INTERNAL_ERROR); retrying in 0.0 s" in log
+    assert log.count("$ ") == 2 and "second attempt ok" in log
 
 
 def test_retry_policy_does_not_retry_a_script_error(workspace):
