@@ -160,7 +160,10 @@ def run_pipeline_definition(
         registry,
         progress,
     )
-    return runner.run(previous={})
+    try:
+        return runner.run(previous={})
+    finally:
+        store.close()
 
 
 def resume_pipeline_execution(
@@ -174,6 +177,7 @@ def resume_pipeline_execution(
     store = ExecutionStore(workspace.executions)
     row = store.execution_row(execution_id)
     if row["status"] not in (FAILED, STOPPED):
+        store.close()
         raise ExecutorError(
             f"execution {execution_id} is {row['status']}; only Failed or Stopped executions "
             "can be resumed"
@@ -196,7 +200,10 @@ def resume_pipeline_execution(
         registry,
         progress,
     )
-    return runner.run(previous=previous, previous_status=row["status"])
+    try:
+        return runner.run(previous=previous, previous_status=row["status"])
+    finally:
+        store.close()
 
 
 resume = resume_pipeline_execution
