@@ -211,7 +211,7 @@ def _read_csv_fast(data: bytes, headers: list[str]):
 
     table = pcsv.read_csv(
         pa.BufferReader(data),
-        read_options=pcsv.ReadOptions(use_threads=True, block_size=1 << 24),
+        read_options=pcsv.ReadOptions(use_threads=True),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pcsv.ConvertOptions(
             column_types=dict.fromkeys(headers, pa.string()),

@@ -82,7 +82,7 @@ def stage_zone(
 
 # Columns worth dictionary-encoding in the files (few distinct values per day).
 _LOW_CARDINALITY = {
-    "customer_id", "terminal_id", "card_token", "card_masked", "currency", "merchant_category",
+    "card_token", "card_masked", "currency", "merchant_category",
     "channel", "country", "fraud_scenario", "source_file", "ingestion_id", "dt", "reason",
 }
 

@@ -103,17 +103,30 @@ def _execute_in_catalog(ws: Workspace, sql: str, params: Params, dialect: str) -
         try:
             return QueryResult(_execute(con, sql, params), sql, False)
         except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+            problem = QueryError(_explain(con, exc))
             if dialect == "duckdb":
-                raise QueryError(_first_line(exc)) from exc
+                raise problem from exc
             try:
                 duck_sql = transpile_athena(sql)
             except QueryError:
-                raise QueryError(_first_line(exc)) from exc
+                raise problem from exc
             if duck_sql.strip() == sql.strip():
-                raise QueryError(_first_line(exc)) from exc
+                raise problem from exc
             return QueryResult(_run_or_explain(con, duck_sql, params), duck_sql, True)
     finally:
         con.close()
+
+
+def _explain(con: duckdb.DuckDBPyConnection, exc: duckdb.Error) -> str:
+    """DuckDB's message, plus the tables that do exist when a table was not found."""
+    message = _first_line(exc)
+    if isinstance(exc, duckdb.CatalogException):
+        names = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY 1").fetchall()]
+        message += (f" (catalog tables: {', '.join(names) or 'none yet'}; zones get their "
+                    "table once they hold Parquet files, e.g. after `fraudops ingest`)")
+    return message
 
 
 def _run_or_explain(con: duckdb.DuckDBPyConnection, sql: str, params: Params) -> pa.Table:
