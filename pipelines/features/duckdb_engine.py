@@ -10,6 +10,7 @@ range join that only touches those few rows.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import duckdb
@@ -290,7 +291,9 @@ def connect(
     con.execute(f"SET threads = {int(threads)}")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    with contextlib.suppress(duckdb.InvalidInputException):
+        # In Jupyter without ipywidgets DuckDB refuses to touch its progress bar.
+        con.execute("SET enable_progress_bar = false")
     if temp_dir:
         con.execute(f"SET temp_directory = '{temp_dir}'")
     return con
