@@ -1,0 +1,1 @@
+"""QuickSight: Athena data source, SPICE datasets from the named queries, RLS, dashboard."""
