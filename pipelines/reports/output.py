@@ -29,6 +29,7 @@ from pipelines.reports.pdf import render_pdf
 from pipelines.workspace import Workspace
 
 REPORTS_DIR = "reports"
+FLOAT_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -74,26 +75,31 @@ def _write_files(report: Report, staging: Path, generated_at: str, run_id: str) 
         "summary": report.summary, **report.data,
     }
     (staging / "report.json").write_text(
-        json.dumps(_without_nan(payload), indent=2, default=_json_default, allow_nan=False),
+        json.dumps(clean(payload), indent=2, default=_json_default, allow_nan=False),
         encoding="utf-8")
     for table in report.tables():
         with (staging / f"{table.name}.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(table.columns)
-            writer.writerows(table.rows)
+            writer.writerows(clean(table.rows))
     (staging / "report.html").write_text(render_html(report, generated_at, run_id),
                                          encoding="utf-8")
     render_pdf(report, staging / "report.pdf", generated_at, run_id)
 
 
-def _without_nan(value: Any) -> Any:
-    """NaN becomes null: strict JSON has no NaN and downstream parsers reject it."""
-    if isinstance(value, float) and value != value:
-        return None
+def clean(value: Any) -> Any:
+    """Floats rounded to 6 decimals, NaN as null, recursively.
+
+    Strict JSON has no NaN. Rounding keeps reports readable and stops long
+    fractions (``0.6085651458302275``) from looking like card numbers to the
+    scanner every output must pass.
+    """
+    if isinstance(value, float):
+        return None if value != value else round(value, FLOAT_DECIMALS)
     if isinstance(value, dict):
-        return {k: _without_nan(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_nan(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
@@ -148,6 +154,6 @@ def write_report(ws: Workspace, report: Report, actor: str | None = None) -> Wri
         ws, "report.generate", actor=actor, subject=f"reports/{report.name}/{run_id}",
         details={"report": report.name, "run_id": run_id,
                  "period": [report.period_start.isoformat(), report.period_end.isoformat()],
-                 "files": files, "summary": report.summary},
+                 "files": files, "summary": clean(report.summary)},
     )
     return WrittenReport(report.name, run_id, final, files, report.summary)
