@@ -6,6 +6,7 @@ Same names and behaviour as the SageMaker MLOps project template's
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import inspect
@@ -135,3 +136,15 @@ def get_pipeline_custom_tags(
     except Exception as exc:  # the template tolerates a missing project the same way
         logger.warning("could not read the SageMaker project's tags: %s", exc)
         return tags
+
+
+def add_pipeline_module_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--module-name`` and ``--kwargs``, as the SageMaker project template spells them."""
+    parser.add_argument(
+        "-n", "--module-name", dest="module_name", default="pipelines.fraud.pipeline",
+        help="module whose get_pipeline(...) builds the pipeline (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-kwargs", "--kwargs", dest="kwargs", default=None,
+        help="JSON object of keyword arguments for get_pipeline",
+    )  # fmt: skip

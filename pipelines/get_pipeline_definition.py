@@ -19,7 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines._utils import ArgumentError, configure_cli_logging, convert_kwargs
+from pipelines._utils import (
+    ArgumentError,
+    add_pipeline_module_arguments,
+    configure_cli_logging,
+    convert_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="get-pipeline-definition",
         description="Gets the pipeline definition for the pipeline script (offline).",
     )
-    parser.add_argument(
-        "-n", "--module-name", dest="module_name", default="pipelines.fraud.pipeline",
-        help="module whose get_pipeline(...) builds the pipeline (default: %(default)s)",
-    )  # fmt: skip
+    add_pipeline_module_arguments(parser)
     parser.add_argument(
         "-f", "--file-name", dest="file_name", default=None,
         help="write the definition JSON to this file instead of stdout",
-    )  # fmt: skip
-    parser.add_argument(
-        "-kwargs", "--kwargs", dest="kwargs", default=None,
-        help="JSON object of keyword arguments for get_pipeline",
     )  # fmt: skip
     parser.add_argument(
         "--code-store", dest="code_store", default=None, type=Path,

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from pipelines._utils import (
     ArgumentError,
+    add_pipeline_module_arguments,
     configure_cli_logging,
     convert_kwargs,
     convert_tags,
@@ -50,14 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run-pipeline",
         description="Creates/updates the pipeline and runs an execution (local or on AWS).",
     )
-    parser.add_argument(
-        "-n", "--module-name", dest="module_name", default="pipelines.fraud.pipeline",
-        help="module whose get_pipeline(...) builds the pipeline (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "-kwargs", "--kwargs", dest="kwargs", default=None,
-        help="JSON object of keyword arguments for get_pipeline",
-    )  # fmt: skip
+    add_pipeline_module_arguments(parser)
     parser.add_argument(
         "-role-arn", "--role-arn", dest="role_arn", default=None,
         help="role SageMaker Pipelines assumes (aws backend)",
