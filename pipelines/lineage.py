@@ -188,9 +188,9 @@ def feature_inputs(ws: Workspace, preprocess: dict[str, Any],
     partitions = _partitions(ws.local_path(uri))
     for partition in partitions:
         partition["window"] = window_of(partition["dt"], windows)
-    started = preprocess["start_time"]
+    started = datetime.fromisoformat(preprocess["start_time"])
     rewritten = sorted({p["dt"] for p in partitions for f in p["files"]
-                        if f["modified"] > started})
+                        if datetime.fromisoformat(f["modified"]) > started})
     counts = {}
     for name, window in windows.items():
         read = sum(p["rows"] for p in partitions if p["window"] == name)
