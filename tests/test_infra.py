@@ -121,3 +121,14 @@ def test_approval_rule_targets_the_deploy_function():
     [rule] = [p for _, n, p in _resources("AWS::Events::Rule") if n == "ApprovalRule"]
     assert rule["EventPattern"]["detail-type"] == ["SageMaker Model Package State Change"]
     assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": ["DeployFunction", "Arn"]}
+
+
+def test_glue_job_arguments_are_the_ones_the_job_reads():
+    from companions.glue.transactions_etl import OPTIONAL, REQUIRED
+
+    [(_, _, job)] = _resources("AWS::Glue::Job")
+    glue_own = {"--job-language", "--extra-py-files", "--additional-python-modules",
+                "--enable-continuous-cloudwatch-log"}
+    passed = {k.removeprefix("--") for k in job["DefaultArguments"] if k not in glue_own}
+    assert passed <= set(REQUIRED) | set(OPTIONAL)
+    assert set(REQUIRED) - {"JOB_NAME"} <= passed
