@@ -74,11 +74,11 @@ def _table(name: str, title: str, frame: pd.DataFrame) -> Table:
 
 
 def _dimension_section(frame: pd.DataFrame, column: str, title: str, fraud_only: bool) -> Section:
-    present = frame[column].notna() & (frame["fraud_transactions"] > 0 if fraud_only else True)
-    if not present.any():
+    """Rates per quarter and ``column`` (frauds only: counts and values per fraud type)."""
+    source = frame[frame["fraud_transactions"] > 0] if fraud_only else frame
+    if not source[column].notna().any():
         return Section(title, [f"The data has no {column} values, so fraud cannot be broken "
                                f"down by {column.replace('_', ' ')}."])
-    source = frame[present] if fraud_only else frame
     table = rates_table(source.fillna({column: "(not recorded)"}), ["quarter", column])
     if fraud_only:
         table = table[["quarter", column, "fraud_transactions", "fraud_value_usd"]]
