@@ -556,3 +556,13 @@ def test_cli_rejects_a_negative_label_delay(workspace, capsys):
     code = cli_main(["features", "--workdir", str(workspace.root), "--label-delay-days", "-1"])
     assert code == 2
     assert "--label-delay-days must be >= 0" in capsys.readouterr().err
+
+
+def test_built_table_is_queryable_through_the_lake_catalog(workspace):
+    query = pytest.importorskip("pipelines.lake.query")
+    rows = crafted_transactions()
+    write_curated(workspace, rows)
+    summary = build_feature_table(workspace)
+    assert summary.catalog == "registered as 'features'"
+    result = query.run_query(workspace, "SELECT count(*) AS n, sum(is_fraud) AS f FROM features")
+    assert result.to_pylist() == [{"n": len(rows), "f": sum(r.is_fraud for r in rows)}]
