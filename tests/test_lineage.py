@@ -289,8 +289,11 @@ def test_lineage_cli_prints_tree_and_json(trained: TrainedWorkspace, capsys):
 def test_lineage_of_a_real_run_matches_the_split(tmp_path: Path):
     """End to end: ``fraudops run`` on a small dataset, then trace the deployed model."""
     root = tmp_path / "ws"
+    # A small dataset trains a weak model: the gate at 0 lets it register (lineage is the
+    # point here, not quality).
     subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--transactions", "20000",
-                    "--days", "30", "--workdir", str(root)], check=True, capture_output=True)
+                    "--days", "30", "--quality-threshold", "0", "--workdir", str(root)],
+                   check=True, capture_output=True)
     ws = Workspace.open(root)
     try:
         lineage = resolve_lineage(ws)
@@ -304,7 +307,8 @@ def test_lineage_of_a_real_run_matches_the_split(tmp_path: Path):
         assert all(c["matches_path"] for s in lineage["steps"] for c in s["code"])
         assert lineage["curated"]["ingestion_runs"][0]["audit"] is not None
     finally:
-        state = json.loads((root / "state" / "endpoint.json").read_text())
         from pipelines.deploy.local import stop_endpoint_process
 
-        stop_endpoint_process(int(state["pid"]))
+        state = root / "state" / "endpoint.json"
+        if state.is_file():  # the endpoint process this run started
+            stop_endpoint_process(int(json.loads(state.read_text())["pid"]))
