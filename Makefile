@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.py | sha1sum | cut -c1-12)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat setup.py | sha1sum | cut -c1-12)
 
-.PHONY: run test lint bench clean install dev
+.PHONY: run test lint bench clean install dev system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ dev: $(DEV_STAMP)
 run: $(STAMP)
 	$(BIN)/fraudops run
 
-test: $(DEV_STAMP)
+# Headless Chromium for the dashboard test (Debian packages; the test installs nothing).
+system-deps:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+
+test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -106,15 +106,21 @@ def _queue(ws) -> None:
     queue.assign(cases["t10"], "bo", actor="ana")
 
 
+def build_crafted_lake(ws):
+    """Curated, scored, quarantine and queue data with hand-computed answers (also for
+    the dashboard test)."""
+    _curated(ws)
+    _scored(ws)
+    _quarantine(ws)
+    _queue(ws)
+    refresh_catalog(ws)
+    export_queue(ws)
+    return ws
+
+
 @pytest.fixture
 def lake(workspace):
-    _curated(workspace)
-    _scored(workspace)
-    _quarantine(workspace)
-    _queue(workspace)
-    refresh_catalog(workspace)
-    export_queue(workspace)
-    return workspace
+    return build_crafted_lake(workspace)
 
 
 def rows(ws, name, **params):

@@ -33,7 +33,6 @@ from pipelines.analytics.runner import run_named_query
 from pipelines.lake.query import QueryError
 from pipelines.workspace import Workspace
 
-CAPACITY_PER_DAY = 100  # investigators' daily capacity k, as in card precision@k
 TOP_N = 15
 MS_PER_DAY = 86_400_000
 COLOURS = {
@@ -71,10 +70,19 @@ class DashboardData:
         return [] if table is None else table.to_pylist()
 
 
-QUERY_PARAMS: dict[str, dict[str, object]] = {
-    "riskiest_terminals": {"top_n": TOP_N},
-    "alert_volume_vs_capacity": {"capacity": CAPACITY_PER_DAY},
-}
+@dataclass(frozen=True)
+class DashboardOptions:
+    """The knobs analysts change: capacity k and which terminals count as ranked."""
+
+    capacity: int = 100  # investigators' daily capacity k, as in card precision@k
+    min_terminal_transactions: int = 20  # fewer makes a terminal's fraud rate noise
+
+    def query_params(self) -> dict[str, dict[str, object]]:
+        return {
+            "riskiest_terminals": {"top_n": TOP_N,
+                                   "min_transactions": self.min_terminal_transactions},
+            "alert_volume_vs_capacity": {"capacity": self.capacity},
+        }
 
 
 # --- data ---------------------------------------------------------------------
@@ -99,9 +107,13 @@ def find_evaluation(ws: Workspace) -> Path | None:
     return None
 
 
-def collect(ws: Workspace, evaluation_path: Path | None = None) -> DashboardData:
+def collect(
+    ws: Workspace, evaluation_path: Path | None = None, options: DashboardOptions | None = None
+) -> DashboardData:
     """Run every named query the dashboard shows; a missing table is reported, not fatal."""
     from companions.athena.library import load_library
+
+    params = (options or DashboardOptions()).query_params()
 
     if ws.cases_db.exists():
         export_queue(ws)  # the queue changes as cases are worked: show its current state
@@ -111,7 +123,7 @@ def collect(ws: Workspace, evaluation_path: Path | None = None) -> DashboardData
     for name in load_library():
         started = time.perf_counter()
         try:
-            results[name] = run_named_query(ws, name, QUERY_PARAMS.get(name))
+            results[name] = run_named_query(ws, name, params.get(name))
         except (QueryError, NamedQueryError) as exc:
             results[name], problems[name] = None, str(exc)
         timings[name] = time.perf_counter() - started
@@ -304,8 +316,9 @@ def _evaluation_panel(data: DashboardData, key: str, title: str, subtitle: str,
     return Panel(key, title, subtitle, build(data.evaluation))
 
 
-def build_panels(data: DashboardData) -> list[Panel]:
+def build_panels(data: DashboardData, options: DashboardOptions | None = None) -> list[Panel]:
     """Every chart of the grid, in reading order."""
+    options = options or DashboardOptions()
     return [
         _panel(data, "fraud_rate_by_day", "Transaction volume and fraud rate",
                "transactions per UTC day (bars) and labelled fraud rate (line)", volumes_figure,
@@ -313,7 +326,7 @@ def build_panels(data: DashboardData) -> list[Panel]:
         _panel(data, "alert_rate_by_day", "Alerts raised by batch scoring",
                "scores at or above the model's alert threshold, per day", alert_rate_figure),
         _panel(data, "alert_volume_vs_capacity", "Cases opened vs investigator capacity",
-               f"cases opened per day by severity; capacity k = {CAPACITY_PER_DAY}/day",
+               f"cases opened per day by severity; capacity k = {options.capacity}/day",
                capacity_figure),
         _evaluation_panel(data, "pr_curve", "Model performance: precision-recall",
                           "held-out test window; diamond = the alert threshold", pr_curve_figure),
@@ -323,7 +336,8 @@ def build_panels(data: DashboardData) -> list[Panel]:
         _panel(data, "score_distribution_by_model_version", "Score distribution",
                "scored transactions per score bin and model version", score_distribution_figure),
         _panel(data, "riskiest_terminals", f"Top {TOP_N} risky terminals",
-               "fraud rate among terminals with at least 20 transactions",
+               "fraud rate among terminals with at least "
+               f"{options.min_terminal_transactions} transactions",
                lambda rows: ranking_figure(rows, "terminal_id", COLOURS["red"])),
         _panel(data, "fraud_rate_by_merchant_category", "Fraud rate by merchant category",
                "MCC; riskiest on top",
@@ -483,12 +497,15 @@ class RenderSummary:
 
 
 def render_dashboard(
-    ws: Workspace, out: Path, evaluation_path: Path | None = None
+    ws: Workspace,
+    out: Path,
+    evaluation_path: Path | None = None,
+    options: DashboardOptions | None = None,
 ) -> RenderSummary:
     """Query the lake, build the page and write it atomically to ``out``."""
     started = time.perf_counter()
-    data = collect(ws, evaluation_path)
-    panels = build_panels(data)
+    data = collect(ws, evaluation_path, options)
+    panels = build_panels(data, options)
     page = render_html(data, panels, ws, datetime.now(UTC))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
