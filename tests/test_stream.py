@@ -141,7 +141,7 @@ def test_no_card_number_in_clear_anywhere_after_streaming(ws, drops):
     cards = [c for c in drops["cards"].read_text().splitlines() if c]
     written = [p for p in ws.root.rglob("*") if p.is_file() and "landing" not in p.parts
                and p.suffix != ".key"]
-    assert any(p.name == "snapshot.pickle" for p in written)
+    assert any(p.name == "state.sqlite" for p in written)
     for path in written:
         data = path.read_bytes()
         leaked = [c for c in cards if c.encode() in data]
@@ -179,22 +179,24 @@ def _start(ws: Workspace) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "stream", "--input", "-", "--workdir",
          str(ws.root), "--model-version", "1", "--threshold", "0.5", "--batch-size", "40",
-         "--max-wait", "0.2"],
+         "--max-wait", "0.2", "--commit-interval", "0.5"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         cwd=REPO_ROOT, text=True,
     )
 
 
 def _committed_seq(ws: Workspace) -> int:
-    import pickle
+    import sqlite3
 
-    path = ws.state_dir / "online" / "snapshot.pickle"
+    path = ws.state_dir / "online" / "state.sqlite"
     if not path.exists():
         return 0
     try:
-        return int(pickle.loads(path.read_bytes()).checkpoint.get("seq", 0))
-    except (EOFError, pickle.UnpicklingError):
-        return 0
+        with sqlite3.connect(path, timeout=5) as con:
+            row = con.execute("SELECT value FROM meta WHERE name = 'checkpoint'").fetchone()
+    except sqlite3.OperationalError:
+        return 0  # created but not yet initialised
+    return int(json.loads(row[0])["seq"]) if row else 0
 
 
 def _feed_then_interrupt(ws: Workspace, lines: list[str], how: signal.Signals) -> int:

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="records per micro-batch (default 1000)")
     parser.add_argument("--max-wait", type=float, default=1.0,
                         help="seconds of quiet input before a partial batch is flushed")
+    parser.add_argument("--commit-interval", type=float, default=5.0,
+                        help="seconds between state commits (0: after every micro-batch)")
     parser.add_argument("--column-map", type=Path, default=None,
                         help='JSON {"their_column": "canonical_column"} as for ingest')
     add_workdir_argument(parser)
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     if args.max_wait <= 0:
         raise UserError("--max-wait must be a positive number of seconds")
+    if args.commit_interval < 0:
+        raise UserError("--commit-interval must be 0 or more seconds")
     if args.input != "-" and not Path(args.input).is_file():
         raise UserError(f"--input {args.input} does not exist; pass a CSV/JSONL file or -")
     ws = open_workspace(args)
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         tokeniser,
         alert_store=CaseQueue(ws.cases_db),
         notifier=OutboxNotifier(ws.outbox),
-        settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait),
+        settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
+                                commit_interval_seconds=args.commit_interval),
         source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
         column_map=column_map,
     )

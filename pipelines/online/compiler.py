@@ -84,7 +84,10 @@ def sql_greatest(*values: Any) -> Any:
 
 
 def sql_coalesce(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
+    for value in values:
+        if value is not None:
+            return value
+    return None
 
 
 def null_safe(fn: Callable[..., Any], arity: int) -> Callable[..., Any]:

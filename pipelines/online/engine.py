@@ -193,27 +193,46 @@ class Event:
     def to_json(self) -> list:
         return [self.seq, self.transaction_id, self.ts, self.env, self.values]
 
+    def __reduce__(self):  # a plain tuple pickles several times faster than slot state
+        return (Event, (self.seq, self.transaction_id, self.ts, self.env, self.values))
+
     @classmethod
     def from_json(cls, data: list) -> Event:
         return cls(*data)
 
 
-@dataclass(slots=True)
 class FrameState:
-    """One entity key's view of one frame."""
+    """One entity key's view of one frame: events before it, events in it, running totals."""
 
-    pending: deque = field(default_factory=deque)
-    inside: deque = field(default_factory=deque)
-    totals: list = field(default_factory=list)
-    waiting: dict = field(default_factory=dict)  # aggregate slot -> {seq: Event}
+    __slots__ = ("inside", "pending", "totals", "waiting")
+
+    def __init__(self, pending: deque | None = None, inside: deque | None = None,
+                 totals: list | None = None, waiting: dict | None = None) -> None:
+        self.pending = deque() if pending is None else pending
+        self.inside = deque() if inside is None else inside
+        self.totals = [] if totals is None else totals
+        self.waiting = {} if waiting is None else waiting  # aggregate slot -> {seq: Event}
+
+    def __reduce__(self):
+        # Lists, not deques: pickling a deque looks its slot names up again every time.
+        return (_frame_state, (list(self.pending), list(self.inside), self.totals, self.waiting))
 
 
-@dataclass(slots=True)
+def _frame_state(pending: list, inside: list, totals: list, waiting: dict) -> FrameState:
+    return FrameState(deque(pending), deque(inside), totals, waiting)
+
+
 class EntityState:
     """Everything one entity key (e.g. one customer) needs for its aggregates."""
 
-    frames: list[FrameState]
-    next_seq: int = 0
+    __slots__ = ("frames", "next_seq")
+
+    def __init__(self, frames: list[FrameState], next_seq: int = 0) -> None:
+        self.frames = frames
+        self.next_seq = next_seq
+
+    def __reduce__(self):
+        return (EntityState, (self.frames, self.next_seq))
 
     def to_json(self) -> dict:
         events: dict[int, Event] = {}
@@ -360,16 +379,18 @@ class OnlineFeatureEngine:
             entity = entities.get(key)
             if entity is None:
                 entity = new_entity_state(plan)
-            self._steps[index](entity, t, totals)
             kept, values = self._events[index](env)
             event = Event(entity.next_seq, transaction_id, t, kept, values)
             entity.next_seq += 1
-            for frame in entity.frames:
-                frame.pending.append(event)
+            self._steps[index](entity, t, totals, event)
             if self._sensitive[index]:
-                self.meta.label_index.setdefault(transaction_id, (t, []))[1].append(
-                    (index, list(key))
-                )
+                # get/set rather than setdefault: a tracking store sees the new entry.
+                label_index = self.meta.label_index
+                indexed = label_index.get(transaction_id)
+                if indexed is None:
+                    indexed = (t, [])
+                indexed[1].append((index, list(key)))
+                label_index[transaction_id] = indexed
             entities[key] = entity
         return self._features(env, totals)
 
@@ -402,15 +423,26 @@ class OnlineFeatureEngine:
         label known before then belongs to such a transaction (labels follow their
         transaction), which could now only arrive out of order.
         """
-        if self.meta.watermark is None:
+        oldest = self.oldest_useful_us()
+        if oldest is None:
             return
-        oldest = self.meta.watermark - self.horizon_micros - 1
         index = self.meta.label_index
-        for tx in [tx for tx, (ts, _) in index.items() if ts < oldest]:
+        stale = []
+        for tx, (ts, _) in index.items():  # insertion order is time order: stop early
+            if ts >= oldest:
+                break
+            stale.append(tx)
+        for tx in stale:
             del index[tx]
         pending = self.meta.pending_labels
         for tx in [tx for tx, (_, known) in pending.items() if known < oldest]:
             del pending[tx]
+
+    def oldest_useful_us(self) -> int | None:
+        """Transactions before this time have left every frame (None before the first)."""
+        if self.meta.watermark is None:
+            return None
+        return self.meta.watermark - self.horizon_micros - 1
 
     # --- internals -------------------------------------------------------------------------
     def _relabel(
@@ -555,11 +587,13 @@ def _frame_lines(plan: FramePlan) -> list[str]:
 
 
 def build_entity_step(plan: EntityPlan, name: str) -> Any:
-    """Generated ``step(entity, t, out)``: advance every frame of one entity, read aggregates."""
+    """Generated ``step(entity, t, out, event)``: advance every frame of one entity to ``t``,
+    read its aggregates into ``out``, then queue ``event`` (the current transaction)."""
     body = ["frames = entity.frames"]
     for frame_plan in plan.frames:
         body += _frame_lines(frame_plan)
-    function = build_function(name, ["entity", "t", "out"], body)
+    body += [f"frames[{f.position}].pending.append(event)" for f in plan.frames]
+    function = build_function(name, ["entity", "t", "out", "event"], body)
     function.__globals__.update(promote_known=promote_known, windowed_max=windowed_max)
     return function
 

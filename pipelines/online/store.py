@@ -1,11 +1,11 @@
 """Where the online feature state lives between transactions and between runs.
 
-* :class:`LocalStateStore`: the embedded store. The whole state (entities,
-  clock, labels) plus the caller's checkpoint (e.g. the stream's processed
-  transaction ids and batch sequence) is one snapshot file under
-  ``<workspace>/state/online/``, written to a temporary file, fsynced and
-  ``os.replace``-d: a crash leaves the previous snapshot intact, so a restart
-  resumes exactly from the last commit. A lock file keeps two writers apart.
+* :class:`LocalStateStore`: the embedded store, SQLite under
+  ``<workspace>/state/online/state.sqlite``. Each commit is one transaction
+  holding the entities that changed, the processed transaction ids and the
+  caller's checkpoint (e.g. the stream's batch sequence): a crash leaves the
+  previous commit intact, so a restart resumes exactly from it. A lock file
+  keeps two writers apart.
 * :class:`DynamoStateStore`: one DynamoDB item per entity key (the Lambda's
   ``STATE_TABLE``, hash key ``entity``), read for a batch's keys and written
   back when changed.
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import pickle
+import sqlite3
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,23 @@ from pipelines.features.definitions import FEATURE_SET_VERSION
 from pipelines.online.engine import EngineMeta, EntityState, OnlineFeatureEngine
 from pipelines.workspace import Workspace
 
-SNAPSHOT_FILE = "snapshot.pickle"
+STATE_FILE = "state.sqlite"
 LOCK_FILE = ".lock"
-SNAPSHOT_FORMAT = 1
+STATE_FORMAT = "2"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entities (
+    plan INTEGER NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, PRIMARY KEY (plan, key)
+);
+CREATE TABLE IF NOT EXISTS label_index (tx TEXT PRIMARY KEY, ts INTEGER NOT NULL, refs TEXT);
+CREATE INDEX IF NOT EXISTS label_index_by_ts ON label_index (ts);
+CREATE TABLE IF NOT EXISTS pending_labels (
+    tx TEXT PRIMARY KEY, is_fraud INTEGER NOT NULL, known_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed (tx TEXT PRIMARY KEY, ts INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS processed_by_ts ON processed (ts);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
 
 
 class StateError(Exception):
@@ -40,28 +53,43 @@ def online_dir(ws: Workspace) -> Path:
     return ws.state_dir / "online"
 
 
-@dataclass
-class Snapshot:
-    """What one commit stores: the engine's state and the caller's checkpoint."""
+class TrackedDict(dict):
+    """A dict that remembers which keys were set since the last commit."""
 
-    label_delay_days: int
-    entities: list[dict]
-    meta: EngineMeta
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-    feature_set_version: str = FEATURE_SET_VERSION
-    format: int = SNAPSHOT_FORMAT
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.dirty: set = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.dirty.add(key)
 
 
 class LocalStateStore:
-    """The embedded online state: one atomically replaced snapshot per commit."""
+    """The embedded online state in SQLite; each commit writes only what changed.
+
+    One transaction per commit holds the changed entities, new label-index
+    entries, newly processed transaction ids and the caller's checkpoint, so
+    state, dedupe ids and checkpoint can never disagree after a crash. Commit
+    cost follows the traffic since the last commit, not the size of the state.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / SNAPSHOT_FILE
+        self.path = self.directory / STATE_FILE
+        self._pending_processed: dict[str, int] = {}
 
     @classmethod
     def for_workspace(cls, ws: Workspace) -> LocalStateStore:
         return cls(online_dir(ws))
+
+    def _connect(self) -> sqlite3.Connection:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+        con.executescript(_SCHEMA)
+        return con
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -80,60 +108,142 @@ class LocalStateStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # --- reading --------------------------------------------------------------------------
+    def _meta(self, con: sqlite3.Connection) -> dict[str, str]:
+        return dict(con.execute("SELECT name, value FROM meta").fetchall())
+
     def load(self, label_delay_days: int) -> tuple[OnlineFeatureEngine, dict[str, Any]]:
         """The engine as of the last commit (fresh if none) and that commit's checkpoint."""
+        self._pending_processed = {}
         if not self.path.exists():
-            return OnlineFeatureEngine(label_delay_days), {}
+            return self._tracked(OnlineFeatureEngine(label_delay_days)), {}
         try:
-            with self.path.open("rb") as handle:
-                snapshot: Snapshot = pickle.load(handle)  # noqa: S301 - our own workspace file
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
+            con = self._connect()
+            try:
+                return self._load(con, label_delay_days)
+            finally:
+                con.close()
+        except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError) as exc:
             raise StateError(
                 f"{self.path} is unreadable ({exc}); restore it from a backup or delete "
-                "the online state directory to rebuild it by replaying transactions"
+                f"{self.directory} to rebuild the state by replaying transactions"
             ) from exc
-        if snapshot.feature_set_version != FEATURE_SET_VERSION:
+
+    def _load(self, con: sqlite3.Connection, label_delay_days: int):
+        meta = self._meta(con)
+        if not meta:
+            return self._tracked(OnlineFeatureEngine(label_delay_days)), {}
+        if meta.get("feature_set_version") != FEATURE_SET_VERSION:
             raise StateError(
-                f"{self.path} holds state for feature set {snapshot.feature_set_version}, but "
-                f"the definitions are now {FEATURE_SET_VERSION}: delete {self.directory} and "
-                "replay recent transactions to rebuild the state"
+                f"{self.path} holds state for feature set {meta.get('feature_set_version')}, "
+                f"but the definitions are now {FEATURE_SET_VERSION}: delete {self.directory} "
+                "and replay recent transactions to rebuild the state"
             )
-        if snapshot.label_delay_days != label_delay_days:
+        if int(meta["label_delay_days"]) != label_delay_days:
             raise StateError(
-                f"{self.path} was built with a {snapshot.label_delay_days}-day label delay but "
+                f"{self.path} was built with a {meta['label_delay_days']}-day label delay but "
                 f"the model uses {label_delay_days}; rebuild the state for this model"
             )
-        engine = OnlineFeatureEngine(label_delay_days, snapshot.entities, snapshot.meta)
-        return engine, snapshot.checkpoint
-
-    def commit(self, engine: OnlineFeatureEngine, checkpoint: dict[str, Any]) -> None:
-        """Write the state and checkpoint together, atomically and durably."""
-        engine.prune()
-        snapshot = Snapshot(
-            label_delay_days=engine.label_delay_days,
-            entities=engine.entities,
-            meta=engine.meta,
-            checkpoint=checkpoint,
+        engine = OnlineFeatureEngine(label_delay_days)
+        for plan, key, state in con.execute("SELECT plan, key, state FROM entities"):
+            dict.__setitem__(engine.entities[plan], pickle.loads(key), pickle.loads(state))  # noqa: S301
+        engine.meta = EngineMeta(
+            watermark=json.loads(meta["watermark"]),
+            pending_labels={
+                tx: (int(f), int(k))
+                for tx, f, k in con.execute("SELECT tx, is_fraud, known_us FROM pending_labels")
+            },
+            label_index={
+                tx: (ts, [tuple(r) for r in json.loads(refs)])
+                for tx, ts, refs in con.execute("SELECT tx, ts, refs FROM label_index ORDER BY ts")
+            },
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{SNAPSHOT_FILE}.{os.getpid()}.tmp")
+        return self._tracked(engine), json.loads(meta["checkpoint"])
+
+    def _tracked(self, engine: OnlineFeatureEngine) -> OnlineFeatureEngine:
+        engine.entities = [TrackedDict(e) for e in engine.entities]
+        engine.meta.label_index = TrackedDict(engine.meta.label_index)
+        return engine
+
+    def seen(self, transaction_ids: Iterable[str]) -> set[str]:
+        """Which of these transactions were processed (committed, or since the last commit)."""
+        ids = [i for i in dict.fromkeys(transaction_ids) if i is not None]
+        found = {i for i in ids if i in self._pending_processed}
+        if not self.path.exists():
+            return found
+        con = self._connect()
         try:
-            with tmp.open("wb") as handle:
-                pickle.dump(snapshot, handle, protocol=pickle.HIGHEST_PROTOCOL)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in con.execute(
+                    f"SELECT tx FROM processed WHERE tx IN ({marks})", chunk))  # noqa: S608
         finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+            con.close()
+        return found
 
+    def mark_processed(self, processed: dict[str, int]) -> None:
+        """Transactions scored since the last commit (written with the next commit)."""
+        self._pending_processed.update(processed)
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # --- writing --------------------------------------------------------------------------
+    def commit(self, engine: OnlineFeatureEngine, checkpoint: dict[str, Any]) -> None:
+        """Write what changed, the processed ids and the checkpoint in one transaction."""
+        engine.prune()
+        oldest = engine.oldest_useful_us()
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            for plan, entities in enumerate(engine.entities):
+                dirty = getattr(entities, "dirty", set(entities))
+                con.executemany(
+                    "INSERT OR REPLACE INTO entities (plan, key, state) VALUES (?, ?, ?)",
+                    [(plan, pickle.dumps(k, protocol=5), pickle.dumps(entities[k], protocol=5))
+                     for k in dirty],
+                )
+                if hasattr(entities, "dirty"):
+                    entities.dirty.clear()
+            self._write_labels(con, engine, oldest)
+            con.executemany("INSERT OR REPLACE INTO processed (tx, ts) VALUES (?, ?)",
+                            self._pending_processed.items())
+            if oldest is not None:
+                # A replay of anything older would be out of order anyway; a day's margin.
+                con.execute("DELETE FROM processed WHERE ts < ?", (oldest - 86_400_000_000,))
+            meta = {
+                "format": STATE_FORMAT,
+                "feature_set_version": FEATURE_SET_VERSION,
+                "label_delay_days": str(engine.label_delay_days),
+                "watermark": json.dumps(engine.meta.watermark),
+                "checkpoint": json.dumps(checkpoint),
+            }
+            con.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                            meta.items())
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+        self._pending_processed = {}
+
+    def _write_labels(self, con: sqlite3.Connection, engine: OnlineFeatureEngine,
+                      oldest: int | None) -> None:
+        index = engine.meta.label_index
+        dirty = getattr(index, "dirty", set(index))
+        con.executemany(
+            "INSERT OR REPLACE INTO label_index (tx, ts, refs) VALUES (?, ?, ?)",
+            [(tx, index[tx][0], json.dumps(index[tx][1])) for tx in dirty if tx in index],
+        )
+        if hasattr(index, "dirty"):
+            index.dirty.clear()
+        if oldest is not None:
+            con.execute("DELETE FROM label_index WHERE ts < ?", (oldest,))
+        con.execute("DELETE FROM pending_labels")
+        con.executemany(
+            "INSERT INTO pending_labels (tx, is_fraud, known_us) VALUES (?, ?, ?)",
+            [(tx, f, k) for tx, (f, k) in engine.meta.pending_labels.items()],
+        )
 
 
 # --- DynamoDB -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ and is written as ``scored/transactions/dt=D/stream-<seq>.parquet`` and
 ``dead_letters/stream/dt=D/dead-<seq>.parquet`` (temporary file, then
 ``os.replace``). The online state, the processed transaction ids, the dead
 letter fingerprints and the last ``seq`` are then committed together in one
-atomic snapshot (:class:`~pipelines.online.store.LocalStateStore`). On start,
+SQLite transaction (:class:`~pipelines.online.store.LocalStateStore`). On start,
 output files newer than the committed ``seq`` (a run that died between writing
 and committing) are deleted; replaying the input skips every transaction
 already committed, so a killed run restarted on the same input ends with the
@@ -64,7 +64,9 @@ def dead_letter_dir(ws: Workspace) -> Path:
 class StreamSettings:
     batch_size: int = 1000
     max_wait_seconds: float = 1.0  # flush a partial batch when the input is quiet this long
-    commit_every: int = 1  # micro-batches per state commit (outputs always flush per batch)
+    # State commits at most this often (0: after every micro-batch). Outputs flush per
+    # batch regardless; a crash replays the uncommitted batches over their own files.
+    commit_interval_seconds: float = 5.0
 
 
 @dataclass
@@ -94,6 +96,16 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _transaction_ids(batch: list[RawRecord]) -> list[str]:
+    """Ids as validation will see them (trimmed), to look up which were already scored."""
+    ids = []
+    for record in batch:
+        value = (record.values or {}).get("transaction_id")
+        if value and value.strip():
+            ids.append(value.strip())
+    return ids
 
 
 def _by_day(table: pa.Table, column: str) -> Iterator[tuple[str, pa.Table]]:
@@ -136,6 +148,7 @@ class StreamScorer:
         self.engine: OnlineFeatureEngine | None = None
         self.checkpoint: dict[str, Any] = {}
         self._since_commit = 0
+        self._last_commit = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------------------
     def run(
@@ -151,7 +164,6 @@ class StreamScorer:
         with self.store.exclusive():
             self.engine, self.checkpoint = self.store.load(self.label_delay_days)
             self.checkpoint.setdefault("seq", 0)
-            self.checkpoint.setdefault("processed", {})
             self.checkpoint.setdefault("dead_keys", [])
             self.checkpoint.setdefault("label_files", [])
             summary.recovered_files = self.recover()
@@ -229,7 +241,7 @@ class StreamScorer:
                 engine=self.engine,
                 model=self.model,
                 tokeniser=self.tokeniser,
-                seen_ids=self.checkpoint["processed"],
+                seen_ids=self.store.seen(_transaction_ids(batch)),
                 seen_dead_keys=self.checkpoint["dead_keys"],
                 source=self.source,
                 run_id=self.run_id,
@@ -241,7 +253,7 @@ class StreamScorer:
         except Exception as exc:
             self._notify_failure(seq, batch, exc)
             raise
-        self.checkpoint["processed"].update(outcome.processed)
+        self.store.mark_processed(outcome.processed)
         dead_keys = self.checkpoint["dead_keys"] + outcome.dead_letter_keys
         self.checkpoint["dead_keys"] = dead_keys[-MAX_DEAD_KEYS:]
         self._since_commit += 1
@@ -251,7 +263,7 @@ class StreamScorer:
         summary.counts["batches"] += 1
         for reason in outcome.dead_letters.column("reason").to_pylist():
             summary.dead_letter_reasons[reason] = summary.dead_letter_reasons.get(reason, 0) + 1
-        if self._since_commit >= self.settings.commit_every:
+        if time.monotonic() - self._last_commit >= self.settings.commit_interval_seconds:
             self.commit()
         return outcome
 
@@ -270,22 +282,10 @@ class StreamScorer:
         if self._since_commit == 0 and self.store.path.exists():
             return
         self.checkpoint["seq"] = int(self.checkpoint["seq"]) + self._since_commit
-        self._prune_processed()
         self.store.commit(self.engine, self.checkpoint)
         self._since_commit = 0
+        self._last_commit = time.monotonic()
         self.refresh_labels()
-
-    def _prune_processed(self) -> None:
-        """Keep ids as long as a replayed copy could still be scored (the state horizon)."""
-        assert self.engine is not None
-        watermark = self.engine.meta.watermark
-        if watermark is None:
-            return
-        oldest = watermark - self.engine.horizon_micros - 86_400_000_000
-        processed = self.checkpoint["processed"]
-        stale = [tx for tx, ts in processed.items() if ts < oldest]
-        for tx in stale:
-            del processed[tx]
 
     def _notify_failure(self, seq: int, batch: list[RawRecord], exc: BaseException) -> None:
         lines = f"lines {batch[0].line}-{batch[-1].line}" if batch else "no records"
