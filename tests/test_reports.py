@@ -407,6 +407,11 @@ def test_fraud_stats_by_quarter_channel_and_type_with_late_labels(workspace: Wor
     assert types[("2026-Q1", "card_testing")] == 1
     assert types[("2026-Q1", "(not recorded)")] == 1  # J2: fraud without a scenario
 
+    written = generate(workspace, "fraud-stats", date(2026, 1, 1), date(2026, 6, 30))
+    quarter_csv = pd.read_csv(written.directory / "by_quarter.csv")
+    assert list(quarter_csv["fraud_transactions"]) == [2, 0]
+    assert pdf_pages(written.pdf) >= 1 and "<rect" in written.html.read_text()
+
 
 def test_fraud_stats_says_when_a_column_is_missing(workspace: Workspace):
     write_curated(workspace, [curated_row("X1", "2026-01-10T10:00:00Z", "C1", 10.0,

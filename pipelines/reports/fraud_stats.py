@@ -14,7 +14,7 @@ from datetime import date
 import pandas as pd
 
 from pipelines.reports.data import REFERENCE_USD_RATES, day_range, plain_rows, query_frame
-from pipelines.reports.document import Report, Section, Table
+from pipelines.reports.document import Chart, Report, Section, Series, Table
 from pipelines.workspace import Workspace
 
 MEASURES = ["transactions", "value_usd", "fraud_transactions", "fraud_value_usd",
@@ -85,6 +85,13 @@ def _dimension_section(frame: pd.DataFrame, column: str, title: str, fraud_only:
     return Section(title, [], [_table(f"by_quarter_{column}", title, table)])
 
 
+def _monthly_rates_chart(by_month: pd.DataFrame) -> Chart:
+    rates = [0.0 if pd.isna(v) else float(v) for v in by_month["fraud_rate_value_pct"]]
+    return Chart("Fraud rate by value, per month (%)", "bar",
+                 [Series("fraud rate by value", list(by_month["month"]), rates)],
+                 x_label="month", y_label="% of value")
+
+
 def build_fraud_stats_report(ws: Workspace, start: date, end: date) -> Report:
     """The ``fraud-stats`` report for transactions dated in [start, end]."""
     frame = grouped_counts(ws, start, end)
@@ -103,7 +110,8 @@ def build_fraud_stats_report(ws: Workspace, start: date, end: date) -> Report:
     sections = [
         Section("Basis", notes),
         Section("By period", [], [_table("by_month", "By month", by_month),
-                                  _table("by_quarter", "By quarter", by_quarter)]),
+                                  _table("by_quarter", "By quarter", by_quarter)],
+                [_monthly_rates_chart(by_month)]),
         _dimension_section(frame, "channel", "By channel", fraud_only=False),
         _dimension_section(frame, "fraud_type", "By fraud type", fraud_only=True),
     ]
