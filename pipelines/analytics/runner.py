@@ -19,13 +19,13 @@ from pipelines.workspace import Workspace
 
 # Tables that only exist once a later stage has written them, and what writes them.
 _PRODUCERS = {
-    "alerts": "fraudops athena export (after scoring has raised alerts)",
-    "cases": "fraudops athena export (after scoring has raised alerts)",
-    "scored": "fraudops score",
-    "quarantine": "fraudops ingest (a table appears once a row was quarantined)",
-    "transactions": "fraudops ingest",
-    "features": "fraudops features",
-    "labels": "fraudops feedback",
+    "alerts": ("fraudops athena export", " (after scoring has raised alerts)"),
+    "cases": ("fraudops athena export", " (after scoring has raised alerts)"),
+    "scored": ("fraudops score", ""),
+    "quarantine": ("fraudops ingest", " (the table appears once a row was quarantined)"),
+    "transactions": ("fraudops ingest", ""),
+    "features": ("fraudops features", ""),
+    "labels": ("fraudops feedback", ""),
 }
 
 
@@ -62,10 +62,10 @@ def as_athena_types(table: pa.Table) -> pa.Table:
 
 
 def _explain(name: str, message: str) -> str:
-    for table, producer in _PRODUCERS.items():
+    for table, (command, when) in _PRODUCERS.items():
         if f"Table with name {table} does not exist" in message:
-            return f"named query {name!r} needs table {table!r}, which is not in the lake yet: " \
-                   f"run `{producer}` first ({message.split(' (SQL after')[0]})"
+            return (f"named query {name!r} needs table {table!r}, which is not in the lake "
+                    f"yet: run `{command}` first{when}")
     return f"named query {name!r}: {message}"
 
 
