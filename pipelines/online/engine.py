@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,9 +277,7 @@ def _empty_totals(plan: FramePlan) -> list:
 
 
 def new_entity_state(plan: EntityPlan) -> EntityState:
-    return EntityState(
-        frames=[FrameState(totals=_empty_totals(f), waiting={}) for f in plan.frames]
-    )
+    return EntityState(frames=[FrameState(totals=_empty_totals(f)) for f in plan.frames])
 
 
 @dataclass
@@ -330,6 +328,11 @@ class OnlineFeatureEngine:
         if len(self.entities) != len(self.plans):
             raise ValueError(f"expected {len(self.plans)} entity maps, got {len(self.entities)}")
         self.meta = meta or EngineMeta()
+        # Keys changed since the last commit, per plan, and label-index entries added:
+        # what an incremental store must write.
+        self.touched: list[set] = [set() for _ in self.plans]
+        self.touched_labels: set[str] = set()
+        self._pass = build_entity_pass(self.plans, self._steps, self._events, self._sensitive)
         self.horizon_micros = max(
             (f.start for p in self.plans for f in p.frames if f.start is not None), default=0
         )
@@ -372,26 +375,8 @@ class OnlineFeatureEngine:
             )
         self.meta.watermark = t
         totals: list[Any] = [None] * len(AGGREGATES)
-        transaction_id = row["transaction_id"]
-        for index, plan in enumerate(self.plans):
-            key = tuple([env[c] for c in plan.columns])
-            entities = self.entities[index]
-            entity = entities.get(key)
-            if entity is None:
-                entity = new_entity_state(plan)
-            kept, values = self._events[index](env)
-            event = Event(entity.next_seq, transaction_id, t, kept, values)
-            entity.next_seq += 1
-            self._steps[index](entity, t, totals, event)
-            if self._sensitive[index]:
-                # get/set rather than setdefault: a tracking store sees the new entry.
-                label_index = self.meta.label_index
-                indexed = label_index.get(transaction_id)
-                if indexed is None:
-                    indexed = (t, [])
-                indexed[1].append((index, list(key)))
-                label_index[transaction_id] = indexed
-            entities[key] = entity
+        self._pass(env, row["transaction_id"], t, totals, self.entities, self.touched,
+                   self.meta.label_index, self.touched_labels)
         return self._features(env, totals)
 
     def apply_labels(self, labels: Iterable[tuple[str, int, int]]) -> int:
@@ -408,11 +393,10 @@ class OnlineFeatureEngine:
                 self.meta.pending_labels[transaction_id] = value
             else:
                 for plan_index, key in indexed[1]:
-                    entities = self.entities[plan_index]
-                    entity = entities.get(tuple(key))
+                    entity = self.entities[plan_index].get(tuple(key))
                     if entity is not None:
                         self._relabel(self.plans[plan_index], entity, transaction_id, value)
-                        entities[tuple(key)] = entity
+                        self.touched[plan_index].add(tuple(key))
             applied += 1
         return applied
 
@@ -595,6 +579,52 @@ def build_entity_step(plan: EntityPlan, name: str) -> Any:
     body += [f"frames[{f.position}].pending.append(event)" for f in plan.frames]
     function = build_function(name, ["entity", "t", "out", "event"], body)
     function.__globals__.update(promote_known=promote_known, windowed_max=windowed_max)
+    return function
+
+
+def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events: Sequence[Any],
+                      sensitive: Sequence[bool]) -> Any:
+    """Generated pass over every entity of one transaction, unrolled per plan.
+
+    For each plan: find (or create) the entity, build the event, run the plan's
+    step (advance frames, read aggregates, queue the event), note the key as
+    touched and, where late labels must find the transaction, index it.
+    """
+    body = []
+    for index, plan in enumerate(plans):
+        key = "(" + "".join(f"env[{c!r}], " for c in plan.columns) + ")"
+        body += [
+            f"key = {key}",
+            f"m = entities[{index}]",
+            "entity = m.get(key)",
+            "if entity is None:",
+            f"    entity = new_entity_state(plan_{index})",
+            "    m[key] = entity",
+            f"touched[{index}].add(key)",
+            f"kept, values = event_{index}(env)",
+            "event = Event(entity.next_seq, transaction_id, t, kept, values)",
+            "entity.next_seq += 1",
+            f"step_{index}(entity, t, totals, event)",
+        ]
+        if sensitive[index]:
+            body += [
+                "indexed = label_index.get(transaction_id)",
+                "if indexed is None:",
+                "    indexed = label_index[transaction_id] = (t, [])",
+                "    touched_labels.add(transaction_id)",
+                f"indexed[1].append(({index}, list(key)))",
+            ]
+    function = build_function(
+        "entity_pass",
+        ["env", "transaction_id", "t", "totals", "entities", "touched", "label_index",
+         "touched_labels"],
+        body,
+    )
+    scope = {"Event": Event, "new_entity_state": new_entity_state}
+    for index, plan in enumerate(plans):
+        scope.update({f"plan_{index}": plan, f"step_{index}": steps[index],
+                      f"event_{index}": events[index]})
+    function.__globals__.update(scope)
     return function
 
 

@@ -53,18 +53,6 @@ def online_dir(ws: Workspace) -> Path:
     return ws.state_dir / "online"
 
 
-class TrackedDict(dict):
-    """A dict that remembers which keys were set since the last commit."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.dirty: set = set()
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.dirty.add(key)
-
-
 class LocalStateStore:
     """The embedded online state in SQLite; each commit writes only what changed.
 
@@ -116,7 +104,7 @@ class LocalStateStore:
         """The engine as of the last commit (fresh if none) and that commit's checkpoint."""
         self._pending_processed = {}
         if not self.path.exists():
-            return self._tracked(OnlineFeatureEngine(label_delay_days)), {}
+            return OnlineFeatureEngine(label_delay_days), {}
         try:
             con = self._connect()
             try:
@@ -132,7 +120,7 @@ class LocalStateStore:
     def _load(self, con: sqlite3.Connection, label_delay_days: int):
         meta = self._meta(con)
         if not meta:
-            return self._tracked(OnlineFeatureEngine(label_delay_days)), {}
+            return OnlineFeatureEngine(label_delay_days), {}
         if meta.get("feature_set_version") != FEATURE_SET_VERSION:
             raise StateError(
                 f"{self.path} holds state for feature set {meta.get('feature_set_version')}, "
@@ -146,7 +134,7 @@ class LocalStateStore:
             )
         engine = OnlineFeatureEngine(label_delay_days)
         for plan, key, state in con.execute("SELECT plan, key, state FROM entities"):
-            dict.__setitem__(engine.entities[plan], pickle.loads(key), pickle.loads(state))  # noqa: S301
+            engine.entities[plan][pickle.loads(key)] = pickle.loads(state)  # noqa: S301
         engine.meta = EngineMeta(
             watermark=json.loads(meta["watermark"]),
             pending_labels={
@@ -158,12 +146,7 @@ class LocalStateStore:
                 for tx, ts, refs in con.execute("SELECT tx, ts, refs FROM label_index ORDER BY ts")
             },
         )
-        return self._tracked(engine), json.loads(meta["checkpoint"])
-
-    def _tracked(self, engine: OnlineFeatureEngine) -> OnlineFeatureEngine:
-        engine.entities = [TrackedDict(e) for e in engine.entities]
-        engine.meta.label_index = TrackedDict(engine.meta.label_index)
-        return engine
+        return engine, json.loads(meta["checkpoint"])
 
     def seen(self, transaction_ids: Iterable[str]) -> set[str]:
         """Which of these transactions were processed (committed, or since the last commit)."""
@@ -195,14 +178,11 @@ class LocalStateStore:
         try:
             con.execute("BEGIN IMMEDIATE")
             for plan, entities in enumerate(engine.entities):
-                dirty = getattr(entities, "dirty", set(entities))
                 con.executemany(
                     "INSERT OR REPLACE INTO entities (plan, key, state) VALUES (?, ?, ?)",
                     [(plan, pickle.dumps(k, protocol=5), pickle.dumps(entities[k], protocol=5))
-                     for k in dirty],
+                     for k in engine.touched[plan]],
                 )
-                if hasattr(entities, "dirty"):
-                    entities.dirty.clear()
             self._write_labels(con, engine, oldest)
             con.executemany("INSERT OR REPLACE INTO processed (tx, ts) VALUES (?, ?)",
                             self._pending_processed.items())
@@ -219,6 +199,9 @@ class LocalStateStore:
             con.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                             meta.items())
             con.execute("COMMIT")
+            for touched in engine.touched:
+                touched.clear()
+            engine.touched_labels.clear()
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
@@ -230,13 +213,11 @@ class LocalStateStore:
     def _write_labels(self, con: sqlite3.Connection, engine: OnlineFeatureEngine,
                       oldest: int | None) -> None:
         index = engine.meta.label_index
-        dirty = getattr(index, "dirty", set(index))
         con.executemany(
             "INSERT OR REPLACE INTO label_index (tx, ts, refs) VALUES (?, ?, ?)",
-            [(tx, index[tx][0], json.dumps(index[tx][1])) for tx in dirty if tx in index],
+            [(tx, index[tx][0], json.dumps(index[tx][1]))
+             for tx in engine.touched_labels if tx in index],
         )
-        if hasattr(index, "dirty"):
-            index.dirty.clear()
         if oldest is not None:
             con.execute("DELETE FROM label_index WHERE ts < ?", (oldest,))
         con.execute("DELETE FROM pending_labels")
@@ -317,8 +298,8 @@ class DynamoStateStore:
     def flush(self) -> int:
         """Write back every changed entity and the meta item; returns items written."""
         written = 0
-        for cache in self.caches:
-            for key in sorted(cache.dirty, key=repr):
+        for cache, touched in zip(self.caches, self.engine.touched, strict=True):
+            for key in sorted(touched | cache.dirty, key=repr):
                 state = cache.loaded[key]
                 self.table.put_item(
                     Item={
@@ -328,6 +309,7 @@ class DynamoStateStore:
                 )
                 written += 1
             cache.dirty.clear()
+            touched.clear()
         self.engine.prune()
         meta = self.engine.meta
         self.table.put_item(
