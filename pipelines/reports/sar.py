@@ -138,10 +138,13 @@ def _narrative(candidate: Candidate, facts: dict[str, dict], total: float,
            else "an unidentified subject")
     cards = sorted({facts[t]["card_masked"] for t in candidate.transaction_ids()
                     if t in facts and facts[t]["card_masked"]})
-    parts = [f"Between {first[:10]} and {last[:10]}, {who}"
-             + (f" (card {', '.join(cards)})" if cards else "")
-             + f" conducted {len(candidate.transaction_ids())} transactions totalling "
-             f"${total:,.2f} that are reported as {', '.join(categories).lower()}."]
+    when = (f"On {first[:10]}" if first[:10] == last[:10]
+            else f"Between {first[:10]} and {last[:10]}")
+    count = len(candidate.transaction_ids())
+    parts = [f"{when}, {who}" + (f" (card {', '.join(cards)})" if cards else "")
+             + f" conducted {count} transaction{'s' if count != 1 else ''} totalling "
+             f"${total:,.2f} that {'are' if count != 1 else 'is'} reported as "
+             f"{', '.join(categories).lower()}."]
     if candidate.alerts:
         top = max(candidate.alerts, key=lambda a: a["score"])
         reasons = sorted({r for a in candidate.alerts for r in a["reasons"]})
