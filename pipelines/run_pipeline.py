@@ -187,14 +187,15 @@ def run_locally(args: argparse.Namespace, kwargs: dict[str, Any], tags: list, pa
     """Render offline into the workspace and run with the local executor; 0 if it succeeded."""
     from pipelines.commands._common import open_workspace
     from pipelines.commands.model import current_user
-    from pipelines.fraud.definition import render_pipeline
+    from pipelines.fraud.definition import render_pipeline_cached
 
     run_pipeline_definition = _local_executor()
     if tags:
         logger.info("tags apply to AWS resources; the local backend records none")
     workspace = open_workspace(args)
-    rendered = render_pipeline(
-        kwargs, code_store_dir=workspace.object_store, module_name=args.module_name
+    rendered = render_pipeline_cached(
+        kwargs, code_store_dir=workspace.object_store, module_name=args.module_name,
+        cache_dir=workspace.state_dir / "definitions",
     )
     print(f"Pipeline {rendered.name}: code staged in {workspace.object_store}")
     from pipelines.executor import ExecutorError

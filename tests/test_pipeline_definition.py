@@ -392,3 +392,43 @@ def test_run_pipeline_local_without_the_executor_says_so(workspace, monkeypatch,
     monkeypatch.setitem(sys.modules, "pipelines.executor", None)  # import fails
     assert main(["--workdir", str(workspace.root)]) == 2
     assert "needs pipelines.executor.run_pipeline_definition" in capsys.readouterr().err
+
+
+def test_cached_render_returns_the_identical_definition_without_the_sdk(
+    rendered, tmp_path, monkeypatch
+):
+    import pipelines.fraud.definition as definition_module
+
+    result, _, store = rendered
+    cache = tmp_path / "cache"
+    calls = []
+
+    def counting_render(*args, **kwargs):
+        calls.append(kwargs)
+        return result
+
+    monkeypatch.setattr(definition_module, "render_pipeline", counting_render)
+    first = definition_module.render_pipeline_cached(KWARGS, code_store_dir=store, cache_dir=cache)
+    again = definition_module.render_pipeline_cached(KWARGS, code_store_dir=store, cache_dir=cache)
+    assert first.definition == again.definition == result.definition
+    assert len(calls) == 1, "the second render came from the cache"
+
+    other = definition_module.render_pipeline_cached(
+        {**KWARGS, "pipeline_name": "other"}, code_store_dir=store, cache_dir=cache)
+    assert len(calls) == 2 and other is result, "other kwargs miss the cache"
+
+    missing_code = tmp_path / "empty-store"
+    definition_module.render_pipeline_cached(KWARGS, code_store_dir=missing_code, cache_dir=cache)
+    assert len(calls) == 3, "a cache entry whose staged code is gone is re-rendered"
+
+
+def test_fingerprint_changes_with_the_shipped_code(monkeypatch, tmp_path):
+    import pipelines.fraud.definition as definition_module
+
+    for folder in definition_module.RENDER_INPUTS:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.py").write_text("a = 1\n")
+    monkeypatch.setattr(definition_module, "REPO_ROOT", tmp_path)
+    before = definition_module.render_fingerprint(KWARGS)
+    (tmp_path / "training" / "x.py").write_text("a = 2\n")
+    assert definition_module.render_fingerprint(KWARGS) != before

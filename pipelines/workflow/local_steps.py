@@ -68,9 +68,12 @@ def features(ctx: RunContext) -> dict[str, Any]:
 def pipeline(ctx: RunContext) -> dict[str, Any]:
     from pipelines.commands.model import current_user
     from pipelines.executor import run_pipeline_definition
-    from pipelines.fraud.definition import render_pipeline
+    from pipelines.fraud.definition import render_pipeline_cached
 
-    rendered = render_pipeline({}, code_store_dir=ctx.workspace.object_store)
+    rendered = render_pipeline_cached(
+        {}, code_store_dir=ctx.workspace.object_store,
+        cache_dir=ctx.workspace.state_dir / "definitions",
+    )
     parameters = {k: v for k, v in ctx.options["pipeline_parameters"].items() if v is not None}
     execution = run_pipeline_definition(
         rendered.definition, ctx.workspace, parameters, current_user(), rendered.name
