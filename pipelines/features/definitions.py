@@ -335,8 +335,12 @@ def _check_definitions() -> None:
     for a in AGGREGATES:
         if (a.function == "count") != (a.value is None):
             raise ValueError(f"aggregate {a.name}: count takes no value, sum/max need one")
-        if a.labels_known_at_t and (a.function == "max" or a.lag != "label_delay"):
-            raise ValueError(f"aggregate {a.name}: labels_known_at_t needs count/sum and lag")
+        if a.labels_known_at_t and (
+            a.function == "max" or a.lag != "label_delay" or a.window is None
+        ):
+            raise ValueError(
+                f"aggregate {a.name}: labels_known_at_t needs count/sum, a window and the lag"
+            )
 
 
 _check_definitions()

@@ -101,7 +101,7 @@ def _windowed_select(delay_micros: int) -> str:
     )
 
 
-def _late_label_ctes(delay_micros: int) -> tuple[list[str], list[str]]:
+def _late_label_ctes(delay_micros: int) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """CTEs subtracting labels that were not yet known at t, grouped by entity.
 
     A row in ``[t - delay - w, t - delay)`` whose label became known after t must
@@ -111,7 +111,8 @@ def _late_label_ctes(delay_micros: int) -> tuple[list[str], list[str]]:
     for a in AGGREGATES:
         if a.labels_known_at_t:
             by_entity.setdefault(a.entity, []).append(a)
-    ctes, names = [], []
+    ctes: list[str] = []
+    names: list[tuple[str, list[str]]] = []
     for index, (entity, aggregates) in enumerate(by_entity.items()):
         late, corr = f"late_labels_{index}", f"late_label_corrections_{index}"
         frames = [a.frame_micros(delay_micros) for a in aggregates]
