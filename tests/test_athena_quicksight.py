@@ -291,3 +291,60 @@ def test_quicksight_second_deploy_updates_in_place():
     assert published["VersionNumber"] == 4
     assert set(report.actions.values()) == {"updated"}
     assert all("UseAs" not in p for n, p in calls if n == "UpdateDataSet")
+
+
+# --- CLI wiring -------------------------------------------------------------------
+
+
+class _Session:
+    """Stands in for boto3.Session: hands out the stubbed clients."""
+
+    region_name = "us-east-1"
+
+    def __init__(self, clients: dict):
+        self.clients = clients
+
+    def client(self, name: str):
+        return self.clients[name]
+
+
+def test_cli_runs_a_named_query_on_athena(monkeypatch, capsys):
+    import json
+
+    from pipelines.cli import main as cli_main
+    from pipelines.commands import athena as athena_command
+
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+    cfn_stub = Stubber(cloudformation)
+    cfn_stub.add_response("list_exports", {"Exports": [
+        {"ExportingStackId": "s", "Name": f"fraudops-dev-{k}", "Value": v} for k, v in {
+            "GlueDatabase": "fraudops_dev", "AthenaWorkgroup": "fraudops-dev",
+            "LakeBucket": "lake-bkt", "ArtifactsBucket": "art-bkt"}.items()]}, {})
+    client, stub = _athena()
+    stub.add_response("start_query_execution", {"QueryExecutionId": "q-9"}, {
+        "QueryString": ANY, "QueryExecutionContext": {"Database": "fraudops_dev"},
+        "WorkGroup": "fraudops-dev", "ResultConfiguration": ANY,
+        "ExecutionParameters": ["5", "5", "5", "'2024-03-02'", "'9999-12-31'"]})
+    stub.add_response("get_query_execution", _execution("q-9", "SUCCEEDED"), None)
+    columns = [{"Name": "day", "Type": "varchar"}, {"Name": "cases_opened", "Type": "bigint"}]
+    stub.add_response("get_query_results", {"ResultSet": {
+        "ResultSetMetadata": {"ColumnInfo": columns},
+        "Rows": [{"Data": [_cell("day"), _cell("cases_opened")]},
+                 {"Data": [_cell("2024-03-02"), _cell("7")]}]}}, None)
+    monkeypatch.setattr(athena_command, "_session",
+                        lambda args: _Session({"cloudformation": cloudformation, "athena": client}))
+    with cfn_stub, stub:
+        assert cli_main(["athena", "query", "--named", "alert_volume_vs_capacity", "--backend",
+                         "aws", "--env", "dev", "--param", "start_day=2024-03-02", "--param",
+                         "capacity=5", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"day": "2024-03-02", "cases_opened": 7}]
+
+
+def test_rls_rules_from_the_command_line():
+    from pipelines.commands._common import UserError
+    from pipelines.commands.athena import parse_rls
+
+    assert parse_rls(["all:channel", "web:channel=ecommerce,atm"]) == (
+        RlsRule("all", "channel"), RlsRule("web", "channel", ("ecommerce", "atm")))
+    with pytest.raises(UserError, match="GROUP:FIELD"):
+        parse_rls(["no-field"])

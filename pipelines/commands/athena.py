@@ -7,6 +7,8 @@
     fraudops athena create-tables --env dev               # DDL with partition projection
     fraudops athena create-named-queries --env dev        # the library as Athena named queries
     fraudops athena export                                # SQLite alert/case queue -> lake
+    fraudops athena quicksight --env dev --owner-arn ARN \
+        --rls fraud-analysts:channel --rls ecommerce-analysts:channel=ecommerce
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_aws_arguments(named, required=True)
     named.set_defaults(handler=_create_named)
 
+    quicksight = actions.add_parser(
+        "quicksight", help="create or update the QuickSight data source, SPICE datasets from "
+        "the named queries, RLS rules, refresh schedules and dashboard")
+    _add_aws_arguments(quicksight, required=True)
+    quicksight.add_argument("--owner-arn", required=True,
+                            help="QuickSight user or group ARN that administers the assets")
+    quicksight.add_argument("--viewer-group-arn", action="append", default=[],
+                            help="QuickSight group ARN allowed to view the dashboard (repeatable)")
+    quicksight.add_argument("--rls", action="append", default=[], metavar="GROUP:FIELD[=V1,V2]",
+                            help="row-level security: GROUP sees rows whose FIELD is one of the "
+                            "values (no values: every row); repeatable")
+    quicksight.add_argument("--refresh-time", default="06:00", help="daily SPICE refresh, HH:MM")
+    quicksight.set_defaults(handler=_quicksight)
+
     export = actions.add_parser("export", help="write the alert/case queue to the lake")
     add_workdir_argument(export)
     export.set_defaults(handler=_export)
@@ -101,20 +117,35 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runner(args: argparse.Namespace):
+def _session(args: argparse.Namespace):
     import boto3
 
+    session = boto3.Session(region_name=args.region)
+    if session.region_name is None:
+        raise UserError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+    return session
+
+
+def _runner(args: argparse.Namespace):
     from companions.athena.client import AthenaRunner, resolve_target
 
     if not args.env:
         raise UserError("--backend aws needs --env (dev, staging or prod)")
-    session = boto3.Session(region_name=args.region)
+    session = _session(args)
     target = resolve_target(session.client("cloudformation"), args.env, args.project)
     return AthenaRunner(session.client("athena"), target)
 
 
-def _query(args: argparse.Namespace) -> int:
+def _aws_errors():
+    """AWS failures (credentials, permissions, throttling) as errors the user can act on."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from companions.athena.client import AthenaQueryError
+
+    return (AthenaQueryError, BotoCoreError, ClientError)
+
+
+def _query(args: argparse.Namespace) -> int:
     from companions.athena.library import NamedQueryError, get_query
 
     params = parse_named_params(args.param)
@@ -124,7 +155,7 @@ def _query(args: argparse.Namespace) -> int:
             table = _runner(args).run_named(query, params)
         else:
             table = _run_local(args, query.name, params, query.sql)
-    except (NamedQueryError, QueryError, CatalogBusyError, AthenaQueryError) as exc:
+    except (NamedQueryError, QueryError, CatalogBusyError, *_aws_errors()) as exc:
         raise UserError(str(exc)) from exc
     emit(table, args.format, args.max_rows)
     return 0
@@ -150,13 +181,12 @@ def _ddl(args: argparse.Namespace) -> int:
 
 
 def _create_tables(args: argparse.Namespace) -> int:
-    from companions.athena.client import AthenaQueryError
     from companions.athena.ddl import DEFAULT_PROJECTION_START
 
     try:
         runner = _runner(args)
         ids = runner.create_tables(args.projection_start or DEFAULT_PROJECTION_START)
-    except AthenaQueryError as exc:
+    except _aws_errors() as exc:
         raise UserError(str(exc)) from exc
     for name, query_id in ids.items():
         print(f"{runner.target.database}.{name}: created or already present ({query_id})")
@@ -164,15 +194,56 @@ def _create_tables(args: argparse.Namespace) -> int:
 
 
 def _create_named(args: argparse.Namespace) -> int:
-    from companions.athena.client import AthenaQueryError
     from companions.athena.library import load_library
 
     try:
         outcome = _runner(args).sync_named_queries(load_library())
-    except AthenaQueryError as exc:
+    except _aws_errors() as exc:
         raise UserError(str(exc)) from exc
     for name, what in outcome.items():
         print(f"{name}: {what}")
+    return 0
+
+
+def parse_rls(items: list[str]):
+    """``GROUP:FIELD`` or ``GROUP:FIELD=V1,V2`` -> ``RlsRule``s."""
+    from companions.quicksight.deploy import RlsRule
+
+    rules = []
+    for item in items:
+        group, sep, rest = item.partition(":")
+        field, _, values = rest.partition("=")
+        if not sep or not group or not field:
+            raise UserError(f"--rls {item!r}: expected GROUP:FIELD or GROUP:FIELD=V1,V2, "
+                            "e.g. ecommerce-analysts:channel=ecommerce")
+        rules.append(RlsRule(group, field, tuple(v for v in values.split(",") if v)))
+    return tuple(rules)
+
+
+def _quicksight(args: argparse.Namespace) -> int:
+    from companions.athena.client import resolve_target
+    from companions.athena.ddl import athena_tables
+    from companions.athena.library import load_library
+    from companions.quicksight.deploy import QuickSightConfig, QuickSightDeployer
+    from pipelines.analytics.runner import output_schema
+
+    rules = parse_rls(args.rls)
+    session = _session(args)
+    try:
+        target = resolve_target(session.client("cloudformation"), args.env, args.project)
+        config = QuickSightConfig(
+            account_id=session.client("sts").get_caller_identity()["Account"],
+            workgroup=target.workgroup, database=target.database, owner_arn=args.owner_arn,
+            viewer_group_arns=tuple(args.viewer_group_arn), rls_rules=rules,
+            prefix=f"{args.project}-{args.env}", refresh_time=args.refresh_time,
+        )
+        deployer = QuickSightDeployer(session.client("quicksight"), config, session.region_name,
+                                      load_library(), output_schema, set(athena_tables()))
+        actions = deployer.deploy().actions
+    except _aws_errors() as exc:
+        raise UserError(str(exc)) from exc
+    for resource, action in actions.items():
+        print(f"{resource}: {action}")
     return 0
 
 
