@@ -18,6 +18,7 @@ from pipelines.analytics.dashboard import (
     render_dashboard,
 )
 from pipelines.cli import main as cli_main
+from pipelines.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -52,9 +53,10 @@ def _evaluation(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def rendered(workspace, tmp_path):
-    build_crafted_lake(workspace)
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("dashboard")
+    workspace = build_crafted_lake(Workspace.open(tmp_path / "ws"))
     out = tmp_path / "out" / "dashboard.html"
     options = DashboardOptions(capacity=2, min_terminal_transactions=2)
     summary = render_dashboard(workspace, out, _evaluation(tmp_path / "evaluation.json"), options)

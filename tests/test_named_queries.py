@@ -18,6 +18,7 @@ from pipelines.lake.catalog import refresh_catalog
 from pipelines.lake.query import QueryError
 from pipelines.schema import CURATED_SCHEMA, QUARANTINE_SCHEMA
 from pipelines.scoring.batch import SCORED_SCHEMA
+from pipelines.workspace import Workspace
 
 D1, D2 = "2024-03-01", "2024-03-02"
 # id, day, terminal, channel, merchant category, is_fraud, amount
@@ -118,9 +119,10 @@ def build_crafted_lake(ws):
     return ws
 
 
-@pytest.fixture
-def lake(workspace):
-    return build_crafted_lake(workspace)
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    """Shared by the read-only tests; a test that changes the queue builds its own."""
+    return build_crafted_lake(Workspace.open(tmp_path_factory.mktemp("lake") / "ws"))
 
 
 def rows(ws, name, **params):
@@ -251,7 +253,8 @@ def test_malformed_query_file_is_reported_with_its_line(tmp_path):
         parse_query_file(bad)
 
 
-def test_export_is_complete_and_replaces_the_previous_one(lake):
+def test_export_is_complete_and_replaces_the_previous_one(workspace):
+    lake = build_crafted_lake(workspace)
     alerts = pq.read_table(alerts_dir(lake), partitioning="hive")
     assert alerts.num_rows == 4 and sorted(set(alerts.column("dt").to_pylist())) == [D1, D2]
     assert set(ALERTS_SCHEMA.names) == set(alerts.column_names)
