@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.reports.document import Report, ReportError
-from pipelines.reports.output import WrittenReport, write_report
 from pipelines.workspace import Workspace
+
+if TYPE_CHECKING:  # the writers pull in reportlab; the CLI parser need not load it
+    from pipelines.reports.output import WrittenReport
 
 # name -> (module, builder); imported on use so one report's dependencies never
 # slow down or break another.
@@ -47,7 +49,9 @@ def build(ws: Workspace, name: str, start: date, end: date, **options: Any) -> R
 def generate(ws: Workspace, name: str, start: date, end: date, actor: str | None = None,
              **options: Any) -> WrittenReport:
     """Build report ``name`` and write it (all formats or nothing), audited."""
+    from pipelines.reports.output import write_report
+
     return write_report(ws, build(ws, name, start, end, **options), actor=actor)
 
 
-__all__ = ["REPORT_NAMES", "Report", "ReportError", "WrittenReport", "build", "generate"]
+__all__ = ["REPORT_NAMES", "Report", "ReportError", "build", "generate"]
