@@ -27,7 +27,8 @@ run: $(STAMP)
 
 # Headless Chromium for the dashboard test (Debian packages; the test installs nothing).
 system-deps:
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff check .
