@@ -18,14 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures.third_party import LAYOUTS
 
+from pipelines import schema
 from pipelines.cli import main
 from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
 from pipelines.features.definitions import FEATURE_COLUMNS
+from pipelines.ingest import ingest
+from pipelines.ingest.columns import load_column_map, resolve_columns
 from pipelines.lake.query import run_query
 from pipelines.registry import LocalModelRegistry
 from pipelines.workspace import Workspace
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 ROWS, DAYS, SEED = 36_000, 45, 3
 LABEL_DELAY_DAYS = 7
@@ -37,6 +40,44 @@ OPTIONAL_FEATURES_ZERO_WITHOUT_DATA = (
     "is_cash_tx", "channel_card_present", "channel_ecommerce", "channel_atm",
     "new_channel_for_customer", "new_country_for_customer",
 )
+
+
+# --- fast: the layouts and their column maps -----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_column_map_provides_every_required_column_and_the_label(name):
+    layout = LAYOUTS[name]
+    headers = list(layout.generate(rows=2_000, days=5, seed=0).columns)
+    resolved = resolve_columns(headers, load_column_map(layout.column_map_path), name)
+    assert set(resolved.values()) >= {*schema.REQUIRED_COLUMNS, "is_fraud"}
+
+
+def test_handbook_fixture_follows_the_published_scenarios():
+    frame = LAYOUTS["handbook"].generate(rows=30_000, days=40, seed=2)
+    scenario = frame["TX_FRAUD_SCENARIO"]
+    assert ((scenario != 0) == (frame["TX_FRAUD"] == 1)).all()
+    assert (frame.loc[scenario == 1, "TX_AMOUNT"] > 220).all()
+    assert set(scenario.unique()) == {0, 1, 2, 3}
+    # Terminal compromises last 28 days: a compromised terminal's frauds span days.
+    spans = frame[scenario == 2].groupby("TERMINAL_ID")["TX_TIME_DAYS"].agg(["min", "max"])
+    assert (spans["max"] - spans["min"]).max() >= 7
+    assert 0.003 <= frame["TX_FRAUD"].mean() <= 0.02  # the handbook reports ~0.8%
+
+
+def test_time_offsets_from_a_private_reference_are_quarantined_not_misdated(workspace, tmp_path):
+    """IEEE-CIS publishes TransactionDT as seconds from an undisclosed start: refuse, clearly."""
+    layout = LAYOUTS["ieee"]
+    frame = layout.generate(rows=2_000, days=5, seed=0).head(50)
+    frame["TransactionDT"] -= int(frame["TransactionDT"].min()) - 86_400
+    path = tmp_path / "offsets.csv"
+    frame.to_csv(path, index=False)
+    report = ingest(workspace, [path], column_map=load_column_map(layout.column_map_path))
+    assert report.rows_curated == 0
+    assert report.quarantine_reasons == {"bad_timestamp": 50}
+
+
+# --- slow: the whole workflow on each layout --------------------------------------------
 
 
 class Run:
@@ -76,6 +117,7 @@ def runs(tmp_path_factory):
         run.stop_endpoint()
 
 
+@slow
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_run_succeeds_and_serves_an_approved_model(runs, name):
     run = runs(name)
@@ -88,6 +130,7 @@ def test_run_succeeds_and_serves_an_approved_model(runs, name):
     assert scored > 0
 
 
+@slow
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_every_row_is_curated_with_its_label_and_utc_time(runs, name):
     run = runs(name)
@@ -113,6 +156,7 @@ def _first_timestamp(name: str, frame) -> dt.datetime:
     return min(dt.datetime.fromisoformat(text) for text in frame["ts"])
 
 
+@slow
 def test_missing_optional_columns_are_null_and_their_features_neutral(runs):
     run = runs("minimal")
     nulls = run_query(run.ws, "SELECT count(channel) AS channel, count(country) AS country, "
@@ -124,6 +168,7 @@ def test_missing_optional_columns_are_null_and_their_features_neutral(runs):
         assert set(features[name]) == {0.0}, name
 
 
+@slow
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_feature_table_is_complete_and_finite(runs, name):
     run = runs(name)
@@ -135,6 +180,7 @@ def test_feature_table_is_complete_and_finite(runs, name):
         assert all(v is not None and math.isfinite(v) for v in values), column
 
 
+@slow
 def test_handbook_test_window_follows_the_label_delay_gap(runs):
     run = runs("handbook")
     meta_path = next(run.ws.state_dir.rglob("training_metadata.json"))
@@ -148,6 +194,7 @@ def test_handbook_test_window_follows_the_label_delay_gap(runs):
     assert dt.date.fromisoformat(test["end"]) == last_day
 
 
+@slow
 def test_handbook_average_precision_is_far_above_chance(runs):
     run = runs("handbook")
     evaluation = run.evaluation()
@@ -161,6 +208,7 @@ def test_handbook_average_precision_is_far_above_chance(runs):
     assert card["value"] >= 0.5 * card["best_possible"]
 
 
+@slow
 @pytest.mark.parametrize("name", ["ieee", "minimal"])
 def test_other_layouts_rank_fraud_better_than_chance(runs, name):
     evaluation = runs(name).evaluation()

@@ -1,0 +1,155 @@
+"""Model quality on third-party-shaped data and on our generator, the way the field measures it.
+
+Runs ``fraudops run`` (the whole workflow, chronological train / label-delay /
+test protocol, default features and XGBoost settings) in a fresh workspace per
+dataset and seed, and reports the Evaluate step's test metrics: average
+precision, ROC AUC, card precision@k and the best card precision@k a perfect
+ranking could reach on that test window (small populations cap it far below 1).
+
+Datasets: ``ours`` (``fraudops generate``) and the layouts of
+``tests/fixtures/third_party.py`` (``handbook``: Le Borgne et al.'s simulator;
+``ieee``: IEEE-CIS-like, epoch seconds; ``minimal``: required columns + label),
+each given to ``fraudops run --input ... --column-map ...``.
+
+``python -m bench --only quality --size 40000`` runs seed 1 of each dataset;
+``python -m bench.quality --size 40000 --seeds 1 2 3`` reports medians over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench._harness import Result
+
+AREA = "quality"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_FILE = REPO_ROOT / "tests" / "fixtures" / "third_party.py"
+OURS = "ours"
+METRICS = ("average precision", "ROC AUC", "card precision@k", "card precision@k best possible",
+           "test fraud rate")
+
+
+def fixtures() -> ModuleType:
+    """The third-party generators, loaded by path (``tests`` is not an installed package)."""
+    name = "fraudops_third_party_fixtures"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, FIXTURES_FILE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while decorating
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def dataset_names() -> list[str]:
+    return [OURS, *fixtures().LAYOUTS]
+
+
+def days_for(size: int) -> int:
+    """Enough days for 30-day customer windows plus train / delay / test at any size."""
+    return 50 if size <= 200_000 else 90
+
+
+def run_dataset(name: str, size: int, seed: int, workdir: Path) -> dict[str, float]:
+    """One ``fraudops run`` in a fresh workspace; returns the test metrics."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir / "ws")]
+    if name == OURS:
+        command += ["--transactions", str(size), "--days", str(days_for(size)),
+                    "--seed", str(seed), "--malformed-rate", "0"]
+    else:
+        layout = fixtures().LAYOUTS[name]
+        path, _ = layout.write(workdir / "input", rows=size, days=days_for(size), seed=seed)
+        command += ["--input", str(path), "--column-map", str(layout.column_map_path)]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, check=False,
+                                   cwd=REPO_ROOT)
+    finally:
+        _stop_endpoint(workdir / "ws")
+    evaluations = sorted((workdir / "ws").rglob("evaluation.json"))
+    if not evaluations:  # a gate failure still leaves the evaluation; anything else is fatal
+        raise RuntimeError(f"fraudops run on {name} (seed {seed}) failed:\n"
+                           f"{completed.stdout[-3000:]}{completed.stderr[-2000:]}")
+    return metrics_of(json.loads(evaluations[-1].read_text()))
+
+
+def metrics_of(evaluation: dict) -> dict[str, float]:
+    """The figures this benchmark reports, from an ``evaluation.json``."""
+    metrics = evaluation["binary_classification_metrics"]
+    card = metrics["card_precision_at_k"]
+    return {
+        "average precision": metrics["average_precision"]["value"],
+        "ROC AUC": metrics["roc_auc"]["value"],
+        "card precision@k": card["value"],
+        "card precision@k best possible": card["best_possible"],
+        "test fraud rate": evaluation["n_fraud"] / evaluation["n_test"],
+    }
+
+
+def _stop_endpoint(workspace_root: Path) -> None:
+    from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
+    from pipelines.workspace import Workspace
+
+    if not workspace_root.exists():
+        return
+    state = read_endpoint_state(Workspace.open(workspace_root)) or {}
+    if state.get("pid"):
+        stop_endpoint_process(int(state["pid"]))
+
+
+def measure(size: int, workdir: Path, seeds: list[int], names: list[str]) -> list[Result]:
+    """Median of each metric over ``seeds``, per dataset."""
+    results: list[Result] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("fraudops run per dataset and seed", total=len(names) * len(seeds))
+        for name in names:
+            runs = []
+            for seed in seeds:
+                runs.append(run_dataset(name, size, seed, workdir / f"{name}-{seed}"))
+                progress.advance(task)
+            for metric in METRICS:
+                value = statistics.median(run[metric] for run in runs)
+                results.append(Result(AREA, f"{name}: {metric}", value,
+                                      f"median of {len(seeds)} seed(s)"))
+    return results
+
+
+def run(size: int, workdir: Path) -> list[Result]:
+    """The bench harness entry point: seed 1 of every dataset."""
+    return measure(size, workdir, [1], dataset_names())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument("--size", type=int, default=40_000, help="transactions per dataset")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fraudops-quality-") as tmp:
+        results = measure(args.size, args.workdir or Path(tmp), args.seeds,
+                          args.datasets or dataset_names())
+    table = Table(title=f"model quality at {args.size:,} transactions, seeds {args.seeds}")
+    for column in ("dataset", "metric", "median"):
+        table.add_column(column)
+    for result in results:
+        dataset, metric = result.name.split(": ", 1)
+        table.add_row(dataset, metric, f"{result.value:.3f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
