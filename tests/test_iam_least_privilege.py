@@ -1,0 +1,175 @@
+"""Every AWS call the code makes is allowed by the role that makes it.
+
+The code behind each role (a Lambda handler, the CodeBuild model build, the
+state machine) is scanned statically: its modules, following imports inside
+the repository, and every method call whose name is an operation of an AWS
+service the project uses. Each such operation must be granted to the role.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+import botocore.session
+import pytest
+from cfnlint.decode import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {  # botocore service name -> IAM action prefix
+    "s3": "s3", "sns": "sns", "sqs": "sqs", "dynamodb": "dynamodb", "sagemaker": "sagemaker",
+    "sagemaker-runtime": "sagemaker", "glue": "glue", "secretsmanager": "secretsmanager",
+    "kinesis": "kinesis", "lambda": "lambda", "athena": "athena", "backup": "backup",
+}
+# What each role runs: entry modules (or the rendered state machine).
+ROLE_CODE = {
+    ("ml.yaml", "FailureNotificationRole"): ["lambdas.failure_notification.handler"],
+    ("ml.yaml", "AlertRole"): ["lambdas.alert.handler"],
+    ("ml.yaml", "DeployRole"): ["lambdas.deploy.handler", "pipelines.deploy.aws"],
+    ("ml.yaml", "StreamScoringRole"): ["lambdas.stream_scoring.handler"],
+    ("cicd.yaml", "BuildRole"): ["pipelines.run_pipeline"],
+}
+# Modules the scan reaches by import that never run under the role on AWS
+# (they serve the local backend or CLI subcommands).
+LOCAL_ONLY = {
+    "pipelines.deploy.local", "pipelines.registry.local", "pipelines.endpoint.server",
+    "pipelines.governance.vault", "pipelines.commands", "pipelines.executor",
+    "pipelines.fraud.definition",  # renders under moto; the aws path never calls it
+}
+# Same-named methods that are not AWS calls: (module, action) -> what it really is.
+NOT_AWS_CALLS = {
+    ("pipelines.ingest.run", "sns:Publish"): "writer.publish renames staged files into place",
+    ("pipelines.executor.status_events", "sns:Publish"): "the local event bus",
+}
+# API operations whose IAM action has another name.
+IAM_ACTION_OF = {
+    "lambda:Invoke": "lambda:InvokeFunction",
+    "elasticmapreduce:AddStep": "elasticmapreduce:AddJobFlowSteps",  # Step Functions' name
+    "sqs:SendMessageBatch": "sqs:SendMessage",  # batch calls need the single-call action
+}
+
+
+@cache
+def _operations() -> dict[str, set[str]]:
+    """snake_case operation name -> IAM actions it maps to, over the project's services."""
+    session = botocore.session.get_session()
+    found: dict[str, set[str]] = {}
+    for service, prefix in SERVICES.items():
+        model = session.get_service_model(service)
+        for name in model.operation_names:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+            action = f"{prefix}:{name}"
+            found.setdefault(snake, set()).add(IAM_ACTION_OF.get(action, action))
+    return found
+
+
+def _module_path(module: str) -> Path | None:
+    base = ROOT / Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _closure(entries: list[str]) -> set[str]:
+    """Repository modules reachable from ``entries`` by import."""
+    seen: set[str] = set()
+    todo = list(entries)
+    while todo:
+        module = todo.pop()
+        local_only = any(module == m or module.startswith(f"{m}.") for m in LOCAL_ONLY)
+        if module in seen or local_only or _module_path(module) is None:
+            continue
+        seen.add(module)
+        tree = ast.parse(_module_path(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                todo.append(node.module)
+                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                todo.extend(alias.name for alias in node.names)
+    return seen
+
+
+def _used_actions(modules: set[str]) -> dict[str, str]:
+    """IAM action -> the module that calls it."""
+    operations = _operations()
+    used: dict[str, str] = {}
+    for module in modules:
+        tree = ast.parse(_module_path(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                for action in operations.get(node.func.attr, ()):
+                    if (module, action) not in NOT_AWS_CALLS:
+                        used.setdefault(IAM_ACTION_OF.get(action, action), module)
+    return used
+
+
+def _granted(template: str, role: str) -> list[str]:
+    parsed, _ = decode(str(ROOT / "infra" / template))
+    actions = []
+    for policy in parsed["Resources"][role]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Allow":
+                value = statement["Action"]
+                actions += value if isinstance(value, list) else [value]
+    return actions
+
+
+def _allowed(action: str, granted: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(action.lower(), g.lower()) for g in granted)
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_CODE), ids=lambda r: r[1])
+def test_every_call_is_granted(role):
+    template, name = role
+    modules = _closure(ROLE_CODE[role])
+    assert modules, f"no code found for {name}"
+    granted = _granted(template, name)
+    used = _used_actions(modules)
+    # Which service a generic name like describe_endpoint belongs to is decided
+    # by the role's own grants when more than one service offers it.
+    missing = {
+        action: module for action, module in used.items()
+        if not _allowed(action, granted)
+        and not any(_allowed(other, granted) for other in _siblings(action, used))
+    }
+    assert not missing, f"{name} lacks: {missing}"
+
+
+def _siblings(action: str, used: dict[str, str]) -> set[str]:
+    """Other services' actions reached through the same snake_case call name."""
+    return {other for actions in _operations().values() if action in actions
+            for other in actions} - {action}
+
+
+def test_state_machine_role_grants_every_task_it_runs():
+    from pipelines.workflow.declaration import FRAUD_WORKFLOW
+    from pipelines.workflow.render import to_state_machine
+
+    granted = _granted("workflow.yaml", "StateMachineRole")
+    for state in to_state_machine(FRAUD_WORKFLOW)["States"].values():
+        resource = state.get("Resource", "")
+        match = re.match(r"arn:aws:states:::(?:aws-sdk:)?([\w-]+):(\w+)", resource)
+        if not match:
+            continue
+        service, operation = match.groups()
+        prefix = {"elasticmapreduce": "elasticmapreduce"}.get(service, service)
+        action = f"{prefix}:{operation[0].upper()}{operation[1:]}"
+        action = IAM_ACTION_OF.get(action, action)
+        assert _allowed(action, granted), f"state machine calls {action} without a grant"
+
+
+def test_the_scan_finds_calls():
+    """Guard against a scan that silently sees nothing (it would pass everything)."""
+    used = _used_actions(_closure(["lambdas.alert.handler"]))
+    assert {"dynamodb:GetItem", "dynamodb:PutItem", "sns:Publish"} <= set(used)
+    assert "sagemaker:CreateEndpointConfig" in _used_actions(_closure(["pipelines.deploy.aws"]))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
