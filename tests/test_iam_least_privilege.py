@@ -32,6 +32,7 @@ ROLE_CODE = {
     ("ml.yaml", "DeployRole"): ["lambdas.deploy.handler", "pipelines.deploy.aws"],
     ("ml.yaml", "StreamScoringRole"): ["lambdas.stream_scoring.handler"],
     ("cicd.yaml", "BuildRole"): ["pipelines.run_pipeline"],
+    ("catalog.yaml", "EtlRole"): ["companions.glue.transactions_etl"],
 }
 # Modules the scan reaches by import that never run under the role on AWS
 # (they serve the local backend or CLI subcommands).
