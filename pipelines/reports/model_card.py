@@ -24,6 +24,7 @@ from pipelines.features.definitions import FEATURES
 from pipelines.lineage import LineageError, resolve_lineage
 from pipelines.reports.document import Chart, Report, ReportError, Section, Series, Table
 from pipelines.reports.drift import MODERATE, SIGNIFICANT, FeatureDrift, feature_drift
+from pipelines.reports.html import format_cell
 from pipelines.workspace import Workspace
 
 SECTION_TITLES = (
@@ -151,10 +152,11 @@ def _threshold_section(ws: Workspace, lineage: dict[str, Any]) -> Section:
         document = json.loads(ws.local_path(evaluation["uri"]).read_text(encoding="utf-8"))
     metrics = evaluation.get("metrics", {})
     threshold = evaluation.get("alert_threshold")
-    text = (f"Alerts are raised at score >= {threshold}: precision "
-            f"{metrics.get('precision_at_threshold')}, recall "
-            f"{metrics.get('recall_at_threshold')} on the test window "
-            f"({document.get('alerts_at_threshold')} alerts).")
+    # Formatted, never raw: a 16-digit fraction could pass for a card number.
+    text = (f"Alerts are raised at score >= {format_cell(threshold)}: precision "
+            f"{format_cell(metrics.get('precision_at_threshold'))}, recall "
+            f"{format_cell(metrics.get('recall_at_threshold'))} on the test window "
+            f"({format_cell(document.get('alerts_at_threshold'))} alerts).")
     curve = document.get("pr_curve") or {}
     charts = []
     if curve.get("precision"):
