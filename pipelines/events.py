@@ -96,6 +96,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         },
         target="lambdas.deploy.handler:handler",
     ),
+    Rule(
+        name="notify-pipeline-failure",
+        pattern={
+            "source": [SAGEMAKER_SOURCE],
+            "detail-type": ["SageMaker Model Building Pipeline Execution Step Status Change"],
+            "detail": {"currentStepStatus": ["Failed"]},
+        },
+        target="lambdas.failure_notification.handler:handler",
+    ),
 )
 
 

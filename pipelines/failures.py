@@ -22,7 +22,7 @@ def describe_failure(event: dict[str, Any]) -> dict[str, Any]:
             "execution": detail.get("pipelineExecutionArn", ""),
             "step": detail.get("stepName", ""),
             "error": detail.get("failureReason", "no failure reason given"),
-            "log": _cloudwatch_log(detail.get("metadata", {})),
+            "log": detail.get("logPath") or _cloudwatch_log(detail.get("metadata", {})),
         }
     if detail_type == "Glue Job State Change":
         return {

@@ -144,3 +144,29 @@ def test_failure_lambda_publishes_to_sns():
             del os.environ["FAILURES_TOPIC_ARN"]
         messages = sqs.receive_message(QueueUrl=queue_url)["Messages"]
         assert "bad input" in messages[0]["Body"]
+
+
+def test_failed_pipeline_step_on_the_local_bus_lands_in_the_outbox(workspace):
+    from pipelines.events import SAGEMAKER_SOURCE, local_bus
+
+    deliveries = local_bus(workspace).publish(
+        SAGEMAKER_SOURCE,
+        "SageMaker Model Building Pipeline Execution Step Status Change",
+        {
+            "pipelineExecutionArn": "arn:aws:sagemaker:local:0:pipeline/p/execution/e1",
+            "stepName": "Train",
+            "currentStepStatus": "Failed",
+            "failureReason": "AlgorithmError: validation channel is empty",
+            "logPath": "/ws/executions/e1/logs/Train.log",
+        },
+        ["arn:aws:sagemaker:local:0:pipeline/p/execution/e1"],
+    )
+    assert all(d.ok for d in deliveries)
+    [message] = read_outbox(workspace.outbox, FAILURES_TOPIC)
+    assert message["message"] == {
+        "stage": "sagemaker-pipeline",
+        "execution": "arn:aws:sagemaker:local:0:pipeline/p/execution/e1",
+        "step": "Train",
+        "error": "AlgorithmError: validation channel is empty",
+        "log": "/ws/executions/e1/logs/Train.log",
+    }
