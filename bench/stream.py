@@ -38,7 +38,7 @@ AREA = "stream"
 TARGET_TX_PER_S = 5000.0
 MAX_STREAMED = 200_000
 REPEAT = 3
-BATCH_SIZE = 2000
+BATCH_SIZE = 5000
 # The sample model is trained on synthetic values; at 0.99 it alerts on ~1% of
 # transactions, an investigator-sized queue rather than a flood.
 THRESHOLD = 0.99

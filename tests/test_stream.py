@@ -470,3 +470,26 @@ def test_the_lambda_reports_every_record_when_the_endpoint_fails(aws_stream):
     # The retry succeeds and scores all three.
     aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 3))
     assert handler(event, None, aws_stream["resources"]) == {"batchItemFailures": []}
+
+
+def test_late_and_forbidden_records_become_dead_letters_with_their_reason(ws, tmp_path):
+    def record(tx: str, day: int, **extra: str) -> str:
+        return json.dumps({"transaction_id": tx, "timestamp": f"2026-03-{day:02d}T10:00:00Z",
+                           "customer_id": "c1", "terminal_id": "T1", "amount": "25.00",
+                           **extra})
+
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join([
+        record("tx-1", 2),
+        record("tx-2", 1),  # older than tx-1: its features cannot be computed exactly
+        record("tx-3", 3, card_number="4111111111111111", cvv="987"),
+    ]) + "\n")
+    assert stream(ws, source) == 0
+    assert scored(ws).column("transaction_id").to_pylist() == ["tx-1"]
+    dead = {r["transaction_id"]: r for r in dead_letters(ws).to_pylist()}
+    assert dead["tx-2"]["reason"] == "out_of_order"
+    assert dead["tx-2"]["source_line"] == 2
+    assert dead["tx-3"]["reason"] == "forbidden_column"
+    assert dead["tx-3"]["amount"] is None and dead["tx-3"]["card_masked"] is None
+    for path in dead_letter_dir(ws).rglob("*.parquet"):
+        assert b"4111111111111111" not in path.read_bytes()

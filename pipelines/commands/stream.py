@@ -32,10 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="score over HTTP against this endpoint URL (e.g. fraudops serve)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="alert threshold (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=1000,
-                        help="records per micro-batch (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=5000,
+                        help="most records per micro-batch (default 5000)")
     parser.add_argument("--max-wait", type=float, default=1.0,
-                        help="seconds of quiet input before a partial batch is flushed")
+                        help="most seconds a record waits for its micro-batch (default 1)")
     parser.add_argument("--commit-interval", type=float, default=5.0,
                         help="seconds between state commits (0: after every micro-batch)")
     parser.add_argument("--column-map", type=Path, default=None,

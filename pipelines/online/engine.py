@@ -277,7 +277,7 @@ def _empty_totals(plan: FramePlan) -> list:
 
 
 def new_entity_state(plan: EntityPlan) -> EntityState:
-    return EntityState(frames=[FrameState(totals=_empty_totals(f)) for f in plan.frames])
+    return EntityState([FrameState(deque(), deque(), _empty_totals(f), {}) for f in plan.frames])
 
 
 @dataclass

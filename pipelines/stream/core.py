@@ -84,10 +84,12 @@ def raw_table(
 ) -> pa.Table:
     """The ingest job's all-text canonical table for ``records`` (``_line``, ``_file`` = 0)."""
     headers = _headers(records)
-    columns = {
-        h: pa.array([None if r.values is None else r.values.get(h) for r in records], pa.string())
-        for h in headers
-    }
+    empty: dict[str, str | None] = {}
+    values = pa.Table.from_pylist(
+        [empty if r.values is None else r.values for r in records],
+        schema=pa.schema([(h, pa.string()) for h in headers]),
+    )
+    columns = {h: values.column(h) for h in headers}
     lines = np.array([r.line for r in records], dtype=np.int64)
     malformed = np.array([r.values is None for r in records], dtype=bool)
     table = _canonical_table(headers, columns, lines, malformed, column_map, source)
@@ -279,15 +281,18 @@ def process_batch(
         for _, status, _, n in classified.counts:
             if status.startswith("duplicate"):
                 counts["duplicates"] += n
-        valid = curated_rows(classified.curated)
+        first_row: dict[str, int] = {}
+        for index, tx in enumerate(raw_ids):
+            if tx is not None:
+                first_row.setdefault(tx, index)
+        # Arrival order (validation groups rows by day): whether a record is late must
+        # not depend on where micro-batch boundaries fall, or restarts could differ.
+        valid = sorted(curated_rows(classified.curated),
+                       key=lambda row: first_row[row["transaction_id"]])
         if before_features is not None:
             before_features(valid)
         rows, late = _featurise(valid, engine)
         if late:
-            first_row: dict[str, int] = {}
-            for index, tx in enumerate(raw_ids):
-                if tx is not None:
-                    first_row.setdefault(tx, index)
             dead.append(_dead_rows(raw, cards, [first_row[r] for r in late], OUT_OF_ORDER,
                                    source, run_id, day))
     features = [row.pop("_features") for row in rows]
