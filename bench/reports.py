@@ -29,7 +29,14 @@ ESCALATED = 5
 
 
 def build_workspace(size: int, root: Path) -> Workspace:
-    """A workspace as ``fraudops run`` leaves it, with some cases escalated for a SAR."""
+    """A workspace as ``fraudops run`` leaves it, with some cases escalated for a SAR.
+
+    A workspace this benchmark built earlier at the same size (``--workdir``) is
+    reused: the set-up takes minutes at 1M transactions and is not what is measured.
+    """
+    marker = root / "bench-reports-size.txt"
+    if marker.is_file() and marker.read_text().strip() == str(size):
+        return Workspace.open(root)
     subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--transactions", str(size),
          "--days", str(DAYS), "--start-date", START.isoformat(), "--workdir", str(root)],
@@ -40,6 +47,7 @@ def build_workspace(size: int, root: Path) -> Workspace:
     queue = CaseQueue(ws.cases_db)
     for alert in queue.list_alerts(status="open", limit=ESCALATED):
         queue.close(int(alert["case_id"]), "escalate_sar", actor="bench-investigator")
+    marker.write_text(str(size))
     return ws
 
 
