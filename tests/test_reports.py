@@ -434,3 +434,19 @@ def test_report_cli_writes_and_prints_where(workspace: Workspace, capsys):
     assert "model-card report only" in capsys.readouterr().err
     assert main([*args[:-1], "--timezone", "Mars/Olympus"]) == 2
     assert "unknown --timezone" in capsys.readouterr().err
+
+
+def test_pdf_survives_a_cell_longer_than_a_page(workspace: Workspace):
+    from pipelines.reports.document import Report, Section, Table
+    from pipelines.reports.output import write_report
+    from pipelines.reports.pdf import column_widths
+
+    long_text = "suspicious " * 5_000  # far taller than one page at any width
+    table = Table("t", "Long", ["customer_id", "narrative"], [["C1", long_text]])
+    report = Report("sar-candidates", "Long narrative", date(2026, 3, 1), date(2026, 3, 1),
+                    [Section("Candidates", [], [table])], data={})
+    written = write_report(workspace, report)
+    assert pdf_pages(written.pdf) >= 1
+    assert long_text.strip() in (written.directory / "t.csv").read_text()  # CSV keeps it all
+    widths = column_widths(table, 700.0)
+    assert sum(widths) == pytest.approx(700.0) and widths[1] > widths[0]

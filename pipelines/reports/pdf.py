@@ -17,6 +17,7 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import cm
+from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, TableStyle
 from reportlab.platypus import Table as PdfTable
 
@@ -25,6 +26,10 @@ from pipelines.reports.html import format_cell
 
 # Longer tables are cut in the PDF (the CSV next to it has every row).
 MAX_PDF_ROWS = 300
+MAX_CELL_CHARS = 1500
+# Padding: reportlab tables pad each cell 6 pt left and right, plus a little slack.
+CELL_FONT, CELL_FONT_SIZE, CELL_PADDING = "Helvetica", 7, 14.0
+BOLD_FONT = "Helvetica-Bold"  # <b> in a Helvetica paragraph
 _PALETTE = (colors.HexColor("#0969da"), colors.HexColor("#cf222e"),
             colors.HexColor("#1a7f37"), colors.HexColor("#8250df"))
 
@@ -32,7 +37,8 @@ _PALETTE = (colors.HexColor("#0969da"), colors.HexColor("#cf222e"),
 def render_pdf(report: Report, path: Path, generated_at: str, run_id: str) -> None:
     """Write the report as a landscape A4 PDF at ``path``."""
     styles = getSampleStyleSheet()
-    cell = styles["BodyText"].clone("cell", fontSize=7, leading=8.5)
+    cell = styles["BodyText"].clone("cell", fontName=CELL_FONT, fontSize=CELL_FONT_SIZE,
+                                    leading=CELL_FONT_SIZE + 1.5)
     doc = SimpleDocTemplate(
         str(path), pagesize=landscape(A4), title=report.title, author="fraudops",
         leftMargin=1.5 * cm, rightMargin=1.5 * cm, topMargin=1.5 * cm, bottomMargin=1.5 * cm,
@@ -56,11 +62,10 @@ def render_pdf(report: Report, path: Path, generated_at: str, run_id: str) -> No
 def _table(table: Table, styles: dict, cell: object, width: float) -> list:
     shown = table.rows[:MAX_PDF_ROWS]
     data = [[Paragraph(f"<b>{escape(c)}</b>", cell) for c in table.columns]]
-    data += [[Paragraph(escape(format_cell(v)), cell) for v in row] for row in shown]
+    data += [[Paragraph(escape(_clipped(format_cell(v))), cell) for v in row] for row in shown]
     if not shown:
         data.append([Paragraph("(none)", cell)] + [""] * (len(table.columns) - 1))
-    pdf_table = PdfTable(data, colWidths=[width / max(len(table.columns), 1)] * len(table.columns),
-                         repeatRows=1)
+    pdf_table = PdfTable(data, colWidths=column_widths(table, width), repeatRows=1)
     pdf_table.setStyle(TableStyle([
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f6f8fa")),
@@ -73,6 +78,43 @@ def _table(table: Table, styles: dict, cell: object, width: float) -> list:
                      f"{table.name}.csv has them all.")
     out += [Paragraph(escape(n), styles["Italic"]) for n in notes]
     return out + [Spacer(1, 0.2 * cm)]
+
+
+def _clipped(text: str) -> str:
+    """A cell's text, cut so one row always fits on a page (reportlab cannot split a row)."""
+    if len(text) <= MAX_CELL_CHARS:
+        return text
+    return text[:MAX_CELL_CHARS] + " ... (cut; the CSV has the full text)"
+
+
+def column_widths(table: Table, width: float) -> list[float]:
+    """Column widths that keep every word (date, id, amount) unbroken where possible.
+
+    Each column gets at least the width of its longest word, and the rest of
+    the page is shared in proportion to how much more text the column holds.
+    """
+    sample = [table.columns] + [[format_cell(v) for v in row] for row in table.rows[:50]]
+    minimum, desired = [], []
+    for index in range(len(table.columns)):
+        texts = [str(row[index]) for row in sample]
+        longest_word = max(
+            [_text_width(word) for text in texts[1:] for word in text.split()]
+            + [stringWidth(word, BOLD_FONT, CELL_FONT_SIZE) for word in texts[0].split()]
+        )
+        typical = sum(_text_width(text) for text in texts[1:]) / max(len(texts) - 1, 1)
+        minimum.append(min(longest_word, width * 0.3) + CELL_PADDING)
+        desired.append(max(typical, longest_word) + CELL_PADDING)
+    spare = width - sum(minimum)
+    if spare <= 0:
+        return [width * m / sum(minimum) for m in minimum]
+    extra = [d - m for d, m in zip(desired, minimum, strict=True)]
+    if sum(extra) <= spare:  # everything fits on one line: share the rest evenly
+        return [d + (spare - sum(extra)) / len(desired) for d in desired]
+    return [m + spare * e / sum(extra) for m, e in zip(minimum, extra, strict=True)]
+
+
+def _text_width(text: str) -> float:
+    return stringWidth(text, CELL_FONT, CELL_FONT_SIZE)
 
 
 def _finite(values: list[float]) -> list[float]:
