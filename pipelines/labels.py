@@ -55,11 +55,16 @@ def write_labels(ws: Workspace, labels: Sequence[dict[str, Any]]) -> list[Path]:
 
 
 def read_labels(ws: Workspace) -> pa.Table:
-    """Every label, the latest per transaction (by ``label_known_at``)."""
-    files = sorted(ws.labels.glob("dt=*/labels-*.parquet"))
+    """Every label, the latest per transaction (by ``label_known_at``).
+
+    Reads every Parquet file under the labels zone, whoever wrote it (feedback,
+    case dispositions, or a file dropped there by hand); ``label_source`` is
+    optional in such files.
+    """
+    files = sorted(p for p in ws.labels.rglob("*.parquet") if not p.name.startswith("."))
     if not files:
         return LABEL_SCHEMA.empty_table()
-    table = pa.concat_tables(pq.read_table(f, schema=LABEL_SCHEMA) for f in files)
+    table = pa.concat_tables(_conformed(pq.read_table(f), f) for f in files)
     import duckdb
 
     con = duckdb.connect()
@@ -68,7 +73,18 @@ def read_labels(ws: Workspace) -> pa.Table:
         "SELECT * FROM labels QUALIFY row_number() OVER "
         "(PARTITION BY transaction_id ORDER BY label_known_at DESC, label_source DESC) = 1 "
         "ORDER BY label_known_at, transaction_id"
-    ).to_arrow_table()
+    ).to_arrow_table().cast(LABEL_SCHEMA)
+
+
+def _conformed(table: pa.Table, path: Path) -> pa.Table:
+    missing = [f.name for f in LABEL_SCHEMA if f.name not in table.column_names
+               and f.name != "label_source"]
+    if missing:
+        raise ValueError(f"{path}: labels file lacks column(s) {missing}; "
+                         "expected transaction_id, is_fraud, label_known_at")
+    if "label_source" not in table.column_names:
+        table = table.append_column("label_source", pa.array([path.name] * table.num_rows))
+    return table.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
 
 
 def _validated(label: dict[str, Any], index: int) -> dict[str, Any]:

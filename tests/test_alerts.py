@@ -151,3 +151,17 @@ def test_feedback_command_loads_labels_and_rejects_bad_rows(workspace, tmp_path,
     bad.write_text("transaction_id,is_fraud,label_known_at\nt3,maybe,2026-02-20T00:00:00+00:00\n")
     assert main(["feedback", str(bad), *wd]) == 2
     assert "bad.csv: label 1 (t3): is_fraud must be 0 or 1" in capsys.readouterr().err
+
+
+def test_a_label_corrected_later_feeds_features_once(workspace):
+    """A chargeback later reversed: the feature build sees only the latest label."""
+    from pipelines.features.build import read_labels as labels_for_features
+    from pipelines.labels import write_labels
+
+    write_labels(workspace, [{"transaction_id": "t1", "is_fraud": 1,
+                              "label_known_at": "2026-02-10T00:00:00+00:00"}])
+    write_labels(workspace, [{"transaction_id": "t1", "is_fraud": 0,
+                              "label_known_at": "2026-02-20T00:00:00+00:00"}])
+    table = labels_for_features(workspace)
+    assert table.column_names == ["transaction_id", "is_fraud", "label_known_at"]
+    assert table.to_pylist()[0]["is_fraud"] == 0 and table.num_rows == 1

@@ -20,6 +20,7 @@ from pipelines.features.definitions import (
     FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
     LABEL_COLUMN,
+    LABELS_COLUMNS,
     PARTITION_COLUMN,
     label_delay_micros,
 )
@@ -65,14 +66,13 @@ def _curated_files(ws: Workspace) -> list[Path]:
 
 
 def read_labels(ws: Workspace) -> pa.Table | None:
-    """Late labels from ``ws.labels`` (Parquet), or ``None`` when there are none."""
-    files = store.parquet_files(ws.labels)
-    if not files:
+    """Late labels (the latest per transaction), or ``None`` when there are none."""
+    from pipelines import labels
+
+    table = labels.read_labels(ws)
+    if table.num_rows == 0:
         return None
-    con = duckdb_engine.connect()
-    return con.sql(
-        f"SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true)"
-    ).to_arrow_table()
+    return table.select(list(LABELS_COLUMNS))
 
 
 def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> None:
