@@ -108,8 +108,21 @@ def run(args: argparse.Namespace) -> int:
             summary = scorer.run(read_records(args.input, args.format), stop, progress)
         except (SourceError, StateError, EndpointError) as exc:
             raise UserError(f"{exc} (a failure notification was written to {ws.outbox})") from exc
+    _register_scored(ws, console)
     _print(summary, console)
     return 0
+
+
+def _register_scored(ws, console: Console) -> None:
+    """Make the stream's output queryable (the ``scored`` view batch scoring also feeds)."""
+    try:
+        from pipelines.lake.catalog import register_table
+    except ImportError:
+        return
+    try:
+        register_table(ws, "scored", ws.scored)
+    except Exception as exc:  # noqa: BLE001 - the scores are written; the view can be redone
+        console.print(f"[yellow]scored rows written, but the catalog view failed: {exc}[/]")
 
 
 def _print(summary, console: Console) -> None:
