@@ -23,7 +23,6 @@ transaction not seen yet is kept until it arrives.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -655,8 +654,3 @@ def build_event_values(plan: EntityPlan, name: str) -> Any:
         frames.append("[" + ", ".join(slots) + "]")
     body.append("return kept, [" + ", ".join(frames) + "]")
     return build_function(name, ["env"], body)
-
-
-def features_as_floats(values: list[float | None]) -> list[float]:
-    """Feature values for a model: NULL becomes NaN (XGBoost's missing value)."""
-    return [math.nan if v is None else v for v in values]
