@@ -14,7 +14,14 @@ TEMPLATES = sorted(INFRA.glob("*.yaml"))
 
 # Actions whose APIs have no resource-level permissions, so "Resource": "*"
 # is the only way to grant them (each is also scoped by a condition or is harmless).
-WILDCARD_RESOURCE_ALLOWED = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+WILDCARD_RESOURCE_ALLOWED = {
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
+    # A CodePipeline job worker (the production deploy Lambda) reports its job's
+    # result; these APIs take a job id, not a resource ARN.
+    "codepipeline:PutJobSuccessResult",
+    "codepipeline:PutJobFailureResult",
+}
 
 
 def _load(path: Path) -> dict[str, Any]:
