@@ -79,3 +79,26 @@ def _luhn(number: str) -> bool:
         value = int(digit) * (2 if index % 2 else 1)
         total += value - 9 if value > 9 else value
     return total % 10 == 0
+
+
+def test_quality_gate_rejects_a_model_below_the_bar(finished_run):
+    """Same data and code (steps reused from the cache), a bar the model cannot meet."""
+    from pipelines.commands.model import current_user
+    from pipelines.executor import run_pipeline_definition
+    from pipelines.fraud.definition import render_pipeline_cached
+
+    _, ws = finished_run
+    registry = LocalModelRegistry(ws.registry_db)
+    before = registry.list_model_packages("fraud-detection")["ModelPackageSummaryList"]
+    rendered = render_pipeline_cached({}, code_store_dir=ws.object_store,
+                                      cache_dir=ws.state_dir / "definitions")
+    execution = run_pipeline_definition(
+        rendered.definition, ws, {"QualityThresholdAP": 0.999, "LabelDelayDays": 7},
+        current_user(), rendered.name, progress=False,
+    )
+    assert execution.status == "Failed"
+    assert "average precision" in execution.failure_reason
+    assert "0.999" in execution.failure_reason
+    assert execution.step("Train").cache_hit
+    after = registry.list_model_packages("fraud-detection")["ModelPackageSummaryList"]
+    assert after == before, "a rejected model is never registered"

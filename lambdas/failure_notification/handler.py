@@ -17,7 +17,8 @@ from pipelines.notifications import FAILURES_TOPIC, Notifier, OutboxNotifier, Sn
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     sent = notify_failure(event, _notifier(context))
-    print(json.dumps({"notified": sent}))
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # CloudWatch Logs; locally the outbox has it
+        print(json.dumps({"notified": sent}))
     return sent
 
 
