@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pipelines.features.definitions import (
@@ -66,9 +67,10 @@ class AggregatePlan:
 
     index: int  # position in AGGREGATES
     function: str
-    value: Any  # env -> number, or None for count
-    filter: Any  # env -> truthy, or None
     labels_known_at_t: bool
+    # Position of this aggregate's contribution in an event's ``values``; aggregates
+    # with the same value and filter (e.g. one count in several windows) share it.
+    value_index: int
 
 
 @dataclass(frozen=True)
@@ -93,18 +95,14 @@ class EntityPlan:
     frames: tuple[FramePlan, ...]
     event_columns: tuple[str, ...]  # base columns an event must remember
 
+    @cached_property
+    def empty_totals(self) -> tuple[tuple, ...]:
+        """Each frame's accumulators before any event: 0 for count/sum, NULL for max."""
+        return tuple(tuple(_empty_totals(f)) for f in self.frames)
+
     @property
     def name(self) -> str:
         return "+".join(self.columns)
-
-
-def _aggregate_function(aggregate: Aggregate, part: str | None, condition: bool) -> Any:
-    if part is None:
-        return None
-    compiler = ExpressionCompiler({c: f"env[{c!r}]" for c in BASE_COLUMNS}, NULLABLE_BASE)
-    compiled = compiler.compile(part, condition=condition)
-    name = f"agg_{aggregate.name}"
-    return build_function(name, ["env"], [f"return {compiled.source}"])
 
 
 def _columns_of(aggregate: Aggregate) -> set[str]:
@@ -127,6 +125,7 @@ def build_entity_plans(delay_micros: int) -> tuple[EntityPlan, ...]:
     plans = []
     for columns, frames in by_entity.items():
         frame_plans, event_columns = [], {"ts_us"}
+        value_indices: dict[tuple, int] = {}
         for (start, end), indices in frames.items():
             aggregate_plans, sensitive = [], False
             for index in indices:
@@ -136,14 +135,11 @@ def build_entity_plans(delay_micros: int) -> tuple[EntityPlan, ...]:
                 sensitive |= aggregate.labels_known_at_t or bool(used & LABEL_BASE)
                 if aggregate.labels_known_at_t:
                     event_columns |= LABEL_BASE
+                signature = (aggregate.value, aggregate.filter)
+                value_index = value_indices.setdefault(signature, len(value_indices))
                 aggregate_plans.append(
-                    AggregatePlan(
-                        index=index,
-                        function=aggregate.function,
-                        value=_aggregate_function(aggregate, aggregate.value, condition=False),
-                        filter=_aggregate_function(aggregate, aggregate.filter, condition=True),
-                        labels_known_at_t=aggregate.labels_known_at_t,
-                    )
+                    AggregatePlan(index, aggregate.function, aggregate.labels_known_at_t,
+                                  value_index)
                 )
             frame_plans.append(
                 FramePlan(len(frame_plans), start, end, tuple(aggregate_plans), sensitive)
@@ -276,7 +272,7 @@ def _empty_totals(plan: FramePlan) -> list:
 
 
 def new_entity_state(plan: EntityPlan) -> EntityState:
-    return EntityState([FrameState(deque(), deque(), _empty_totals(f), {}) for f in plan.frames])
+    return EntityState([FrameState(deque(), deque(), list(t), {}) for t in plan.empty_totals])
 
 
 @dataclass
@@ -394,7 +390,7 @@ class OnlineFeatureEngine:
                 for plan_index, key in indexed[1]:
                     entity = self.entities[plan_index].get(tuple(key))
                     if entity is not None:
-                        self._relabel(self.plans[plan_index], entity, transaction_id, value)
+                        self._relabel(plan_index, entity, transaction_id, value)
                         self.touched[plan_index].add(tuple(key))
             applied += 1
         return applied
@@ -429,37 +425,31 @@ class OnlineFeatureEngine:
 
     # --- internals -------------------------------------------------------------------------
     def _relabel(
-        self, plan: EntityPlan, entity: EntityState, transaction_id: str, value: tuple[int, int]
+        self, plan_index: int, entity: EntityState, transaction_id: str, value: tuple[int, int]
     ) -> None:
-        t = self.meta.watermark
+        """Re-label one stored event: out of the frames it counts in, update, back in."""
+        plan = self.plans[plan_index]
+        event, counted = None, []
         for frame_plan, frame in zip(plan.frames, entity.frames, strict=True):
-            event = next((e for e in frame.inside if e.transaction_id == transaction_id), None)
-            if event is not None and frame_plan.label_sensitive:
-                _leave(frame_plan, frame, event)
-            target = event or next(
+            inside = next((e for e in frame.inside if e.transaction_id == transaction_id), None)
+            if inside is not None and frame_plan.label_sensitive:
+                _leave(frame_plan, frame, inside)
+                counted.append((frame_plan, frame))
+            event = event or inside or next(
                 (e for e in frame.pending if e.transaction_id == transaction_id), None
             )
-            if target is not None:
-                target.env["fraud_label"], target.env["label_known_us"] = value
-                target.values[frame_plan.position] = [
-                    _contribution(a, target.env) for a in frame_plan.aggregates
-                ]
-            if event is not None and frame_plan.label_sensitive:
-                _enter(frame_plan, frame, event, t)
-
-
-def _contribution(aggregate: AggregatePlan, env: Mapping[str, Any]) -> Any:
-    """What one event adds to an aggregate: None when the filter excludes it."""
-    if aggregate.filter is not None and not aggregate.filter(env):
-        return None
-    return 1 if aggregate.value is None else aggregate.value(env)
+        if event is None:
+            return
+        event.env["fraud_label"], event.env["label_known_us"] = value
+        event.values = self._events[plan_index](event.env)[1]
+        for frame_plan, frame in counted:
+            _enter(frame_plan, frame, event, self.meta.watermark)
 
 
 # --- the slow path: re-labelling one stored event ------------------------------------------
 def _enter(plan: FramePlan, frame: FrameState, event: Event, t: int) -> None:
-    values = event.values[plan.position]
     for slot, aggregate in enumerate(plan.aggregates):
-        value = values[slot]
+        value = event.values[aggregate.value_index]
         if value is None:
             continue
         if aggregate.labels_known_at_t and event.env["label_known_us"] > t:
@@ -472,9 +462,8 @@ def _enter(plan: FramePlan, frame: FrameState, event: Event, t: int) -> None:
 
 
 def _leave(plan: FramePlan, frame: FrameState, event: Event) -> None:
-    values = event.values[plan.position]
     for slot, aggregate in enumerate(plan.aggregates):
-        value = values[slot]
+        value = event.values[aggregate.value_index]
         if value is None or aggregate.function == "max":
             continue  # a windowed max is recomputed on read
         waiting = frame.waiting.get(slot)
@@ -485,24 +474,24 @@ def _leave(plan: FramePlan, frame: FrameState, event: Event) -> None:
 
 
 # --- the hot path: code generated per entity from its plan ---------------------------------
-def promote_known(waiting: dict, totals: list, slot: int, position: int, t: int) -> None:
+def promote_known(waiting: dict, totals: list, slot: int, value_index: int, t: int) -> None:
     """Count frauds inside the frame whose label has become known by ``t``."""
     known = [seq for seq, event in waiting.items() if event.env["label_known_us"] <= t]
     for seq in known:
-        totals[slot] += waiting.pop(seq).values[position][slot]
+        totals[slot] += waiting.pop(seq).values[value_index]
 
 
-def windowed_max(inside: deque, position: int, slot: int) -> Any:
+def windowed_max(inside: deque, value_index: int) -> Any:
     """A max cannot be un-added when an event leaves: recompute it from the frame."""
-    present = [e.values[position][slot] for e in inside if e.values[position][slot] is not None]
+    present = [e.values[value_index] for e in inside if e.values[value_index] is not None]
     return max(present) if present else None
 
 
 def _entry_lines(plan: FramePlan, sign: str) -> list[str]:
     """Add (``+``) or remove (``-``) event ``ev``'s contributions to the frame totals."""
-    lines = [f"v = ev.values[{plan.position}]"]
+    lines = ["v = ev.values"]
     for slot, aggregate in enumerate(plan.aggregates):
-        lines.append(f"x = v[{slot}]")
+        lines.append(f"x = v[{aggregate.value_index}]")
         if aggregate.function == "max":
             if sign == "+":
                 lines.append(f"if x is not None and (tot[{slot}] is None or x > tot[{slot}]):")
@@ -556,11 +545,11 @@ def _frame_lines(plan: FramePlan) -> list[str]:
             lines += [
                 f"w = fr.waiting.get({slot})",
                 "if w:",
-                f"    promote_known(w, tot, {slot}, {plan.position}, t)",
+                f"    promote_known(w, tot, {slot}, {aggregate.value_index}, t)",
             ]
         if aggregate.function == "max" and plan.start is not None:
             lines.append(
-                f"out[{aggregate.index}] = windowed_max(fr.inside, {plan.position}, {slot})"
+                f"out[{aggregate.index}] = windowed_max(fr.inside, {aggregate.value_index})"
             )
         elif aggregate.function == "sum":
             lines.append(f"out[{aggregate.index}] = float(tot[{slot}])")
@@ -628,29 +617,25 @@ def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events:
 
 
 def build_event_values(plan: EntityPlan, name: str) -> Any:
-    """Generated ``(env) -> (kept columns, contributions per frame)`` for a new event.
+    """Generated ``(env) -> (kept columns, contributions)`` for a new event.
 
-    Each distinct value/filter expression is evaluated once per event, however
-    many frames use it.
+    ``contributions[i]`` is what the event adds to the aggregates with
+    ``value_index == i`` (None where their filter excludes it): each distinct
+    value/filter expression is evaluated and stored once per event.
     """
     compiler = ExpressionCompiler({c: f"env[{c!r}]" for c in BASE_COLUMNS}, NULLABLE_BASE)
     body = ["kept = {" + ", ".join(f"{c!r}: env[{c!r}]" for c in plan.event_columns) + "}"]
-    names: dict[tuple[str, str | None, str | None], str] = {}
-    frames = []
+    emitted: set[int] = set()
     for frame_plan in plan.frames:
-        slots = []
         for aggregate_plan in frame_plan.aggregates:
+            if aggregate_plan.value_index in emitted:
+                continue
+            emitted.add(aggregate_plan.value_index)
             aggregate = AGGREGATES[aggregate_plan.index]
-            signature = (aggregate.function, aggregate.value, aggregate.filter)
-            if signature not in names:
-                variable = f"e_{len(names)}"
-                value = "1" if aggregate.value is None else compiler.compile(aggregate.value).source
-                if aggregate.filter:
-                    condition = compiler.compile(aggregate.filter, condition=True).source
-                    value = f"({value} if {condition} else None)"
-                body.append(f"{variable} = {value}")
-                names[signature] = variable
-            slots.append(names[signature])
-        frames.append("[" + ", ".join(slots) + "]")
-    body.append("return kept, [" + ", ".join(frames) + "]")
+            value = "1" if aggregate.value is None else compiler.compile(aggregate.value).source
+            if aggregate.filter:
+                condition = compiler.compile(aggregate.filter, condition=True).source
+                value = f"({value} if {condition} else None)"
+            body.append(f"e_{aggregate_plan.value_index} = {value}")
+    body.append("return kept, [" + ", ".join(f"e_{i}" for i in sorted(emitted)) + "]")
     return build_function(name, ["env"], body)

@@ -28,7 +28,7 @@ from pipelines.workspace import Workspace
 
 STATE_FILE = "state.sqlite"
 LOCK_FILE = ".lock"
-STATE_FORMAT = "2"
+STATE_FORMAT = "3"  # bump when the pickled entity layout changes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
@@ -121,6 +121,12 @@ class LocalStateStore:
         meta = self._meta(con)
         if not meta:
             return OnlineFeatureEngine(label_delay_days), {}
+        if meta.get("format") != STATE_FORMAT:
+            raise StateError(
+                f"{self.path} was written by another version of the online engine (format "
+                f"{meta.get('format')}, now {STATE_FORMAT}): delete {self.directory} and "
+                "replay recent transactions to rebuild the state"
+            )
         if meta.get("feature_set_version") != FEATURE_SET_VERSION:
             raise StateError(
                 f"{self.path} holds state for feature set {meta.get('feature_set_version')}, "

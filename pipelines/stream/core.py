@@ -10,7 +10,6 @@ micro-batch (features of a batch never depend on its scores).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,9 +168,8 @@ def model_matrix(features: list[list[float | None]], engine: OnlineFeatureEngine
             f"the model needs feature(s) {missing} that pipelines.features.definitions does "
             "not declare; deploy a model trained on the current feature set"
         )
-    full = np.array(
-        [[math.nan if v is None else v for v in row] for row in features], dtype=np.float64
-    ).reshape(len(features), len(position))
+    # numpy turns None (a NULL feature) into NaN for a float64 array.
+    full = np.array(features, dtype=np.float64).reshape(len(features), len(position))
     return full[:, [position[c] for c in model_columns]]
 
 
