@@ -246,7 +246,12 @@ class SageMakerEndpointBackend:
                 endpoint_name=self.endpoint_name,
                 message=f"endpoint {self.endpoint_name} serves {config_name}",
             )
-        reason = current["failure_reason"] or f"endpoint ended {status}"
+        if status == "InService":
+            # SageMaker returned the endpoint to its previous config: an alarm fired
+            # during baking or the new fleet never became healthy.
+            reason = current["failure_reason"] or "SageMaker rolled the endpoint back"
+        else:
+            reason = current["failure_reason"] or f"the endpoint ended {status}"
         return self._failed(package, config_name, current, reason)
 
     def _failed(
