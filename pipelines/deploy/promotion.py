@@ -8,10 +8,10 @@ One deploy Lambda per environment, told apart by ``DEPLOY_STAGE``:
   the same Lambda looks at the outcome: serving the new config is a success,
   anything else is a rollback or failure and is notified. In ``staging`` a
   success also writes the promotion request (``promotion/request.zip``: model
-  package, endpoint, evaluation summary) to the artifacts bucket and starts the
-  ``promote-to-production`` CodePipeline, which waits at its manual approval.
-  ``dev`` never promotes. The pipeline's S3 source polls that key, so writing
-  it is what starts the promotion.
+  package, endpoint, evaluation summary) to the artifacts bucket. That key is
+  the polled S3 source of the ``promote-to-production`` CodePipeline, so the
+  new version starts it and it waits at its manual approval. ``dev`` never
+  promotes.
 * ``prod``: CodePipeline invokes the Lambda (event with ``CodePipeline.job``)
   after the approval. It reads the request from the input artifact, deploys that
   exact package with the same blue/green logic, and reports back: a continuation
