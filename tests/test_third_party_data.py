@@ -29,6 +29,7 @@ from pipelines.registry import LocalModelRegistry
 from pipelines.workspace import Workspace
 
 slow = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ROWS, DAYS, SEED = 36_000, 45, 3
 LABEL_DELAY_DAYS = 7
@@ -77,20 +78,59 @@ def test_time_offsets_from_a_private_reference_are_quarantined_not_misdated(work
     assert report.quarantine_reasons == {"bad_timestamp": 50}
 
 
+def _train_script():
+    """training/train.py imported as the container runs it (the folder is not a package)."""
+    import importlib.util
+    import sys
+
+    name = "container_train"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "training" / "train.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def test_early_stopping_keeps_at_least_min_rounds_when_validation_peaks_at_once():
+    """A few validation frauds can make aucpr peak on round 1 by chance; keep min_rounds."""
+    import numpy as np
+    import xgboost as xgb
+
+    train = _train_script()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2_000, 3))
+    y = (x[:, 0] > 1.8).astype(float)  # one clean split: validation aucpr is 1.0 at round 1
+    dtrain = xgb.DMatrix(x[:1_500], label=y[:1_500])
+    dvalid = xgb.DMatrix(x[1_500:], label=y[1_500:])
+    args = train.parse_args(["--num-round", "200", "--early-stopping-rounds", "5",
+                             "--min-rounds", "25", "--verbose-eval", "0"])
+    booster, history = train.train_booster(train.booster_params(args, 1.0), dtrain, dvalid, args)
+    assert booster.num_boosted_rounds() >= 25
+    assert len(history["validation"]["aucpr"]) == booster.num_boosted_rounds() + 5
+
+
+def test_min_rounds_above_num_round_is_refused():
+    train = _train_script()
+    args = train.parse_args(["--num-round", "20", "--min-rounds", "50"])
+    with pytest.raises(train.TrainingError, match="--min-rounds must be between 1 and"):
+        train.check_hyperparameters(args)
+
+
 # --- slow: the whole workflow on each layout --------------------------------------------
 
 
 class Run:
     """One finished `fraudops run` on a layout: exit code, workspace, source frame."""
 
-    def __init__(self, name: str, root: Path):
+    def __init__(self, name: str, root: Path, rows: int = ROWS, days: int = DAYS,
+                 extra: tuple[str, ...] = ()):
         layout = LAYOUTS[name]
         self.layout = layout
-        self.path, self.frame = layout.write(root / "input", rows=ROWS, days=DAYS, seed=SEED)
+        self.path, self.frame = layout.write(root / "input", rows=rows, days=days, seed=SEED)
         self.ws = Workspace.open(root / "ws")
         self.code = main(["run", "--workdir", str(self.ws.root), "--input", str(self.path),
                           "--column-map", str(layout.column_map_path),
-                          "--label-delay-days", str(LABEL_DELAY_DAYS)])
+                          "--label-delay-days", str(LABEL_DELAY_DAYS), *extra])
 
     def evaluation(self) -> dict:
         [path] = self.ws.object_store.rglob("evaluation.json")
@@ -216,3 +256,18 @@ def test_other_layouts_rank_fraud_better_than_chance(runs, name):
     fraud_rate = evaluation["n_fraud"] / evaluation["n_test"]
     assert metrics["roc_auc"]["value"] >= 0.75
     assert metrics["average_precision"]["value"] >= 3 * fraud_rate
+
+
+@slow
+def test_short_history_gets_shorter_windows_and_still_runs(tmp_path):
+    """Three weeks of data: validation and test shrink to a quarter of the usable days."""
+    # The gate is off: this checks the windows, not what a 3-week model is worth.
+    run = Run("minimal", tmp_path, rows=12_000, days=21, extra=("--quality-threshold", "0"))
+    try:
+        assert run.code == 0
+        test = run.evaluation()["test_window"]
+        usable_days = 21 - LABEL_DELAY_DAYS
+        assert test["days"] == usable_days // 4
+        assert test["end"] == max(run.frame["ts"])[:10]
+    finally:
+        run.stop_endpoint()

@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_hyperparameter(parser, "num-round", int, 400, "maximum boosting rounds")
     add_hyperparameter(parser, "early-stopping-rounds", int, 30, "patience on validation aucpr")
     add_hyperparameter(
+        parser, "min-rounds", int, 50, "boosting rounds always kept before early stopping may pick"
+    )
+    add_hyperparameter(
         parser,
         "scale-pos-weight",
         str,
@@ -148,6 +151,7 @@ def check_hyperparameters(args: argparse.Namespace) -> None:
         ("colsample-bytree", 0 < args.colsample_bytree <= 1, "in (0, 1]"),
         ("num-round", args.num_round >= 1, "at least 1"),
         ("early-stopping-rounds", args.early_stopping_rounds >= 1, "at least 1"),
+        ("min-rounds", 1 <= args.min_rounds <= args.num_round, "between 1 and --num-round"),
         ("nthread", args.nthread >= 1, "at least 1"),
     ]
     if args.scale_pos_weight not in WEIGHT_MODES:
@@ -243,12 +247,33 @@ def booster_params(args: argparse.Namespace, scale_pos_weight: float) -> dict:
     }
 
 
+class EarlyStoppingAfterWarmup(xgb.callback.EarlyStopping):
+    """Early stopping that neither stops nor picks a best round before ``min_rounds``.
+
+    Validation windows of fraud data hold few positives (30-60 in a week of a
+    small portfolio), so validation aucpr is noisy: its maximum can fall on
+    round 5-15 by chance, leaving a badly under-fitted model. Measured on the
+    handbook simulator (5 seeds, 40k rows): the plain rule kept 11-13 rounds on
+    two seeds, test AP 0.25 where 50+ rounds gave 0.77.
+    """
+
+    def __init__(self, min_rounds: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.min_rounds = min_rounds
+
+    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+        if epoch + 1 < self.min_rounds:
+            return False  # warm-up: the first tracked round is round min_rounds
+        return super().after_iteration(model, epoch, evals_log)
+
+
 def train_booster(
     params: dict, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, args: argparse.Namespace
 ) -> tuple[xgb.Booster, dict]:
-    """Boost until validation aucpr stops improving; keep only the best rounds."""
+    """Boost until validation aucpr stops improving (after ``min_rounds``); keep the best."""
     history: dict = {}
-    stopper = xgb.callback.EarlyStopping(
+    stopper = EarlyStoppingAfterWarmup(
+        min_rounds=args.min_rounds,
         rounds=args.early_stopping_rounds,
         metric_name=EVAL_METRIC,
         data_name="validation",
@@ -318,6 +343,7 @@ def build_metadata(
             **params,
             "num_round": args.num_round,
             "early_stopping_rounds": args.early_stopping_rounds,
+            "min_rounds": args.min_rounds,
             "scale_pos_weight_mode": args.scale_pos_weight,
         },
         "best_iteration": best_iteration,
