@@ -80,6 +80,13 @@ def test_case_moves_open_in_review_closed_and_becomes_a_label(workspace, queue):
     case = queue.show(case_id)
     assert case.status == "closed" and case.disposition == "confirmed_fraud"
     assert [e["action"] for e in case.events] == ["opened", "assigned", "note", "closed"]
+    from pipelines.governance.audit import list_entries, verify
+
+    audited = [e for e in list_entries(workspace) if e["action"].startswith("case.")]
+    assert [(e["action"], e["actor"]) for e in audited] == [
+        ("case.assign", "lead"), ("case.note", audited[1]["actor"]), ("case.close", "ana")]
+    assert audited[-1]["details"]["disposition"] == "confirmed_fraud"
+    assert verify(workspace).ok
     labels = read_labels(workspace).to_pylist()
     assert labels[0]["transaction_id"] == case.alert["transaction_id"]
     assert labels[0]["is_fraud"] == 1

@@ -81,24 +81,36 @@ def _print_case(case: Case) -> None:
         console.print(f"  {event['at']}  {event['actor']}: {event['action']} {detail}")
 
 
-def _run(action) -> int:
+def _run(args: argparse.Namespace, action, audit_action: str = "") -> int:
+    """Do ``action``; on success audit it (case decisions are compliance records)."""
     try:
-        _print_case(action())
+        case = action()
     except CaseError as exc:
         raise UserError(str(exc)) from None
+    if audit_action:
+        from pipelines.governance.audit import record
+
+        record(open_workspace(args), audit_action, actor=args.actor,
+               subject=f"case:{case.case_id}",
+               details={"status": case.status, "assignee": case.assignee,
+                        "disposition": case.disposition,
+                        "transaction_id": case.alert["transaction_id"]})
+    _print_case(case)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    return _run(lambda: _queue(args).show(args.case_id))
+    return _run(args, lambda: _queue(args).show(args.case_id))
 
 
 def _assign(args: argparse.Namespace) -> int:
-    return _run(lambda: _queue(args).assign(args.case_id, args.assignee, args.actor))
+    return _run(args, lambda: _queue(args).assign(args.case_id, args.assignee, args.actor),
+                "case.assign")
 
 
 def _note(args: argparse.Namespace) -> int:
-    return _run(lambda: _queue(args).add_note(args.case_id, args.note, args.actor))
+    return _run(args, lambda: _queue(args).add_note(args.case_id, args.note, args.actor),
+                "case.note")
 
 
 def _close(args: argparse.Namespace) -> int:
@@ -107,4 +119,4 @@ def _close(args: argparse.Namespace) -> int:
         write_labels(open_workspace(args), labels_from_cases([case]))
         return case
 
-    return _run(close)
+    return _run(args, close, "case.close")
