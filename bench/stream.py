@@ -127,6 +127,6 @@ def run(size: int, workdir: Path) -> list[Result]:
         Result(AREA, "end-to-end CPU per tx", 1e6 * cpu / records, "µs"),
         Result(AREA, "online features only", len(rows) / statistics.median(engine_times),
                "tx/s"),
-        Result(AREA, "state commit (all state)", commit_s, "s"),
-        Result(AREA, "state snapshot size", store.path.stat().st_size / 2**20, "MiB"),
+        Result(AREA, "commit of the whole state", commit_s, "s"),
+        Result(AREA, "state size on disk", store.path.stat().st_size / 2**20, "MiB"),
     ]

@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="most records per micro-batch (default 5000)")
     parser.add_argument("--max-wait", type=float, default=1.0,
                         help="most seconds a record waits for its micro-batch (default 1)")
-    parser.add_argument("--commit-interval", type=float, default=5.0,
-                        help="seconds between state commits (0: after every micro-batch)")
+    parser.add_argument("--commit-interval", type=float, default=30.0,
+                        help="seconds between state commits (default 30; 0: every batch)")
     parser.add_argument("--column-map", type=Path, default=None,
                         help='JSON {"their_column": "canonical_column"} as for ingest')
     add_workdir_argument(parser)

@@ -3,7 +3,7 @@
 * ``engine``: :class:`OnlineFeatureEngine` compiles ``pipelines.features.definitions``
   (aggregates -> sliding frames, feature SQL -> Python) and computes exactly the
   batch engines' values, label delay and late labels included.
-* ``store``: the embedded state store (atomic snapshots under ``state/online/``)
+* ``store``: the embedded state store (SQLite under ``state/online/``, incremental commits)
   and the DynamoDB store the Lambda uses.
 * ``reasons``: reason-code sentences for every feature.
 """

@@ -10,7 +10,10 @@ output files newer than the committed ``seq`` (a run that died between writing
 and committing) are deleted; replaying the input skips every transaction
 already committed, so a killed run restarted on the same input ends with the
 same scored rows, each transaction once. Alerts are idempotent per transaction
-(the case queue refuses a second alert for one transaction).
+(the case queue refuses a second alert for one transaction). Commits are
+incremental (the entities touched since the last one) and happen every
+``commit_interval_seconds`` (30 s by default), so a crash replays at most that
+much input, over the same output files.
 
 A failed batch publishes a "Stream Batch Failed" notification and stops
 without committing, so nothing half-done is ever recorded as done.
@@ -69,7 +72,7 @@ class StreamSettings:
     max_wait_seconds: float = 1.0
     # State commits at most this often (0: after every micro-batch). Outputs flush per
     # batch regardless; a crash replays the uncommitted batches over their own files.
-    commit_interval_seconds: float = 5.0
+    commit_interval_seconds: float = 30.0
 
 
 @dataclass
@@ -281,7 +284,7 @@ class StreamScorer:
                 _write_atomic(rows, partition / f"{DEAD_PREFIX}{seq:010d}.parquet")
 
     def commit(self) -> None:
-        """Make every written batch count: state, processed ids and seq in one snapshot."""
+        """Make every written batch count: state, processed ids and seq in one transaction."""
         assert self.engine is not None
         if self._since_commit == 0 and self.store.path.exists():
             return
