@@ -111,11 +111,22 @@ def test_early_stopping_keeps_at_least_min_rounds_when_validation_peaks_at_once(
     assert len(history["validation"]["aucpr"]) == booster.num_boosted_rounds() + 5
 
 
-def test_min_rounds_above_num_round_is_refused():
+def test_min_rounds_never_exceeds_num_round_and_must_be_positive():
+    import numpy as np
+    import xgboost as xgb
+
     train = _train_script()
-    args = train.parse_args(["--num-round", "20", "--min-rounds", "50"])
-    with pytest.raises(train.TrainingError, match="--min-rounds must be between 1 and"):
-        train.check_hyperparameters(args)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 2))
+    y = (x[:, 0] > 1.5).astype(float)
+    args = train.parse_args(["--num-round", "8", "--verbose-eval", "0"])  # default min-rounds
+    train.check_hyperparameters(args)
+    booster, _ = train.train_booster(train.booster_params(args, 1.0),
+                                     xgb.DMatrix(x[:400], label=y[:400]),
+                                     xgb.DMatrix(x[400:], label=y[400:]), args)
+    assert booster.num_boosted_rounds() <= 8
+    with pytest.raises(train.TrainingError, match="--min-rounds must be at least 1"):
+        train.check_hyperparameters(train.parse_args(["--min-rounds", "0"]))
 
 
 # --- slow: the whole workflow on each layout --------------------------------------------

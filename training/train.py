@@ -151,7 +151,7 @@ def check_hyperparameters(args: argparse.Namespace) -> None:
         ("colsample-bytree", 0 < args.colsample_bytree <= 1, "in (0, 1]"),
         ("num-round", args.num_round >= 1, "at least 1"),
         ("early-stopping-rounds", args.early_stopping_rounds >= 1, "at least 1"),
-        ("min-rounds", 1 <= args.min_rounds <= args.num_round, "between 1 and --num-round"),
+        ("min-rounds", args.min_rounds >= 1, "at least 1"),
         ("nthread", args.nthread >= 1, "at least 1"),
     ]
     if args.scale_pos_weight not in WEIGHT_MODES:
@@ -273,7 +273,8 @@ def train_booster(
     """Boost until validation aucpr stops improving (after ``min_rounds``); keep the best."""
     history: dict = {}
     stopper = EarlyStoppingAfterWarmup(
-        min_rounds=args.min_rounds,
+        # A quick run with fewer --num-round than the default warm-up keeps every round.
+        min_rounds=min(args.min_rounds, args.num_round),
         rounds=args.early_stopping_rounds,
         metric_name=EVAL_METRIC,
         data_name="validation",
