@@ -187,3 +187,52 @@ def test_stream_scores_equal_batch_scores(transactions, workspace, tmp_path):
     expected = batch_scores.column("score").to_numpy()
     np.testing.assert_allclose(stream_scores, expected, rtol=0, atol=1e-12)
     assert len(set(np.round(expected, 6))) > 10  # a model that scores, not a constant
+
+
+# The compiler must give DuckDB's answer for SQL the definitions may use next, NULLs included.
+EXPRESSIONS = (
+    "x / y",
+    "x % y",
+    "CAST(x AS BIGINT) % 7",
+    "round(x * 100)",
+    "round(x, 1)",
+    "floor(x / 3)",
+    "coalesce(x, y, 0)",
+    "greatest(x, y)",
+    "CASE WHEN x > y THEN x WHEN x IS NULL THEN -1 ELSE y END",
+    "CASE WHEN label = 'a' THEN 1 ELSE 0 END",
+    "CASE WHEN NOT (x < 2) THEN 1 ELSE 0 END",
+    "ln(1 + abs(x))",
+    "sqrt(greatest(x, 0))",
+    "-x + y * 2",
+    "sin(2 * pi() * x / 24)",
+)
+ROWS = [
+    (2.5, 4.0, "a"), (-7.0, 3.0, "b"), (0.125, 0.0, None), (None, 2.0, "a"),
+    (1e6 + 0.5, None, "c"), (-2.5, -0.0, "a"), (0.0, 0.0, None),
+]
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+def test_compiled_expressions_match_duckdb(expression):
+    import duckdb
+
+    from pipelines.online.compiler import ExpressionCompiler, build_function
+
+    compiled = ExpressionCompiler({"x": "x", "y": "y", "label": "label"},
+                                  {"x", "y", "label"}).compile(expression)
+    function = build_function("probe", ["x", "y", "label"], [f"return {compiled.source}"])
+    con = duckdb.connect()
+    for x, y, label in ROWS:
+        expected = con.execute(
+            f"SELECT CAST({expression} AS DOUBLE) FROM (SELECT ?::DOUBLE AS x, ?::DOUBLE AS y, "
+            "?::VARCHAR AS label)", [x, y, label]
+        ).fetchall()[0][0]
+        got = function(x, y, label)
+        got = None if got is None else float(got)
+        if expected is None or got is None:
+            assert got is None and expected is None, (expression, x, y, label, got, expected)
+        elif math.isnan(expected):
+            assert math.isnan(got), (expression, x, y, label, got)
+        else:
+            assert got == pytest.approx(expected, rel=1e-12, abs=1e-12), (expression, x, y, label)
