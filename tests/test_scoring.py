@@ -206,3 +206,31 @@ def test_cli_scores_with_the_deployed_model_and_registers_the_table(
     bad_day = ["score", "--date", "31-01-2026", "--version", "1", "--workdir", str(workspace.root)]
     assert main(bad_day) == 2
     assert "not a day" in capsys.readouterr().err
+
+
+def test_batch_scoring_keeps_the_stream_scorers_files(workspace):
+    """A day rescored in batch replaces its own file, never the stream's micro-batches."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.scoring.batch import SCORED_SCHEMA, partition_dir, write_partition
+
+    now = datetime(2026, 2, 1, 12, tzinfo=UTC)
+
+    def rows(tx):
+        return pa.Table.from_pylist([{
+            "transaction_id": tx, "customer_id": "c", "terminal_id": "t", "timestamp": now,
+            "amount": 1.0, "score": 0.1, "decision": "clear", "model_version": 1,
+            "scored_at": now}], schema=SCORED_SCHEMA)
+
+    day_dir = partition_dir(workspace, "2026-02-01")
+    day_dir.mkdir(parents=True)
+    pq.write_table(rows("streamed"), day_dir / "stream-000001.parquet")
+    write_partition(workspace, "2026-02-01", rows("batch-1"), merge=False)
+    write_partition(workspace, "2026-02-01", rows("batch-2"), merge=False)
+    assert sorted(p.name for p in day_dir.glob("*.parquet")) == [
+        "part-00000.parquet", "stream-000001.parquet"]
+    assert pq.read_table(day_dir / "part-00000.parquet")["transaction_id"].to_pylist() == [
+        "batch-2"]

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.features.definitions import DEFAULT_LABEL_DELAY_DAYS, FEATURE_COLUMNS
-from pipelines.ingest.sources import _json_text  # the ingest job's JSON -> text rule
+from pipelines.ingest.sources import json_text  # the ingest job's JSON -> text rule
 from pipelines.ingest.tokenise import Tokeniser, key_from_text
 from pipelines.online.store import DynamoStateStore
 from pipelines.stream.core import BatchOutcome, process_batch
@@ -92,7 +92,7 @@ def decode(records: list[dict[str, Any]]) -> list[RawRecord]:
         except (binascii.Error, ValueError, KeyError, TypeError):
             payload = None
         values = (
-            {str(k): _json_text(v) for k, v in payload.items()} if isinstance(payload, dict)
+            {str(k): json_text(v) for k, v in payload.items()} if isinstance(payload, dict)
             else None
         )
         decoded.append(RawRecord(position, values))

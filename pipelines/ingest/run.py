@@ -73,7 +73,7 @@ def run_ingestion(
 
     progress("validating", 0, 1)
     raw = _combine(raw_files)
-    card_values = _card_text(raw.column("card_number"))
+    card_values = card_text(raw.column("card_number"))
     classified = classify(
         raw=raw,
         source_files=[raw_file.source.display for raw_file in raw_files],
@@ -135,7 +135,7 @@ def _read_all(
     return raw_files
 
 
-def _card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Trimmed card values; blank means no card (an optional column), not a bad one."""
     trimmed = pc.utf8_trim_whitespace(column)
     return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)

@@ -129,7 +129,7 @@ def read_source(
             f"{source.display}: cannot read as {source.format}: {_first_line(exc)}. "
             "Check the file is complete UTF-8 text (or Parquet) and the --format is right"
         ) from exc
-    return RawFile(source, _canonical_table(headers, columns, lines, malformed, column_map,
+    return RawFile(source, canonical_table(headers, columns, lines, malformed, column_map,
                                             source.display))
 
 
@@ -137,7 +137,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _canonical_table(
+def canonical_table(
     headers: Sequence[str],
     columns: Mapping[str, pa.Array],
     lines: np.ndarray,
@@ -279,7 +279,7 @@ def _read_jsonl(fs, source, column_map):
         ok = isinstance(record, dict)
         malformed.append(not ok)
         for header, column in values.items():
-            column.append(_json_text(record.get(header)) if ok else None)
+            column.append(json_text(record.get(header)) if ok else None)
     columns = {h: pa.array(v, pa.string()) for h, v in values.items()}
     return header_list, columns, np.array(lines, np.int64), np.array(malformed, bool)
 
@@ -300,7 +300,7 @@ def _jsonl_records(text: str) -> list[tuple[int, object]]:
     return records
 
 
-def _json_text(value: object) -> str | None:
+def json_text(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):

@@ -278,7 +278,9 @@ def write_partition(workspace: Workspace, day: str, table: pa.Table, merge: bool
     target_dir = partition_dir(workspace, day)
     target_dir.mkdir(parents=True, exist_ok=True)
     with workspace_lock(workspace, exclusive=False):
-        existing = parquet_files(target_dir)
+        # Only batch scoring's own file is replaced: the stream scorer's
+        # ``stream-*.parquet`` micro-batches in the same day stay.
+        existing = [p for p in parquet_files(target_dir) if not p.name.startswith("stream-")]
         if merge and existing:
             old = pa.concat_tables(pq.read_table(p).cast(SCORED_SCHEMA) for p in existing)
             keep = pc.invert(pc.is_in(old.column("transaction_id"), table.column("transaction_id")))

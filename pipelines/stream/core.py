@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from pipelines import schema
 from pipelines.ingest.columns import forbidden_columns
-from pipelines.ingest.run import _card_text  # blank card -> no card, as ingest does
-from pipelines.ingest.sources import LINE_COLUMN, _canonical_table
+from pipelines.ingest.run import card_text
+from pipelines.ingest.sources import LINE_COLUMN, canonical_table
 from pipelines.ingest.tokenise import Tokeniser
 from pipelines.ingest.validation import (
     QUARANTINE_TEXT_COLUMNS,
@@ -91,7 +91,7 @@ def raw_table(
     columns = {h: values.column(h) for h in headers}
     lines = np.array([r.line for r in records], dtype=np.int64)
     malformed = np.array([r.values is None for r in records], dtype=bool)
-    table = _canonical_table(headers, columns, lines, malformed, column_map, source)
+    table = canonical_table(headers, columns, lines, malformed, column_map, source)
     return table.append_column("_file", pa.array(np.zeros(len(records), np.int32)))
 
 
@@ -261,7 +261,7 @@ def process_batch(
     dead_keys: list[str] = []
     if kept:
         raw = raw_table(kept, source, column_map or {})
-        card_values = _card_text(raw.column("card_number"))
+        card_values = card_text(raw.column("card_number"))
         cards = card_columns(card_values, tokeniser.card_lookup(card_values))
         raw_ids = pc.utf8_trim_whitespace(raw.column("transaction_id")).to_pylist()
         seen = [i for i in dict.fromkeys(raw_ids) if i is not None and i in seen_ids]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pipelines.ingest.sources import _json_text  # the ingest job's JSON -> text rule
+from pipelines.ingest.sources import json_text  # the ingest job's JSON -> text rule
 
 FORMATS = ("auto", "csv", "jsonl")
 
@@ -81,7 +81,7 @@ def _jsonl_records(handle: TextIO, first_line: str) -> Iterator[RawRecord]:
         if not isinstance(record, dict):
             yield RawRecord(number, None)
             continue
-        yield RawRecord(number, {str(k): _json_text(v) for k, v in record.items()})
+        yield RawRecord(number, {str(k): json_text(v) for k, v in record.items()})
 
 
 def _chain(first: str, handle: TextIO) -> Iterator[str]:
