@@ -89,7 +89,7 @@ def _alert(row: Mapping[str, Any], policy: AlertPolicy) -> dict[str, Any]:
         "terminal_id": None if row.get("terminal_id") is None else str(row["terminal_id"]),
         "amount": amount,
         "tx_timestamp": _timestamp(row["timestamp"]).isoformat(),
-        "score": score,
+        "score": round(score, 6),  # people read it; 16-digit floats also look like PANs
         "severity": severity_of(score, amount, policy),
         "model_version": None if row.get("model_version") is None else str(row["model_version"]),
         "reasons": list(row.get("reasons") or []),
