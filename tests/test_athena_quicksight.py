@@ -348,3 +348,14 @@ def test_rls_rules_from_the_command_line():
         RlsRule("all", "channel"), RlsRule("web", "channel", ("ecommerce", "atm")))
     with pytest.raises(UserError, match="GROUP:FIELD"):
         parse_rls(["no-field"])
+
+
+def test_data_source_uses_the_least_privilege_role_when_the_stack_exports_one():
+    from companions.quicksight.deploy import QuickSightConfig, QuickSightDeployer
+
+    config = QuickSightConfig(account_id="123456789012", workgroup="fraudops-dev",
+                              database="fraudops_dev", owner_arn="arn:owner",
+                              athena_role_arn="arn:aws:iam::123456789012:role/qs-athena")
+    deployer = QuickSightDeployer(None, config, "us-east-1", {}, None, set())
+    assert deployer._athena_parameters() == {
+        "WorkGroup": "fraudops-dev", "RoleArn": "arn:aws:iam::123456789012:role/qs-athena"}

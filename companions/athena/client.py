@@ -42,6 +42,7 @@ class AthenaTarget:
     workgroup: str
     lake_bucket: str
     output_location: str
+    quicksight_role_arn: str = ""  # the role QuickSight assumes to query (catalog stack)
 
 
 def resolve_target(cloudformation: Any, env: str, project: str = "fraudops") -> AthenaTarget:
@@ -62,6 +63,7 @@ def resolve_target(cloudformation: Any, env: str, project: str = "fraudops") -> 
         workgroup=exports[prefix + "AthenaWorkgroup"],
         lake_bucket=exports[prefix + "LakeBucket"],
         output_location=f"s3://{exports[prefix + 'ArtifactsBucket']}/athena-results/",
+        quicksight_role_arn=exports.get(prefix + "QuickSightAthenaRoleArn", ""),
     )
 
 

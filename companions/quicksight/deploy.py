@@ -87,6 +87,7 @@ class QuickSightConfig:
     prefix: str = "fraudops-dev"
     refresh_time: str = "06:00"
     timezone: str = "UTC"
+    athena_role_arn: str = ""  # least-privilege role for the data source (else the service role)
 
     def data_source_id(self) -> str:
         return f"{self.prefix}-athena"
@@ -190,13 +191,19 @@ class QuickSightDeployer:
         self.ensure_dashboard(data_sets, columns)
         return self.report
 
+    def _athena_parameters(self) -> dict[str, str]:
+        parameters = {"WorkGroup": self.config.workgroup}
+        if self.config.athena_role_arn:
+            parameters["RoleArn"] = self.config.athena_role_arn
+        return parameters
+
     def ensure_data_source(self) -> str:
         source_id = self.config.data_source_id()
         request = {
             "AwsAccountId": self.config.account_id,
             "DataSourceId": source_id,
             "Name": f"{self.config.prefix} Athena ({self.config.workgroup})",
-            "DataSourceParameters": {"AthenaParameters": {"WorkGroup": self.config.workgroup}},
+            "DataSourceParameters": {"AthenaParameters": self._athena_parameters()},
         }
         if self._exists(self.client.describe_data_source, DataSourceId=source_id):
             self.client.update_data_source(**request)

@@ -236,6 +236,7 @@ def _quicksight(args: argparse.Namespace) -> int:
             workgroup=target.workgroup, database=target.database, owner_arn=args.owner_arn,
             viewer_group_arns=tuple(args.viewer_group_arn), rls_rules=rules,
             prefix=f"{args.project}-{args.env}", refresh_time=args.refresh_time,
+            athena_role_arn=target.quicksight_role_arn,
         )
         deployer = QuickSightDeployer(session.client("quicksight"), config, session.region_name,
                                       load_library(), output_schema, set(athena_tables()))
