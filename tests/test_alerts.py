@@ -135,6 +135,9 @@ def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(monkeypatch):
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         monkeypatch.setenv("STATE_TABLE", "state")
         monkeypatch.setenv("ALERTS_TOPIC_ARN", topic)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="lake")
+        monkeypatch.setenv("LAKE_BUCKET", "lake")
 
         first = handler({"scored": SCORED}, None)
         retried = handler({"scored": SCORED}, None)
@@ -143,6 +146,16 @@ def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(monkeypatch):
         bodies = [json.loads(m["Body"]) for m in
                   sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]]
         assert len(bodies) == 3
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
+        assert {k.split("/")[1] for k in keys} == {"dt=2026-02-01", "dt=2026-02-03"}
+        import io
+
+        import pyarrow.parquet as pq
+
+        written = [pq.read_table(io.BytesIO(s3.get_object(Bucket="lake", Key=k)["Body"].read()))
+                   for k in keys]
+        assert sorted(t for table in written for t in table["transaction_id"].to_pylist()) == [
+            "t1", "t2", "t4", "t5"]
 
 
 def test_feedback_command_loads_labels_and_rejects_bad_rows(workspace, tmp_path, capsys):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 
 @dataclass
 class DynamoAlertStore:
     table: Any  # a boto3 DynamoDB Table resource
+    added: list[dict[str, Any]] = field(default_factory=list)  # this invocation's new alerts
 
     def last_alert_for_card(self, card_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"entity": f"alert#{card_id}"}).get("Item")
@@ -35,8 +37,12 @@ class DynamoAlertStore:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return None
             raise
-        # A stable id across Lambda invocations (hash() is salted per process).
-        alert_id = int(hashlib.sha256(alert["transaction_id"].encode()).hexdigest()[:12], 16)
+        # A stable id across Lambda invocations (hash() is salted per process), kept
+        # under 13 digits so no id can ever look like a card number.
+        digest = hashlib.sha256(alert["transaction_id"].encode()).hexdigest()
+        alert_id = int(digest[:12], 16) % 10**12
+        self.added.append({**alert, "alert_id": alert_id, "grouped_into": grouped_into,
+                           "raised_at": datetime.now(UTC).isoformat()})
         if grouped_into is None:
             stored = {**alert, "alert_id": alert_id}
             self.table.put_item(Item={"entity": f"alert#{alert['card_id']}",

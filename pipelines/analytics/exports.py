@@ -17,6 +17,7 @@ reader never sees a half-written export.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,13 +105,26 @@ def _rows(db_path: Path, table: str) -> list[dict]:
 
 def read_alerts(db_path: Path) -> pa.Table:
     """Every alert in the queue as an ``ALERTS_SCHEMA`` table (``dt`` = transaction day)."""
-    rows = _rows(db_path, ALERTS_TABLE)
-    for row in rows:
+    return alerts_table(_rows(db_path, ALERTS_TABLE))
+
+
+def alerts_table(rows: list[dict]) -> pa.Table:
+    """Alert records (ISO times, reasons as a JSON list or text) as ``ALERTS_SCHEMA`` rows.
+
+    The one conversion both the local export and the alert Lambda on AWS use.
+    """
+    converted = []
+    for source in rows:
+        row = {name: source.get(name) for name in ALERTS_SCHEMA.names}
         for column in _ALERT_TIMES:
-            row[column] = _parse_time(row[column])
+            value = row[column]
+            row[column] = value if isinstance(value, datetime) else _parse_time(value)
+        if not isinstance(row["reasons"], str):
+            row["reasons"] = json.dumps(row["reasons"] or [])
         row[PARTITION_COLUMN] = row["tx_timestamp"].date().isoformat()
         assert_no_card_data(row)  # nothing after ingestion may hold a card number in clear
-    return pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA)
+        converted.append(row)
+    return pa.Table.from_pylist(converted, schema=ALERTS_SCHEMA)
 
 
 def read_cases(db_path: Path) -> pa.Table:
