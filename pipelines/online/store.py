@@ -28,19 +28,23 @@ from pipelines.workspace import Workspace
 
 STATE_FILE = "state.sqlite"
 LOCK_FILE = ".lock"
-STATE_FORMAT = "3"  # bump when the pickled entity layout changes
+STATE_FORMAT = "4"  # bump when the pickled entity layout or the tables change
+# Processed ids are kept for replays a day longer than the features look back.
+PROCESSED_MARGIN_US = 86_400_000_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
     plan INTEGER NOT NULL, key BLOB NOT NULL, state BLOB NOT NULL, PRIMARY KEY (plan, key)
 );
-CREATE TABLE IF NOT EXISTS label_index (tx TEXT PRIMARY KEY, ts INTEGER NOT NULL, refs TEXT);
-CREATE INDEX IF NOT EXISTS label_index_by_ts ON label_index (ts);
+CREATE TABLE IF NOT EXISTS label_chunks (
+    id INTEGER PRIMARY KEY, max_ts INTEGER NOT NULL, entries BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pending_labels (
     tx TEXT PRIMARY KEY, is_fraud INTEGER NOT NULL, known_us INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS processed (tx TEXT PRIMARY KEY, ts INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS processed_by_ts ON processed (ts);
+CREATE TABLE IF NOT EXISTS processed_chunks (
+    id INTEGER PRIMARY KEY, max_ts INTEGER NOT NULL, ids BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -60,12 +64,18 @@ class LocalStateStore:
     entries, newly processed transaction ids and the caller's checkpoint, so
     state, dedupe ids and checkpoint can never disagree after a crash. Commit
     cost follows the traffic since the last commit, not the size of the state.
+
+    Label-index entries and processed ids are insert-only and expire by time, so
+    each commit stores its new ones as one pickled chunk (a row per commit, not
+    per transaction: per-row inserts cost more than computing the features).
+    Processed ids are held in memory for ``seen``, like the label index itself.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE
         self._pending_processed: dict[str, int] = {}
+        self._processed: dict[str, int] | None = None  # committed ids, loaded on first use
 
     @classmethod
     def for_workspace(cls, ws: Workspace) -> LocalStateStore:
@@ -103,6 +113,7 @@ class LocalStateStore:
     def load(self, label_delay_days: int) -> tuple[OnlineFeatureEngine, dict[str, Any]]:
         """The engine as of the last commit (fresh if none) and that commit's checkpoint."""
         self._pending_processed = {}
+        self._processed = None
         if not self.path.exists():
             return OnlineFeatureEngine(label_delay_days), {}
         try:
@@ -147,29 +158,47 @@ class LocalStateStore:
                 tx: (int(f), int(k))
                 for tx, f, k in con.execute("SELECT tx, is_fraud, known_us FROM pending_labels")
             },
-            label_index={
-                tx: (ts, [tuple(r) for r in json.loads(refs)])
-                for tx, ts, refs in con.execute("SELECT tx, ts, refs FROM label_index ORDER BY ts")
-            },
         )
+        engine.meta.label_index = self._load_label_index(con, engine.oldest_useful_us())
+        self._processed = self._load_processed(con)
         return engine, json.loads(meta["checkpoint"])
+
+    @staticmethod
+    def _load_label_index(con: sqlite3.Connection, oldest: int | None) -> dict[str, tuple]:
+        """Entries still useful, in time order (``OnlineFeatureEngine.prune`` stops early)."""
+        entries = []
+        for (blob,) in con.execute("SELECT entries FROM label_chunks ORDER BY id"):
+            entries.extend(pickle.loads(blob))  # noqa: S301 - our own state file
+        entries.sort(key=lambda entry: entry[1])
+        return {tx: (ts, refs) for tx, ts, refs in entries if oldest is None or ts >= oldest}
+
+    @staticmethod
+    def _load_processed(con: sqlite3.Connection) -> dict[str, int]:
+        processed: dict[str, int] = {}
+        for (blob,) in con.execute("SELECT ids FROM processed_chunks ORDER BY id"):
+            processed.update(pickle.loads(blob))  # noqa: S301 - our own state file
+        cutoff = _processed_cutoff(con)
+        if cutoff is not None:
+            processed = {tx: ts for tx, ts in processed.items() if ts >= cutoff}
+        return processed
 
     def seen(self, transaction_ids: Iterable[str]) -> set[str]:
         """Which of these transactions were processed (committed, or since the last commit)."""
-        ids = [i for i in dict.fromkeys(transaction_ids) if i is not None]
-        found = {i for i in ids if i in self._pending_processed}
-        if not self.path.exists():
-            return found
-        con = self._connect()
-        try:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(r[0] for r in con.execute(
-                    f"SELECT tx FROM processed WHERE tx IN ({marks})", chunk))  # noqa: S608
-        finally:
-            con.close()
-        return found
+        committed = self._committed_processed()
+        pending = self._pending_processed
+        return {i for i in transaction_ids if i is not None and (i in pending or i in committed)}
+
+    def _committed_processed(self) -> dict[str, int]:
+        if self._processed is None:
+            if not self.path.exists():
+                self._processed = {}
+            else:
+                con = self._connect()
+                try:
+                    self._processed = self._load_processed(con)
+                finally:
+                    con.close()
+        return self._processed
 
     def mark_processed(self, processed: dict[str, int]) -> None:
         """Transactions scored since the last commit (written with the next commit)."""
@@ -180,6 +209,7 @@ class LocalStateStore:
         """Write what changed, the processed ids and the checkpoint in one transaction."""
         engine.prune()
         oldest = engine.oldest_useful_us()
+        committed = self._committed_processed()  # read before this commit adds to the file
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -190,11 +220,8 @@ class LocalStateStore:
                      for k in engine.touched[plan]],
                 )
             self._write_labels(con, engine, oldest)
-            con.executemany("INSERT OR REPLACE INTO processed (tx, ts) VALUES (?, ?)",
-                            self._pending_processed.items())
-            if oldest is not None:
-                # A replay of anything older would be out of order anyway; a day's margin.
-                con.execute("DELETE FROM processed WHERE ts < ?", (oldest - 86_400_000_000,))
+            cutoff = None if oldest is None else oldest - PROCESSED_MARGIN_US
+            self._write_processed(con, cutoff)
             meta = {
                 "format": STATE_FORMAT,
                 "feature_set_version": FEATURE_SET_VERSION,
@@ -214,23 +241,47 @@ class LocalStateStore:
             raise
         finally:
             con.close()
+        committed.update(self._pending_processed)
+        if cutoff is not None:
+            # A replay of anything older would be out of order anyway (a day's margin).
+            for tx in [tx for tx, ts in committed.items() if ts < cutoff]:
+                del committed[tx]
         self._pending_processed = {}
+
+    def _write_processed(self, con: sqlite3.Connection, cutoff: int | None) -> None:
+        new = self._pending_processed
+        if new:
+            con.execute(
+                "INSERT INTO processed_chunks (max_ts, ids) VALUES (?, ?)",
+                (max(new.values()), pickle.dumps(new, protocol=5)),
+            )
+        if cutoff is not None:
+            con.execute("DELETE FROM processed_chunks WHERE max_ts < ?", (cutoff,))
+            con.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                        ("processed_cutoff", str(cutoff)))
 
     def _write_labels(self, con: sqlite3.Connection, engine: OnlineFeatureEngine,
                       oldest: int | None) -> None:
         index = engine.meta.label_index
-        con.executemany(
-            "INSERT OR REPLACE INTO label_index (tx, ts, refs) VALUES (?, ?, ?)",
-            [(tx, index[tx][0], json.dumps(index[tx][1]))
-             for tx in engine.touched_labels if tx in index],
-        )
+        entries = [(tx, *index[tx]) for tx in engine.touched_labels if tx in index]
+        if entries:
+            con.execute(
+                "INSERT INTO label_chunks (max_ts, entries) VALUES (?, ?)",
+                (max(e[1] for e in entries), pickle.dumps(entries, protocol=5)),
+            )
         if oldest is not None:
-            con.execute("DELETE FROM label_index WHERE ts < ?", (oldest,))
+            con.execute("DELETE FROM label_chunks WHERE max_ts < ?", (oldest,))
         con.execute("DELETE FROM pending_labels")
         con.executemany(
             "INSERT INTO pending_labels (tx, is_fraud, known_us) VALUES (?, ?, ?)",
             [(tx, f, k) for tx, (f, k) in engine.meta.pending_labels.items()],
         )
+
+
+def _processed_cutoff(con: sqlite3.Connection) -> int | None:
+    """Processed ids older than this were dropped at the last commit (None: none yet)."""
+    row = con.execute("SELECT value FROM meta WHERE name = 'processed_cutoff'").fetchone()
+    return None if row is None else int(row[0])
 
 
 # --- DynamoDB -----------------------------------------------------------------------------

@@ -178,11 +178,12 @@ class StreamScorer:
             batch: list[RawRecord] = []
             batch_started = time.monotonic()
             while not stop.is_set():
-                record = queue.get(timeout=min(0.2, self.settings.max_wait_seconds))
-                if record is not None:
+                taken = queue.get_many(self.settings.batch_size - len(batch),
+                                       timeout=min(0.2, self.settings.max_wait_seconds))
+                if taken:
                     if not batch:
                         batch_started = time.monotonic()
-                    batch.append(record)
+                    batch.extend(taken)
                 due = time.monotonic() - batch_started >= self.settings.max_wait_seconds
                 if batch and (len(batch) >= self.settings.batch_size or queue.finished or due):
                     self.process(batch, summary)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,35 +123,64 @@ _END = object()
 
 
 class RecordQueue:
-    """Reads records on a background thread; ``get(timeout)`` returns None when quiet."""
+    """Reads records on a background thread; the scorer takes them in chunks.
+
+    A per-record ``queue.Queue`` costs two lock round trips per record (about as
+    much as parsing it), so the reader appends to a deque (atomic under the GIL)
+    and only wakes the consumer when it is waiting. ``capacity`` bounds memory:
+    the reader pauses while that many records wait.
+    """
 
     def __init__(self, records: Iterator[RawRecord], capacity: int = 50_000) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._items: deque = deque()
+        self._capacity = max(1, capacity)
+        self._ready = threading.Event()  # set when the reader has appended something
+        self._space = threading.Event()  # set when the consumer has taken something
         self.finished = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._pump, args=(records,), daemon=True)
         self._thread.start()
 
     def _pump(self, records: Iterator[RawRecord]) -> None:
+        items, ready, space, capacity = self._items, self._ready, self._space, self._capacity
         try:
             for record in records:
-                self._queue.put(record)
+                items.append(record)
+                if not ready.is_set():
+                    ready.set()
+                if len(items) >= capacity:
+                    space.clear()
+                    while len(items) >= capacity:
+                        space.wait(0.1)  # timeout: a set() racing the clear() is not lost
         except BaseException as exc:  # handed to the consumer, which raises it
             self.error = exc
         finally:
-            self._queue.put(_END)
+            items.append(_END)
+            ready.set()
+
+    def get_many(self, limit: int, timeout: float) -> list[RawRecord]:
+        """Up to ``limit`` records; empty if none arrived within ``timeout`` or input ended."""
+        if self.finished:
+            return []
+        items = self._items
+        if not items:
+            self._ready.clear()
+            if not items:  # re-check: the reader sets ``ready`` after any append it sees cleared
+                self._ready.wait(timeout)
+        taken: list[RawRecord] = []
+        while items and len(taken) < limit:
+            item = items.popleft()
+            if item is _END:
+                self.finished = True
+                if self.error is not None:
+                    raise self.error
+                break
+            taken.append(item)
+        if taken:
+            self._space.set()
+        return taken
 
     def get(self, timeout: float) -> RawRecord | None:
         """The next record; None if none arrived within ``timeout`` or the input ended."""
-        if self.finished:
-            return None
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _END:
-            self.finished = True
-            if self.error is not None:
-                raise self.error
-            return None
-        return item
+        taken = self.get_many(1, timeout)
+        return taken[0] if taken else None
