@@ -70,9 +70,12 @@ class BatchOutcome:
 # --- validation -----------------------------------------------------------------------------
 def _headers(records: Sequence[RawRecord]) -> list[str]:
     headers: dict[str, None] = {}
+    last = None  # records of one source share their fields: compare, don't re-add
     for record in records:
-        if record.values is not None:
-            headers.update(dict.fromkeys(record.values))
+        values = record.values
+        if values is not None and values.keys() != last:
+            headers.update(dict.fromkeys(values))
+            last = values.keys()
     for name in schema.REQUIRED_COLUMNS:  # absent everywhere -> missing_* per record
         headers.setdefault(name, None)
     return list(headers)
@@ -103,9 +106,15 @@ def _has_forbidden(fields: tuple[str, ...]) -> bool:
 def split_forbidden(records: Sequence[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
     """Records carrying card verification data or PINs are refused whole (PCI DSS)."""
     kept, refused = [], []
+    last, last_bad = None, False
     for record in records:
-        bad = record.values is not None and _has_forbidden(tuple(record.values))
-        (refused if bad else kept).append(record)
+        values = record.values
+        if values is None:
+            kept.append(record)
+            continue
+        if values.keys() != last:  # same fields as the record before: same verdict
+            last, last_bad = values.keys(), _has_forbidden(tuple(values))
+        (refused if last_bad else kept).append(record)
     return kept, refused
 
 
