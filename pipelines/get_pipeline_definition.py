@@ -25,6 +25,7 @@ from pipelines._utils import (
     configure_cli_logging,
     convert_kwargs,
 )
+from pipelines.fileio import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_atomically(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` through a temp file, so no half file is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(content, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cli_logging(args.verbose)
@@ -75,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"get-pipeline-definition: error: {exc}", file=sys.stderr)
         return 2
     if args.file_name:
-        write_atomically(Path(args.file_name), content)
+        write_text_atomically(Path(args.file_name), content)
         print(f"wrote the definition of {args.module_name} to {args.file_name}", file=sys.stderr)
     else:
         print(content)

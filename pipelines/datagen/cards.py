@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.datagen.catalog import BIN_PREFIXES, BIN_WEIGHTS
+from pipelines.governance import carddata
 
 CARD_LENGTH = 16
 _ACCOUNT_DIGITS = CARD_LENGTH - 6 - 1  # after the 6-digit BIN, before the check digit
@@ -12,15 +13,7 @@ _ACCOUNT_DIGITS = CARD_LENGTH - 6 - 1  # after the 6-digit BIN, before the check
 
 def luhn_valid(number: str) -> bool:
     """True when ``number`` is all digits and passes the Luhn (mod 10) check."""
-    if not number.isdigit():
-        return False
-    total = 0
-    for position, char in enumerate(reversed(number)):
-        digit = int(char)
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
+    return number.isdigit() and carddata.luhn_valid(number)
 
 
 def luhn_check_digits(payload: np.ndarray) -> np.ndarray:

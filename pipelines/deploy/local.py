@@ -27,6 +27,7 @@ from typing import Any
 from pipelines.deploy.artifacts import ArtifactError, ModelBundle, materialize
 from pipelines.deploy.backend import FAILED, IN_SERVICE, ROLLED_BACK, SKIPPED, DeploymentResult
 from pipelines.deploy.history import DeploymentHistory, utc_now
+from pipelines.fileio import write_json_atomically
 from pipelines.notifications import FAILURES_TOPIC, Notifier, OutboxNotifier
 from pipelines.workspace import Workspace
 
@@ -56,13 +57,6 @@ def read_endpoint_state(workspace: Workspace) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def is_endpoint_process(pid: int | None) -> bool:
@@ -224,7 +218,9 @@ class LocalEndpointBackend:
                 "log_file": info["log_file"],
                 "deployed_at": utc_now(),
             }
-            _write_json_atomically(endpoint_state_path(self.workspace), state)
+            write_json_atomically(
+                endpoint_state_path(self.workspace), state, indent=2, sort_keys=True
+            )
             if previous and previous.get("pid") != info["pid"]:
                 stop_endpoint_process(previous["pid"])
             message = f"serving version {version} at {info['url']}"

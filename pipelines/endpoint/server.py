@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.endpoint.handler import InferenceHandler
+from pipelines.fileio import write_json_atomically
 
 LOG = logging.getLogger("fraudops.endpoint")
 
@@ -276,9 +277,7 @@ def write_ready_file(path: Path, server: EndpointServer) -> None:
         "url": server.url,
         "started_at": datetime.now(UTC).isoformat(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(path, info)
 
 
 def limit_model_threads(threads: int) -> None:

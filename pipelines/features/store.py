@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from pipelines.features.definitions import feature_set_manifest
+from pipelines.fileio import write_text_atomically
 
 MANIFEST_NAME = "_feature_set.json"
 
@@ -35,9 +36,7 @@ def staging_dir(target: Path) -> Path:
 def write_manifest(directory: Path, label_delay_days: int) -> Path:
     """Write ``_feature_set.json`` atomically into ``directory``."""
     path = directory / MANIFEST_NAME
-    tmp = directory / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(feature_set_manifest(label_delay_days), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(feature_set_manifest(label_delay_days), indent=2) + "\n")
     return path
 
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.fileio import write_bytes_atomically
 from pipelines.workspace import ARTIFACTS_BUCKET
 
 DEFAULT_MODULE = "pipelines.fraud.pipeline"
@@ -116,19 +116,6 @@ def _create_bucket(s3_client, bucket: str, region: str) -> None:
         )
 
 
-def _write_atomically(path: Path, body: bytes) -> None:
-    """Write through a temp file in the same directory, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _copy_uploaded_objects(s3_client, code_store_dir: Path) -> list[str]:
     """Copy every object in the mocked S3 to ``code_store_dir/<bucket>/<key>``."""
     copied = []
@@ -138,7 +125,7 @@ def _copy_uploaded_objects(s3_client, code_store_dir: Path) -> list[str]:
         for page in paginator.paginate(Bucket=name):
             for item in page.get("Contents", []):
                 body = s3_client.get_object(Bucket=name, Key=item["Key"])["Body"].read()
-                _write_atomically(code_store_dir / name / item["Key"], body)
+                write_bytes_atomically(code_store_dir / name / item["Key"], body)
                 copied.append(f"s3://{name}/{item['Key']}")
     return copied
 
@@ -253,5 +240,5 @@ def render_pipeline_cached(
                                module_name=module_name)
     payload = {"name": rendered.name, "definition": rendered.definition,
                "code_objects": list(rendered.code_objects)}
-    _write_atomically(entry, json.dumps(payload).encode())
+    write_bytes_atomically(entry, json.dumps(payload).encode())
     return rendered

@@ -39,6 +39,7 @@ from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pipelines.fileio import write_json_atomically
 from pipelines.governance import audit
 from pipelines.governance.audit import canonical_json
 from pipelines.governance.locks import file_lock, workspace_lock
@@ -394,10 +395,7 @@ def _load_cache(ws: Workspace) -> dict[str, list]:
 
 
 def _save_cache(ws: Workspace, cache: dict[str, list]) -> None:
-    path = ws.vault / "cache.json"
-    tmp = path.with_name(".cache.json.tmp")
-    tmp.write_text(json.dumps(cache), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(ws.vault / "cache.json", cache)
 
 
 def clean_tmp(ws: Workspace) -> int:
@@ -870,11 +868,7 @@ def get_schedule(ws: Workspace) -> Schedule:
 
 
 def set_schedule(ws: Workspace, schedule: Schedule, actor: str | None = None) -> Schedule:
-    path = ws.vault / "schedule.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".schedule.json.tmp")
-    tmp.write_text(json.dumps({"every_hours": schedule.every_hours}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(ws.vault / "schedule.json", {"every_hours": schedule.every_hours})
     audit.record(ws, "backup.schedule.set", actor, "vault", {"schedule": schedule.describe()})
     return schedule
 
