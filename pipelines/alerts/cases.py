@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,18 +90,19 @@ class CaseQueue:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection for the queue's life: raising alerts from a stream calls
+        # in here twice per alert, and opening SQLite each time dominated that.
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        """The queue's connection, inside one transaction (committed on success)."""
+        with self._lock, self._db:
+            yield self._db
 
     # ---------------------------------------------------------------- alerts
     def last_alert_for_card(self, card_id: str) -> dict[str, Any] | None:
