@@ -1,11 +1,33 @@
 """Installable package: pipeline definition, local backend, AWS adapters, CLI."""
 
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+# Container code and templates the package deploys; shipped inside it as
+# pipelines/_bundled/<unit> (found by pipelines/core/code.py).
+BUNDLED_UNITS = ("processing", "training", "inference", "infra")
+
+
+class BuildPyWithBundledCode(build_py):
+    """``build_py`` that also copies the container code and templates into the package."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads them from the checkout
+        for unit in BUNDLED_UNITS:
+            target = Path(self.build_lib) / "pipelines" / "_bundled" / unit
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(HERE / unit, target,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
 
 about: dict[str, str] = {}
-exec((Path(__file__).parent / "pipelines" / "__init__.py").read_text(), about)
+exec((HERE / "pipelines" / "__init__.py").read_text(), about)
 
 # Direct dependencies, pinned; the SageMaker SDK needs the s3fs floor or pip
 # back-tracks for minutes into a 2019 release.
@@ -47,20 +69,21 @@ setup(
     name="fraudops",
     version=about["__version__"],
     description="Fraud detection and compliance workflow on Amazon SageMaker Pipelines",
-    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["pipelines", "pipelines.*", "companions", "companions.*",
                                     "lambdas", "lambdas.*"]),
     # The named Athena queries are data files read at run time.
-    package_data={"companions.athena": ["queries/*.sql"]},
+    package_data={"pipelines.data.lake": ["queries/*.sql"]},
+    cmdclass={"build_py": BuildPyWithBundledCode},
     install_requires=required_packages,
     extras_require=extras,
     entry_points={
         "console_scripts": [
-            "fraudops=pipelines.cli:main",
-            "run-pipeline=pipelines.run_pipeline:main",
-            "get-pipeline-definition=pipelines.get_pipeline_definition:main",
+            "fraudops=pipelines.cli.main:main",
+            "run-pipeline=pipelines.cli.run_pipeline:main",
+            "get-pipeline-definition=pipelines.cli.get_pipeline_definition:main",
         ]
     },
     license="Proprietary",

@@ -17,18 +17,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pipelines.data.lake.catalog import refresh_catalog
 from sklearn.metrics import precision_recall_curve
 
 from bench._harness import Result, median_seconds
-from companions.athena.library import load_library
-from pipelines.alerts.cases import CaseQueue
 from pipelines.analytics.dashboard import render_dashboard
 from pipelines.analytics.exports import export_queue
 from pipelines.analytics.runner import run_named_query
-from pipelines.lake.catalog import refresh_catalog
-from pipelines.schema import CHANNELS, CURATED_SCHEMA, QUARANTINE_SCHEMA
-from pipelines.scoring.batch import SCORED_SCHEMA
-from pipelines.workspace import Workspace
+from pipelines.core.schema import CHANNELS, CURATED_SCHEMA, QUARANTINE_SCHEMA
+from pipelines.core.workspace import Workspace
+from pipelines.data.lake.named_queries import load_library
+from pipelines.serving.alerts.cases import CaseQueue
+from pipelines.serving.scoring.batch import SCORED_SCHEMA
 
 AREA = "analytics"
 DAYS = 60

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench._harness import Result
-from pipelines.governance import vault
-from pipelines.schema import CURATED_SCHEMA
-from pipelines.workspace import Workspace
+from pipelines.compliance import vault
+from pipelines.core.schema import CURATED_SCHEMA
+from pipelines.core.workspace import Workspace
 
 AREA = "backup"
 DAYS = 30

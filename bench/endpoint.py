@@ -1,7 +1,7 @@
 """Endpoint latency: one transaction per request at a bounded 200 requests/s on loopback.
 
 Target: p99 <= 10 ms. The server runs in its own process exactly as the
-deployer starts it (``python -m pipelines.endpoint.server``), hosting the
+deployer starts it (``python -m pipelines.serving.endpoint.server``), hosting the
 repository's ``inference.py`` with a model the size training produces (34
 features, 400 rounds, depth 5). The client sends on a fixed schedule (open
 loop) and measures each latency from the scheduled send time, so a slow
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from bench._harness import Result
-from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
-from pipelines.deploy.sample_model import synthetic_features, train_model_files
-from pipelines.features.definitions import FEATURE_COLUMNS
+from pipelines.core.code import unit_dir
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.serving.deploy.sample_model import synthetic_features, train_model_files
 
 AREA = "endpoint"
 RATE = 200.0  # requests per second, the bound the issue sets
@@ -42,11 +42,11 @@ def start_server(model_dir: Path, run_dir: Path, lock: bool) -> tuple[subprocess
     command = [
         sys.executable,
         "-m",
-        "pipelines.endpoint.server",
+        "pipelines.serving.endpoint.server",
         "--model-dir",
         str(model_dir),
         "--code-dir",
-        str(REPO_INFERENCE_DIR),
+        str(unit_dir("inference")),
         "--ready-file",
         str(ready),
         "--log-file",

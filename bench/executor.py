@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench._harness import Result, median_seconds
-from pipelines.executor import run_pipeline_definition
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.model.executor import run_pipeline_definition
 
 AREA = "executor"
 TARGET_OVERHEAD_PCT = 10.0

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench._harness import Result
-from pipelines.schema import CHANNELS, CURATED_SCHEMA
-from pipelines.workspace import Workspace
+from pipelines.core.schema import CHANNELS, CURATED_SCHEMA
+from pipelines.core.workspace import Workspace
 
 AREA = "features"
 TARGET_SECONDS = 15.0
@@ -74,8 +74,8 @@ def generate_curated(root: Path, size: int, days: int = 90, seed: int = 7) -> No
 _CHILD = """
 import json, resource, sys, time
 from bench._harness import peak_rss_mb
-from pipelines.features.build import build_feature_table
-from pipelines.workspace import Workspace
+from pipelines.data.features.build import build_feature_table
+from pipelines.core.workspace import Workspace
 ws = Workspace.open(sys.argv[1])
 start = time.perf_counter()
 summary = build_feature_table(ws, engine=sys.argv[2])

@@ -21,7 +21,7 @@ _CHILD = """
 import json, shutil, sys, time, statistics
 from pathlib import Path
 from bench._harness import median_seconds, peak_rss_mb
-from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
 
 size, workdir, repeat = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 config = GeneratorConfig(transactions=size)

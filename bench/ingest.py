@@ -1,6 +1,6 @@
 """Ingest speed: >= 300k rows/s from CSV at 1M rows on 2 cores, peak memory <= 4 GB.
 
-Landing data comes from ``pipelines.datagen`` (one CSV per day, 1 % malformed
+Landing data comes from ``pipelines.data.datagen`` (one CSV per day, 1 % malformed
 rows) or, if the generator is not installed, from a small local helper. Each
 measurement runs in a child process, so the peak memory reported is the
 ingest's own, not the generator's.
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 size, out = int(sys.argv[1]), Path(sys.argv[2])
 try:
-    from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+    from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
 except ImportError:
     from bench.ingest import write_simple_drops
     write_simple_drops(size, out)
@@ -39,8 +39,8 @@ _INGEST = """
 import json, resource, shutil, statistics, sys, warnings
 from pathlib import Path
 from bench._harness import median_seconds, peak_rss_mb
-from pipelines.ingest import ingest
-from pipelines.workspace import Workspace
+from pipelines.data.ingest import ingest
+from pipelines.core.workspace import Workspace
 
 warnings.simplefilter("ignore")
 landing, workdir, repeat = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])

@@ -66,7 +66,7 @@ def run_dataset(name: str, size: int, seed: int, workdir: Path) -> dict[str, flo
     """One ``fraudops run`` in a fresh workspace; returns the test metrics."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir / "ws")]
+    command = [sys.executable, "-m", "pipelines.cli.main", "run", "--workdir", str(workdir / "ws")]
     if name == OURS:
         command += ["--transactions", str(size), "--days", str(days_for(size)),
                     "--seed", str(seed), "--malformed-rate", "0"]
@@ -100,8 +100,8 @@ def metrics_of(evaluation: dict) -> dict[str, float]:
 
 
 def _stop_endpoint(workspace_root: Path) -> None:
-    from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
+    from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
     if not workspace_root.exists():
         return

@@ -17,9 +17,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from bench._harness import Result, median_seconds
-from pipelines.alerts import CaseQueue
-from pipelines.reports import REPORT_NAMES, generate
-from pipelines.workspace import Workspace
+from pipelines.analytics.reports import REPORT_NAMES, generate
+from pipelines.core.workspace import Workspace
+from pipelines.serving.alerts import CaseQueue
 
 AREA = "reports"
 TARGET_SECONDS = 30.0
@@ -38,7 +38,7 @@ def build_workspace(size: int, root: Path) -> Workspace:
     if marker.is_file() and marker.read_text().strip() == str(size):
         return Workspace.open(root)
     subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--transactions", str(size),
+        [sys.executable, "-m", "pipelines.cli.main", "run", "--transactions", str(size),
          "--days", str(DAYS), "--start-date", START.isoformat(), "--workdir", str(root)],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -53,7 +53,7 @@ def build_workspace(size: int, root: Path) -> Workspace:
 
 def _stop_endpoint(ws: Workspace) -> None:
     """The run deploys a local endpoint process; the benchmark does not need it."""
-    from pipelines.deploy.local import stop_endpoint_process
+    from pipelines.serving.deploy.local import stop_endpoint_process
 
     state = ws.state_dir / "endpoint.json"
     if state.is_file():

@@ -18,17 +18,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench._harness import Result, median_seconds
-from pipelines.deploy.sample_model import (
+from pipelines.core.workspace import Workspace
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.deploy.sample_model import (
     create_request,
     synthetic_features,
     train_model_files,
     upload_model,
 )
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.registry import APPROVED, LocalModelRegistry
-from pipelines.scoring import load_model, score_day
-from pipelines.scoring.batch import score_table
-from pipelines.workspace import Workspace
+from pipelines.serving.scoring import load_model, score_day
+from pipelines.serving.scoring.batch import score_table
 
 AREA = "scoring"
 DAY = "2026-01-05"

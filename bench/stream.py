@@ -1,6 +1,6 @@
 """Stream scoring throughput with online features (target: >= 5,000 tx/s sustained, 2 cores).
 
-Self-contained: generates raw transactions (``pipelines.datagen``, 1% malformed,
+Self-contained: generates raw transactions (``pipelines.data.datagen``, 1% malformed,
 card numbers in clear as they arrive), registers a real XGBoost model over the
 full feature set, then streams the CSV through ``StreamScorer`` in process:
 CSV parsing, the ingest job's validation and tokenisation, online features one
@@ -20,19 +20,19 @@ import time
 from pathlib import Path
 
 from bench._harness import Result
-from pipelines.alerts.cases import CaseQueue
-from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
-from pipelines.deploy.sample_model import create_request, train_model_files, upload_model
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.ingest import Tokeniser, load_key
-from pipelines.notifications import OutboxNotifier
-from pipelines.online.engine import OnlineFeatureEngine
-from pipelines.online.store import LocalStateStore
-from pipelines.registry import APPROVED, LocalModelRegistry
-from pipelines.scoring.batch import load_model
-from pipelines.stream import InProcessModel, StreamScorer, StreamSettings, read_records
-from pipelines.stream.scorer import dead_letter_dir
-from pipelines.workspace import Workspace
+from pipelines.core.notifications import OutboxNotifier
+from pipelines.core.workspace import Workspace
+from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.data.ingest import Tokeniser, load_key
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.alerts.cases import CaseQueue
+from pipelines.serving.deploy.sample_model import create_request, train_model_files, upload_model
+from pipelines.serving.online.engine import OnlineFeatureEngine
+from pipelines.serving.online.store import LocalStateStore
+from pipelines.serving.scoring.batch import load_model
+from pipelines.serving.stream import InProcessModel, StreamScorer, StreamSettings, read_records
+from pipelines.serving.stream.scorer import dead_letter_dir
 
 AREA = "stream"
 TARGET_TX_PER_S = 5000.0

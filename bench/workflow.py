@@ -27,7 +27,7 @@ def run(size: int, workdir: Path) -> list[Result]:
     days = 90 if size >= 200_000 else 35
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--workdir", str(workdir),
+        [sys.executable, "-m", "pipelines.cli.main", "run", "--workdir", str(workdir),
          "--transactions", str(size), "--days", str(days)],
         capture_output=True, text=True, check=False,
     )
@@ -56,8 +56,8 @@ def _workflow_steps(stdout: str) -> list[tuple[str, float]]:
 
 
 def _pipeline_steps(workdir: Path) -> list[tuple[str, float]]:
-    from pipelines.executor.store import ExecutionStore
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
+    from pipelines.model.executor.store import ExecutionStore
 
     store = ExecutionStore(Workspace.open(workdir).executions)
     [execution] = store.list_pipeline_executions(limit=1)["PipelineExecutionSummaries"]
@@ -71,8 +71,8 @@ def _pipeline_steps(workdir: Path) -> list[tuple[str, float]]:
 
 
 def _stop_endpoint(workdir: Path) -> None:
-    from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
+    from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
     state = read_endpoint_state(Workspace.open(workdir)) or {}
     if state.get("pid"):

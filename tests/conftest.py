@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

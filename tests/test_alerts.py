@@ -9,10 +9,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipelines.alerts import AlertPolicy, CaseError, CaseQueue, raise_alerts, severity_of
-from pipelines.cli import main
-from pipelines.labels import read_labels
-from pipelines.notifications import ALERTS_TOPIC, OutboxNotifier, read_outbox
+from pipelines.cli.main import main
+from pipelines.core.notifications import ALERTS_TOPIC, OutboxNotifier, read_outbox
+from pipelines.data.labels import read_labels
+from pipelines.serving.alerts import AlertPolicy, CaseError, CaseQueue, raise_alerts, severity_of
 
 
 def _row(tx, card, ts, score, amount=50.0):
@@ -80,7 +80,7 @@ def test_case_moves_open_in_review_closed_and_becomes_a_label(workspace, queue):
     case = queue.show(case_id)
     assert case.status == "closed" and case.disposition == "confirmed_fraud"
     assert [e["action"] for e in case.events] == ["opened", "assigned", "note", "closed"]
-    from pipelines.governance.audit import list_entries, verify
+    from pipelines.compliance.audit import list_entries, verify
 
     audited = [e for e in list_entries(workspace) if e["action"].startswith("case.")]
     assert [(e["action"], e["actor"]) for e in audited] == [
@@ -175,8 +175,8 @@ def test_feedback_command_loads_labels_and_rejects_bad_rows(workspace, tmp_path,
 
 def test_a_label_corrected_later_feeds_features_once(workspace):
     """A chargeback later reversed: the feature build sees only the latest label."""
-    from pipelines.features.build import read_labels as labels_for_features
-    from pipelines.labels import write_labels
+    from pipelines.data.features.build import read_labels as labels_for_features
+    from pipelines.data.labels import write_labels
 
     write_labels(workspace, [{"transaction_id": "t1", "is_fraud": 1,
                               "label_known_at": "2026-02-10T00:00:00+00:00"}])

@@ -13,12 +13,17 @@ import pyarrow as pa
 import pytest
 from botocore.stub import ANY, Stubber
 
-from companions.athena.client import AthenaQueryError, AthenaRunner, AthenaTarget, resolve_target
-from companions.athena.ddl import athena_tables, create_table_ddl, hive_type
-from companions.athena.library import get_query, load_library
-from companions.quicksight.deploy import QuickSightConfig, QuickSightDeployer, RlsRule
+from pipelines.analytics.quicksight import QuickSightConfig, QuickSightDeployer, RlsRule
 from pipelines.analytics.runner import output_schema
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.data.lake.athena_client import (
+    AthenaQueryError,
+    AthenaRunner,
+    AthenaTarget,
+    resolve_target,
+)
+from pipelines.data.lake.ddl import athena_tables, create_table_ddl, hive_type
+from pipelines.data.lake.named_queries import get_query, load_library
 
 TARGET = AthenaTarget("fraudops_dev", "fraudops-dev", "lake-bkt", "s3://art-bkt/athena-results/")
 
@@ -154,7 +159,7 @@ def test_named_query_library_sync_is_idempotent():
     same_sql, _ = library["alert_precision"].positional()
     stub.add_response("list_named_queries", {"NamedQueryIds": ["id-1", "id-2"]},
                       {"WorkGroup": "fraudops-dev", "MaxResults": 50})
-    from companions.athena.client import _description
+    from pipelines.data.lake.athena_client import _description
 
     stub.add_response("batch_get_named_query", {"NamedQueries": [
         {"Name": "alert_precision", "Database": "fraudops_dev", "QueryString": same_sql,
@@ -311,8 +316,8 @@ class _Session:
 def test_cli_runs_a_named_query_on_athena(monkeypatch, capsys):
     import json
 
-    from pipelines.cli import main as cli_main
-    from pipelines.commands import athena as athena_command
+    from pipelines.cli.commands import athena as athena_command
+    from pipelines.cli.main import main as cli_main
 
     cloudformation = boto3.client("cloudformation", region_name="us-east-1")
     cfn_stub = Stubber(cloudformation)
@@ -341,8 +346,8 @@ def test_cli_runs_a_named_query_on_athena(monkeypatch, capsys):
 
 
 def test_rls_rules_from_the_command_line():
-    from pipelines.commands._common import UserError
-    from pipelines.commands.athena import parse_rls
+    from pipelines.cli.commands._common import UserError
+    from pipelines.cli.commands.athena import parse_rls
 
     assert parse_rls(["all:channel", "web:channel=ecommerce,atm"]) == (
         RlsRule("all", "channel"), RlsRule("web", "channel", ("ecommerce", "atm")))
@@ -351,7 +356,7 @@ def test_rls_rules_from_the_command_line():
 
 
 def test_data_source_uses_the_least_privilege_role_when_the_stack_exports_one():
-    from companions.quicksight.deploy import QuickSightConfig, QuickSightDeployer
+    from pipelines.analytics.quicksight import QuickSightConfig, QuickSightDeployer
 
     config = QuickSightConfig(account_id="123456789012", workgroup="fraudops-dev",
                               database="fraudops_dev", owner_arn="arn:owner",

@@ -8,16 +8,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from pipelines.cli import main as cli_main
-from pipelines.governance import audit
-from pipelines.governance.carddata import (
+from pipelines.compliance.carddata import (
     CardDataError,
     assert_no_card_data,
     card_data_problems,
     luhn_valid,
 )
-from pipelines.workspace import Workspace
+
+from pipelines.cli.main import main as cli_main
+from pipelines.compliance import audit
+from pipelines.core.workspace import Workspace
 
 VISA_TEST_PAN = "4111111111111111"
 

@@ -8,8 +8,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from companions.backup import aws_backup
-from companions.backup.aws_backup import BackupSettings, ProtectionError
+from pipelines.compliance import aws_backup
+from pipelines.compliance.aws_backup import BackupSettings, ProtectionError
 
 ACCOUNT = "123456789012"
 HOME, COPY = "us-east-1", "us-west-2"

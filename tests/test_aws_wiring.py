@@ -21,17 +21,17 @@ from moto.events.models import EventPattern
 
 from lambdas.deploy.handler import handler as deploy_lambda
 from lambdas.failure_notification.handler import handler as failure_lambda
-from pipelines import run_pipeline
-from pipelines.deploy.aws import SageMakerEndpointBackend, default_alarm_names
-from pipelines.deploy.on_approval import aws_backend_and_registry
-from pipelines.deploy.promotion import (
+from pipelines.cli import run_pipeline
+from pipelines.core.events import MODEL_PACKAGE_STATE_CHANGE
+from pipelines.serving.deploy.aws import SageMakerEndpointBackend, default_alarm_names
+from pipelines.serving.deploy.on_approval import aws_backend_and_registry
+from pipelines.serving.deploy.promotion import (
     DEFAULT_REQUEST_KEY,
     ENDPOINT_STATE_CHANGE,
     PromotionRequest,
     handle_aws_event,
 )
-from pipelines.deploy.sample_model import create_request
-from pipelines.events import MODEL_PACKAGE_STATE_CHANGE
+from pipelines.serving.deploy.sample_model import create_request
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 REGION = "us-east-1"

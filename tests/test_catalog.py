@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pipelines.data.lake.query import execute, transpile_athena
 
-from pipelines.cli import main as cli_main
-from pipelines.ingest import ingest
-from pipelines.lake import QueryError, refresh_catalog, register_table, run_query
-from pipelines.lake.query import execute, transpile_athena
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main as cli_main
+from pipelines.core.workspace import Workspace
+from pipelines.data.ingest import ingest
+from pipelines.data.lake import QueryError, refresh_catalog, register_table, run_query
 
 COLUMNS = ["transaction_id", "timestamp", "customer_id", "terminal_id", "amount", "card_number"]
 

@@ -17,8 +17,8 @@ from pipelines.analytics.dashboard import (
     collect,
     render_dashboard,
 )
-from pipelines.cli import main as cli_main
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main as cli_main
+from pipelines.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts"

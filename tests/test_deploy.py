@@ -17,25 +17,25 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from lambdas.deploy.handler import handler as deploy_lambda
-from pipelines.cli import main
-from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
-from pipelines.deploy.aws import SageMakerEndpointBackend
-from pipelines.deploy.local import (
+from pipelines.cli.main import main
+from pipelines.core.code import unit_dir
+from pipelines.core.events import MODEL_PACKAGE_STATE_CHANGE, LocalLambdaContext
+from pipelines.core.notifications import FAILURES_TOPIC, read_outbox
+from pipelines.model.registry import APPROVED, REJECTED, LocalModelRegistry
+from pipelines.serving.deploy.aws import SageMakerEndpointBackend
+from pipelines.serving.deploy.local import (
     LocalEndpointBackend,
     endpoint_state_path,
     http_request,
     is_endpoint_process,
     read_endpoint_state,
 )
-from pipelines.deploy.sample_model import (
+from pipelines.serving.deploy.sample_model import (
     create_request,
     train_model_files,
     upload_model,
     write_corrupt_tarball,
 )
-from pipelines.events import MODEL_PACKAGE_STATE_CHANGE, LocalLambdaContext
-from pipelines.notifications import FAILURES_TOPIC, read_outbox
-from pipelines.registry import APPROVED, REJECTED, LocalModelRegistry
 
 GROUP = "fraud-detection"
 
@@ -59,7 +59,7 @@ def code_uri(workspace) -> str:
     path = workspace.local_path(uri)
     path.parent.mkdir(parents=True)
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(REPO_INFERENCE_DIR / "inference.py", arcname="inference.py")
+        tar.add(unit_dir("inference") / "inference.py", arcname="inference.py")
     return uri
 
 
@@ -176,7 +176,7 @@ def test_retiring_the_serving_model_is_recorded_not_deployed(registry, workspace
 
 
 def test_decisions_and_deployments_reach_the_audit_trail(registry, workspace, model_dir):
-    from pipelines.governance.audit import audit_log_path
+    from pipelines.compliance.audit import audit_log_path
 
     arn = register(registry, workspace, model_dir, "run-1")
     registry.update_model_package(arn, REJECTED, "bob", "no")
@@ -314,7 +314,7 @@ def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, mo
     arn = register(registry, workspace, model_dir, "run-2")
     LocalModelRegistry(workspace.registry_db).update_model_package(arn, APPROVED, "bob", "ok")
     workdir = str(workspace.root)
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--version", "2"]
+    command = [sys.executable, "-m", "pipelines.cli.main", "serve", "--port", "0", "--version", "2"]
     command += ["--workdir", workdir]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
-from pipelines.deploy.sample_model import SAMPLE_FEATURES, synthetic_features, train_model_files
-from pipelines.endpoint.handler import InferenceHandler
-from pipelines.endpoint.server import EndpointServer
+from pipelines.core.code import unit_dir
+from pipelines.serving.deploy.sample_model import (
+    SAMPLE_FEATURES,
+    synthetic_features,
+    train_model_files,
+)
+from pipelines.serving.endpoint.handler import InferenceHandler
+from pipelines.serving.endpoint.server import EndpointServer
 
 LIMIT = 4096  # a small body limit so the 413 test stays small
 
@@ -36,7 +40,7 @@ def start(handler: InferenceHandler, max_body_bytes: int = LIMIT):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    server, thread = start(InferenceHandler.load(model_dir, REPO_INFERENCE_DIR))
+    server, thread = start(InferenceHandler.load(model_dir, unit_dir("inference")))
     yield server
     server.shutdown()
     server.server_close()
@@ -210,7 +214,7 @@ def test_missing_or_invalid_content_length(server, model_dir):
 
 
 def test_six_megabytes_is_the_default_limit(model_dir):
-    from pipelines.endpoint.server import DEFAULT_MAX_BODY_BYTES
+    from pipelines.serving.endpoint.server import DEFAULT_MAX_BODY_BYTES
 
     assert DEFAULT_MAX_BODY_BYTES == 6 * 1024 * 1024
 

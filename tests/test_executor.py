@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from pipelines import cli
-from pipelines.executor import (
+from pipelines.cli import main as cli
+from pipelines.core.workspace import Workspace
+from pipelines.model.executor import (
     DefinitionError,
     ExecutionStore,
     ExecutorError,
@@ -33,9 +34,8 @@ from pipelines.executor import (
     resume_pipeline_execution,
     run_pipeline_definition,
 )
-from pipelines.executor.expressions import ResolutionContext, evaluate_condition
-from pipelines.executor.policies import parse_duration, retry_delay
-from pipelines.workspace import Workspace
+from pipelines.model.executor.expressions import ResolutionContext, evaluate_condition
+from pipelines.model.executor.policies import parse_duration, retry_delay
 
 CODE = "s3://artifacts/code"
 
@@ -394,8 +394,9 @@ def test_pipeline_resolves_every_expression_and_registers_the_trained_model(work
 
 
 def test_register_uses_the_workspace_registry_and_the_run_is_audited(workspace):
-    from pipelines.governance.audit import list_entries
-    from pipelines.registry import LocalModelRegistry
+    from pipelines.compliance.audit import list_entries
+
+    from pipelines.model.registry import LocalModelRegistry
 
     seed(workspace)
     summary = run_pipeline_definition(
@@ -463,7 +464,7 @@ def test_failing_step_fails_the_execution_with_its_log_tail(workspace):
     (failed,) = [e for e in events if e["detail"].get("currentStepStatus") == "Failed"]
     assert failed["detail-type"] == "SageMaker Model Building Pipeline Execution Step Status Change"
     assert failed["detail"]["logPath"] == str(log)
-    from pipelines.failures import describe_failure
+    from pipelines.core.failures import describe_failure
 
     described = describe_failure(failed)
     assert described["step"] == "Preprocess" and "bad row 17" in described["error"]
@@ -471,7 +472,8 @@ def test_failing_step_fails_the_execution_with_its_log_tail(workspace):
 
 
 def test_container_script_cannot_import_the_project_package(workspace):
-    definition = single_step("Leaky", f"{CODE}/leaky.py", "import pipelines.workspace\n", workspace)
+    leaky = "import pipelines.core.workspace\n"
+    definition = single_step("Leaky", f"{CODE}/leaky.py", leaky, workspace)
     summary = run(workspace, definition)
     assert summary.status == "Failed"
     assert "ModuleNotFoundError: No module named 'pipelines'" in summary.failure_reason
@@ -681,8 +683,8 @@ def test_execution_abandoned_by_a_killed_process_is_reaped_and_resumable(workspa
     put(workspace, f"{CODE}/evaluate.py", "import time\ntime.sleep(60)\n")
     starter = (
         "import json, sys\n"
-        "from pipelines.workspace import Workspace\n"
-        "from pipelines.executor import run_pipeline_definition\n"
+        "from pipelines.core.workspace import Workspace\n"
+        "from pipelines.model.executor import run_pipeline_definition\n"
         "run_pipeline_definition(sys.stdin.read(), Workspace.open(sys.argv[1]), {}, 't', "
         "'fraud-test', progress=False)\n"
     )
@@ -1140,7 +1142,7 @@ def _tar_names(path: Path) -> set[str]:
 def test_real_definition_uses_only_supported_steps_expressions_and_job_shapes(workspace):
     """Walk the SDK-rendered fraud-detection definition without running its heavy steps."""
     definition_module = pytest.importorskip("pipelines.fraud.definition")
-    from pipelines.executor.containers import parse_runproc
+    from pipelines.model.executor.containers import parse_runproc
 
     text = definition_module.render_definition({}, code_store_dir=workspace.object_store)
     parsed = parse_definition(text)

@@ -1,7 +1,7 @@
 """Point-in-time features: the DuckDB engine against an obviously-correct reference.
 
 The reference below loops over every pair of transactions in plain Python,
-straight from the written spec (pipelines/features/definitions.py docstring),
+straight from the written spec (pipelines/data/features/definitions.py docstring),
 so it shares no code path with the SQL the engine generates.
 """
 
@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main as cli_main
-from pipelines.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
-from pipelines.features.build import build_feature_table
-from pipelines.features.definitions import NO_PREVIOUS_TX_SECONDS
-from pipelines.features.duckdb_engine import compile_sql
-from pipelines.features.emr import JobCode, feature_step, submit_feature_step, upload_job_code
-from pipelines.schema import CHANNELS, CURATED_SCHEMA
+from pipelines.cli.main import main as cli_main
+from pipelines.core.schema import CHANNELS, CURATED_SCHEMA
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
+from pipelines.data.features.build import build_feature_table
+from pipelines.data.features.definitions import NO_PREVIOUS_TX_SECONDS
+from pipelines.data.features.duckdb_engine import compile_sql
+from pipelines.data.features.emr import JobCode, feature_step, submit_feature_step, upload_job_code
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -516,11 +516,11 @@ def test_job_code_is_uploaded_and_importable_from_the_zip(tmp_path):
     assert code.entry_uri == "s3://artifacts/emr/features/feature_job.py"
     assert keys == {"emr/features/fraudops_features.zip", "emr/features/feature_job.py"}
     archive = tmp_path / "fraudops_features.zip"
-    assert "pipelines/features/spark_engine.py" in zipfile.ZipFile(archive).namelist()
+    assert "pipelines/data/features/spark_engine.py" in zipfile.ZipFile(archive).namelist()
     # spark-submit --py-files puts the zip first on sys.path: the job must import from it.
     probe = (
         f"import sys; sys.path.insert(0, {str(archive)!r}); "
-        "from pipelines.features import definitions, spark_engine; "
+        "from pipelines.data.features import definitions, spark_engine; "
         "print(definitions.__file__, definitions.FEATURE_SET_VERSION)"
     )
     done = subprocess.run(
@@ -532,7 +532,7 @@ def test_job_code_is_uploaded_and_importable_from_the_zip(tmp_path):
 
 
 def test_feature_set_version_is_a_hash_of_the_definitions(monkeypatch):
-    from pipelines.features import definitions
+    from pipelines.data.features import definitions
 
     assert definitions._fingerprint() == FEATURE_SET_VERSION
     changed = tuple(
@@ -559,7 +559,7 @@ def test_cli_rejects_a_negative_label_delay(workspace, capsys):
 
 
 def test_built_table_is_queryable_through_the_lake_catalog(workspace):
-    query = pytest.importorskip("pipelines.lake.query")
+    query = pytest.importorskip("pipelines.data.lake.query")
     rows = crafted_transactions()
     write_curated(workspace, rows)
     summary = build_feature_table(workspace)

@@ -29,9 +29,9 @@ from test_features import (
 )
 
 from bench.features import generate_curated
-from pipelines.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from pipelines.features.build import build_feature_table
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.data.features import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from pipelines.data.features.build import build_feature_table
 
 pytestmark = pytest.mark.slow
 pyspark = pytest.importorskip("pyspark")
@@ -39,7 +39,7 @@ pyspark = pytest.importorskip("pyspark")
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipelines.features.spark_engine import local_session
+    from pipelines.data.features.spark_engine import local_session
 
     session = local_session("local[2]", shuffle_partitions=4)
     session.sparkContext.setLogLevel("ERROR")

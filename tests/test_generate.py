@@ -14,8 +14,9 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
-from pipelines.datagen import (
+from pipelines.cli.main import main
+from pipelines.core.schema import CHANNELS, LANDING_COLUMNS, REQUIRED_COLUMNS
+from pipelines.data.datagen import (
     AML_SCENARIOS,
     FRAUD_SCENARIOS,
     MALFORMED_CLASSES,
@@ -24,11 +25,10 @@ from pipelines.datagen import (
     luhn_valid,
     write_landing_drops,
 )
-from pipelines.datagen import writer as writer_module
-from pipelines.datagen.cards import generate_card_numbers
-from pipelines.datagen.catalog import KIND_STORE
-from pipelines.datagen.population import build_customers, build_terminals
-from pipelines.schema import CHANNELS, LANDING_COLUMNS, REQUIRED_COLUMNS
+from pipelines.data.datagen import writer as writer_module
+from pipelines.data.datagen.cards import generate_card_numbers
+from pipelines.data.datagen.catalog import KIND_STORE
+from pipelines.data.datagen.population import build_customers, build_terminals
 
 CONFIG = GeneratorConfig(transactions=30_000, days=28, seed=7)
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

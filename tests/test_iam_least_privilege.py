@@ -29,22 +29,23 @@ SERVICES = {  # botocore service name -> IAM action prefix
 ROLE_CODE = {
     ("ml.yaml", "FailureNotificationRole"): ["lambdas.failure_notification.handler"],
     ("ml.yaml", "AlertRole"): ["lambdas.alert.handler"],
-    ("ml.yaml", "DeployRole"): ["lambdas.deploy.handler", "pipelines.deploy.aws"],
+    ("ml.yaml", "DeployRole"): ["lambdas.deploy.handler", "pipelines.serving.deploy.aws"],
     ("ml.yaml", "StreamScoringRole"): ["lambdas.stream_scoring.handler"],
-    ("cicd.yaml", "BuildRole"): ["pipelines.run_pipeline"],
+    ("cicd.yaml", "BuildRole"): ["pipelines.cli.run_pipeline"],
     ("catalog.yaml", "EtlRole"): ["companions.glue.transactions_etl"],
 }
 # Modules the scan reaches by import that never run under the role on AWS
 # (they serve the local backend or CLI subcommands).
 LOCAL_ONLY = {
-    "pipelines.deploy.local", "pipelines.registry.local", "pipelines.endpoint.server",
-    "pipelines.governance.vault", "pipelines.commands", "pipelines.executor",
+    "pipelines.serving.deploy.local", "pipelines.model.registry.local",
+    "pipelines.serving.endpoint.server",
+    "pipelines.compliance.vault", "pipelines.cli.commands", "pipelines.model.executor",
     "pipelines.fraud.definition",  # renders under moto; the aws path never calls it
 }
 # Same-named methods that are not AWS calls: (module, action) -> what it really is.
 NOT_AWS_CALLS = {
-    ("pipelines.ingest.run", "sns:Publish"): "writer.publish renames staged files into place",
-    ("pipelines.executor.status_events", "sns:Publish"): "the local event bus",
+    ("pipelines.data.ingest.run", "sns:Publish"): "writer.publish renames staged files into place",
+    ("pipelines.model.executor.status_events", "sns:Publish"): "the local event bus",
 }
 # API operations whose IAM action has another name.
 IAM_ACTION_OF = {
@@ -169,7 +170,8 @@ def test_the_scan_finds_calls():
     """Guard against a scan that silently sees nothing (it would pass everything)."""
     used = _used_actions(_closure(["lambdas.alert.handler"]))
     assert {"dynamodb:GetItem", "dynamodb:PutItem", "sns:Publish"} <= set(used)
-    assert "sagemaker:CreateEndpointConfig" in _used_actions(_closure(["pipelines.deploy.aws"]))
+    deploy_actions = _used_actions(_closure(["pipelines.serving.deploy.aws"]))
+    assert "sagemaker:CreateEndpointConfig" in deploy_actions
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import schema
-from pipelines.cli import main as cli_main
-from pipelines.ingest import IngestError, ingest, writer
-from pipelines.ingest.ledger import Ledger
-from pipelines.ingest.tokenise import KEY_ENV, KEY_FILENAME
-from pipelines.lake import run_query
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main as cli_main
+from pipelines.core import schema
+from pipelines.core.workspace import Workspace
+from pipelines.data.ingest import IngestError, ingest, writer
+from pipelines.data.ingest.ledger import Ledger
+from pipelines.data.ingest.tokenise import KEY_ENV, KEY_FILENAME
+from pipelines.data.lake import run_query
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -405,8 +405,8 @@ def test_exception_between_published_files_leaves_previous_state_and_rerun_compl
 
 CRASHING_RUN = textwrap.dedent("""
     import sys, time
-    from pipelines.ingest import ingest, writer
-    from pipelines.workspace import Workspace
+    from pipelines.data.ingest import ingest, writer
+    from pipelines.core.workspace import Workspace
 
     phase, root, source = sys.argv[1:4]
     target = "write_parquet" if phase == "staging" else "_move_into_place"
@@ -530,7 +530,7 @@ def test_glue_job_ingests_from_s3_with_the_same_engine(moto_endpoint, tmp_path, 
 
 
 def test_generated_drops_reconcile_with_the_generators_own_counts(workspace):
-    datagen = pytest.importorskip("pipelines.datagen")
+    datagen = pytest.importorskip("pipelines.data.datagen")
     config = datagen.GeneratorConfig(transactions=4_000, days=5, seed=7)
     drops = datagen.write_landing_drops(datagen.generate_transactions(config), workspace.landing,
                                         "csv", 0.05, config.seed)

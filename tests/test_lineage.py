@@ -25,16 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
-from pipelines.deploy.history import DeploymentHistory
-from pipelines.executor.store import ExecutionStore, now_iso
-from pipelines.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from pipelines.governance import audit
-from pipelines.lake import refresh_catalog
-from pipelines.lineage import LineageError, resolve_lineage
-from pipelines.registry import LocalModelRegistry
-from pipelines.schema import CURATED_SCHEMA
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main
+from pipelines.compliance import audit
+from pipelines.core.schema import CURATED_SCHEMA
+from pipelines.core.workspace import Workspace
+from pipelines.data.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from pipelines.data.lake import refresh_catalog
+from pipelines.model.deployments import DeploymentHistory
+from pipelines.model.executor.store import ExecutionStore, now_iso
+from pipelines.model.lineage import LineageError, resolve_lineage
+from pipelines.model.registry import LocalModelRegistry
 
 EXEC_ID = "exec0001"
 PIPELINE = "fraud-detection"
@@ -292,7 +292,7 @@ def test_lineage_of_a_real_run_matches_the_split(tmp_path: Path):
     root = tmp_path / "ws"
     # A small dataset trains a weak model: the gate at 0 lets it register (lineage is the
     # point here, not quality).
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--transactions", "20000",
+    subprocess.run([sys.executable, "-m", "pipelines.cli.main", "run", "--transactions", "20000",
                     "--days", "30", "--quality-threshold", "0", "--workdir", str(root)],
                    check=True, capture_output=True)
     ws = Workspace.open(root)
@@ -308,7 +308,7 @@ def test_lineage_of_a_real_run_matches_the_split(tmp_path: Path):
         assert all(c["matches_path"] for s in lineage["steps"] for c in s["code"])
         assert lineage["curated"]["ingestion_runs"][0]["audit"] is not None
     finally:
-        from pipelines.deploy.local import stop_endpoint_process
+        from pipelines.serving.deploy.local import stop_endpoint_process
 
         state = root / "state" / "endpoint.json"
         if state.is_file():  # the endpoint process this run started

@@ -15,16 +15,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.datagen import GeneratorConfig, generate_transactions
-from pipelines.deploy.sample_model import create_request, train_model_files, upload_model
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.features.duckdb_engine import compute_features
-from pipelines.online.engine import OnlineFeatureEngine, OutOfOrder
-from pipelines.online.store import LocalStateStore, StateError
-from pipelines.registry import APPROVED, LocalModelRegistry
-from pipelines.scoring.batch import load_model, score_table
-from pipelines.stream.core import model_matrix
-from pipelines.stream.models import InProcessModel
+from pipelines.data.datagen import GeneratorConfig, generate_transactions
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.data.features.duckdb_engine import compute_features
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.deploy.sample_model import create_request, train_model_files, upload_model
+from pipelines.serving.online.engine import OnlineFeatureEngine, OutOfOrder
+from pipelines.serving.online.store import LocalStateStore, StateError
+from pipelines.serving.scoring.batch import load_model, score_table
+from pipelines.serving.stream.core import model_matrix
+from pipelines.serving.stream.models import InProcessModel
 
 DELAY_DAYS = 7
 TOLERANCE = 1e-9
@@ -217,7 +217,7 @@ ROWS = [
 def test_compiled_expressions_match_duckdb(expression):
     import duckdb
 
-    from pipelines.online.compiler import ExpressionCompiler, build_function
+    from pipelines.serving.online.compiler import ExpressionCompiler, build_function
 
     compiled = ExpressionCompiler({"x": "x", "y": "y", "label": "label"},
                                   {"x", "y", "label"}).compile(expression)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines._utils import ArgumentError, convert_kwargs, convert_struct, convert_tags
 from pipelines.fraud.definition import render_pipeline
+from pipelines.fraud.modules import ArgumentError, convert_kwargs, convert_struct, convert_tags
 from pipelines.fraud.pipeline import QUALITY_METRIC_PATH, pack_source_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,7 @@ def offline_env() -> dict[str, str]:
 def test_get_pipeline_definition_works_without_credentials_or_network(rendered, tmp_path):
     out = tmp_path / "out" / "pipeline.json"
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.get_pipeline_definition",
+        [sys.executable, "-m", "pipelines.cli.get_pipeline_definition",
          "--module-name", "pipelines.fraud.pipeline",
          "--kwargs", json.dumps(KWARGS), "--file-name", str(out)],
         cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=300,
@@ -325,7 +325,7 @@ def test_get_pipeline_definition_works_without_credentials_or_network(rendered, 
 
 
 def test_get_pipeline_definition_reports_bad_kwargs(capsys):
-    from pipelines.get_pipeline_definition import main
+    from pipelines.cli.get_pipeline_definition import main
 
     assert main(["--kwargs", "{region: us-east-1}"]) == 2
     assert "--kwargs is not valid JSON" in capsys.readouterr().err
@@ -354,9 +354,9 @@ def test_convert_struct_reads_json_and_python_literals():
 def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
     rendered, workspace, monkeypatch, capsys
 ):
-    import pipelines.executor
-    from pipelines.executor import ExecutionSummary, StepSummary
-    from pipelines.run_pipeline import main
+    import pipelines.model.executor
+    from pipelines.cli.run_pipeline import main
+    from pipelines.model.executor import ExecutionSummary, StepSummary
 
     calls = []
 
@@ -367,7 +367,7 @@ def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
         return ExecutionSummary("e1", "arn:e1", pipeline_name, "Failed", "no features",
                                 "t0", "t1", [step_summary])  # fmt: skip
 
-    monkeypatch.setattr(pipelines.executor, "run_pipeline_definition", fake_executor)
+    monkeypatch.setattr(pipelines.model.executor, "run_pipeline_definition", fake_executor)
     monkeypatch.setenv("FRAUDOPS_USER", "analyst-1")
     code = main(["--workdir", str(workspace.root), "--kwargs", json.dumps(KWARGS),
                  "--pipeline-parameters", '{"QualityThresholdAP": 0.2}'])  # fmt: skip
@@ -387,11 +387,11 @@ def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
 
 
 def test_run_pipeline_local_without_the_executor_says_so(workspace, monkeypatch, capsys):
-    from pipelines.run_pipeline import main
+    from pipelines.cli.run_pipeline import main
 
-    monkeypatch.setitem(sys.modules, "pipelines.executor", None)  # import fails
+    monkeypatch.setitem(sys.modules, "pipelines.model.executor", None)  # import fails
     assert main(["--workdir", str(workspace.root)]) == 2
-    assert "needs pipelines.executor.run_pipeline_definition" in capsys.readouterr().err
+    assert "needs pipelines.model.executor.run_pipeline_definition" in capsys.readouterr().err
 
 
 def test_cached_render_returns_the_identical_definition_without_the_sdk(
@@ -428,7 +428,7 @@ def test_fingerprint_changes_with_the_shipped_code(monkeypatch, tmp_path):
     for folder in definition_module.RENDER_INPUTS:
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "x.py").write_text("a = 1\n")
-    monkeypatch.setattr(definition_module, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(definition_module, "unit_dir", lambda unit: tmp_path / unit)
     before = definition_module.render_fingerprint(KWARGS)
     (tmp_path / "training" / "x.py").write_text("a = 2\n")
     assert definition_module.render_fingerprint(KWARGS) != before

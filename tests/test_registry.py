@@ -6,10 +6,9 @@ import threading
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.deploy.sample_model import create_request
-from pipelines.events import MODEL_PACKAGE_STATE_CHANGE, EventBus, matches
-from pipelines.registry import (
+from pipelines.cli.main import main
+from pipelines.core.events import MODEL_PACKAGE_STATE_CHANGE, EventBus, matches
+from pipelines.model.registry import (
     APPROVED,
     PENDING,
     REJECTED,
@@ -18,6 +17,7 @@ from pipelines.registry import (
     NotFoundError,
     RegistryError,
 )
+from pipelines.serving.deploy.sample_model import create_request
 
 GROUP = "fraud-detection"
 MODEL_URL = "s3://artifacts/models/run-1/model.tar.gz"

@@ -20,26 +20,26 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pipelines.compliance.audit import list_entries
+from pipelines.compliance.carddata import CardDataError, find_card_numbers
 from test_lineage import build_trained_workspace, curated_row, write_curated
 
-from pipelines.alerts import CaseQueue
-from pipelines.cli import main
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.governance.audit import list_entries
-from pipelines.governance.carddata import CardDataError, find_card_numbers
-from pipelines.reports import ReportError, build, generate
-from pipelines.reports.ctr import (
+from pipelines.analytics.reports import ReportError, build, generate
+from pipelines.analytics.reports.ctr import (
     CtrRules,
     StructuringRule,
     aggregate_ctr,
     compute_ctr,
     structuring_flags,
 )
-from pipelines.reports.drift import band, psi, psi_from_counts
-from pipelines.reports.model_card import SECTION_TITLES
-from pipelines.reports.output import reports_root
-from pipelines.reports.sar import filing_due
-from pipelines.workspace import Workspace
+from pipelines.analytics.reports.drift import band, psi, psi_from_counts
+from pipelines.analytics.reports.model_card import SECTION_TITLES
+from pipelines.analytics.reports.output import reports_root
+from pipelines.analytics.reports.sar import filing_due
+from pipelines.cli.main import main
+from pipelines.core.workspace import Workspace
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.serving.alerts import CaseQueue
 
 MASKED = "453201******0366"
 CLEAR_PAN = "4532015112830366"  # Luhn-valid test number
@@ -296,7 +296,7 @@ def test_a_failing_renderer_leaves_nothing_behind(workspace: Workspace, monkeypa
     def broken(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipelines.reports.output.render_pdf", broken)
+    monkeypatch.setattr("pipelines.analytics.reports.output.render_pdf", broken)
     with pytest.raises(OSError, match="disk full"):
         generate(workspace, "ctr", date(2026, 3, 1), date(2026, 3, 6))
     assert list((reports_root(workspace) / "ctr").iterdir()) == []
@@ -390,7 +390,7 @@ def test_fraud_stats_by_quarter_channel_and_type_with_late_labels(workspace: Wor
     pq.write_table(pa.table({"transaction_id": ["J2"], "is_fraud": pa.array([1], pa.int8()),
                              "label_known_at": [datetime(2026, 2, 1, tzinfo=UTC)]}),
                    labels / "labels.parquet")
-    from pipelines.lake import refresh_catalog
+    from pipelines.data.lake import refresh_catalog
 
     refresh_catalog(workspace)
     report = build(workspace, "fraud-stats", date(2026, 1, 1), date(2026, 6, 30))
@@ -437,9 +437,9 @@ def test_report_cli_writes_and_prints_where(workspace: Workspace, capsys):
 
 
 def test_pdf_survives_a_cell_longer_than_a_page(workspace: Workspace):
-    from pipelines.reports.document import Report, Section, Table
-    from pipelines.reports.output import write_report
-    from pipelines.reports.pdf import column_widths
+    from pipelines.analytics.reports.document import Report, Section, Table
+    from pipelines.analytics.reports.output import write_report
+    from pipelines.analytics.reports.pdf import column_widths
 
     long_text = "suspicious " * 5_000  # far taller than one page at any width
     table = Table("t", "Long", ["customer_id", "narrative"], [["C1", long_text]])

@@ -7,17 +7,17 @@ import urllib.request
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
-from pipelines.lake.query import run_query
-from pipelines.registry import LocalModelRegistry
+from pipelines.cli.main import main
+from pipelines.data.lake.query import run_query
+from pipelines.model.registry import LocalModelRegistry
+from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from pipelines.workspace import Workspace
+    from pipelines.core.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("run") / "ws")
     code = main(["run", "--workdir", str(ws.root), "--transactions", "40000", "--days", "35",
@@ -79,9 +79,9 @@ def test_no_card_number_in_clear_after_ingestion(finished_run):
 
 def test_quality_gate_rejects_a_model_below_the_bar(finished_run):
     """Same data and code (steps reused from the cache), a bar the model cannot meet."""
-    from pipelines.commands.model import current_user
-    from pipelines.executor import run_pipeline_definition
+    from pipelines.core.identity import current_user
     from pipelines.fraud.definition import render_pipeline_cached
+    from pipelines.model.executor import run_pipeline_definition
 
     _, ws = finished_run
     registry = LocalModelRegistry(ws.registry_db)

@@ -10,8 +10,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from pipelines import run_pipeline
-from pipelines.run_pipeline import main, wait_for_execution
+from pipelines.cli import run_pipeline
+from pipelines.cli.run_pipeline import main, wait_for_execution
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/pipeline-role"
@@ -174,7 +174,7 @@ def test_failed_execution_exits_1_with_the_reason(aws, monkeypatch, capsys):
 
 def test_project_tags_are_added_for_a_sagemaker_project(monkeypatch):
     """The template's buildspec passes sagemaker_project_name; its tags join ours."""
-    from pipelines._utils import get_pipeline_custom_tags
+    from pipelines.fraud.modules import get_pipeline_custom_tags
 
     client, stubber = stubbed_client()
     project_arn = "arn:aws:sagemaker:us-east-1:123456789012:project/fraud"

@@ -11,19 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 
-from pipelines.cli import main
-from pipelines.deploy.local import LocalEndpointBackend
-from pipelines.deploy.sample_model import (
+from pipelines.cli.main import main
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.deploy.local import LocalEndpointBackend
+from pipelines.serving.deploy.sample_model import (
     SAMPLE_FEATURES,
     create_request,
     synthetic_features,
     train_model_files,
     upload_model,
 )
-from pipelines.deploy.selection import SelectionError
-from pipelines.registry import APPROVED, LocalModelRegistry
-from pipelines.scoring import SCORED_SCHEMA, ScoringError, load_model, score_day, score_file
-from pipelines.scoring.batch import partition_dir
+from pipelines.serving.deploy.selection import SelectionError
+from pipelines.serving.scoring import SCORED_SCHEMA, ScoringError, load_model, score_day, score_file
+from pipelines.serving.scoring.batch import partition_dir
 
 DAY = "2026-01-05"
 
@@ -188,7 +188,7 @@ def test_missing_day_is_a_clear_error(workspace, registry, model_dir):
 def test_cli_scores_with_the_deployed_model_and_registers_the_table(
     workspace, registry, model_dir, capsys, monkeypatch
 ):
-    from pipelines.lake.query import run_query
+    from pipelines.data.lake.query import run_query
 
     monkeypatch.setenv("COLUMNS", "200")
     arn = register(workspace, registry, model_dir)
@@ -215,7 +215,7 @@ def test_batch_scoring_keeps_the_stream_scorers_files(workspace):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.scoring.batch import SCORED_SCHEMA, partition_dir, write_partition
+    from pipelines.serving.scoring.batch import SCORED_SCHEMA, partition_dir, write_partition
 
     now = datetime(2026, 2, 1, 12, tzinfo=UTC)
 

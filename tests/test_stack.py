@@ -8,17 +8,17 @@ import zipfile
 import boto3
 from botocore.stub import ANY, Stubber
 
-from pipelines.cli import main
-from pipelines.stack import Environment, build_artifacts, deploy_stack, stack_parameters
+from pipelines.cli.main import main
 from pipelines.workflow.declaration import FRAUD_WORKFLOW
 from pipelines.workflow.render import to_state_machine
+from pipelines.workflow.stack import Environment, build_artifacts, deploy_stack, stack_parameters
 
 
 def test_artifacts_hold_handlers_their_package_and_the_rendered_workflow(tmp_path):
     artifacts = build_artifacts(tmp_path)
     names = zipfile.ZipFile(artifacts["lambda.zip"]).namelist()
     assert "lambdas/failure_notification/handler.py" in names
-    assert "pipelines/failures.py" in names
+    assert "pipelines/core/failures.py" in names
     assert not any("__pycache__" in n for n in names)
     rendered = json.loads(artifacts["workflow.asl.json"].read_text())
     assert rendered == to_state_machine(FRAUD_WORKFLOW)

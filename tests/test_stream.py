@@ -17,20 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
-from pipelines.datagen import GeneratorConfig, generate_transactions, write_landing_drops
-from pipelines.deploy.artifacts import REPO_INFERENCE_DIR
-from pipelines.deploy.sample_model import create_request, train_model_files, upload_model
-from pipelines.endpoint.handler import InferenceHandler
-from pipelines.endpoint.server import EndpointServer
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.labels import write_labels
-from pipelines.notifications import ALERTS_TOPIC, FAILURES_TOPIC, read_outbox
-from pipelines.online.reasons import TEMPLATES, explain, render
-from pipelines.registry import APPROVED, LocalModelRegistry
-from pipelines.scoring.batch import SCORED_SCHEMA
-from pipelines.stream.scorer import dead_letter_dir
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main
+from pipelines.core.code import unit_dir
+from pipelines.core.notifications import ALERTS_TOPIC, FAILURES_TOPIC, read_outbox
+from pipelines.core.workspace import Workspace
+from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.data.labels import write_labels
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.deploy.sample_model import create_request, train_model_files, upload_model
+from pipelines.serving.endpoint.handler import InferenceHandler
+from pipelines.serving.endpoint.server import EndpointServer
+from pipelines.serving.online.reasons import TEMPLATES, explain, render
+from pipelines.serving.scoring.batch import SCORED_SCHEMA
+from pipelines.serving.stream.scorer import dead_letter_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("transaction_id", "score", "decision", "model_version", "customer_id", "amount")
@@ -131,7 +131,7 @@ def test_alerts_carry_reason_codes_and_open_cases(ws, drops):
         assert message["transaction_id"] in flagged
         assert 1 <= len(message["reasons"]) <= 3
         assert all(isinstance(r, str) and "_" not in r.split(" ")[0] for r in message["reasons"])
-    from pipelines.alerts.cases import CaseQueue
+    from pipelines.serving.alerts.cases import CaseQueue
 
     assert CaseQueue(ws.cases_db).list_alerts(limit=5)
 
@@ -166,7 +166,7 @@ def test_stdin_and_file_give_the_same_scores(ws, drops, tmp_path, model_dir):
     assert stream(ws, drops["csv"]) == 0
     with open(drops["csv"]) as handle:
         process = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "stream", "--input", "-", "--workdir",
+            [sys.executable, "-m", "pipelines.cli.main", "stream", "--input", "-", "--workdir",
              str(other.root), "--model-version", "1", "--threshold", "0.5"],
             stdin=handle, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
         )
@@ -177,7 +177,7 @@ def test_stdin_and_file_give_the_same_scores(ws, drops, tmp_path, model_dir):
 # --- restarts ---------------------------------------------------------------------------------
 def _start(ws: Workspace) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "stream", "--input", "-", "--workdir",
+        [sys.executable, "-m", "pipelines.cli.main", "stream", "--input", "-", "--workdir",
          str(ws.root), "--model-version", "1", "--threshold", "0.5", "--batch-size", "40",
          "--max-wait", "0.2", "--commit-interval", "0.5"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -245,7 +245,8 @@ def test_a_stopped_stream_restarted_on_the_same_input_gives_the_same_results(
 
 # --- scoring over HTTP and failures -----------------------------------------------------------
 def test_scoring_through_the_endpoint_equals_in_process(ws, drops, tmp_path, model_dir):
-    server = EndpointServer(("127.0.0.1", 0), InferenceHandler.load(model_dir, REPO_INFERENCE_DIR))
+    handler = InferenceHandler.load(model_dir, unit_dir("inference"))
+    server = EndpointServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -291,7 +292,7 @@ def test_feedback_labels_reach_the_terminal_risk_state(ws, tmp_path):
     later = tmp_path / "later.jsonl"
     later.write_text(record(2, 11) + "\n" + record(3, 13) + "\n")
 
-    from pipelines.online.store import LocalStateStore
+    from pipelines.serving.online.store import LocalStateStore
 
     assert stream(ws, later) == 0
     engine, _ = LocalStateStore.for_workspace(ws).load(7)
@@ -305,7 +306,7 @@ def test_feedback_labels_reach_the_terminal_risk_state(ws, tmp_path):
 # --- reason codes -----------------------------------------------------------------------------
 def test_every_declared_feature_has_a_reason_template():
     missing = [name for name in FEATURE_COLUMNS if name not in TEMPLATES]
-    assert not missing, f"add reason templates for {missing} in pipelines/online/reasons.py"
+    assert not missing, f"add reason templates for {missing} in pipelines/serving/online/reasons.py"
     context = dict.fromkeys(FEATURE_COLUMNS, 1.0) | {"amount": 12.5, "channel": "ecommerce",
                                                      "country": "FR", "currency": "EUR"}
     for name in FEATURE_COLUMNS:
@@ -356,7 +357,7 @@ def aws_stream():
     from moto import mock_aws
 
     from lambdas.stream_scoring.handler import Resources
-    from pipelines.ingest.tokenise import Tokeniser
+    from pipelines.data.ingest.tokenise import Tokeniser
 
     with mock_aws():
         dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
@@ -436,7 +437,7 @@ def test_the_lambda_scores_a_kinesis_batch_and_dead_letters_bad_records(aws_stre
 
 def test_the_lambda_keeps_online_state_across_invocations_and_skips_redeliveries(aws_stream):
     from lambdas.stream_scoring.handler import handler
-    from pipelines.online.engine import OnlineFeatureEngine
+    from pipelines.serving.online.engine import OnlineFeatureEngine
 
     rows = _transactions(8)
     first, second = _kinesis_event(rows[:4], 1), _kinesis_event(rows[4:], 5)

@@ -17,16 +17,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fixtures.third_party import LAYOUTS
+from pipelines.data.lake.query import run_query
 
-from pipelines import schema
-from pipelines.cli import main
-from pipelines.deploy.local import read_endpoint_state, stop_endpoint_process
-from pipelines.features.definitions import FEATURE_COLUMNS
-from pipelines.ingest import ingest
-from pipelines.ingest.columns import load_column_map, resolve_columns
-from pipelines.lake.query import run_query
-from pipelines.registry import LocalModelRegistry
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main
+from pipelines.core import schema
+from pipelines.core.workspace import Workspace
+from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.data.ingest import ingest
+from pipelines.data.ingest.columns import load_column_map, resolve_columns
+from pipelines.model.registry import LocalModelRegistry
+from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
 slow = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -18,13 +18,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pipelines.compliance.locks import LockTimeout, workspace_lock
+from pipelines.compliance.policy import BSA_RETENTION_DAYS, FILE_ZONES, place_legal_hold, zone_root
+from pipelines.compliance.retention import minimise
 
-from pipelines.cli import main as cli_main
-from pipelines.governance import audit, vault
-from pipelines.governance.locks import LockTimeout, workspace_lock
-from pipelines.governance.policy import BSA_RETENTION_DAYS, FILE_ZONES, place_legal_hold, zone_root
-from pipelines.governance.retention import minimise
-from pipelines.workspace import Workspace
+from pipelines.cli.main import main as cli_main
+from pipelines.compliance import audit, vault
+from pipelines.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -323,8 +323,8 @@ def test_backup_waits_for_writers_holding_the_workspace_lock(populated):
 _SLOW_BACKUP = textwrap.dedent(
     """
     import sys, time
-    from pipelines.governance import vault
-    from pipelines.workspace import Workspace
+    from pipelines.compliance import vault
+    from pipelines.core.workspace import Workspace
 
     real_store = vault._store_object
 
@@ -428,7 +428,7 @@ def test_minimise_removes_old_working_partitions_but_not_held_or_recent(workspac
 
 
 def test_minimise_refuses_records_and_periods_shorter_than_the_rule(workspace):
-    from pipelines.governance.policy import PolicyError
+    from pipelines.compliance.policy import PolicyError
 
     with pytest.raises(PolicyError, match="cannot be minimised"):
         minimise(workspace, zones=("records",))
@@ -437,7 +437,7 @@ def test_minimise_refuses_records_and_periods_shorter_than_the_rule(workspace):
 
 
 def test_retention_rules_are_configurable_above_the_legal_floor(populated: Workspace, capsys):
-    from pipelines.governance.policy import PolicyError, retention_rules, set_retention
+    from pipelines.compliance.policy import PolicyError, retention_rules, set_retention
 
     assert retention_rules(populated)["records"] == BSA_RETENTION_DAYS
     with pytest.raises(PolicyError, match=f"at least {BSA_RETENTION_DAYS} days"):

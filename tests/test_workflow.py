@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.failures import describe_failure, notify_failure
-from pipelines.notifications import FAILURES_TOPIC, OutboxNotifier, read_outbox
+from pipelines.core.failures import describe_failure, notify_failure
+from pipelines.core.notifications import FAILURES_TOPIC, OutboxNotifier, read_outbox
 from pipelines.workflow.declaration import FRAUD_WORKFLOW, RetryPolicy, Step, Workflow
 from pipelines.workflow.runner import RunContext, WorkflowFailed, run_workflow
 
@@ -147,7 +147,7 @@ def test_failure_lambda_publishes_to_sns():
 
 
 def test_failed_pipeline_step_on_the_local_bus_lands_in_the_outbox(workspace):
-    from pipelines.events import SAGEMAKER_SOURCE, local_bus
+    from pipelines.core.events import SAGEMAKER_SOURCE, local_bus
 
     deliveries = local_bus(workspace).publish(
         SAGEMAKER_SOURCE,

@@ -94,7 +94,7 @@ def test_placeholders_are_all_substituted():
 
 
 def test_failure_payload_is_understood_by_the_failure_handler():
-    from pipelines.failures import describe_failure
+    from pipelines.core.failures import describe_failure
 
     payload = to_state_machine(FRAUD_WORKFLOW)["States"]["notify-ingest-failed"]["Parameters"][
         "Payload"

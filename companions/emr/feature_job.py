@@ -1,7 +1,7 @@
 """EMR step entry: compute the feature table with Spark from curated Parquet.
 
-Thin on purpose: all logic lives in ``pipelines.features.spark_engine``, shipped
-next to this file with ``spark-submit --py-files`` (see ``pipelines.features.emr``).
+Thin on purpose: all logic lives in ``pipelines.data.features.spark_engine``, shipped
+next to this file with ``spark-submit --py-files`` (see ``pipelines.data.features.emr``).
 
     spark-submit --py-files fraudops_features.zip feature_job.py \\
         --input s3://lake/curated/transactions --output s3://lake/features/transactions
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported after argument parsing so `--help` works without pyspark.
     from pyspark.sql import SparkSession
 
-    from pipelines.features import spark_engine
+    from pipelines.data.features import spark_engine
 
     if args.master:
         spark = spark_engine.local_session(args.master)

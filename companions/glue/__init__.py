@@ -1,1 +1,1 @@
-"""AWS Glue job entry points; the logic lives in ``pipelines.ingest``."""
+"""AWS Glue job entry points; the logic lives in ``pipelines.data.ingest``."""

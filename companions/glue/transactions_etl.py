@@ -1,4 +1,4 @@
-"""AWS Glue job: the transactions ETL, a thin shell over ``pipelines.ingest``.
+"""AWS Glue job: the transactions ETL, a thin shell over ``pipelines.data.ingest``.
 
 Glue runs this script with job arguments such as::
 
@@ -31,9 +31,9 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipelines.ingest import IngestError, LakeLayout, Tokeniser, run_ingestion
-from pipelines.ingest.columns import check_column_map
-from pipelines.ingest.tokenise import KEY_ENV, key_from_text
+from pipelines.data.ingest import IngestError, LakeLayout, Tokeniser, run_ingestion
+from pipelines.data.ingest.columns import check_column_map
+from pipelines.data.ingest.tokenise import KEY_ENV, key_from_text
 
 REQUIRED = ("JOB_NAME", "landing_uri", "lake_uri")
 OPTIONAL = (

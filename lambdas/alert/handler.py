@@ -14,9 +14,9 @@ import json
 import os
 from typing import Any
 
-from pipelines.alerts.alerting import AlertPolicy, raise_alerts
-from pipelines.alerts.dynamo import DynamoAlertStore
-from pipelines.notifications import ALERTS_TOPIC, SnsNotifier
+from pipelines.core.notifications import ALERTS_TOPIC, SnsNotifier
+from pipelines.serving.alerts.alerting import AlertPolicy, raise_alerts
+from pipelines.serving.alerts.dynamo import DynamoAlertStore
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, int]:

@@ -3,7 +3,7 @@
 Subscribed by EventBridge rules to ``SageMaker Model Package State Change`` and
 ``SageMaker Endpoint State Change`` events, and invoked by the
 promote-to-production CodePipeline in production (see
-``pipelines.deploy.promotion``); locally the workspace event bus calls this
+``pipelines.serving.deploy.promotion``); locally the workspace event bus calls this
 same function with model-package events only.
 """
 
@@ -13,9 +13,9 @@ import json
 import os
 from typing import Any
 
-from pipelines.deploy import backend_for_context, handle_state_change
-from pipelines.deploy.aws import SageMakerEndpointBackend
-from pipelines.deploy.promotion import handle_aws_event
+from pipelines.serving.deploy import backend_for_context, handle_state_change
+from pipelines.serving.deploy.aws import SageMakerEndpointBackend
+from pipelines.serving.deploy.promotion import handle_aws_event
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.failures import notify_failure
-from pipelines.notifications import FAILURES_TOPIC, Notifier, OutboxNotifier, SnsNotifier
+from pipelines.core.failures import notify_failure
+from pipelines.core.notifications import FAILURES_TOPIC, Notifier, OutboxNotifier, SnsNotifier
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
 def _notifier(context: object) -> Notifier:
     workspace_root = getattr(context, "workspace_root", None)
     if workspace_root:
-        from pipelines.workspace import Workspace
+        from pipelines.core.workspace import Workspace
 
         return OutboxNotifier(Workspace(root=Path(workspace_root)).outbox)
     return SnsNotifier({FAILURES_TOPIC: os.environ["FAILURES_TOPIC_ARN"]})

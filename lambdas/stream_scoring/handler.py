@@ -1,6 +1,6 @@
 """Lambda: Kinesis transactions -> validation, online features, endpoint scores, alerts.
 
-The same micro-batch code as ``fraudops stream`` (``pipelines.stream.core``)
+The same micro-batch code as ``fraudops stream`` (``pipelines.serving.stream.core``)
 with AWS adapters: online state in DynamoDB (``STATE_TABLE``), scores from the
 SageMaker endpoint (``ENDPOINT_NAME``), dead letters to SQS
 (``DEAD_LETTER_QUEUE_URL``), alerts to the alert Lambda (``ALERT_FUNCTION``),
@@ -26,13 +26,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.features.definitions import DEFAULT_LABEL_DELAY_DAYS, FEATURE_COLUMNS
-from pipelines.ingest.sources import json_text  # the ingest job's JSON -> text rule
-from pipelines.ingest.tokenise import Tokeniser, key_from_text
-from pipelines.online.store import DynamoStateStore
-from pipelines.stream.core import BatchOutcome, process_batch
-from pipelines.stream.models import SageMakerEndpointModel
-from pipelines.stream.source import RawRecord
+from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS, FEATURE_COLUMNS
+from pipelines.data.ingest.sources import json_text  # the ingest job's JSON -> text rule
+from pipelines.data.ingest.tokenise import Tokeniser, key_from_text
+from pipelines.serving.online.store import DynamoStateStore
+from pipelines.serving.stream.core import BatchOutcome, process_batch
+from pipelines.serving.stream.models import SageMakerEndpointModel
+from pipelines.serving.stream.source import RawRecord
 
 PROCESSED_PREFIX = "processed#"
 

@@ -27,11 +27,11 @@ import pyarrow as pa
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from companions.athena.library import NamedQueryError
 from pipelines.analytics.exports import export_queue
 from pipelines.analytics.runner import run_named_query
-from pipelines.lake.query import QueryError
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.data.lake.named_queries import NamedQueryError
+from pipelines.data.lake.query import QueryError
 
 TOP_N = 15
 MS_PER_DAY = 86_400_000
@@ -92,7 +92,7 @@ def find_evaluation(ws: Workspace) -> Path | None:
     """``evaluation.json`` of the newest approved model (else the newest registered one)."""
     if not ws.registry_db.exists():
         return None
-    from pipelines.registry.local import APPROVED, LocalModelRegistry
+    from pipelines.model.registry.local import APPROVED, LocalModelRegistry
 
     registry = LocalModelRegistry.for_workspace(ws)
     packages = registry.list_model_packages()["ModelPackageSummaryList"]
@@ -111,7 +111,7 @@ def collect(
     ws: Workspace, evaluation_path: Path | None = None, options: DashboardOptions | None = None
 ) -> DashboardData:
     """Run every named query the dashboard shows; a missing table is reported, not fatal."""
-    from companions.athena.library import load_library
+    from pipelines.data.lake.named_queries import load_library
 
     params = (options or DashboardOptions()).query_params()
 

@@ -8,10 +8,10 @@ catalog lets the very same named queries run on both backends:
   grouped), partitioned by the UTC day of the alerted transaction;
 * ``lake/cases/part-00000.parquet``: one row per case (a snapshot: cases change
   state, so the whole table is rewritten), with ``disposition_is_fraud`` derived
-  from ``pipelines.alerts.cases.DISPOSITIONS`` so SQL never repeats that mapping.
+  from ``pipelines.serving.alerts.cases.DISPOSITIONS`` so SQL never repeats that mapping.
 
 Each table is written to a staging directory and swapped in with renames
-(``pipelines.features.store.publish``) under the shared workspace lock, so a
+(``pipelines.data.features.store.publish``) under the shared workspace lock, so a
 reader never sees a half-written export.
 """
 
@@ -27,57 +27,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.alerts.cases import DISPOSITIONS, CaseQueue
-from pipelines.features.store import discard, publish, staging_dir
-from pipelines.governance.carddata import assert_no_card_data
-from pipelines.governance.locks import workspace_lock
-from pipelines.lake.catalog import register_table
-from pipelines.schema import PARTITION_COLUMN
-from pipelines.workspace import Workspace
+from pipelines.compliance.carddata import assert_no_card_data
+from pipelines.compliance.locks import workspace_lock
+from pipelines.core.schema import PARTITION_COLUMN
+from pipelines.core.workspace import Workspace
+from pipelines.data.features.store import discard, publish, staging_dir
+from pipelines.data.lake.catalog import register_table
+from pipelines.data.lake.tables import (
+    ALERTS_SCHEMA,
+    ALERTS_TABLE,
+    CASES_SCHEMA,
+    CASES_TABLE,
+    alerts_dir,
+    cases_dir,
+)
+from pipelines.serving.alerts.cases import DISPOSITIONS, CaseQueue
 
-ALERTS_TABLE, CASES_TABLE = "alerts", "cases"
 PART_FILE = "part-00000.parquet"
-
-ALERTS_SCHEMA = pa.schema(
-    [
-        pa.field("alert_id", pa.int64(), nullable=False),
-        pa.field("transaction_id", pa.string(), nullable=False),
-        pa.field("card_id", pa.string(), nullable=False),
-        pa.field("terminal_id", pa.string()),
-        pa.field("amount", pa.float64()),
-        pa.field("tx_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("score", pa.float64(), nullable=False),
-        pa.field("severity", pa.string(), nullable=False),
-        pa.field("model_version", pa.string()),
-        pa.field("reasons", pa.string()),  # JSON list, as stored by the queue
-        pa.field("raised_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("grouped_into", pa.int64()),
-        pa.field(PARTITION_COLUMN, pa.string(), nullable=False),
-    ]
-)
-CASES_SCHEMA = pa.schema(
-    [
-        pa.field("case_id", pa.int64(), nullable=False),
-        pa.field("alert_id", pa.int64(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("assignee", pa.string()),
-        pa.field("disposition", pa.string()),
-        pa.field("disposition_is_fraud", pa.int8()),
-        pa.field("opened_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("closed_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 _ALERT_TIMES = ("tx_timestamp", "raised_at")
 _CASE_TIMES = ("opened_at", "updated_at", "closed_at")
-
-
-def alerts_dir(ws: Workspace) -> Path:
-    return ws.lake / ALERTS_TABLE
-
-
-def cases_dir(ws: Workspace) -> Path:
-    return ws.lake / CASES_TABLE
 
 
 @dataclass(frozen=True)

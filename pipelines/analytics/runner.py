@@ -1,8 +1,8 @@
 """Run the named Athena queries locally on the DuckDB catalog, with bound parameters.
 
 ``run_named_query(ws, "fraud_rate_by_day", {"start_day": "2024-01-01"})`` reads
-``companions/athena/queries/fraud_rate_by_day.sql``, fills in defaults for the
-parameters not given, and runs it through ``pipelines.lake.run_query(...,
+``pipelines/data/lake/queries/fraud_rate_by_day.sql``, fills in defaults for the
+parameters not given, and runs it through ``pipelines.data.lake.run_query(...,
 dialect="athena")``: sqlglot transpiles the Athena SQL and binds ``:name`` as
 DuckDB's ``$name``, so values are never pasted into the SQL.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from companions.athena.ddl import athena_tables
-from companions.athena.library import NamedQuery, get_query, load_library
-from pipelines.lake.query import QueryError, run_query, transpile_athena
-from pipelines.workspace import Workspace
+from pipelines.core.workspace import Workspace
+from pipelines.data.lake.ddl import athena_tables
+from pipelines.data.lake.named_queries import NamedQuery, get_query, load_library
+from pipelines.data.lake.query import QueryError, run_query, transpile_athena
 
 # Tables that only exist once a later stage has written them, and what writes them.
 _PRODUCERS = {

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.fileio import write_bytes_atomically
-from pipelines.workspace import ARTIFACTS_BUCKET
+from pipelines.core.code import unit_dir
+from pipelines.core.fileio import write_bytes_atomically
+from pipelines.core.workspace import ARTIFACTS_BUCKET
 
 DEFAULT_MODULE = "pipelines.fraud.pipeline"
 DEFAULT_REGION = "us-east-1"
@@ -157,7 +158,7 @@ def render_pipeline(
         import boto3
         from moto import mock_aws
 
-        from pipelines._utils import check_pipeline_kwargs, import_pipeline_module
+        from pipelines.fraud.modules import check_pipeline_kwargs, import_pipeline_module
         from pipelines.fraud.pipeline import config_validation_cache
 
         module = import_pipeline_module(module_name)
@@ -191,9 +192,8 @@ def render_definition(
 
 # --- render cache ------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Everything a render reads: the definition code and the code it ships.
-RENDER_INPUTS: tuple[str, ...] = ("pipelines/fraud", "processing", "training", "inference")
+RENDER_INPUTS: tuple[str, ...] = ("processing", "training", "inference")
 
 
 def render_fingerprint(pipeline_kwargs: dict[str, Any], module_name: str = DEFAULT_MODULE) -> str:
@@ -204,10 +204,12 @@ def render_fingerprint(pipeline_kwargs: dict[str, Any], module_name: str = DEFAU
     header = {"kwargs": offline_kwargs(pipeline_kwargs), "module": module_name,
               "sagemaker": version("sagemaker")}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for folder in RENDER_INPUTS:
-        for path in sorted((REPO_ROOT / folder).rglob("*")):
+    folders = {"pipelines/fraud": Path(__file__).resolve().parent}
+    folders.update({unit: unit_dir(unit) for unit in RENDER_INPUTS})
+    for name, folder in folders.items():
+        for path in sorted(folder.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
+                digest.update(f"{name}/{path.relative_to(folder).as_posix()}".encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -38,16 +38,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.workspace import LAKE_BUCKET
+from pipelines.core.code import unit_dir
+from pipelines.core.workspace import LAKE_BUCKET
 
 if TYPE_CHECKING:  # the SDK import is slow and needs AWS_DEFAULT_REGION first
     from sagemaker.core.workflow.pipeline_context import PipelineSession
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROCESSING_DIR = REPO_ROOT / "processing"
-TRAINING_DIR = REPO_ROOT / "training"
-INFERENCE_DIR = REPO_ROOT / "inference"
 
 # Newest SageMaker XGBoost container the SDK's image list names (image_uri_config/
 # xgboost.json); setup.py pins xgboost-cpu to the same release so a model trained
@@ -609,9 +606,9 @@ def get_pipeline(
         image_uri=xgboost_image_uri(region, "training"),
         cache_config=CacheConfig(enable_caching=enable_caching, expire_after="30d"),
     )
-    processing = stage_source_dir(session, PROCESSING_DIR, bucket, pipeline_name)
-    training = stage_source_dir(session, TRAINING_DIR, bucket, pipeline_name)
-    inference = stage_source_dir(session, INFERENCE_DIR, bucket, pipeline_name)
+    processing = stage_source_dir(session, unit_dir("processing"), bucket, pipeline_name)
+    training = stage_source_dir(session, unit_dir("training"), bucket, pipeline_name)
+    inference = stage_source_dir(session, unit_dir("inference"), bucket, pipeline_name)
 
     preprocess = preprocess_step(ctx, processing)
     train = train_step(ctx, training, preprocess, dict(hyperparameters or {}))

@@ -17,8 +17,8 @@ from typing import Any
 
 from rich.console import Console
 
+from pipelines.core.workspace import Workspace
 from pipelines.workflow.declaration import Step, Workflow
-from pipelines.workspace import Workspace
 
 StepFunction = Callable[["RunContext"], dict[str, Any]]
 

@@ -1,1 +1,0 @@
-"""Athena: DDL generated from the schemas in code, the named-query library, the AWS client."""

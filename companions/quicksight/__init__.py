@@ -1,1 +1,0 @@
-"""QuickSight: Athena data source, SPICE datasets from the named queries, RLS, dashboard."""

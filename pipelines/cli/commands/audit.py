@@ -1,0 +1,90 @@
+"""``fraudops audit``: read and verify the hash-chained audit trail.
+
+fraudops audit list [--action backup] [--since 7d] [--actor A] [--subject S] [--json]
+fraudops audit verify        exit 1 and name the first bad seq if the chain is broken
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="list or verify the append-only, hash-chained audit trail",
+        description="Every ingestion, pipeline run, registration, approval, deployment, "
+        "disposition, report and backup is recorded in records/audit/audit.jsonl.",
+    )
+    actions = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="entries, oldest first, optionally filtered")
+    listing.add_argument("--action", help="exact action or dotted prefix (e.g. backup)")
+    listing.add_argument("--since", help="2026-01-31, an ISO timestamp, or 12h / 7d / 2w")
+    listing.add_argument("--actor", help="only entries by this actor")
+    listing.add_argument("--subject", help="only entries whose subject contains this text")
+    listing.add_argument("--limit", type=int, default=None, help="only the newest N entries")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
+    add_workdir_argument(listing)
+    listing.set_defaults(handler=run_list)
+    verifying = actions.add_parser("verify", help="check the hash chain end to end")
+    add_workdir_argument(verifying)
+    verifying.set_defaults(handler=run_verify)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from pipelines.compliance.audit import list_entries, parse_since
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    entries = list_entries(
+        open_workspace(args),
+        action=args.action,
+        since=since,
+        actor=args.actor,
+        subject=args.subject,
+    )
+    if args.limit:
+        entries = entries[-args.limit :]
+    if args.json:
+        for entry in entries:
+            print(json.dumps(entry, sort_keys=True))
+        return 0
+    table = Table(title=f"{len(entries)} audit entr{'y' if len(entries) == 1 else 'ies'}")
+    for column in ("seq", "time (UTC)", "actor", "action", "subject", "details"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        table.add_row(
+            str(entry["seq"]),
+            entry["ts"][:19],
+            entry["actor"],
+            entry["action"],
+            str(entry["subject"]),
+            json.dumps(entry["details"], sort_keys=True)[:200],
+        )
+    Console().print(table)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from pipelines.compliance.audit import audit_log_path, verify
+
+    ws = open_workspace(args)
+    report = verify(ws)
+    if report.ok:
+        print(f"audit trail OK: {report.entries} entries, chain intact ({audit_log_path(ws)})")
+        return 0
+    print(
+        f"audit trail BROKEN at seq {report.first_bad_seq}: {report.problem} "
+        f"({report.entries} entries verified before it)"
+    )
+    return 1

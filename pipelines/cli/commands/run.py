@@ -1,0 +1,160 @@
+"""``fraudops run``: the main job, the whole declared workflow on the local backend.
+
+generate -> ingest -> features -> pipeline -> approve -> deploy -> score ->
+backup, with progress per step, retries per the declaration, and a failure
+notification (outbox) if a step gives up. ``--input PATH --column-map FILE``
+runs the same workflow on your own transactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+
+DEMO_APPROVER = "demo-approver"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the whole workflow locally (what `make run` does)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_workdir_argument(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--input", type=Path, help="your landing file or folder (skips generate)")
+    data.add_argument("--column-map", type=Path, help="JSON {your_column: canonical_column}")
+    data.add_argument("--transactions", type=int, default=500_000,
+                      help="synthetic transactions to generate (default 500,000)")
+    data.add_argument("--days", type=int, default=90, help="days of synthetic data (default 90)")
+    data.add_argument("--seed", type=int, default=42)
+    data.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2026, 1, 1))
+    data.add_argument("--malformed-rate", type=float, default=0.001,
+                      help="share of synthetic rows spoiled to show quarantine (default 0.001)")
+    model = parser.add_argument_group("model (pipeline parameters)")
+    model.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb")
+    model.add_argument("--label-delay-days", type=int, default=7)
+    model.add_argument("--train-start", default=None, help="ISO date; default: first day")
+    model.add_argument("--train-days", type=int, default=None)
+    model.add_argument("--validation-days", type=int, default=None)
+    model.add_argument("--test-days", type=int, default=None)
+    model.add_argument("--quality-threshold", type=float, default=None,
+                       help="minimum test average precision to register (the gate)")
+    model.add_argument("--alert-threshold", type=float, default=None)
+    model.add_argument("--k", type=int, default=None, help="card precision@k (default 100)")
+    parser.add_argument("--approver", default=os.environ.get("FRAUDOPS_DEMO_APPROVER",
+                                                             DEMO_APPROVER),
+                        help="the demo approver: must differ from you, the trainer")
+    parser.add_argument("--webhook-url", default=None, help="also POST alerts here")
+    parser.set_defaults(handler=_run)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.input and not args.input.exists():
+        raise UserError(f"--input {args.input}: no such file or folder")
+    if args.column_map and not args.input:
+        raise UserError("--column-map applies to your own data: pass --input PATH too")
+    return {
+        "input": str(args.input) if args.input else None,
+        "column_map": str(args.column_map) if args.column_map else None,
+        "transactions": args.transactions,
+        "days": args.days,
+        "seed": args.seed,
+        "start_date": args.start_date,
+        "malformed_rate": args.malformed_rate,
+        "engine": args.engine,
+        "label_delay_days": args.label_delay_days,
+        "approver": args.approver,
+        "webhook_url": args.webhook_url,
+        "pipeline_parameters": {
+            "LabelDelayDays": args.label_delay_days,
+            "TrainStartDate": args.train_start,
+            "TrainDays": args.train_days,
+            "ValidationDays": args.validation_days,
+            "TestDays": args.test_days,
+            "QualityThresholdAP": args.quality_threshold,
+            "AlertThreshold": args.alert_threshold,
+            "CardPrecisionK": args.k,
+        },
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.core.failures import notify_failure
+    from pipelines.core.notifications import OutboxNotifier
+    from pipelines.workflow.declaration import FRAUD_WORKFLOW
+    from pipelines.workflow.runner import RunContext, WorkflowFailed, run_workflow
+    from pipelines.workflow.steps import IMPLEMENTATIONS
+
+    ws = open_workspace(args)
+    console = Console()
+    context = RunContext(workspace=ws, options=_options(args), console=console)
+    notifier = OutboxNotifier(ws.outbox, args.webhook_url)
+    started = time.perf_counter()
+    try:
+        outcomes = run_workflow(
+            FRAUD_WORKFLOW, IMPLEMENTATIONS, context,
+            notify_failure=lambda event: notify_failure(event, notifier),
+        )
+    except WorkflowFailed as failure:
+        _print_steps(console, failure.outcomes)
+        console.print(f"[red bold]workflow failed at {failure.step}[/]: "
+                      f"{failure.outcomes[-1].error}")
+        console.print(f"failure notification written to {ws.outbox}/pipeline-failures.jsonl")
+        return 1
+    _print_steps(console, outcomes)
+    _print_summary(console, context, time.perf_counter() - started)
+    return 0
+
+
+def _print_steps(console: Console, outcomes: list) -> None:
+    table = Table(title="workflow steps")
+    for column in ("step", "status", "attempts", "seconds"):
+        table.add_column(column)
+    for outcome in outcomes:
+        style = "green" if outcome.status == "Succeeded" else "red"
+        table.add_row(outcome.name, f"[{style}]{outcome.status}[/]", str(outcome.attempts),
+                      f"{outcome.seconds:.1f}")
+    console.print(table)
+
+
+def _print_summary(console: Console, context: Any, seconds: float) -> None:
+    results = context.results
+    evaluation = results["pipeline"]["evaluation"]
+    ingest = results["ingest"]
+    table = Table(title=f"fraudops run finished in {seconds:.0f} s", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    rows = [
+        ("ingested", f"{ingest['read']:,} read = {ingest['curated']:,} curated"
+                     f" + {ingest['quarantined']:,} quarantined"
+                     f" + {ingest['duplicates']:,} duplicates"),
+        ("features", f"{results['features']['rows']:,} rows x {results['features']['features']}"),
+        ("average precision", f"{evaluation['average_precision']:.3f}"),
+        ("ROC AUC", f"{evaluation['roc_auc']:.3f}"),
+        (f"card precision@{evaluation['k']}", f"{evaluation['card_precision_at_k']:.3f}"),
+        ("precision / recall at threshold",
+         f"{evaluation['precision_at_threshold']:.3f} / {evaluation['recall_at_threshold']:.3f}"),
+        ("model version", f"{results['deploy']['version']} "
+                          f"({results['approve']['model_package_arn']})"),
+        ("approved by", results["approve"]["approver"]),
+        ("endpoint", f"{results['deploy']['url']} (answered {results['deploy']['answered']})"),
+        ("scored", f"{results['score']['rows']:,} transactions of {results['score']['day']}"),
+        ("alerts raised", f"{results['score']['alerts']:,} "
+                          f"(+{results['score']['grouped']} grouped); `fraudops alerts list`"),
+        ("backup", str(results["backup"]["snapshot"])),
+        ("evaluation", evaluation["path"]),
+        ("workspace", str(context.workspace.root)),
+        ("try", 'fraudops query "SELECT decision, count(*) FROM scored GROUP BY 1"'),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)

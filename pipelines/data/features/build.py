@@ -1,0 +1,174 @@
+"""Build the feature table of a workspace: curated zone in, feature zone out.
+
+Both engines read the same curated Parquet, compute the same definitions and
+publish the same layout; the table is written to a staging directory and
+swapped in only when complete, so a failed build leaves the previous table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.core.workspace import Workspace
+from pipelines.data.features import duckdb_engine, store
+from pipelines.data.features.definitions import (
+    DEFAULT_LABEL_DELAY_DAYS,
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    LABEL_COLUMN,
+    LABELS_COLUMNS,
+    PARTITION_COLUMN,
+    label_delay_micros,
+)
+
+ENGINES = ("duckdb", "spark")
+FEATURES_TABLE_NAME = "features"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FeatureBuildSummary:
+    """What a build produced; printed by ``fraudops features``."""
+
+    engine: str
+    rows: int
+    features: int
+    partitions: int
+    fraud_rate: float | None
+    seconds: float
+    label_delay_days: int
+    version: str
+    output: str
+    catalog: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _curated_files(ws: Workspace) -> list[Path]:
+    files = store.parquet_files(ws.curated)
+    if not files:
+        raise FileNotFoundError(
+            f"no curated transactions under {ws.curated}: run the ingest job "
+            "(`fraudops ingest`) first"
+        )
+    return files
+
+
+def read_labels(ws: Workspace) -> pa.Table | None:
+    """Late labels (the latest per transaction), or ``None`` when there are none."""
+    from pipelines.data import labels
+
+    table = labels.read_labels(ws)
+    if table.num_rows == 0:
+        return None
+    return table.select(list(LABELS_COLUMNS))
+
+
+def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> None:
+    temp_dir = ws.root / "tmp" / "duckdb"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb_engine.connect(temp_dir=str(temp_dir))
+    files = _curated_files(ws)
+    con.execute(
+        f"CREATE VIEW {duckdb_engine.TRANSACTIONS_VIEW} AS SELECT * FROM "
+        f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+    )
+    sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
+    con.execute(
+        f"COPY ({sql}) TO '{staging}' "
+        f"(FORMAT parquet, PARTITION_BY ({PARTITION_COLUMN}), COMPRESSION zstd)"
+    )
+    con.close()
+
+
+def _build_with_spark(ws: Workspace, staging: Path, label_delay_days: int) -> None:
+    # Imported here: pyspark is an optional extra and slow to import.
+    from pipelines.data.features import spark_engine
+
+    _curated_files(ws)
+    labels = ws.labels.as_uri() if store.parquet_files(ws.labels) else None
+    spark = spark_engine.local_session()
+    spark_engine.run_feature_job(
+        spark, ws.curated.as_uri(), staging.as_uri(), label_delay_days, labels_uri=labels
+    )
+
+
+def _table_stats(directory: Path) -> tuple[int, int, float | None]:
+    """Rows, partitions and fraud rate of a written feature table."""
+    files = store.parquet_files(directory)
+    if not files:
+        return 0, 0, None
+    con = duckdb_engine.connect()
+    rows, partitions, fraud_rate = con.execute(
+        f"SELECT count(*), count(DISTINCT {PARTITION_COLUMN}), avg({LABEL_COLUMN}) "
+        f"FROM read_parquet({_sql_list(files)}, hive_partitioning = true)"
+    ).fetchall()[0]
+    return int(rows), int(partitions), None if fraud_rate is None else float(fraud_rate)
+
+
+def register_in_catalog(ws: Workspace, directory: Path) -> str:
+    """Register the table in the lake catalog when that unit is installed.
+
+    The catalog is built by another unit; without it the table is still
+    complete on disk and readable by path, so a missing catalog is not an error.
+    """
+    try:
+        from pipelines.data.lake.catalog import register_table
+    except ImportError:
+        return "not registered (pipelines.data.lake.catalog not available)"
+    register_table(ws, FEATURES_TABLE_NAME, directory)
+    return f"registered as {FEATURES_TABLE_NAME!r}"
+
+
+def build_feature_table(
+    ws: Workspace,
+    label_delay_days: int = DEFAULT_LABEL_DELAY_DAYS,
+    engine: str = "duckdb",
+    progress: Progress | None = None,
+) -> FeatureBuildSummary:
+    """Compute features for every curated transaction and publish the feature table."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown feature engine {engine!r}: choose one of {ENGINES}")
+    label_delay_micros(label_delay_days)
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    staging = store.staging_dir(ws.features)
+    try:
+        say(f"computing {len(FEATURE_COLUMNS)} features with {engine}")
+        if engine == "duckdb":
+            _build_with_duckdb(ws, staging, label_delay_days)
+        else:
+            _build_with_spark(ws, staging, label_delay_days)
+        staging.mkdir(parents=True, exist_ok=True)
+        store.write_manifest(staging, label_delay_days)
+        say("publishing the feature table")
+        store.publish(staging, ws.features)
+    except BaseException:
+        store.discard(staging)
+        raise
+    rows, partitions, fraud_rate = _table_stats(ws.features)
+    say("registering in the catalog")
+    catalog = register_in_catalog(ws, ws.features)
+    return FeatureBuildSummary(
+        engine=engine,
+        rows=rows,
+        features=len(FEATURE_COLUMNS),
+        partitions=partitions,
+        fraud_rate=fraud_rate,
+        seconds=time.perf_counter() - started,
+        label_delay_days=label_delay_days,
+        version=FEATURE_SET_VERSION,
+        output=str(ws.features),
+        catalog=catalog,
+    )

@@ -1,0 +1,377 @@
+"""Vectorised validation, typing and de-duplication of one batch.
+
+One DuckDB pass parses every field of every row (``try_cast`` for numbers and
+ISO/epoch timestamps) and gives each bad row exactly one reason: the first rule
+it breaks, in the order of ``REASONS``. De-duplication then runs on Arrow and
+numpy arrays: first valid occurrence of a ``transaction_id`` in the batch wins,
+and ids the ledger has seen before are skipped. Every row ends with one status
+and is counted; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.core import schema
+
+MAX_AMOUNT = 10_000_000
+EARLIEST_TIMESTAMP = "1990-01-01"
+LATEST_TIMESTAMP = "2100-01-01"
+EPOCH_LIMIT = 4_102_444_800  # 2100-01-01 in epoch seconds; larger numbers are not seconds
+
+# Every reason a row can be quarantined for, in the order rules are checked.
+REASONS: tuple[str, ...] = (
+    "malformed_row",
+    "missing_transaction_id",
+    "missing_timestamp",
+    "missing_customer_id",
+    "missing_terminal_id",
+    "missing_amount",
+    "bad_timestamp",
+    "bad_amount",
+    "non_positive_amount",
+    "absurd_amount",
+    "bad_currency",
+    "bad_card_number",
+    "bad_is_cash",
+    "bad_is_fraud",
+)
+
+STATUS_CURATED = "curated"
+STATUS_QUARANTINED = "quarantined"
+# Duplicates are skipped, not quarantined: the first copy is already stored.
+DUPLICATE_STATUSES = ("duplicate_in_batch", "duplicate_seen_before", "duplicate_quarantined")
+# Row statuses are int8 codes while classifying (a million strings would cost more).
+STATUSES = (STATUS_CURATED, STATUS_QUARANTINED, *DUPLICATE_STATUSES)
+_CODE = {name: np.int8(code) for code, name in enumerate(STATUSES)}
+
+_TRUE = "'true', 't', '1', 'yes', 'y'"
+_FALSE = "'false', 'f', '0', 'no', 'n'"
+
+# Text is trimmed (and upper/lower-cased) in Arrow, which is several times faster than
+# DuckDB's trim; DuckDB does what Arrow cannot do row by row: try_cast without failing.
+# Only typed columns and the reason leave DuckDB; text stays in Arrow (no extra copies).
+_PARSE = f"""
+WITH typed AS (
+    SELECT
+        _row, _malformed, _card_bad,
+        nullif(transaction_id, '') AS transaction_id,
+        nullif(customer_id, '') AS customer_id,
+        nullif(terminal_id, '') AS terminal_id,
+        nullif(timestamp, '') AS timestamp_text,
+        nullif(amount, '') AS amount_text,
+        try_cast(timestamp AS TIMESTAMPTZ) AS iso_ts,
+        try_cast(amount AS DOUBLE) AS amount,
+        nullif(currency, '') AS currency,
+        nullif(is_cash, '') AS is_cash_text,
+        CASE WHEN is_cash IN ({_TRUE}) THEN true
+             WHEN is_cash IN ({_FALSE}) THEN false END AS is_cash,
+        nullif(is_fraud, '') AS is_fraud_text,
+        CASE WHEN is_fraud = '0' THEN 0::TINYINT WHEN is_fraud = '1' THEN 1::TINYINT
+             WHEN try_cast(is_fraud AS DOUBLE) IN (0, 1)
+             THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud
+    FROM raw
+),
+timed AS (
+    -- CASE evaluates the epoch branch only for rows that are not ISO-8601 text.
+    SELECT *, CASE
+        WHEN iso_ts IS NOT NULL THEN iso_ts
+        WHEN isfinite(try_cast(timestamp_text AS DOUBLE))
+             AND try_cast(timestamp_text AS DOUBLE) BETWEEN 0 AND {EPOCH_LIMIT}
+            THEN to_timestamp(try_cast(timestamp_text AS DOUBLE))
+    END AS ts
+    FROM typed
+)
+SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
+    CASE
+        WHEN _malformed IS NOT NULL THEN _malformed
+        WHEN transaction_id IS NULL THEN 'missing_transaction_id'
+        WHEN timestamp_text IS NULL THEN 'missing_timestamp'
+        WHEN customer_id IS NULL THEN 'missing_customer_id'
+        WHEN terminal_id IS NULL THEN 'missing_terminal_id'
+        WHEN amount_text IS NULL THEN 'missing_amount'
+        WHEN ts IS NULL OR ts < TIMESTAMPTZ '{EARLIEST_TIMESTAMP}'
+             OR ts >= TIMESTAMPTZ '{LATEST_TIMESTAMP}' THEN 'bad_timestamp'
+        WHEN amount IS NULL OR NOT isfinite(amount) THEN 'bad_amount'
+        WHEN amount <= 0 THEN 'non_positive_amount'
+        WHEN amount > {MAX_AMOUNT} THEN 'absurd_amount'
+        WHEN currency IS NOT NULL AND NOT regexp_full_match(currency, '[A-Z]{{3}}')
+             THEN 'bad_currency'
+        WHEN _card_bad THEN 'bad_card_number'
+        WHEN is_cash_text IS NOT NULL AND is_cash IS NULL THEN 'bad_is_cash'
+        WHEN is_fraud_text IS NOT NULL AND is_fraud IS NULL THEN 'bad_is_fraud'
+    END AS reason
+FROM timed
+"""
+
+_PARSE_INPUTS = (
+    "transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
+    "is_cash", "is_fraud", "_malformed", "_card_bad", "_row",
+)
+# Text columns stored in curated, with how each is normalised.
+_UPPER = ("currency", "country")
+_LOWER = ("is_cash",)
+_TEXT = ("transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
+         "merchant_category", "channel", "country", "is_cash", "is_fraud", "fraud_scenario")
+QUARANTINE_TEXT_COLUMNS = tuple(c for c in schema.LANDING_COLUMNS if c != "card_number")
+
+
+@dataclass(frozen=True)
+class CardColumns:
+    """Per-row card results as indices into the tokeniser's lookup of distinct values.
+
+    Tokens stay dictionary-encoded (one string per distinct card, an int32 per
+    row), so a million rows never copy a million 64-character tokens.
+    """
+
+    indices: pa.Array  # int32 row -> lookup row; null where the row has no card
+    lookup: pa.Table  # card_raw, card_ok, card_token, card_masked
+
+    def _lookup(self, name: str) -> pa.Array:
+        # Plain arrays: a chunked input would make DictionaryArray.from_arrays copy
+        # element by element in Python (seconds per million rows).
+        return self.lookup.column(name).combine_chunks()
+
+    @property
+    def bad(self) -> pa.Array:
+        """True where a card number is present but invalid."""
+        ok = pc.take(self._lookup("card_ok"), self.indices)
+        return pc.fill_null(pc.invert(ok), False)
+
+    def _valid_indices(self) -> pa.Array:
+        # Rows with an invalid card never reach curated: their index becomes null, and the
+        # dictionaries hold no nulls (Parquet cannot write a null inside a dictionary).
+        ok = pc.take(self._lookup("card_ok"), self.indices)
+        return pc.if_else(ok, self.indices, pa.scalar(None, pa.int32()))
+
+    def tokens(self) -> pa.DictionaryArray:
+        values = pc.fill_null(self._lookup("card_token"), "")
+        return pa.DictionaryArray.from_arrays(self._valid_indices(), values)
+
+    def valid_masked(self) -> pa.DictionaryArray:
+        """Masked numbers of valid cards only (invalid ones never reach curated)."""
+        return pa.DictionaryArray.from_arrays(self._valid_indices(),
+                                              self._lookup("card_masked"))
+
+    def masked_rows(self, rows: pa.Array) -> pa.Array:
+        """Masked form of whatever was given (valid or not) for the selected rows."""
+        return pc.take(self._lookup("card_masked"), pc.take(self.indices, rows))
+
+
+@dataclass(frozen=True)
+class Classified:
+    """The outcome of one batch: tables to write, ledger keys, and counts."""
+
+    curated: pa.Table
+    quarantine: pa.Table
+    quarantine_keys: pa.Array
+    counts: list[tuple[int, str, str, int]]  # (file index, status, reason, rows)
+
+
+def card_columns(card_values: pa.ChunkedArray, lookup: pa.Table) -> CardColumns:
+    """Map every row to its row in the per-distinct-card ``lookup``."""
+    encoded = pc.dictionary_encode(card_values.combine_chunks())
+    order = pc.index_in(encoded.dictionary, lookup.column("card_raw")).cast(pa.int32())
+    return CardColumns(indices=pc.take(order, encoded.indices), lookup=lookup)
+
+
+def normalise_text(raw: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """Trimmed text columns; codes upper-cased, booleans lower-cased; blank becomes null."""
+    text = {}
+    for name in _TEXT:
+        column = pc.utf8_trim_whitespace(raw.column(name))
+        if name in _UPPER:
+            column = pc.utf8_upper(column)
+        elif name in _LOWER:
+            column = pc.utf8_lower(column)
+        text[name] = column
+    return text
+
+
+def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns) -> pa.Table:
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        inputs = pa.table({**text, "_malformed": raw.column("_malformed"),
+                           "_card_bad": cards.bad,
+                           "_row": pa.array(np.arange(raw.num_rows), pa.int64())})
+        con.register("raw", inputs.select(list(_PARSE_INPUTS)))
+        # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
+        parsed = con.sql(_PARSE).to_arrow_table()
+    finally:
+        con.close()
+    return _in_row_order(parsed)
+
+
+def _in_row_order(parsed: pa.Table) -> pa.Table:
+    """Put DuckDB's output back in input order: parallel scans of many chunks reorder rows."""
+    rows = parsed.column("_row").to_numpy()
+    if rows.size > 1 and not np.all(rows[1:] > rows[:-1]):
+        parsed = parsed.take(pa.array(np.argsort(rows, kind="stable")))
+    return parsed
+
+
+def _first_occurrences(ids: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarray:
+    """True for the first candidate row carrying each id (in row order).
+
+    Ids are hashed to integer codes once; ``np.unique`` on the candidates' codes
+    then finds each code's first position without copying any strings.
+    """
+    first = np.zeros(len(candidates), dtype=bool)
+    positions = np.flatnonzero(candidates)
+    if positions.size == 0:
+        return first
+    encoded = pc.dictionary_encode(ids.combine_chunks()).indices
+    codes = pc.fill_null(encoded, -1).to_numpy(zero_copy_only=False)
+    _, first_index = np.unique(codes[positions], return_index=True)
+    first[positions[first_index]] = True
+    return first
+
+
+def _fingerprints(raw: pa.Table, cards: CardColumns, rows: np.ndarray,
+                  files: list[str]) -> list[str]:
+    """Identify rejected rows by file, line and values (card masked, never clear).
+
+    Re-ingesting the same file then finds the row already quarantined instead
+    of quarantining it twice. Rejected rows are few, so plain Python is fine.
+    """
+    subset = raw.select([*QUARANTINE_TEXT_COLUMNS, "_line", "_file"]).take(pa.array(rows))
+    masked_rows = cards.masked_rows(pa.array(rows, pa.int64())).to_pylist()
+    keys = []
+    for record, mask in zip(subset.to_pylist(), masked_rows, strict=True):
+        values = [files[record["_file"]], str(record["_line"]), mask or ""]
+        values += [record[c] or "" for c in QUARANTINE_TEXT_COLUMNS]
+        keys.append(hashlib.sha256("\x1f".join(values).encode()).hexdigest())
+    return keys
+
+
+def classify(
+    raw: pa.Table,
+    source_files: list[str],
+    cards: CardColumns,
+    seen_ids: pa.Table,
+    seen_quarantine: pa.Table,
+    ingestion_id: str,
+    ingestion_day: str,
+) -> Classified:
+    """Validate, type and de-duplicate ``raw`` (text columns plus ``_file``, ``_line``).
+
+    ``source_files[i]`` names file ``_file == i``; ``seen_ids`` and
+    ``seen_quarantine`` are the ledger's keys (column ``key``) from earlier runs.
+    """
+    text = normalise_text(raw)
+    parsed = _parse(raw, text, cards)
+    valid = pc.is_null(parsed.column("reason")).to_numpy(zero_copy_only=False)
+    ids = text["transaction_id"]
+    seen = pc.fill_null(pc.is_in(ids, value_set=seen_ids.column("key")), False)
+    seen = seen.to_numpy(zero_copy_only=False) & valid
+    first = _first_occurrences(ids, valid & ~seen)
+    rejected = np.flatnonzero(~valid)
+    keys = _fingerprints(raw, cards, rejected, source_files)
+    already = pc.is_in(pa.array(keys, pa.string()), value_set=seen_quarantine.column("key"))
+    already = already.to_numpy(zero_copy_only=False).astype(bool)
+
+    status = np.full(raw.num_rows, _CODE[STATUS_CURATED], dtype=np.int8)
+    status[valid & seen] = _CODE["duplicate_seen_before"]
+    status[valid & ~seen & ~first] = _CODE["duplicate_in_batch"]
+    status[rejected] = np.where(already, _CODE["duplicate_quarantined"],
+                                _CODE[STATUS_QUARANTINED])
+
+    curated_mask = pa.array(status == _CODE[STATUS_CURATED])
+    quarantine_rows = rejected[~already]
+    return Classified(
+        curated=_curated(raw, text, parsed, cards, curated_mask, source_files, ingestion_id),
+        quarantine=_quarantine(raw, parsed, cards, quarantine_rows, source_files,
+                               ingestion_id, ingestion_day),
+        quarantine_keys=pa.array([k for k, a in zip(keys, already, strict=True) if not a],
+                                 pa.string()),
+        counts=_counts(raw.column("_file"), status, parsed.column("reason")),
+    )
+
+
+def _source_file_column(file_index: pa.ChunkedArray, source_files: list[str]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(
+        file_index.combine_chunks(), pa.array(source_files, pa.string())
+    )
+
+
+# CURATED_SCHEMA with repetitive text dictionary-encoded in memory. Files are written
+# without the Arrow schema, so every reader sees plain strings: CURATED_SCHEMA exactly.
+_DICTIONARY_COLUMNS = ("card_token", "card_masked", "source_file", "ingestion_id")
+CURATED_WRITE_SCHEMA = pa.schema(
+    [
+        f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in _DICTIONARY_COLUMNS
+        else f
+        for f in schema.CURATED_SCHEMA
+    ]
+)
+
+
+def _blank_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
+def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id) -> pa.Table:
+    """Curated rows in ``CURATED_WRITE_SCHEMA``, grouped by day."""
+    n = raw.num_rows
+    columns = {
+        **{name: text[name] for name in ("transaction_id", "customer_id", "terminal_id")},
+        **{name: parsed.column(name) for name in ("timestamp", "amount", "is_cash", "is_fraud")},
+        "card_token": cards.tokens(),
+        "card_masked": cards.valid_masked(),
+        "source_file": _source_file_column(raw.column("_file"), source_files),
+        "ingestion_id": pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, dtype=np.int32)), pa.array([ingestion_id])
+        ),
+    }
+    table = pa.table(columns).filter(mask)
+    # Optional text: filtered first, so blank -> null runs on curated rows only.
+    for name in ("currency", "merchant_category", "channel", "country", "fraud_scenario"):
+        table = table.append_column(name, _blank_to_null(text[name].filter(mask)))
+    day = pc.cast(parsed.column("timestamp").filter(mask), pa.date32())  # timestamps are UTC
+    table = table.append_column("dt", pc.cast(day, pa.string()))
+    table = table.select(CURATED_WRITE_SCHEMA.names).cast(CURATED_WRITE_SCHEMA)
+    return _sorted_by_day(table)
+
+
+def _sorted_by_day(table: pa.Table) -> pa.Table:
+    """Group rows by ``dt`` (stable, so row order is kept within a day); skip if already so."""
+    dt = table.column("dt")
+    if table.num_rows < 2:
+        return table
+    in_order = pc.all(pc.greater_equal(dt.slice(1), dt.slice(0, table.num_rows - 1))).as_py()
+    if in_order:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[("dt", "ascending")]))
+
+
+def _quarantine(raw, parsed, cards, rows, source_files, ingestion_id, day) -> pa.Table:
+    """Rejected rows with their original text (card masked), reason, file and line."""
+    take = pa.array(rows, pa.int64())
+    subset = raw.select(list(QUARANTINE_TEXT_COLUMNS)).take(take)
+    n = len(rows)
+    columns = {name: subset.column(name) for name in QUARANTINE_TEXT_COLUMNS}
+    columns.update(
+        card_masked=cards.masked_rows(take),
+        reason=parsed.column("reason").take(take),
+        source_file=_source_file_column(raw.column("_file").take(take), source_files),
+        source_line=raw.column("_line").take(take),
+        ingestion_id=pa.repeat(pa.scalar(ingestion_id), n),
+        dt=pa.repeat(pa.scalar(day), n),
+    )
+    return pa.table(columns).cast(schema.QUARANTINE_SCHEMA)
+
+
+def _counts(file_index, status: np.ndarray, reason) -> list[tuple[int, str, str, int]]:
+    table = pa.table({"file": file_index, "status": status, "reason": reason})
+    grouped = table.group_by(["file", "status", "reason"]).aggregate([("status", "count")])
+    return sorted(
+        (r["file"], STATUSES[r["status"]], r["reason"] or "", r["status_count"])
+        for r in grouped.to_pylist()
+    )

@@ -1,0 +1,459 @@
+"""SageMaker Model Registry semantics in one SQLite file.
+
+Model packages are versioned 1, 2, 3 ... inside a model package group, take
+the ``CreateModelPackage`` request the RegisterModel step carries, and answer
+with the shapes of ``DescribeModelPackage`` / ``ListModelPackages``. Approval
+is a separate, audited decision: every decision is kept with the approver,
+the time and the reason, and by default the approver must not be the identity
+that created the package (four-eyes principle). Each decision emits a
+``SageMaker Model Package State Change`` event on the bus, which is how the
+deploy handler learns that a model was approved.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.events import (
+    LOCAL_ACCOUNT,
+    LOCAL_REGION,
+    MODEL_PACKAGE_STATE_CHANGE,
+    SAGEMAKER_SOURCE,
+    Delivery,
+    EventBus,
+    local_bus,
+)
+from pipelines.core.workspace import Workspace
+
+PENDING = "PendingManualApproval"
+APPROVED = "Approved"
+REJECTED = "Rejected"
+APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)
+
+# Allowed decisions: approve or reject a pending package, retire an approved one.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    PENDING: (APPROVED, REJECTED),
+    APPROVED: (REJECTED,),
+    REJECTED: (),
+}
+
+ARN_PREFIX = f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_package_groups (
+    name TEXT PRIMARY KEY,
+    arn TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_packages (
+    arn TEXT PRIMARY KEY,
+    group_name TEXT NOT NULL REFERENCES model_package_groups(name),
+    version INTEGER NOT NULL,
+    approval_status TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_modified_by TEXT,
+    last_modified_at TEXT,
+    approval_description TEXT,
+    request_json TEXT NOT NULL,
+    UNIQUE (group_name, version)
+);
+CREATE TABLE IF NOT EXISTS approval_decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_package_arn TEXT NOT NULL REFERENCES model_packages(arn),
+    from_status TEXT NOT NULL,
+    to_status TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    decided_at TEXT NOT NULL
+);
+"""
+
+
+# (action, actor, subject, details) -> None; the workspace audit trail in practice.
+AuditHook = Callable[[str, str, str, dict[str, Any]], Any]
+
+
+class RegistryError(Exception):
+    """A registry request that cannot be honoured; the message says why and what to do."""
+
+
+class NotFoundError(RegistryError):
+    """The named group or package does not exist."""
+
+
+class FourEyesError(RegistryError):
+    """The approver is the identity that created the model package."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def group_arn(group_name: str) -> str:
+    return f"{ARN_PREFIX}:model-package-group/{group_name}"
+
+
+def package_arn(group_name: str, version: int) -> str:
+    return f"{ARN_PREFIX}:model-package/{group_name}/{version}"
+
+
+def _same_identity(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def _validate_request(request: Mapping[str, Any]) -> None:
+    """Reject CreateModelPackage requests the local registry cannot deploy later."""
+    if not request.get("ModelPackageGroupName"):
+        raise RegistryError(
+            "CreateModelPackage request has no ModelPackageGroupName: "
+            "only versioned model packages (in a group) are supported"
+        )
+    containers = (request.get("InferenceSpecification") or {}).get("Containers") or []
+    if not containers:
+        raise RegistryError(
+            "CreateModelPackage request needs InferenceSpecification.Containers "
+            "(at least one container with Image and ModelDataUrl)"
+        )
+    for index, container in enumerate(containers):
+        for key in ("Image", "ModelDataUrl"):
+            if not container.get(key):
+                raise RegistryError(f"InferenceSpecification.Containers[{index}] has no {key}")
+    status = request.get("ModelApprovalStatus", PENDING)
+    if status not in APPROVAL_STATUSES:
+        raise RegistryError(
+            f"ModelApprovalStatus {status!r} is not one of {', '.join(APPROVAL_STATUSES)}"
+        )
+
+
+class LocalModelRegistry:
+    """The model registry of one workspace (or any SQLite path).
+
+    ``bus`` receives the state-change events; without one, events go to a bus
+    with no rules (nothing is deployed). Use :meth:`for_workspace` to get the
+    workspace bus whose rules run the deploy handler.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        bus: EventBus | None = None,
+        four_eyes: bool = True,
+        audit: AuditHook | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bus = bus if bus is not None else EventBus()
+        self.four_eyes = four_eyes
+        self._audit = audit
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    @classmethod
+    def for_workspace(cls, workspace: Workspace, four_eyes: bool = True) -> LocalModelRegistry:
+        """The workspace registry: publishes to the workspace bus, records to its audit trail."""
+        from pipelines.compliance.audit import record
+
+        def audit(action: str, actor: str, subject: str, details: dict[str, Any]) -> None:
+            record(workspace, action, actor=actor, subject=subject, details=details)
+
+        return cls(
+            workspace.registry_db, bus=local_bus(workspace), four_eyes=four_eyes, audit=audit
+        )
+
+    # --- connection ------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so version numbers never race."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # --- groups ----------------------------------------------------------------
+    def create_model_package_group(
+        self, name: str, description: str = "", created_by: str = "unknown"
+    ) -> dict[str, str]:
+        """CreateModelPackageGroup; fails if the group exists (as SageMaker does)."""
+        if not name or "/" in name:
+            raise RegistryError(f"invalid model package group name {name!r}")
+        with self._write() as conn:
+            if self._group_row(conn, name) is not None:
+                raise RegistryError(f"model package group {name!r} already exists")
+            self._insert_group(conn, name, description, created_by)
+        return {"ModelPackageGroupArn": group_arn(name)}
+
+    def _insert_group(
+        self, conn: sqlite3.Connection, name: str, description: str, created_by: str
+    ) -> None:
+        conn.execute(
+            "INSERT INTO model_package_groups VALUES (?, ?, ?, ?, ?)",
+            (name, group_arn(name), description, created_by, _now()),
+        )
+
+    @staticmethod
+    def _group_row(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+        return conn.execute("SELECT * FROM model_package_groups WHERE name = ?", (name,)).fetchone()
+
+    def list_model_package_groups(self) -> dict[str, list[dict[str, str]]]:
+        """ListModelPackageGroups (summaries, oldest first)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM model_package_groups ORDER BY created_at").fetchall()
+        return {
+            "ModelPackageGroupSummaryList": [
+                {
+                    "ModelPackageGroupName": row["name"],
+                    "ModelPackageGroupArn": row["arn"],
+                    "ModelPackageGroupDescription": row["description"],
+                    "CreationTime": row["created_at"],
+                    "ModelPackageGroupStatus": "Completed",
+                }
+                for row in rows
+            ]
+        }
+
+    # --- packages --------------------------------------------------------------
+    def create_model_package(self, request: Mapping[str, Any], created_by: str) -> dict[str, str]:
+        """CreateModelPackage: register the next version of the request's group.
+
+        ``created_by`` is the identity that started the pipeline execution; it
+        is the one identity that may not approve this package. The group is
+        created on first use, as the RegisterModel step does. Registering a
+        package directly as ``Approved`` would bypass the second person, so
+        four-eyes mode refuses it.
+        """
+        _validate_request(request)
+        if not created_by or not created_by.strip():
+            raise RegistryError("created_by is required: the identity that started the run")
+        status = request.get("ModelApprovalStatus", PENDING)
+        if self.four_eyes and status == APPROVED:
+            raise FourEyesError(
+                "a model package cannot be registered as Approved: register it as "
+                "PendingManualApproval and have a second person approve it"
+            )
+        group = request["ModelPackageGroupName"]
+        stored = json.loads(json.dumps(dict(request), default=str))
+        with self._write() as conn:
+            if self._group_row(conn, group) is None:
+                self._insert_group(conn, group, "", created_by)
+            (latest,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM model_packages WHERE group_name = ?",
+                (group,),
+            ).fetchone()
+            version = latest + 1
+            arn = package_arn(group, version)
+            conn.execute(
+                "INSERT INTO model_packages (arn, group_name, version, approval_status, "
+                "created_by, created_at, request_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (arn, group, version, status, created_by, _now(), json.dumps(stored)),
+            )
+        if self._audit:
+            url = request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+            self._audit("model.register", created_by, arn, {"status": status, "model_data": url})
+        return {"ModelPackageArn": arn}
+
+    def resolve_arn(self, reference: str | int, group_name: str | None = None) -> str:
+        """Turn ``"3"``, ``3`` or a full ARN into the package ARN.
+
+        Without ``group_name`` a bare version is looked up in the only group;
+        with several groups the caller must name one.
+        """
+        text = str(reference).strip()
+        if text.startswith("arn:"):
+            return text
+        if not text.isdigit():
+            raise RegistryError(f"{text!r} is neither a version number nor a model package ARN")
+        if group_name is None:
+            groups = [
+                g["ModelPackageGroupName"]
+                for g in self.list_model_package_groups()["ModelPackageGroupSummaryList"]
+            ]
+            if not groups:
+                raise NotFoundError("the registry is empty: run the pipeline to register a model")
+            if len(groups) > 1:
+                raise RegistryError(
+                    f"several model package groups exist ({', '.join(groups)}): name one "
+                    "with --group"
+                )
+            group_name = groups[0]
+        return package_arn(group_name, int(text))
+
+    def _package_row(self, conn: sqlite3.Connection, arn: str) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM model_packages WHERE arn = ?", (arn,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"model package {arn} does not exist ('fraudops model list')")
+        return row
+
+    def describe_model_package(self, arn: str) -> dict[str, Any]:
+        """DescribeModelPackage: the stored request plus status, identities and times."""
+        with self._connect() as conn:
+            row = self._package_row(conn, arn)
+        return _describe(row)
+
+    def list_model_packages(
+        self,
+        group_name: str | None = None,
+        approval_status: str | None = None,
+        newest_first: bool = True,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """ListModelPackages, optionally filtered by group and approval status."""
+        clauses, params = [], []
+        if group_name:
+            clauses.append("group_name = ?")
+            params.append(group_name)
+        if approval_status:
+            if approval_status not in APPROVAL_STATUSES:
+                raise RegistryError(
+                    f"unknown approval status {approval_status!r}: "
+                    f"use one of {', '.join(APPROVAL_STATUSES)}"
+                )
+            clauses.append("approval_status = ?")
+            params.append(approval_status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "DESC" if newest_first else "ASC"
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM model_packages {where} ORDER BY group_name, version {order}",
+                params,
+            ).fetchall()
+        return {"ModelPackageSummaryList": [_summary(row) for row in rows]}
+
+    # --- approvals -------------------------------------------------------------
+    def update_model_package(
+        self, arn: str, approval_status: str, approver: str, reason: str
+    ) -> dict[str, Any]:
+        """Record an approval decision and emit the state-change event.
+
+        Returns ``{"ModelPackageArn", "Deliveries"}``; the deliveries say what
+        the subscribed handlers (the deployer) did. The decision is committed
+        before the event is published, so a failing deployment never undoes it.
+        """
+        if approval_status not in (APPROVED, REJECTED):
+            raise RegistryError(
+                f"a decision sets ModelApprovalStatus to Approved or Rejected, "
+                f"not {approval_status!r}"
+            )
+        if not approver or not approver.strip():
+            raise RegistryError("an approver name is required (--approver or $FRAUDOPS_USER)")
+        if not reason or not reason.strip():
+            raise RegistryError("a reason is required for every approval decision (--reason)")
+        with self._write() as conn:
+            row = self._package_row(conn, arn)
+            self._check_decision(row, approval_status, approver)
+            now = _now()
+            conn.execute(
+                "UPDATE model_packages SET approval_status = ?, last_modified_by = ?, "
+                "last_modified_at = ?, approval_description = ? WHERE arn = ?",
+                (approval_status, approver, now, reason, arn),
+            )
+            conn.execute(
+                "INSERT INTO approval_decisions (model_package_arn, from_status, to_status, "
+                "approver, reason, decided_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (arn, row["approval_status"], approval_status, approver, reason, now),
+            )
+        if self._audit:
+            action = "model.approve" if approval_status == APPROVED else "model.reject"
+            details = {"from": row["approval_status"], "to": approval_status, "reason": reason}
+            self._audit(action, approver, arn, details)
+        deliveries = self._emit_state_change(arn)
+        return {"ModelPackageArn": arn, "Deliveries": deliveries}
+
+    def _check_decision(self, row: sqlite3.Row, to_status: str, approver: str) -> None:
+        current = row["approval_status"]
+        if to_status not in TRANSITIONS[current]:
+            allowed = ", ".join(TRANSITIONS[current]) or "none (final)"
+            raise RegistryError(
+                f"model package {row['arn']} is {current}; it cannot become {to_status} "
+                f"(allowed: {allowed})"
+            )
+        if self.four_eyes and _same_identity(approver, row["created_by"]):
+            raise FourEyesError(
+                f"four-eyes rule: {approver!r} started the run that created "
+                f"{row['arn']}, so a different person must decide on it "
+                "(pass --approver NAME or set $FRAUDOPS_USER)"
+            )
+
+    def _emit_state_change(self, arn: str) -> list[Delivery]:
+        detail = self.describe_model_package(arn)
+        return self.bus.publish(
+            source=SAGEMAKER_SOURCE,
+            detail_type=MODEL_PACKAGE_STATE_CHANGE,
+            detail=detail,
+            resources=[arn],
+        )
+
+    def list_decisions(self, arn: str | None = None) -> list[dict[str, Any]]:
+        """Every approval decision ever made (for one package, or all), oldest first."""
+        query = "SELECT * FROM approval_decisions"
+        params: tuple[str, ...] = ()
+        if arn:
+            query += " WHERE model_package_arn = ?"
+            params = (arn,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY id", params).fetchall()
+        return [
+            {
+                "ModelPackageArn": row["model_package_arn"],
+                "FromStatus": row["from_status"],
+                "ToStatus": row["to_status"],
+                "Approver": row["approver"],
+                "Reason": row["reason"],
+                "DecidedAt": row["decided_at"],
+            }
+            for row in rows
+        ]
+
+
+def _summary(row: sqlite3.Row) -> dict[str, Any]:
+    request = json.loads(row["request_json"])
+    return {
+        "ModelPackageGroupName": row["group_name"],
+        "ModelPackageVersion": row["version"],
+        "ModelPackageArn": row["arn"],
+        "ModelPackageDescription": request.get("ModelPackageDescription", ""),
+        "CreationTime": row["created_at"],
+        "ModelPackageStatus": "Completed",
+        "ModelApprovalStatus": row["approval_status"],
+    }
+
+
+def _describe(row: sqlite3.Row) -> dict[str, Any]:
+    request = json.loads(row["request_json"])
+    described = {
+        key: value
+        for key, value in request.items()
+        if key not in ("ModelApprovalStatus", "ModelPackageGroupName", "ClientToken")
+    }
+    described.update(_summary(row))
+    described["ModelPackageStatusDetails"] = {
+        "ValidationStatuses": [],
+        "ImageScanStatuses": [],
+    }
+    described["CreatedBy"] = {"UserProfileName": row["created_by"]}
+    if row["last_modified_by"]:
+        described["LastModifiedBy"] = {"UserProfileName": row["last_modified_by"]}
+        described["LastModifiedTime"] = row["last_modified_at"]
+        described["ApprovalDescription"] = row["approval_description"]
+    return described
