@@ -18,12 +18,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipelines.compliance.locks import LockTimeout, workspace_lock
-from pipelines.compliance.policy import BSA_RETENTION_DAYS, FILE_ZONES, place_legal_hold, zone_root
-from pipelines.compliance.retention import minimise
 
 from pipelines.cli.main import main as cli_main
 from pipelines.compliance import audit, vault
+from pipelines.compliance.locks import LockTimeout, workspace_lock
+from pipelines.compliance.policy import BSA_RETENTION_DAYS, FILE_ZONES, place_legal_hold, zone_root
+from pipelines.compliance.retention import minimise
 from pipelines.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -324,16 +324,17 @@ _SLOW_BACKUP = textwrap.dedent(
     """
     import sys, time
     from pipelines.compliance import vault
+    from pipelines.compliance.vault import snapshot
     from pipelines.core.workspace import Workspace
 
-    real_store = vault._store_object
+    real_store = snapshot._store_object
 
     def slow_store(*args, **kwargs):
         outcome = real_store(*args, **kwargs)
         time.sleep(0.05)  # widen the window so the kill lands mid-backup
         return outcome
 
-    vault._store_object = slow_store
+    snapshot._store_object = slow_store
     vault.create_snapshot(Workspace.open(sys.argv[1]))
     """
 )
