@@ -41,7 +41,7 @@ def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from pipelines.compliance.locks import LockTimeout
         from pipelines.compliance.policy import PolicyError
-        from pipelines.compliance.vault import VaultError
+        from pipelines.compliance.vault.layout import VaultError
 
         try:
             return handler(args)
@@ -108,7 +108,7 @@ def _print_backup(result) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     from pipelines.compliance.policy import ALL_ZONES
-    from pipelines.compliance.vault import create_snapshot
+    from pipelines.compliance.vault.snapshot import create_snapshot
 
     ws = open_workspace(args)
     result = create_snapshot(
@@ -127,7 +127,7 @@ def _register_simple(actions: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from pipelines.compliance.vault import list_snapshots
+    from pipelines.compliance.vault.manifest import list_snapshots
 
     snapshots = list_snapshots(open_workspace(args))
     if args.json:
@@ -152,7 +152,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from pipelines.compliance import audit
-    from pipelines.compliance.vault import verify_snapshots
+    from pipelines.compliance.vault.verify import verify_snapshots
 
     ws = open_workspace(args)
     report = verify_snapshots(ws, args.snapshots or None, progress=True)
@@ -174,7 +174,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _scheduled(args: argparse.Namespace) -> int:
-    from pipelines.compliance.vault import get_schedule, last_snapshot_time, run_if_due
+    from pipelines.compliance.vault.schedule import get_schedule, last_snapshot_time, run_if_due
 
     ws = open_workspace(args)
     result = run_if_due(ws, progress=True)
@@ -203,7 +203,7 @@ def _register_restore(actions: argparse._SubParsersAction) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from pipelines.compliance.vault import restore_snapshot
+    from pipelines.compliance.vault.restore import restore_snapshot
 
     result = restore_snapshot(
         open_workspace(args), args.snapshot, args.to, zones=args.zone, progress=True
@@ -227,7 +227,8 @@ def _register_prune(actions: argparse._SubParsersAction) -> None:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from pipelines.compliance.vault import SnapshotLocked, delete_snapshots, prune
+    from pipelines.compliance.vault.layout import SnapshotLocked
+    from pipelines.compliance.vault.pruning import delete_snapshots, prune
 
     ws = open_workspace(args)
     if args.snapshots:
@@ -259,7 +260,7 @@ def _register_schedule(actions: argparse._SubParsersAction) -> None:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from pipelines.compliance.vault import (
+    from pipelines.compliance.vault.schedule import (
         due,
         get_schedule,
         last_snapshot_time,

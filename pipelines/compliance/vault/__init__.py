@@ -1,38 +1,50 @@
-"""Local backup vault (the whole module, moved here; split into one module per job next)."""
+"""Local backup vault: content-addressed, incremental snapshots with retain-until locks.
 
-from pipelines.compliance.vault.snapshot import (
+One module per job, over a shared format:
+
+- ``layout``: where things live under ``workspace.vault``, the errors, hashing and copying;
+- ``manifest``: the snapshot format (``Entry``, ``Snapshot``), reading, writing, listing;
+- ``snapshot``: ``create_snapshot`` (incremental, consistent under the workspace lock);
+- ``verify``: ``verify_snapshots`` re-hashes every referenced object;
+- ``restore``: ``restore_snapshot`` into a new directory, all or nothing;
+- ``pruning``: ``delete_snapshots`` and ``prune``, refused while locked or held;
+- ``schedule``: how often ``run_if_due`` takes a snapshot.
+
+The names below are re-exported so ``from pipelines.compliance import vault`` keeps working.
+"""
+
+from pipelines.compliance.vault.layout import (
     CHUNK,
-    DEFAULT_EVERY_HOURS,
-    MANIFEST_FORMAT,
-    BackupResult,
-    Entry,
-    PruneResult,
-    RestoreResult,
-    Schedule,
-    Snapshot,
     SnapshotLocked,
     VaultError,
-    VerifyReport,
     clean_tmp,
-    create_snapshot,
-    delete_snapshots,
-    due,
-    get_schedule,
     is_transient_name,
-    last_snapshot_time,
+    object_path,
+    sha256_file,
+)
+from pipelines.compliance.vault.manifest import (
+    MANIFEST_FORMAT,
+    Entry,
+    Snapshot,
     list_snapshots,
     load_snapshot,
     new_snapshot_id,
-    object_path,
+    snapshot_ids,
+)
+from pipelines.compliance.vault.pruning import PruneResult, delete_snapshots, prune
+from pipelines.compliance.vault.restore import RestoreResult, restore_snapshot
+from pipelines.compliance.vault.schedule import (
+    DEFAULT_EVERY_HOURS,
+    Schedule,
+    due,
+    get_schedule,
+    last_snapshot_time,
     parse_schedule,
-    prune,
-    restore_snapshot,
     run_if_due,
     set_schedule,
-    sha256_file,
-    snapshot_ids,
-    verify_snapshots,
 )
+from pipelines.compliance.vault.snapshot import BackupResult, create_snapshot
+from pipelines.compliance.vault.verify import VerifyReport, verify_snapshots
 
 __all__ = [
     "CHUNK",
