@@ -34,7 +34,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-BSA_RETENTION_DAYS = 1827  # five years and a day, as infra/backup.yaml
+# The one retention figure the local vault also applies (policy.py).
+from pipelines.compliance.policy import BSA_RETENTION_DAYS
+
 RECORDS_RETENTION_YEARS = 5
 MIN_CHANGEABLE_FOR_DAYS = 3  # AWS's floor for the compliance-mode grace period
 TAG_KEY = "backup-plan"
