@@ -36,7 +36,7 @@ def _human(size: float) -> str:
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Turn the governance errors a user can act on into ``UserError`` (exit 2, no traceback)."""
+    """Turn the compliance errors a user can act on into ``UserError`` (exit 2, no traceback)."""
 
     def run(args: argparse.Namespace) -> int:
         from pipelines.compliance.locks import LockTimeout
