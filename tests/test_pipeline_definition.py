@@ -354,20 +354,20 @@ def test_convert_struct_reads_json_and_python_literals():
 def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
     rendered, workspace, monkeypatch, capsys
 ):
-    import pipelines.model.executor
+    import pipelines.fraud.local_run
     from pipelines.cli.run_pipeline import main
     from pipelines.model.executor import ExecutionSummary, StepSummary
 
     calls = []
 
-    def fake_executor(definition, ws, parameters, started_by, pipeline_name):
+    def fake_executor(definition, ws, parameters, started_by, pipeline_name, progress):
         calls.append((definition, ws, parameters, started_by, pipeline_name))
         step_summary = StepSummary("Preprocess", "Processing", "Failed", 1, False,
                                    "no features", None, {}, {})  # fmt: skip
         return ExecutionSummary("e1", "arn:e1", pipeline_name, "Failed", "no features",
                                 "t0", "t1", [step_summary])  # fmt: skip
 
-    monkeypatch.setattr(pipelines.model.executor, "run_pipeline_definition", fake_executor)
+    monkeypatch.setattr(pipelines.fraud.local_run, "run_pipeline_definition", fake_executor)
     monkeypatch.setenv("FRAUDOPS_USER", "analyst-1")
     code = main(["--workdir", str(workspace.root), "--kwargs", json.dumps(KWARGS),
                  "--pipeline-parameters", '{"QualityThresholdAP": 0.2}'])  # fmt: skip
@@ -384,14 +384,6 @@ def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
     out = capsys.readouterr().out
     assert "step Preprocess: Failed (no features)" in out
     assert "Execution e1 Failed: no features" in out
-
-
-def test_run_pipeline_local_without_the_executor_says_so(workspace, monkeypatch, capsys):
-    from pipelines.cli.run_pipeline import main
-
-    monkeypatch.setitem(sys.modules, "pipelines.model.executor", None)  # import fails
-    assert main(["--workdir", str(workspace.root)]) == 2
-    assert "needs pipelines.model.executor.run_pipeline_definition" in capsys.readouterr().err
 
 
 def test_cached_render_returns_the_identical_definition_without_the_sdk(

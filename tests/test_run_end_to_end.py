@@ -79,19 +79,14 @@ def test_no_card_number_in_clear_after_ingestion(finished_run):
 
 def test_quality_gate_rejects_a_model_below_the_bar(finished_run):
     """Same data and code (steps reused from the cache), a bar the model cannot meet."""
-    from pipelines.core.identity import current_user
-    from pipelines.fraud.definition import render_pipeline_cached
-    from pipelines.model.executor import run_pipeline_definition
+    from pipelines.fraud.local_run import run_pipeline_locally
 
     _, ws = finished_run
     registry = LocalModelRegistry(ws.registry_db)
     before = registry.list_model_packages("fraud-detection")["ModelPackageSummaryList"]
-    rendered = render_pipeline_cached({}, code_store_dir=ws.object_store,
-                                      cache_dir=ws.state_dir / "definitions")
-    execution = run_pipeline_definition(
-        rendered.definition, ws, {"QualityThresholdAP": 0.999, "LabelDelayDays": 7},
-        current_user(), rendered.name, progress=False,
-    )
+    run = run_pipeline_locally(ws, {"QualityThresholdAP": 0.999}, progress=False)
+    assert not run.succeeded
+    execution = run.execution
     assert execution.status == "Failed"
     assert "average precision" in execution.failure_reason
     assert "0.999" in execution.failure_reason

@@ -234,3 +234,62 @@ def test_batch_scoring_keeps_the_stream_scorers_files(workspace):
         "part-00000.parquet", "stream-000001.parquet"]
     assert pq.read_table(day_dir / "part-00000.parquet")["transaction_id"].to_pylist() == [
         "batch-2"]
+
+
+def _record_as_deployed(workspace, model_dir) -> None:
+    """Register and approve the model, and record it as the endpoint's.
+
+    Scoring loads the model itself; the endpoint record only says which version
+    serves, so no endpoint process is needed here.
+    """
+    from pipelines.serving.deploy.local import endpoint_state_path
+
+    arn = register(workspace, LocalModelRegistry(workspace.registry_db), model_dir)
+    path = endpoint_state_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model_package_arn": arn}))
+
+
+def _raised(workspace) -> tuple[list, list]:
+    """The primary alerts (card, transaction, severity, grouped count) and notification subjects."""
+    from pipelines.core.notifications import ALERTS_TOPIC, read_outbox
+    from pipelines.serving.alerts import CaseQueue
+
+    alerts = sorted(
+        (a["card_id"], a["transaction_id"], a["severity"], a["grouped"])
+        for a in CaseQueue(workspace.cases_db).list_alerts(limit=10_000)
+    )
+    subjects = sorted(m["subject"] for m in read_outbox(workspace.outbox, ALERTS_TOPIC))
+    return alerts, subjects
+
+
+def test_fraudops_score_raises_the_same_alerts_as_the_runs_score_step(tmp_path, model_dir):
+    """Both call pipelines.serving.score_and_alert: same day, same model -> same alerts."""
+    from types import SimpleNamespace
+
+    from pipelines.core.workspace import Workspace
+    from pipelines.workflow.runner import RunContext
+    from pipelines.workflow.steps import score as score_step
+
+    features = feature_rows(600, DAY)
+    by_cli, by_run = Workspace.open(tmp_path / "cli"), Workspace.open(tmp_path / "run")
+    for ws in (by_cli, by_run):
+        _record_as_deployed(ws, model_dir)
+        write_features(ws, features)
+
+    assert main(["score", "--date", DAY, "--workdir", str(by_cli.root)]) == 0
+    # The score step reads only the webhook option; the rest of RunOptions is not needed.
+    result = score_step(RunContext(by_run, SimpleNamespace(webhook_url=None)))
+
+    alerts, subjects = _raised(by_cli)
+    assert alerts, "the day must have scores above the threshold for this test to mean anything"
+    assert (alerts, subjects) == _raised(by_run)
+    assert result.days == [DAY]
+    assert result.alerts == len(alerts) == len(subjects)
+    assert result.grouped == sum(grouped for *_, grouped in alerts) > 0
+
+    # Rescoring raises nothing new: the same transactions were alerted on already.
+    again = score_step(RunContext(by_run, SimpleNamespace(webhook_url=None)))
+    assert (again.alerts, again.grouped) == (0, 0)
+    assert again.already_raised == result.alerts + result.grouped
+    assert _raised(by_run) == (alerts, subjects)

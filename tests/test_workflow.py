@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from pipelines.core.failures import describe_failure, notify_failure
 from pipelines.core.notifications import FAILURES_TOPIC, OutboxNotifier, read_outbox
 from pipelines.workflow.declaration import FRAUD_WORKFLOW, RetryPolicy, Step, Workflow
-from pipelines.workflow.runner import RunContext, WorkflowFailed, run_workflow
+from pipelines.workflow.runner import RunContext, StepResults, WorkflowFailed, run_workflow
+
+
+@dataclass(frozen=True)
+class Counted:
+    rows: int
+
+
+@dataclass(frozen=True)
+class Doubled:
+    rows: int
 
 
 def _context(workspace):
     from rich.console import Console
 
-    return RunContext(workspace=workspace, options={}, console=Console(quiet=True))
+    return RunContext(workspace=workspace, options=None, console=Console(quiet=True))
 
 
 def test_declared_order_respects_dependencies():
@@ -41,7 +53,7 @@ def test_transient_failure_is_retried_then_succeeds(workspace):
         calls["n"] += 1
         if calls["n"] < 3:
             raise ConnectionError("throttled")
-        return {"ok": True}
+        return Counted(calls["n"])
 
     workflow = Workflow("w", (Step("flaky", "", retry=RetryPolicy(3, 1.0, 2.0)),))
     slept: list[float] = []
@@ -55,14 +67,14 @@ def test_failure_stops_the_run_and_notifies_through_the_outbox(workspace):
 
     def ok(ctx):
         ran.append("first")
-        return {"rows": 1}
+        return Counted(1)
 
     def broken(ctx):
         raise RuntimeError("disk full while writing dt=2026-01-02")
 
     def never(ctx):
         ran.append("third")
-        return {}
+        return Doubled(0)
 
     workflow = Workflow(
         "w",
@@ -87,6 +99,40 @@ def test_failure_stops_the_run_and_notifies_through_the_outbox(workspace):
     assert message["message"]["step"] == "second"
     assert "disk full" in message["message"]["error"]
     assert message["message"]["log"].endswith(".log")
+
+
+def test_a_later_step_reads_an_earlier_result_by_its_type(workspace):
+    def count(ctx):
+        return Counted(21)
+
+    def double(ctx):
+        return Doubled(ctx.results.get(Counted).rows * 2)
+
+    workflow = Workflow("w", (Step("count", ""), Step("double", "", depends_on=("count",))))
+    context = _context(workspace)
+    outcomes = run_workflow(workflow, {"count": count, "double": double}, context)
+    assert context.results.get(Doubled) == Doubled(42)
+    assert [o.result for o in outcomes] == [Counted(21), Doubled(42)]
+
+
+def test_asking_for_a_result_no_step_produced_names_what_finished():
+    results = StepResults()
+    results.add("count", Counted(1))
+    with pytest.raises(LookupError, match=r"produced a Doubled .*finished: count \(Counted\)"):
+        results.get(Doubled)
+
+
+def test_two_steps_returning_one_type_are_refused():
+    results = StepResults()
+    results.add("first", Counted(1))
+    with pytest.raises(TypeError, match="'first' and 'second' both return Counted"):
+        results.add("second", Counted(2))
+
+
+def test_a_step_returning_an_untyped_dict_is_refused(workspace):
+    workflow = Workflow("w", (Step("loose", ""),))
+    with pytest.raises(TypeError, match="step 'loose' returned dict"):
+        run_workflow(workflow, {"loose": lambda ctx: {"rows": 1}}, _context(workspace))
 
 
 def test_missing_implementation_is_named(workspace):

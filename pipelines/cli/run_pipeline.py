@@ -170,47 +170,30 @@ def run_on_aws(args: argparse.Namespace, kwargs: dict[str, Any], tags: list, par
 # --- local -----------------------------------------------------------------------
 
 
-def _local_executor():
-    """The local executor's entry point, imported only when the local backend runs."""
-    try:
-        from pipelines.model.executor import run_pipeline_definition
-    except ImportError as exc:
-        raise ArgumentError(
-            "the local backend needs pipelines.model.executor.run_pipeline_definition, which "
-            f"cannot be imported ({exc}); use --backend aws or install the full package"
-        ) from exc
-    return run_pipeline_definition
-
-
 def run_locally(args: argparse.Namespace, kwargs: dict[str, Any], tags: list, parameters) -> int:
     """Render offline into the workspace and run with the local executor; 0 if it succeeded."""
     from pipelines.cli.commands._common import open_workspace
-    from pipelines.core.identity import current_user
-    from pipelines.fraud.definition import render_pipeline_cached
+    from pipelines.fraud.local_run import run_pipeline_locally
+    from pipelines.model.executor import ExecutorError
 
-    run_pipeline_definition = _local_executor()
     if tags:
         logger.info("tags apply to AWS resources; the local backend records none")
     workspace = open_workspace(args)
-    rendered = render_pipeline_cached(
-        kwargs, code_store_dir=workspace.object_store, module_name=args.module_name,
-        cache_dir=workspace.state_dir / "definitions",
-    )
-    print(f"Pipeline {rendered.name}: code staged in {workspace.object_store}")
-    from pipelines.model.executor import ExecutorError
-
     try:
-        summary = run_pipeline_definition(
-            rendered.definition, workspace, parameters, current_user(), rendered.name
+        run = run_pipeline_locally(
+            workspace, parameters, pipeline_kwargs=kwargs, module_name=args.module_name,
+            on_rendered=lambda rendered: print(
+                f"Pipeline {rendered.name}: code staged in {workspace.object_store}"),
         )
     except ExecutorError as exc:  # unsupported definition or bad --pipeline-parameters
         raise ArgumentError(str(exc)) from exc
-    for step in summary.steps:
+    for step in run.execution.steps:
         reason = f" ({step.failure_reason})" if step.failure_reason else ""
         print(f"  step {step.name}: {step.status}{reason}")
-    reason = f": {summary.failure_reason}" if summary.failure_reason else ""
-    print(f"Execution {summary.execution_id} {summary.status}{reason}")
-    return 0 if summary.succeeded else 1
+    execution = run.execution
+    reason = f": {execution.failure_reason}" if execution.failure_reason else ""
+    print(f"Execution {execution.execution_id} {execution.status}{reason}")
+    return 0 if run.succeeded else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

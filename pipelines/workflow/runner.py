@@ -1,37 +1,77 @@
 """Run the declared workflow locally: order, retries, rollback, notification.
 
-Every step's local implementation is a function ``(RunContext) -> dict``
-returning a small summary. A step that still fails after its retries stops
-the run, has its failure sent through the same failure-notification handler
-the Lambda runs on AWS, and leaves earlier steps' outputs intact.
+Every step's local implementation is a function ``(RunContext) -> result``
+where the result is the step's own dataclass; later steps read it back by
+type (``ctx.results.get(PipelineResult)``), never through a string key. A
+step that still fails after its retries stops the run, has its failure sent
+through the same failure-notification handler the Lambda runs on AWS, and
+leaves earlier steps' outputs intact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 
 from pipelines.core.workspace import Workspace
 from pipelines.workflow.declaration import Step, Workflow
 
-StepFunction = Callable[["RunContext"], dict[str, Any]]
+ResultT = TypeVar("ResultT")
+OptionsT = TypeVar("OptionsT")
+
+
+class StepResults:
+    """The typed results of the steps finished so far, each found by its type.
+
+    One type per step, so ``get(IngestReport)`` names exactly one producer and
+    returns it as that type.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[type, object] = {}
+        self._producers: dict[type, str] = {}
+
+    def add(self, step: str, result: object) -> None:
+        kind = type(result)
+        if kind in self._producers:
+            raise TypeError(
+                f"steps {self._producers[kind]!r} and {step!r} both return {kind.__name__}: "
+                "give each step its own result type"
+            )
+        self._results[kind] = result
+        self._producers[kind] = step
+
+    def get(self, kind: type[ResultT]) -> ResultT:
+        """The result of type ``kind``; LookupError if no finished step produced one."""
+        result = self._results.get(kind)
+        if not isinstance(result, kind):
+            finished = ", ".join(f"{step} ({k.__name__})" for k, step in self._producers.items())
+            raise LookupError(
+                f"no finished step produced a {kind.__name__} (finished: {finished or 'none'}); "
+                "declare the step that does as a dependency"
+            )
+        return result
 
 
 @dataclass
-class RunContext:
+class RunContext(Generic[OptionsT]):
     """What every step sees: the workspace, the run options, earlier results."""
 
     workspace: Workspace
-    options: Mapping[str, Any]
+    options: OptionsT
     console: Console = field(default_factory=Console)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: StepResults = field(default_factory=StepResults)
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ"))
+
+
+StepFunction = Callable[[RunContext[Any]], object]
 
 
 @dataclass(frozen=True)
@@ -40,7 +80,7 @@ class StepOutcome:
     status: str  # Succeeded | Failed | Skipped
     attempts: int
     seconds: float
-    summary: dict[str, Any]
+    result: object | None  # the step's result dataclass; None unless it succeeded
     error: str = ""
 
 
@@ -75,7 +115,7 @@ def run_workflow(
             if notify_failure is not None:
                 notify_failure(_failure_event(workflow, step, outcome, context))
             raise WorkflowFailed(step.name, outcome.error, outcomes)
-        context.results[step.name] = outcome.summary
+        context.results.add(step.name, outcome.result)
     return outcomes
 
 
@@ -87,7 +127,7 @@ def _run_step(
     error = ""
     for attempt in range(1, step.retry.max_attempts + 1):
         try:
-            summary = function(context)
+            result = function(context)
         except Exception as exc:  # a step failure of any kind is handled by policy
             error = f"{type(exc).__name__}: {exc}"
             context.console.print(f"[red]{step.name} attempt {attempt} failed:[/] {error}")
@@ -95,9 +135,15 @@ def _run_step(
             if attempt <= len(delays):
                 sleep(delays[attempt - 1])
             continue
-        return StepOutcome(step.name, "Succeeded", attempt, time.perf_counter() - start, summary)
+        # A programming error, not a step failure: retrying would not change it.
+        if not dataclasses.is_dataclass(result) or isinstance(result, type):
+            raise TypeError(
+                f"step {step.name!r} returned {type(result).__name__}: a step returns an "
+                "instance of its result dataclass"
+            )
+        return StepOutcome(step.name, "Succeeded", attempt, time.perf_counter() - start, result)
     return StepOutcome(
-        step.name, "Failed", step.retry.max_attempts, time.perf_counter() - start, {}, error
+        step.name, "Failed", step.retry.max_attempts, time.perf_counter() - start, None, error
     )
 
 

@@ -1,152 +1,182 @@
 """Local implementations of the declared workflow's steps.
 
-Each function takes the :class:`RunContext` and returns a small summary that
-the final report prints. They call the same units the CLI commands call; the
-workflow adds only order, retries and failure handling.
+Each function takes the run's :class:`RunContext` and returns the step's typed
+result: the unit's own result where it has one (the ingest report, the feature
+build summary, the score-and-alert outcome), otherwise a small frozen
+dataclass defined here. Later steps and the final summary read results back by
+type. The steps call the same units the CLI commands call; the workflow adds
+only order, retries and failure handling.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipelines.compliance import vault
+from pipelines.core.schema import PARTITION_COLUMN
+from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+from pipelines.data.features.build import FeatureBuildSummary, build_feature_table
+from pipelines.data.features.store import MANIFEST_NAME
+from pipelines.data.ingest.columns import load_column_map
+from pipelines.data.ingest.reconcile import IngestReport, render
+from pipelines.data.ingest.run import ingest as run_ingest
+from pipelines.fraud.local_run import (
+    EvaluationMetrics,
+    read_evaluation,
+    registered_model_package_arn,
+    run_pipeline_locally,
+)
+from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.serving.deploy.local import read_endpoint_state
+from pipelines.serving.score_and_alert import ScoredAndAlerted, latest_feature_day, score_and_alert
 from pipelines.workflow.runner import RunContext, StepFunction
 
 
-def generate(ctx: RunContext) -> dict[str, Any]:
-    """Synthetic landing drops, unless the user brought their own input."""
-    if ctx.options.get("input"):
-        return {"skipped": f"using your data: {ctx.options['input']}"}
-    from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``fraudops run`` was asked to do; the command line decides every value."""
 
+    input_path: Path | None  # the user's own landing data (then nothing is generated)
+    column_map: Path | None
+    transactions: int
+    days: int
+    seed: int
+    start_date: dt.date
+    malformed_rate: float
+    engine: str
+    label_delay_days: int
+    approver: str
+    webhook_url: str | None
+    # SageMaker pipeline parameters by their declared names; None keeps the default.
+    pipeline_parameters: Mapping[str, Any]
+
+
+FraudRunContext = RunContext[RunOptions]
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    landing: Path
+    transactions: int = 0
+    files: int = 0
+    malformed: int = 0
+    skipped: str = ""  # why nothing was generated
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    execution_id: str
+    model_package_arn: str
+    evaluation: EvaluationMetrics
+
+
+@dataclass(frozen=True)
+class ApproveResult:
+    model_package_arn: str
+    approver: str
+    deploy_deliveries: int
+    deploy_failures: int
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    url: str
+    version: int
+    answered: str  # the start of the endpoint's answer to one real request
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    vault: Path
+    snapshot: str  # the snapshot id, or "not due"
+    files: int = 0
+    bytes_written: int = 0
+
+
+def generate(ctx: FraudRunContext) -> GenerateResult:
+    """Synthetic landing drops, unless the user brought their own input."""
+    options = ctx.options
+    if options.input_path is not None:
+        return GenerateResult(options.input_path, skipped=f"using your data: {options.input_path}")
     config = GeneratorConfig(
-        transactions=ctx.options["transactions"],
-        days=ctx.options["days"],
-        seed=ctx.options["seed"],
-        start_date=ctx.options["start_date"],
+        transactions=options.transactions,
+        days=options.days,
+        seed=options.seed,
+        start_date=options.start_date,
     )
     with ctx.console.status(f"generating {config.transactions:,} transactions"):
         table = generate_transactions(config)
         drops = write_landing_drops(
-            table, ctx.workspace.landing, malformed_rate=ctx.options["malformed_rate"],
-            seed=config.seed,
+            table, ctx.workspace.landing, malformed_rate=options.malformed_rate, seed=config.seed,
         )
-    return {"transactions": table.num_rows, "files": len(drops),
-            "malformed": drops.malformed_total,
-            "landing": str(ctx.workspace.landing)}
+    return GenerateResult(ctx.workspace.landing, table.num_rows, len(drops),
+                          drops.malformed_total)
 
 
-def ingest(ctx: RunContext) -> dict[str, Any]:
-    from pipelines.data.ingest.columns import load_column_map
-    from pipelines.data.ingest.reconcile import render
-    from pipelines.data.ingest.run import ingest as run_ingest
-
-    column_map = load_column_map(ctx.options["column_map"]) if ctx.options.get(
-        "column_map") else None
-    paths = [ctx.options["input"]] if ctx.options.get("input") else None
+def ingest(ctx: FraudRunContext) -> IngestReport:
+    options = ctx.options
+    column_map = load_column_map(options.column_map) if options.column_map else None
+    paths = [options.input_path] if options.input_path else None
     report = run_ingest(ctx.workspace, paths, column_map=column_map)
     render(report, ctx.console)
-    return {"read": report.rows_read, "curated": report.rows_curated,
-            "quarantined": report.rows_quarantined, "duplicates": report.duplicates_skipped,
-            "balanced": report.balanced,
-            "curated_zone": str(ctx.workspace.curated)}
+    return report
 
 
-def features(ctx: RunContext) -> dict[str, Any]:
-    from pipelines.data.features.build import build_feature_table
-
-    summary = build_feature_table(
-        ctx.workspace, label_delay_days=ctx.options["label_delay_days"],
-        engine=ctx.options["engine"],
+def features(ctx: FraudRunContext) -> FeatureBuildSummary:
+    return build_feature_table(
+        ctx.workspace, label_delay_days=ctx.options.label_delay_days, engine=ctx.options.engine,
     )
-    return {"rows": summary.rows, "features": summary.features,
-            "seconds": round(summary.seconds, 1), "feature_zone": str(ctx.workspace.features)}
 
 
-def pipeline(ctx: RunContext) -> dict[str, Any]:
-    from pipelines.core.identity import current_user
-    from pipelines.fraud.definition import render_pipeline_cached
-    from pipelines.model.executor import run_pipeline_definition
-
-    rendered = render_pipeline_cached(
-        {}, code_store_dir=ctx.workspace.object_store,
-        cache_dir=ctx.workspace.state_dir / "definitions",
+def pipeline(ctx: FraudRunContext) -> PipelineResult:
+    run = run_pipeline_locally(ctx.workspace, ctx.options.pipeline_parameters)
+    if not run.succeeded:
+        raise RuntimeError(run.failure())
+    return PipelineResult(
+        run.execution.execution_id,
+        registered_model_package_arn(run.execution),
+        read_evaluation(ctx.workspace, run.execution),
     )
-    parameters = {k: v for k, v in ctx.options["pipeline_parameters"].items() if v is not None}
-    execution = run_pipeline_definition(
-        rendered.definition, ctx.workspace, parameters, current_user(), rendered.name
-    )
-    if not execution.succeeded:
-        logs = ctx.workspace.executions / execution.execution_id
-        raise RuntimeError(
-            f"pipeline execution {execution.execution_id} {execution.status}: "
-            f"{execution.failure_reason} (logs: {logs}; `fraudops pipeline resume` retries)"
-        )
-    register = execution.step("Register")
-    evaluation = _evaluation(ctx, execution)
-    return {"execution": execution.execution_id,
-            "model_package_arn": register.properties.get("ModelPackageArn", ""),
-            "evaluation": evaluation}
 
 
-def _evaluation(ctx: RunContext, execution: Any) -> dict[str, Any]:
-    """The Evaluate step's evaluation.json, read from the local object store."""
-    outputs = execution.step("Evaluate").properties["ProcessingOutputConfig"]["Outputs"]
-    uri = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "evaluation")
-    path = ctx.workspace.local_path(uri.rstrip("/") + "/evaluation.json")
-    report = json.loads(path.read_text())
-    metrics = report["binary_classification_metrics"]
-    return {
-        "average_precision": metrics["average_precision"]["value"],
-        "roc_auc": metrics["roc_auc"]["value"],
-        "card_precision_at_k": metrics["card_precision_at_k"]["value"],
-        "k": metrics["card_precision_at_k"]["k"],
-        "precision_at_threshold": metrics["precision_at_threshold"]["value"],
-        "recall_at_threshold": metrics["recall_at_threshold"]["value"],
-        "path": str(path),
-    }
-
-
-def approve(ctx: RunContext) -> dict[str, Any]:
+def approve(ctx: FraudRunContext) -> ApproveResult:
     """The configured demo approver (never the trainer) approves; the event deploys."""
-    from pipelines.model.registry import LocalModelRegistry
-
-    arn = ctx.results["pipeline"]["model_package_arn"]
+    trained = ctx.results.get(PipelineResult)
     registry = LocalModelRegistry.for_workspace(ctx.workspace)
-    evaluation = ctx.results["pipeline"]["evaluation"]
     decision = registry.update_model_package(
-        arn, "Approved", ctx.options["approver"],
-        f"demo approval by fraudops run: AP {evaluation['average_precision']:.3f} "
+        trained.model_package_arn, APPROVED, ctx.options.approver,
+        f"demo approval by fraudops run: AP {trained.evaluation.average_precision:.3f} "
         f"passed the quality gate",
     )
     failed = [d for d in decision["Deliveries"] if not d.ok]
-    return {"model_package_arn": arn, "approver": ctx.options["approver"],
-            "deploy_deliveries": len(decision["Deliveries"]), "deploy_failures": len(failed)}
+    return ApproveResult(trained.model_package_arn, ctx.options.approver,
+                         len(decision["Deliveries"]), len(failed))
 
 
-def deploy(ctx: RunContext) -> dict[str, Any]:
+def deploy(ctx: FraudRunContext) -> DeployResult:
     """Approval already deployed through the event bus; confirm the endpoint answers."""
-    from pipelines.serving.deploy.local import read_endpoint_state
-
     state = read_endpoint_state(ctx.workspace)
-    arn = ctx.results["approve"]["model_package_arn"]
+    arn = ctx.results.get(ApproveResult).model_package_arn
     if not state or state.get("model_package_arn") != arn:
         raise RuntimeError(
             f"the approved model {arn} is not serving (endpoint state: {state}); "
             f"see {ctx.workspace.logs} and `fraudops model show`"
         )
-    return {"url": state["url"], "version": state.get("version"),
-            "answered": _invoke_sample(state["url"], ctx)}
+    return DeployResult(state["url"], int(state["version"]), _invoke_sample(state["url"], ctx))
 
 
-def _invoke_sample(url: str, ctx: RunContext) -> str:
+def _invoke_sample(url: str, ctx: FraudRunContext) -> str:
     """One real request to the endpoint with the latest day's first feature row."""
-    import urllib.request
-
-    feature_set = json.loads((ctx.workspace.features / "_feature_set.json").read_text())
-    latest = sorted(ctx.workspace.features.glob("dt=*"))[-1]
+    feature_set = json.loads((ctx.workspace.features / MANIFEST_NAME).read_text())
+    latest = ctx.workspace.features / f"{PARTITION_COLUMN}={latest_feature_day(ctx.workspace)}"
     row = pq.read_table(next(latest.glob("*.parquet")),
                         columns=feature_set["feature_columns"]).slice(0, 1).to_pylist()[0]
     body = json.dumps({"instances": [row]}).encode()
@@ -156,33 +186,18 @@ def _invoke_sample(url: str, ctx: RunContext) -> str:
         return response.read().decode()[:200]
 
 
-def score(ctx: RunContext) -> dict[str, Any]:
-    """Batch-score the latest day and raise alerts from its scores."""
-    from pipelines.core.notifications import OutboxNotifier
-    from pipelines.serving.alerts import AlertPolicy, CaseQueue, raise_alerts
-    from pipelines.serving.scoring.batch import load_model, partition_dir, score_day
-
-    latest = sorted(p.name.split("=", 1)[1] for p in ctx.workspace.features.glob("dt=*"))[-1]
-    model = load_model(ctx.workspace)
-    summary = score_day(ctx.workspace, latest, model=model)
-    scored = pq.read_table(partition_dir(ctx.workspace, latest)).to_pylist()
-    counts = raise_alerts(
-        scored, AlertPolicy(threshold=summary.threshold), CaseQueue(ctx.workspace.cases_db),
-        OutboxNotifier(ctx.workspace.outbox, ctx.options.get("webhook_url")),
-    )
-    return {"day": latest, "rows": summary.rows, "threshold": summary.threshold,
-            "alerts": counts["alerts"], "grouped": counts["grouped"],
-            "scored_zone": str(ctx.workspace.scored), "outbox": str(ctx.workspace.outbox)}
+def score(ctx: FraudRunContext) -> ScoredAndAlerted:
+    """Batch-score the latest day and raise alerts from its scores (as `fraudops score`)."""
+    return score_and_alert(ctx.workspace, day=latest_feature_day(ctx.workspace),
+                           webhook_url=ctx.options.webhook_url)
 
 
-def backup(ctx: RunContext) -> dict[str, Any]:
-    from pipelines.compliance import vault
-
+def backup(ctx: FraudRunContext) -> BackupSummary:
     result = vault.run_if_due(ctx.workspace)
     if result is None:
-        return {"snapshot": "not due", "vault": str(ctx.workspace.vault)}
-    return {"snapshot": result.snapshot.snapshot_id, "files": result.files,
-            "bytes_written": result.bytes_written, "vault": str(ctx.workspace.vault)}
+        return BackupSummary(ctx.workspace.vault, "not due")
+    return BackupSummary(ctx.workspace.vault, result.snapshot.snapshot_id, result.files,
+                         result.bytes_written)
 
 
 IMPLEMENTATIONS: dict[str, StepFunction] = {

@@ -13,12 +13,16 @@ import datetime as dt
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+
+if TYPE_CHECKING:  # the workflow is imported when a run starts, not for `fraudops --help`
+    from pipelines.workflow.runner import RunContext, StepOutcome
+    from pipelines.workflow.steps import RunOptions
 
 DEMO_APPROVER = "demo-approver"
 
@@ -57,24 +61,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
+def _options(args: argparse.Namespace) -> RunOptions:
+    from pipelines.workflow.steps import RunOptions
+
     if args.input and not args.input.exists():
         raise UserError(f"--input {args.input}: no such file or folder")
     if args.column_map and not args.input:
         raise UserError("--column-map applies to your own data: pass --input PATH too")
-    return {
-        "input": str(args.input) if args.input else None,
-        "column_map": str(args.column_map) if args.column_map else None,
-        "transactions": args.transactions,
-        "days": args.days,
-        "seed": args.seed,
-        "start_date": args.start_date,
-        "malformed_rate": args.malformed_rate,
-        "engine": args.engine,
-        "label_delay_days": args.label_delay_days,
-        "approver": args.approver,
-        "webhook_url": args.webhook_url,
-        "pipeline_parameters": {
+    return RunOptions(
+        input_path=args.input,
+        column_map=args.column_map,
+        transactions=args.transactions,
+        days=args.days,
+        seed=args.seed,
+        start_date=args.start_date,
+        malformed_rate=args.malformed_rate,
+        engine=args.engine,
+        label_delay_days=args.label_delay_days,
+        approver=args.approver,
+        webhook_url=args.webhook_url,
+        pipeline_parameters={
             "LabelDelayDays": args.label_delay_days,
             "TrainStartDate": args.train_start,
             "TrainDays": args.train_days,
@@ -84,7 +90,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             "AlertThreshold": args.alert_threshold,
             "CardPrecisionK": args.k,
         },
-    }
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -115,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_steps(console: Console, outcomes: list) -> None:
+def _print_steps(console: Console, outcomes: list[StepOutcome]) -> None:
     table = Table(title="workflow steps")
     for column in ("step", "status", "attempts", "seconds"):
         table.add_column(column)
@@ -126,32 +132,45 @@ def _print_steps(console: Console, outcomes: list) -> None:
     console.print(table)
 
 
-def _print_summary(console: Console, context: Any, seconds: float) -> None:
+def _print_summary(console: Console, context: RunContext[RunOptions], seconds: float) -> None:
+    from pipelines.data.features.build import FeatureBuildSummary
+    from pipelines.data.ingest.reconcile import IngestReport
+    from pipelines.serving.score_and_alert import ScoredAndAlerted
+    from pipelines.workflow.steps import (
+        ApproveResult,
+        BackupSummary,
+        DeployResult,
+        PipelineResult,
+    )
+
     results = context.results
-    evaluation = results["pipeline"]["evaluation"]
-    ingest = results["ingest"]
+    ingest = results.get(IngestReport)
+    features = results.get(FeatureBuildSummary)
+    evaluation = results.get(PipelineResult).evaluation
+    approved = results.get(ApproveResult)
+    deployed = results.get(DeployResult)
+    scored = results.get(ScoredAndAlerted)
     table = Table(title=f"fraudops run finished in {seconds:.0f} s", show_header=False)
     table.add_column("what")
     table.add_column("value")
     rows = [
-        ("ingested", f"{ingest['read']:,} read = {ingest['curated']:,} curated"
-                     f" + {ingest['quarantined']:,} quarantined"
-                     f" + {ingest['duplicates']:,} duplicates"),
-        ("features", f"{results['features']['rows']:,} rows x {results['features']['features']}"),
-        ("average precision", f"{evaluation['average_precision']:.3f}"),
-        ("ROC AUC", f"{evaluation['roc_auc']:.3f}"),
-        (f"card precision@{evaluation['k']}", f"{evaluation['card_precision_at_k']:.3f}"),
+        ("ingested", f"{ingest.rows_read:,} read = {ingest.rows_curated:,} curated"
+                     f" + {ingest.rows_quarantined:,} quarantined"
+                     f" + {ingest.duplicates_skipped:,} duplicates"),
+        ("features", f"{features.rows:,} rows x {features.features}"),
+        ("average precision", f"{evaluation.average_precision:.3f}"),
+        ("ROC AUC", f"{evaluation.roc_auc:.3f}"),
+        (f"card precision@{evaluation.k}", f"{evaluation.card_precision_at_k:.3f}"),
         ("precision / recall at threshold",
-         f"{evaluation['precision_at_threshold']:.3f} / {evaluation['recall_at_threshold']:.3f}"),
-        ("model version", f"{results['deploy']['version']} "
-                          f"({results['approve']['model_package_arn']})"),
-        ("approved by", results["approve"]["approver"]),
-        ("endpoint", f"{results['deploy']['url']} (answered {results['deploy']['answered']})"),
-        ("scored", f"{results['score']['rows']:,} transactions of {results['score']['day']}"),
-        ("alerts raised", f"{results['score']['alerts']:,} "
-                          f"(+{results['score']['grouped']} grouped); `fraudops alerts list`"),
-        ("backup", str(results["backup"]["snapshot"])),
-        ("evaluation", evaluation["path"]),
+         f"{evaluation.precision_at_threshold:.3f} / {evaluation.recall_at_threshold:.3f}"),
+        ("model version", f"{deployed.version} ({approved.model_package_arn})"),
+        ("approved by", approved.approver),
+        ("endpoint", f"{deployed.url} (answered {deployed.answered})"),
+        ("scored", f"{scored.scoring.rows:,} transactions of {', '.join(scored.days)}"),
+        ("alerts raised", f"{scored.alerts:,} (+{scored.grouped} grouped); "
+                          "`fraudops alerts list`"),
+        ("backup", results.get(BackupSummary).snapshot),
+        ("evaluation", str(evaluation.path)),
         ("workspace", str(context.workspace.root)),
         ("try", 'fraudops query "SELECT decision, count(*) FROM scored GROUP BY 1"'),
     ]

@@ -1,4 +1,9 @@
-"""``fraudops score``: batch-score a day of the feature table (or a Parquet file)."""
+"""``fraudops score``: batch-score a day of the feature table (or a Parquet file), raise alerts.
+
+The same call as the ``score`` step of ``fraudops run``
+(:func:`pipelines.serving.score_and_alert.score_and_alert`), so both raise the
+same alerts for the same day.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "score",
         help="batch-score transactions with the deployed model into the scored table",
         description="Score one day of the feature table (--date) or a Parquet file (--input) "
-        "with the deployed model version (or --version), and write scored/dt=YYYY-MM-DD. "
-        "Rerunning replaces the day's scores; it never duplicates them.",
+        "with the deployed model version (or --version), write scored/dt=YYYY-MM-DD and raise "
+        "alerts (cases and notifications) for scores at or above the threshold, as "
+        "`fraudops run` does. Rerunning replaces the day's scores; it never duplicates them "
+        "or their alerts.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--date", help="day of the feature table to score, YYYY-MM-DD")
@@ -33,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="alert threshold (default: the model's evaluation alert_threshold)",
     )
+    parser.add_argument("--webhook-url", default=None, help="also POST new alerts here")
     add_workdir_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -40,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.serving.deploy.artifacts import ArtifactError
     from pipelines.serving.deploy.selection import SelectionError
-    from pipelines.serving.scoring import ScoringError, load_model, score_day, score_file
+    from pipelines.serving.score_and_alert import score_and_alert
+    from pipelines.serving.scoring import ScoringError, load_model
 
     ws = open_workspace(args)
     if args.input is not None and not args.input.exists():
@@ -61,20 +70,22 @@ def run(args: argparse.Namespace) -> int:
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            if args.date:
-                summary = score_day(ws, args.date, model, advance)
-            else:
-                summary = score_file(ws, args.input, model, advance)
+            result = score_and_alert(ws, day=args.date, path=args.input, model=model,
+                                     webhook_url=args.webhook_url, progress=advance)
     except (SelectionError, ArtifactError, ScoringError) as exc:
         raise UserError(str(exc)) from exc
+    summary = result.scoring
     table = Table(title="batch scoring", show_header=False)
     for label, value in (
         ("model version", str(summary.model_version)),
         ("rows scored", f"{summary.rows:,}"),
-        ("alerts", f"{summary.alerts:,} (score >= {summary.threshold:g})"),
+        ("alert decisions", f"{summary.alerts:,} (score >= {summary.threshold:g})"),
+        ("alerts raised", f"{result.alerts:,} new (+{result.grouped} grouped, "
+                          f"{result.already_raised} raised before); `fraudops alerts list`"),
         ("partitions", ", ".join(f"dt={d} ({n:,} rows)" for d, n in summary.partitions.items())),
         ("throughput", f"{summary.rows_per_second:,.0f} tx/s"),
         ("output", str(ws.scored)),
+        ("notifications", str(result.outbox)),
         ("catalog", summary.catalog),
     ):
         table.add_row(label, value)

@@ -63,6 +63,9 @@ class ScoringSummary:
     partitions: dict[str, int] = field(default_factory=dict)  # dt -> rows now in the partition
     seconds: float = 0.0
     catalog: str = "not registered"
+    # The rows scored at or above the threshold, in SCORED_SCHEMA: what alerts are raised
+    # from (``pipelines.serving.score_and_alert``) without reading the partitions back.
+    alert_rows: pa.Table = field(default_factory=SCORED_SCHEMA.empty_table, repr=False)
 
     @property
     def rows_per_second(self) -> float:
@@ -327,13 +330,15 @@ def _score_and_write(
     else:
         for day, rows in _split_by_day(scored):
             partitions[day] = write_partition(workspace, day, rows, merge=merge)
+    alert_rows = scored.filter(pc.equal(scored.column("decision"), ALERT))
     summary = ScoringSummary(
         rows=scored.num_rows,
-        alerts=int(pc.sum(pc.equal(scored.column("decision"), ALERT)).as_py() or 0),
+        alerts=alert_rows.num_rows,
         model_version=model.bundle.version,
         model_package_arn=model.bundle.package_arn,
         threshold=model.threshold,
         partitions=partitions,
+        alert_rows=alert_rows,
     )
     summary.catalog = _register_catalog(workspace)
     summary.seconds = time.perf_counter() - started
