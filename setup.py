@@ -62,6 +62,9 @@ extras = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
         "pyspark==4.3.0",
+        # tests/test_packaging.py builds the wheel offline (no build isolation), and
+        # the setuptools a Python 3.11 venv starts with has no bdist_wheel of its own.
+        "wheel==0.45.1",
     ],
 }
 

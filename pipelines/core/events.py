@@ -15,7 +15,6 @@ import importlib
 import json
 import logging
 import os
-import sys
 import threading
 import traceback
 import uuid
@@ -25,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.code import import_root
 from pipelines.core.workspace import Workspace
 
 LOG = logging.getLogger(__name__)
@@ -133,23 +131,15 @@ def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
 def _resolve_target(target: Target | str) -> Target:
     """Import a ``"module:function"`` target the way the Lambda runtime does.
 
-    Lambda puts the code bundle's root on ``sys.path``; locally the bundle root
-    is the repository (which holds ``lambdas/``), added when the module is not
-    importable otherwise (e.g. from an installed ``fraudops`` command).
+    ``lambdas`` is installed with the package (editable or not), as it sits at
+    the root of the Lambda bundle on AWS, so the import needs no path set-up.
     """
     if callable(target):
         return target
     module_name, _, attribute = target.partition(":")
     if not attribute:
         raise ValueError(f"rule target {target!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name.split(".")[0] or str(import_root()) in sys.path:
-            raise
-        sys.path.append(str(import_root()))
-        module = importlib.import_module(module_name)
-    return getattr(module, attribute)
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 class EventBus:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.code import unit_dir
+from pipelines.core.code import PACKAGE_DIR, unit_dir
 from pipelines.core.fileio import write_bytes_atomically
 from pipelines.core.workspace import ARTIFACTS_BUCKET
 
@@ -204,7 +204,7 @@ def render_fingerprint(pipeline_kwargs: dict[str, Any], module_name: str = DEFAU
     header = {"kwargs": offline_kwargs(pipeline_kwargs), "module": module_name,
               "sagemaker": version("sagemaker")}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    folders = {"pipelines/fraud": Path(__file__).resolve().parent}
+    folders = {"pipelines/fraud": PACKAGE_DIR / "fraud"}
     folders.update({unit: unit_dir(unit) for unit in RENDER_INPUTS})
     for name, folder in folders.items():
         for path in sorted(folder.rglob("*")):
