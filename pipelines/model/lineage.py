@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import UTC, date, datetime
@@ -27,6 +26,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.compliance.audit import list_entries
+from pipelines.core.fileio import sha256_file
 from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURE_SET_VERSION
 from pipelines.model.deployments import DeploymentHistory
@@ -40,14 +40,6 @@ SPLITS = ("train", "validation", "test")
 
 class LineageError(LookupError):
     """The records needed to trace a model are missing; the message names what and where."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- model package and execution ----------------------------------------------------------

@@ -20,7 +20,6 @@ from pipelines.compliance.vault.layout import (
     clean_tmp,
     is_transient_name,
     object_path,
-    sha256_file,
 )
 from pipelines.compliance.vault.manifest import (
     MANIFEST_FORMAT,
@@ -45,6 +44,7 @@ from pipelines.compliance.vault.schedule import (
 )
 from pipelines.compliance.vault.snapshot import BackupResult, create_snapshot
 from pipelines.compliance.vault.verify import VerifyReport, verify_snapshots
+from pipelines.core.fileio import sha256_file
 
 __all__ = [
     "CHUNK",

@@ -21,9 +21,8 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pipelines.compliance.locks import file_lock
+from pipelines.core.fileio import CHUNK
 from pipelines.core.workspace import Workspace
-
-CHUNK = 1 << 20
 
 
 class VaultError(RuntimeError):
@@ -72,14 +71,6 @@ def is_transient_name(name: str) -> bool:
         or name.startswith("_tmp")
         or name.endswith((".staging", ".tmp", ".partial"))
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def copy_hashing(src: Path, dest: Path) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from pipelines.compliance.audit import canonical_json
 from pipelines.compliance.vault.layout import VaultError, snapshots_dir
+from pipelines.core.fileio import write_bytes_atomically
 from pipelines.core.workspace import Workspace
 
 MANIFEST_FORMAT = 1
@@ -97,26 +97,10 @@ def manifest_path(ws: Workspace, snapshot_id: str) -> Path:
     return snapshots_dir(ws) / f"{snapshot_id}.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(ws: Workspace, snapshot: Snapshot) -> None:
-    """Temp file, fsync, rename, fsync the directory: the snapshot appears whole or not at all."""
-    directory = snapshots_dir(ws)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = manifest_path(ws, snapshot.snapshot_id)
-    tmp = directory / f".{final.name}.tmp"
-    with open(tmp, "wb") as handle:
-        handle.write(json.dumps(snapshot.to_json(), indent=1).encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(directory)
+    """Durable and atomic: the snapshot appears whole or not at all, and survives a power cut."""
+    body = json.dumps(snapshot.to_json(), indent=1).encode()
+    write_bytes_atomically(manifest_path(ws, snapshot.snapshot_id), body, durable=True)
 
 
 def load_snapshot(ws: Workspace, snapshot_id: str) -> Snapshot:

@@ -38,13 +38,12 @@ from pipelines.compliance.vault.layout import (
     iso,
     object_path,
     progress_bar,
-    sha256_file,
     tmp_dir,
     utc_now,
     vault_lock,
 )
 from pipelines.compliance.vault.manifest import Entry, Snapshot, new_snapshot_id, write_manifest
-from pipelines.core.fileio import write_json_atomically
+from pipelines.core.fileio import sha256_file, write_json_atomically
 from pipelines.core.workspace import Workspace
 
 

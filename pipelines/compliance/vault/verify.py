@@ -9,10 +9,10 @@ from pipelines.compliance.vault.layout import (
     VaultError,
     object_path,
     progress_bar,
-    sha256_file,
     vault_lock,
 )
 from pipelines.compliance.vault.manifest import Snapshot, load_snapshot, snapshot_ids
+from pipelines.core.fileio import sha256_file
 from pipelines.core.workspace import Workspace
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
-import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.core import keys
+from pipelines.core.keys import MIN_KEY_BYTES, KeyFileError
 from pipelines.data.ingest.errors import IngestError
 
 KEY_ENV = "FRAUDOPS_TOKEN_KEY"
 KEY_FILENAME = "card_token.key"
-MIN_KEY_BYTES = 16
+KEY_ID_LABEL = b"fraudops-token-key-id"
 MIN_CARD_DIGITS = 13
 MAX_CARD_DIGITS = 19
 _SEPARATORS = re.compile(r"[\s\-]")
-_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Tokeniser:
     @property
     def key_id(self) -> str:
         """A short, non-reversible fingerprint of the key, safe to log."""
-        return hmac.new(self.key, b"fraudops-token-key-id", hashlib.sha256).hexdigest()[:12]
+        return keys.key_id(self.key, KEY_ID_LABEL)
 
     def token(self, digits: str) -> str:
         return hmac.new(self.key, digits.encode("ascii"), hashlib.sha256).hexdigest()
@@ -114,47 +114,22 @@ def mask_card(value: str) -> str:
     return "*" * max(len(digits), 4)
 
 
-# --- key management ---------------------------------------------------------------------------
+# --- key management (one implementation for every key: pipelines.core.keys) -------------------
+@contextmanager
+def _as_ingest_error() -> Iterator[None]:
+    try:
+        yield
+    except KeyFileError as exc:
+        raise IngestError(str(exc)) from None
+
+
 def key_from_text(text: str, origin: str) -> bytes:
     """64 hex characters are decoded; any other text is used as UTF-8 bytes."""
-    text = text.strip()
-    if not text:
-        raise IngestError(f"{origin} is empty: put a key of at least {MIN_KEY_BYTES} bytes there")
-    return bytes.fromhex(text) if _HEX_KEY.match(text) else text.encode("utf-8")
+    with _as_ingest_error():
+        return keys.key_from_text(text, origin)
 
 
 def load_key(secrets_dir: Path, key_file: Path | None = None) -> bytes:
     """Resolve the key: ``$FRAUDOPS_TOKEN_KEY``, else ``key_file``, else the generated file."""
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return key_from_text(env, f"${KEY_ENV}")
-    if key_file is not None:
-        return _read_key_file(Path(key_file))
-    return ensure_key_file(secrets_dir / KEY_FILENAME)
-
-
-def ensure_key_file(path: Path) -> bytes:
-    """Create the key file once (0600, exclusive create so two runs never race), then read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_key_file(path)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(secrets.token_hex(32) + "\n")
-    return _read_key_file(path)
-
-
-def _read_key_file(path: Path) -> bytes:
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError as exc:
-        raise IngestError(f"token key file {path} does not exist") from exc
-    if mode & 0o077:
-        raise IngestError(
-            f"token key file {path} is readable by other users (mode {mode:o}); "
-            f"run `chmod 600 {path}` and try again"
-        )
-    return key_from_text(path.read_text(encoding="utf-8"), f"token key file {path}")
+    with _as_ingest_error():
+        return keys.resolve_key(KEY_ENV, secrets_dir / KEY_FILENAME, key_file, "token key")

@@ -17,18 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.fileio import CHUNK, sha256_file
 from pipelines.core.workspace import Workspace
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def iter_files(root: Path) -> list[Path]:
@@ -93,7 +83,7 @@ def copy_atomic(source: Path, target: Path) -> str:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-            while chunk := src.read(_CHUNK):
+            while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
         os.replace(tmp_name, target)
