@@ -24,6 +24,7 @@ from bench._harness import Result, median_seconds
 from pipelines.analytics.dashboard import render_dashboard
 from pipelines.analytics.exports import export_queue
 from pipelines.analytics.runner import run_named_query
+from pipelines.core.params import DEFAULT_ALERT_THRESHOLD
 from pipelines.core.schema import CHANNELS, CURATED_SCHEMA, QUARANTINE_SCHEMA
 from pipelines.core.workspace import Workspace
 from pipelines.data.lake.named_queries import load_library
@@ -118,13 +119,13 @@ def write_evaluation(path: Path, cols: dict[str, np.ndarray]) -> Path:
     precision, recall, thresholds = precision_recall_curve(cols["is_fraud"], cols["score"])
     index = np.linspace(0, len(thresholds) - 1, 200).astype(int)
     days = [(START + timedelta(days=d)).date().isoformat() for d in range(DAYS - 7, DAYS)]
-    metric = {"value": 0.5, "threshold": 0.5}
+    metric = {"value": 0.5, "threshold": DEFAULT_ALERT_THRESHOLD}
     path.write_text(json.dumps({
         "binary_classification_metrics": {
             "average_precision": {"value": 0.6}, "roc_auc": {"value": 0.95},
             "card_precision_at_k": {"value": 0.2, "k": 100, "best_possible": 0.3},
             "precision_at_threshold": metric, "recall_at_threshold": metric},
-        "alert_threshold": 0.5,
+        "alert_threshold": DEFAULT_ALERT_THRESHOLD,
         "card_precision_at_k_per_day": [
             {"day": d, "precision": 0.2, "best_possible": 0.3} for d in days],
         "pr_curve": {"precision": precision[index].tolist(), "recall": recall[index].tolist(),

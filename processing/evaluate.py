@@ -19,12 +19,15 @@ transactions; card precision@k, the daily share of fraudulent cards among the
 k cards investigators can check, averaged over test days; precision and recall
 of the alert threshold.
 
-Alert threshold default 0.5: training/train.py does not re-weight the fraud
-class by default, so scores are calibrated fraud probabilities and 0.5 means
-"more likely fraud than not" (a model trained with --scale-pos-weight has
-inflated scores; raise the threshold accordingly). The alert handler must use
-the same number; pass ``--alert-threshold`` to report another one. Card
+``--alert-threshold`` is required: the pipeline passes its ``AlertThreshold``
+parameter (default in ``pipelines.core.params``). A model trained with
+--scale-pos-weight has inflated scores; raise the threshold accordingly. Card
 precision@k needs no threshold: it ranks.
+
+``evaluation.json`` carries the run parameters onward: ``alert_threshold`` and,
+under ``model``, the ``label_delay_days`` and ``feature_set_version`` the model
+was trained with. The Register step copies the three into the model package's
+CustomerMetadataProperties, where scoring and alerting read them.
 """
 
 from __future__ import annotations
@@ -274,6 +277,25 @@ def write_atomically(path: Path, write) -> None:
             tmp.unlink()
 
 
+def run_parameters(model_features: dict, test_features: dict) -> dict:
+    """The model's feature set version and label delay, checked against the test window's."""
+    version, delay = model_features.get("version"), model_features.get("label_delay_days")
+    if not version or isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise EvaluationError(
+            f"the model's {FEATURE_SET_FILE} records version {version!r} and label_delay_days "
+            f"{delay!r}; both are needed to register the model. Retrain on a feature table "
+            "built by the current features job."
+        )
+    test_delay = test_features.get("split", {}).get("label_delay_days", delay)
+    if test_delay != delay or test_features.get("version", version) != version:
+        raise EvaluationError(
+            f"the test window (feature set {test_features.get('version')}, label delay "
+            f"{test_delay}) does not come from the split the model was trained on (feature set "
+            f"{version}, label delay {delay}); evaluate on the same preprocess run's test output."
+        )
+    return {"feature_set_version": version, "label_delay_days": delay}
+
+
 def describe_test_window(frame: pd.DataFrame, feature_set: dict) -> dict:
     """The window preprocess recorded, else the span of the test timestamps."""
     window = feature_set.get("split", {}).get("window")
@@ -289,7 +311,8 @@ def describe_test_window(frame: pd.DataFrame, feature_set: dict) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
-    parser.add_argument("--alert-threshold", "--alert_threshold", type=float, default=0.5)
+    parser.add_argument("--alert-threshold", "--alert_threshold", type=float, required=True,
+                        help="score at or above which a transaction alerts (AlertThreshold)")
     parser.add_argument("--k", type=int, default=100, help="investigators' daily card capacity")
     parser.add_argument(
         "--keep-detected-cards",
@@ -304,13 +327,14 @@ def run(args: argparse.Namespace) -> dict:
     """Score the test window, compute metrics, write evaluation.json and test scores."""
     if args.k < 1:
         raise EvaluationError(f"--k must be at least 1 (got {args.k}).")
-    if not 0.0 <= args.alert_threshold <= 1.0:
+    if not 0.0 <= args.alert_threshold <= 1.0:  # also refuses NaN
         raise EvaluationError(f"--alert-threshold must be in [0, 1] (got {args.alert_threshold}).")
     processing = args.base_dir / "processing"
     booster, model_features, metadata = load_model(processing / "model" / MODEL_ARCHIVE)
     frame, test_features = load_test(processing / "test")
     label = test_features.get("label_column", "is_fraud")
     features = list(model_features["feature_columns"])
+    carried = run_parameters(model_features, test_features)
 
     scored = frame[[*SCORE_COLUMNS, label]].copy()
     scored["score"] = score(booster, frame, features)
@@ -322,7 +346,7 @@ def run(args: argparse.Namespace) -> dict:
         "alert_threshold": args.alert_threshold,
         "test_window": describe_test_window(frame, test_features),
         "model": {
-            "feature_set_version": model_features.get("version"),
+            **carried,
             "xgboost_version": metadata.get("xgboost_version"),
             "best_iteration": metadata.get("best_iteration"),
             "validation_aucpr": metadata.get("validation_aucpr"),

@@ -28,6 +28,15 @@ the most recent labelled days, the ones closest to the test period. Pass
 ``--validation-gap-days`` (e.g. the label delay) to make validation mimic
 deployment too.
 
+Label delay: decided by the feature build, which records it as
+``label_delay_days`` in ``_feature_set.json`` (its terminal-risk features
+already respect that delay). This script takes it from there. The pipeline
+parameter ``LabelDelayDays`` defaults to -1, "the manifest's"; an explicit
+``--label-delay-days`` must equal the manifest's value, else the run stops:
+a split with another delay than the features would leak labels (shorter) or
+waste data (longer) without anyone noticing. Rebuild the features with
+``fraudops features --label-delay-days N`` to change it.
+
 Window defaults (all days are UTC calendar days):
     * ``--train-start``: the earliest day in the data (also when given as "").
     * 0 for a ``--*-days`` argument means "derive", as the pipeline parameters do.
@@ -61,6 +70,14 @@ SPLIT_NAMES = ("train", "validation", "test")
 # Columns evaluation and scoring need besides the features and the label.
 REQUIRED_ID_COLUMNS = ("transaction_id", "customer_id", "timestamp")
 DEFAULT_WINDOW_DAYS = 7
+# --label-delay-days value meaning "the feature manifest's" (the pipeline parameter's
+# default, pipelines.core.params.LABEL_DELAY_FROM_FEATURES: this script cannot import it).
+LABEL_DELAY_FROM_FEATURES = -1
+
+
+def rebuild_hint(days: object = "N") -> str:
+    """The command that rebuilds the feature table with another label delay."""
+    return f"fraudops features --label-delay-days {days}"
 
 
 class SplitError(Exception):
@@ -134,7 +151,28 @@ def load_feature_set(features_dir: Path) -> dict:
         raise SplitError(f"{path} lacks {missing}; re-run the features job.")
     if not feature_set["feature_columns"]:
         raise SplitError(f"{path} lists no feature_columns; re-run the features job.")
+    delay = feature_set.get("label_delay_days")
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise SplitError(
+            f"{path} records label_delay_days {delay!r}, not a whole number of days >= 0; "
+            f"rebuild the features with `{rebuild_hint()}`."
+        )
     return feature_set
+
+
+def label_delay(requested: int | None, feature_set: dict, features_dir: Path) -> int:
+    """The features' label delay; a different explicit request is an error naming both."""
+    built = feature_set["label_delay_days"]
+    if requested is None or requested in (LABEL_DELAY_FROM_FEATURES, built):
+        return built
+    raise SplitError(
+        f"the pipeline was asked for a label delay of {requested} days (LabelDelayDays / "
+        f"--label-delay-days), but the features in {features_dir} were built with "
+        f"{built} days ({FEATURE_SET_FILE} label_delay_days). Either rebuild the features "
+        f"with `{rebuild_hint(requested)}`, or run the pipeline with "
+        f"LabelDelayDays {built} (or leave it at its default, {LABEL_DELAY_FROM_FEATURES}: "
+        "the features' delay)."
+    )
 
 
 def list_parquet_files(features_dir: Path) -> list[Path]:
@@ -246,8 +284,9 @@ def check_plan_fits(plan: WindowPlan, first_day: date, last_day: date) -> None:
         raise SplitError(
             f"no days left for training: data spans {first_day}..{last_day}, but {layout}, "
             f"with a label-delay gap of {plan.label_delay_days} days and a validation gap of "
-            f"{plan.validation_gap_days} days. Reduce --test-days, --validation-days or "
-            "--label-delay-days, move --train-start earlier, or provide more days of data."
+            f"{plan.validation_gap_days} days. Reduce --test-days or --validation-days, "
+            "move --train-start earlier, provide more days of data, or rebuild the features "
+            f"with a shorter label delay (`{rebuild_hint()}`)."
         )
     if plan.test.end > last_day:
         raise SplitError(
@@ -285,9 +324,9 @@ def split_frame(
             raise SplitError(
                 f"the {window.describe()} window has {reason}. Data days present: "
                 f"{frame['_day'].min().date()}..{frame['_day'].max().date()}. "
-                "Change --train-start, "
-                f"--{window.name}-days or --label-delay-days so every window covers "
-                "days with labelled transactions."
+                "Change --train-start or "
+                f"--{window.name}-days (or the label delay: `{rebuild_hint()}`) so every "
+                "window covers days with labelled transactions."
             )
         labelled = labelled.sort_values("timestamp", kind="stable").drop(columns="_day")
         labelled[label] = labelled[label].astype("int8")
@@ -361,25 +400,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--label_delay_days",
         type=int,
         default=None,
-        help="default: label_delay_days from _feature_set.json",
+        help=f"default (or {LABEL_DELAY_FROM_FEATURES}): label_delay_days from "
+        f"{FEATURE_SET_FILE}; another value must equal it",
     )
     parser.add_argument("--validation-gap-days", "--validation_gap_days", type=int, default=0)
     return parser.parse_args(argv)
 
 
-def window_args(args: argparse.Namespace, feature_set: dict) -> WindowArgs:
-    """Resolve the label delay (argument, else the feature set) and check signs."""
-    delay = args.label_delay_days
-    if delay is None:
-        delay = int(feature_set.get("label_delay_days", 0))
-    if delay < 0 or args.validation_gap_days < 0:
-        raise SplitError("--label-delay-days and --validation-gap-days cannot be negative.")
+def window_args(args: argparse.Namespace, label_delay_days: int) -> WindowArgs:
+    """The window arguments with the resolved label delay; gaps cannot be negative."""
+    if args.validation_gap_days < 0:
+        raise SplitError("--validation-gap-days cannot be negative.")
     return WindowArgs(
         train_start=args.train_start,
         train_days=args.train_days,
         validation_days=args.validation_days,
         test_days=args.test_days,
-        label_delay_days=delay,
+        label_delay_days=label_delay_days,
         validation_gap_days=args.validation_gap_days,
     )
 
@@ -400,6 +437,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     processing = args.base_dir / "processing"
     features_dir = processing / "input" / "features"
     feature_set = load_feature_set(features_dir)
+    # Before reading any data: a delay mismatch must fail fast.
+    windows_args = window_args(args, label_delay(args.label_delay_days, feature_set, features_dir))
     label = feature_set["label_column"]
     files = list_parquet_files(features_dir)
     print(f"reading {len(files)} feature files from {features_dir}", flush=True)
@@ -409,7 +448,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     check_labels(frame, label)
     frame["_day"] = utc_days(frame["timestamp"])
     first_day, last_day = frame["_day"].min().date(), frame["_day"].max().date()
-    plan = plan_windows(first_day, last_day, window_args(args, feature_set))
+    plan = plan_windows(first_day, last_day, windows_args)
     frames, stats = split_frame(frame, plan, label)
 
     windows = {name: stats[name] for name in SPLIT_NAMES}

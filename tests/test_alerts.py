@@ -28,6 +28,7 @@ SCORED = [
     _row("t4", "c1", "2026-02-03T09:00:00+00:00", 0.60),   # same card, 2 days later: new alert
     _row("t5", "c3", "2026-02-01T13:00:00+00:00", 0.55, amount=12_000.0),
 ]
+POLICY = AlertPolicy(threshold=0.5)  # in production: the scoring model's threshold
 
 
 @pytest.fixture
@@ -49,8 +50,8 @@ def test_alerts_are_raised_deduplicated_and_notified(workspace, queue):
 
 def test_rerun_raises_nothing_twice(workspace, queue):
     notifier = OutboxNotifier(workspace.outbox)
-    raise_alerts(SCORED, AlertPolicy(), queue, notifier)
-    again = raise_alerts(SCORED, AlertPolicy(), queue, notifier)
+    raise_alerts(SCORED, POLICY, queue, notifier)
+    again = raise_alerts(SCORED, POLICY, queue, notifier)
     assert again["alerts"] == 0 and again["already_raised"] == 4
     assert len(read_outbox(workspace.outbox, ALERTS_TOPIC)) == 3
 
@@ -69,7 +70,7 @@ def test_dedupe_window_is_configurable(workspace, queue):
 
 
 def test_case_moves_open_in_review_closed_and_becomes_a_label(workspace, queue):
-    raise_alerts(SCORED, AlertPolicy(), queue, OutboxNotifier(workspace.outbox))
+    raise_alerts(SCORED, POLICY, queue, OutboxNotifier(workspace.outbox))
     case_id = queue.list_alerts()[0]["case_id"]
     wd = ["--workdir", str(workspace.root)]
     assert main(["case", "assign", str(case_id), "--to", "ana", "--actor", "lead", *wd]) == 0
@@ -94,7 +95,7 @@ def test_case_moves_open_in_review_closed_and_becomes_a_label(workspace, queue):
 
 
 def test_closed_case_cannot_be_closed_again_or_reassigned(workspace, queue):
-    raise_alerts(SCORED, AlertPolicy(), queue, OutboxNotifier(workspace.outbox))
+    raise_alerts(SCORED, POLICY, queue, OutboxNotifier(workspace.outbox))
     case_id = queue.list_alerts()[0]["case_id"]
     queue.close(case_id, "false_positive", "ana")
     with pytest.raises(CaseError, match="already closed"):
@@ -111,51 +112,77 @@ def test_unknown_case_is_a_clear_cli_error(workspace, capsys):
 
 
 def test_alerts_list_prints_the_queue(workspace, queue, capsys):
-    raise_alerts(SCORED, AlertPolicy(), queue, OutboxNotifier(workspace.outbox))
+    raise_alerts(SCORED, POLICY, queue, OutboxNotifier(workspace.outbox))
     assert main(["alerts", "list", "--workdir", str(workspace.root)]) == 0
     assert "c1" in capsys.readouterr().out
 
 
-def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(monkeypatch):
-    from lambdas.alert.handler import handler
-
+@pytest.fixture
+def alert_lambda_aws(monkeypatch):
+    """moto: the state table and alerts topic the alert Lambda's environment names."""
     with mock_aws():
-        dynamo = boto3.resource("dynamodb", region_name="us-east-1")
-        dynamo.create_table(
+        boto3.resource("dynamodb", region_name="us-east-1").create_table(
             TableName="state", BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": "entity", "AttributeType": "S"}],
             KeySchema=[{"AttributeName": "entity", "KeyType": "HASH"}],
         )
-        sns = boto3.client("sns", region_name="us-east-1")
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        topic = sns.create_topic(Name="alerts")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="alerts")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+        topic = boto3.client("sns", region_name="us-east-1").create_topic(Name="alerts")
         monkeypatch.setenv("STATE_TABLE", "state")
-        monkeypatch.setenv("ALERTS_TOPIC_ARN", topic)
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="lake")
-        monkeypatch.setenv("LAKE_BUCKET", "lake")
+        monkeypatch.setenv("ALERTS_TOPIC_ARN", topic["TopicArn"])
+        monkeypatch.delenv("LAKE_BUCKET", raising=False)
+        yield topic["TopicArn"]
 
-        first = handler({"scored": SCORED}, None)
-        retried = handler({"scored": SCORED}, None)
-        assert first["alerts"] == 3 and first["grouped"] == 1
-        assert retried["alerts"] == 0 and retried["already_raised"] == 4
-        bodies = [json.loads(m["Body"]) for m in
-                  sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]]
-        assert len(bodies) == 3
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
-        assert {k.split("/")[1] for k in keys} == {"dt=2026-02-01", "dt=2026-02-03"}
-        import io
 
-        import pyarrow.parquet as pq
+def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(alert_lambda_aws, monkeypatch):
+    from lambdas.alert.handler import handler
 
-        written = [pq.read_table(io.BytesIO(s3.get_object(Bucket="lake", Key=k)["Body"].read()))
-                   for k in keys]
-        assert sorted(t for table in written for t in table["transaction_id"].to_pylist()) == [
-            "t1", "t2", "t4", "t5"]
+    sns = boto3.client("sns", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    topic = alert_lambda_aws
+    queue_url = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="lake")
+    monkeypatch.setenv("LAKE_BUCKET", "lake")
+
+    event = {"scored": SCORED, "alert_threshold": 0.5, "model_package_arn": "arn:mp/3"}
+    first = handler(event, None)
+    retried = handler(event, None)
+    assert first["alerts"] == 3 and first["grouped"] == 1
+    assert retried["alerts"] == 0 and retried["already_raised"] == 4
+    bodies = [json.loads(m["Body"]) for m in
+              sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]]
+    assert len(bodies) == 3
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
+    assert {k.split("/")[1] for k in keys} == {"dt=2026-02-01", "dt=2026-02-03"}
+    import io
+
+    import pyarrow.parquet as pq
+
+    written = [pq.read_table(io.BytesIO(s3.get_object(Bucket="lake", Key=k)["Body"].read()))
+               for k in keys]
+    assert sorted(t for table in written for t in table["transaction_id"].to_pylist()) == [
+        "t1", "t2", "t4", "t5"]
+
+
+def test_alert_lambda_applies_the_threshold_the_scoring_model_sent(alert_lambda_aws,
+                                                                   monkeypatch):
+    from lambdas.alert.handler import handler
+
+    monkeypatch.setenv("ALERT_THRESHOLD", "0.1")  # a stale stack setting: ignored
+    counts = handler({"scored": SCORED, "alert_threshold": 0.9}, None)
+    assert counts["alerts"] == 1  # only t1 (0.95) reaches the model's 0.9
+    with pytest.raises(ValueError, match="the event carries no alert_threshold"):
+        handler({"scored": SCORED}, None)
+    with pytest.raises(ValueError, match=r"alert_threshold \(model package m\) must be"):
+        handler({"scored": SCORED, "alert_threshold": "high", "model_package_arn": "m"}, None)
+
+
+def test_an_alert_policy_refuses_a_threshold_outside_0_1():
+    with pytest.raises(ValueError, match=r"AlertPolicy.threshold must be a number in \[0, 1\]"):
+        AlertPolicy(threshold=1.5)
 
 
 def test_feedback_command_loads_labels_and_rejects_bad_rows(workspace, tmp_path, capsys):

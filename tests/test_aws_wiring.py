@@ -31,7 +31,7 @@ from pipelines.serving.deploy.promotion import (
     PromotionRequest,
     handle_aws_event,
 )
-from pipelines.serving.deploy.sample_model import create_request
+from pipelines.serving.deploy.sample_model import SAMPLE_PARAMETERS, create_request
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 REGION = "us-east-1"
@@ -391,6 +391,30 @@ def test_dev_deploys_but_never_requests_promotion(aws, monkeypatch):
     deploy_lambda(decision(register(aws), "Approved"), None)
     assert deploy_lambda(endpoint_settled(endpoint), None)["status"] == "InService"
     assert request_versions(aws.s3) == []
+
+
+def test_the_stream_reads_the_run_parameters_of_the_package_the_deploy_handler_served(
+    aws, monkeypatch
+):
+    """Approval -> deploy handler -> endpoint; the stream Lambda's lookup (with the stream
+    function's environment from infra/ml.yaml) finds the package's threshold and delay."""
+    from pipelines.serving.stream.models import DeployedModelLookup
+
+    endpoint = stage(monkeypatch, "dev")
+    arn = aws.sm.create_model_package(**create_request(GROUP, "s3://a/model.tar.gz"))[
+        "ModelPackageArn"]
+    # moto's UpdateModelPackage replaces the metadata (SageMaker merges it): send it again.
+    aws.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved",
+                                CustomerMetadataProperties=SAMPLE_PARAMETERS.as_metadata())
+    deploy_lambda(decision(arn, "Approved"), None)
+    variables = resolve(ml_resource("StreamScoringFunction")["Environment"]["Variables"],
+                        **stack_names("dev"))
+    assert variables["ENDPOINT_NAME"] == endpoint
+    assert not {"ALERT_THRESHOLD", "LABEL_DELAY_DAYS", "MODEL_VERSION"} & set(variables)
+    deployed = DeployedModelLookup(aws.sm, variables["ENDPOINT_NAME"]).current()
+    assert deployed.package_arn == arn == serving_package(aws.sm, endpoint)
+    assert deployed.parameters == SAMPLE_PARAMETERS
+    assert deployed.version == 1
 
 
 def first_deployment(aws, monkeypatch) -> tuple[str, str, str]:

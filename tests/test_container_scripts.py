@@ -31,6 +31,7 @@ FEATURES = ["f_amount", "f_velocity", "f_terminal_risk", "f_noise"]
 FIRST_DAY = date(2026, 1, 1)
 N_DAYS = 30
 LABEL_DELAY = 7
+ALERT_THRESHOLD = 0.5
 # Modules the SageMaker XGBoost framework container provides.
 CONTAINER_PACKAGES = {"numpy", "pandas", "pyarrow", "sklearn", "xgboost"}
 
@@ -47,8 +48,11 @@ def load_script(path: Path):
     return module
 
 
-def make_feature_table(features_dir: Path, seed: int = 7, n_days: int = N_DAYS) -> pd.DataFrame:
-    """A hive-partitioned feature table where fraud depends on two features."""
+def make_feature_table(
+    features_dir: Path, seed: int = 7, n_days: int = N_DAYS, label_delay: int = LABEL_DELAY
+) -> pd.DataFrame:
+    """A hive-partitioned feature table where fraud depends on two features, built (as its
+    manifest says) with ``label_delay``."""
     rng = np.random.default_rng(seed)
     per_day = 220
     n = n_days * per_day
@@ -92,7 +96,7 @@ def make_feature_table(features_dir: Path, seed: int = 7, n_days: int = N_DAYS) 
                 "feature_columns": FEATURES,
                 "label_column": "is_fraud",
                 "id_columns": ["transaction_id", "timestamp", "customer_id", "terminal_id"],
-                "label_delay_days": LABEL_DELAY,
+                "label_delay_days": label_delay,
             }
         )
     )
@@ -149,7 +153,10 @@ def pipeline_run(tmp_path_factory) -> dict:
     )
     assert results["train"].returncode == 0, results["train"].stderr
     tar_model_dir(base / "model", base / "processing" / "model" / "model.tar.gz")
-    results["evaluate"] = run_script(EVALUATE, "--base-dir", str(base), "--k", "5", cwd=base)
+    results["evaluate"] = run_script(
+        EVALUATE, "--base-dir", str(base), "--k", "5",
+        "--alert-threshold", str(ALERT_THRESHOLD), cwd=base,
+    )  # fmt: skip
     assert results["evaluate"].returncode == 0, results["evaluate"].stderr
     return results
 
@@ -197,7 +204,7 @@ def test_split_drops_unknown_labels_and_keeps_contract_columns(pipeline_run):
 
 
 def test_explicit_windows_are_laid_out_forward_from_train_start(tmp_path, capsys):
-    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=20)
+    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=20, label_delay=2)
     code, err = run_main(
         PREPROCESS, capsys, "--base-dir", str(tmp_path), "--train-start", "2026-01-02",
         "--train-days", "5", "--validation-days", "3", "--test-days", "2",
@@ -221,12 +228,12 @@ def run_main(script: Path, capsys, *args: str) -> tuple[int, str]:
 
 
 def test_pipeline_parameter_defaults_mean_derive_from_data(tmp_path, capsys):
-    """The pipeline passes TrainStartDate "" and TrainDays 0 for "derive"."""
-    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=12)
+    """The pipeline passes TrainStartDate "", TrainDays 0 and LabelDelayDays -1 for "derive"."""
+    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=12, label_delay=2)
     code, err = run_main(
         PREPROCESS, capsys, "--base-dir", str(tmp_path), "--train-start", "",
         "--train-days", "0", "--validation-days", "3", "--test-days", "3",
-        "--label-delay-days", "2",
+        "--label-delay-days", "-1",
     )  # fmt: skip
     assert code == 0, err
     windows = read_split(tmp_path, "train")[1]["split"]["windows"]
@@ -261,6 +268,38 @@ def test_too_short_history_fails_with_what_to_change(tmp_path, capsys):
     assert code == 2
     assert "no days left for training" in err
     assert "2026-01-01..2026-01-10" in err and "--label-delay-days" in err
+
+
+def test_a_label_delay_other_than_the_features_is_refused_naming_both(tmp_path, capsys):
+    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=12)
+    code, err = run_main(PREPROCESS, capsys, "--base-dir", str(tmp_path),
+                         "--label-delay-days", "3")
+    assert code == 2
+    assert "label delay of 3 days" in err and f"built with {LABEL_DELAY} days" in err
+    assert "fraudops features --label-delay-days 3" in err
+    assert not (tmp_path / "processing" / "train").exists()  # nothing written
+
+
+def test_the_split_uses_the_delay_the_features_were_built_with(tmp_path, capsys):
+    make_feature_table(tmp_path / "processing" / "input" / "features", n_days=20, label_delay=4)
+    code, err = run_main(PREPROCESS, capsys, "--base-dir", str(tmp_path))
+    assert code == 0, err
+    split = read_split(tmp_path, "test")[1]["split"]
+    assert split["label_delay_days"] == 4
+    gap = date.fromisoformat(split["windows"]["test"]["start"]) - date.fromisoformat(
+        split["windows"]["validation"]["end"])
+    assert gap == timedelta(days=4 + 1)
+
+
+def test_a_manifest_without_a_label_delay_is_refused(tmp_path, capsys):
+    features_dir = tmp_path / "processing" / "input" / "features"
+    make_feature_table(features_dir, n_days=3)
+    manifest = json.loads((features_dir / "_feature_set.json").read_text())
+    del manifest["label_delay_days"]
+    (features_dir / "_feature_set.json").write_text(json.dumps(manifest))
+    code, err = run_main(PREPROCESS, capsys, "--base-dir", str(tmp_path))
+    assert code == 2
+    assert "label_delay_days None" in err and "fraudops features --label-delay-days N" in err
 
 
 def test_missing_feature_set_file_is_a_clear_error(tmp_path, capsys):
@@ -364,7 +403,7 @@ def test_evaluation_metrics_match_sklearn_on_saved_scores(pipeline_run):
     y, s = scores["is_fraud"].to_numpy(), scores["score"].to_numpy()
     assert metrics["average_precision"]["value"] == pytest.approx(average_precision_score(y, s))
     assert metrics["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, s))
-    alerts = s >= 0.5
+    alerts = s >= ALERT_THRESHOLD
     assert metrics["precision_at_threshold"]["value"] == pytest.approx(
         (alerts & (y == 1)).sum() / alerts.sum()
     )
@@ -372,6 +411,10 @@ def test_evaluation_metrics_match_sklearn_on_saved_scores(pipeline_run):
         (alerts & (y == 1)).sum() / (y == 1).sum()
     )
     assert metrics["card_precision_at_k"]["k"] == 5
+    # The run parameters the Register step copies into the model package.
+    assert report["alert_threshold"] == ALERT_THRESHOLD
+    assert report["model"]["label_delay_days"] == LABEL_DELAY
+    assert report["model"]["feature_set_version"] == "test-1"
     assert report["test_window"] == {"start": "2026-01-26", "end": "2026-01-30", "days": 5}
     # The synthetic signal is strong: a working model ranks far above chance.
     assert metrics["roc_auc"]["value"] > 0.75
@@ -498,7 +541,8 @@ def test_evaluate_rejects_an_archive_without_a_model(tmp_path, pipeline_run, cap
     test_dst.mkdir(parents=True)
     for name in ("data.parquet", "feature_set.json"):
         (test_dst / name).write_bytes((test_src / name).read_bytes())
-    code, err = run_main(EVALUATE, capsys, "--base-dir", str(base))
+    code, err = run_main(EVALUATE, capsys, "--base-dir", str(base),
+                         "--alert-threshold", str(ALERT_THRESHOLD))
     assert code == 2 and "xgboost-model.json" in err
     assert not (base / "processing" / "evaluation").exists()
 
@@ -530,6 +574,7 @@ def test_evaluate_refuses_a_model_archive_escaping_its_directory(tmp_path, capsy
         info = tarfile.TarInfo("../escaped.json")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"{}"))
-    code, err = run_main(EVALUATE, capsys, "--base-dir", str(tmp_path))
+    code, err = run_main(EVALUATE, capsys, "--base-dir", str(tmp_path),
+                         "--alert-threshold", str(ALERT_THRESHOLD))
     assert code == 2 and "unsafe path '../escaped.json'" in err
     assert not (tmp_path / "processing" / "escaped.json").exists()

@@ -7,10 +7,12 @@ seconds) with its code copied into a temporary object store, the way
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -42,6 +44,15 @@ def definition(rendered):
 @pytest.fixture(scope="module")
 def store(rendered) -> Path:
     return rendered[2]
+
+
+def script_constant(path: Path, name: str) -> object:
+    """A module-level constant of a container script, read without running it."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path} defines no {name}")
 
 
 def all_steps(steps: list[dict]) -> list[dict]:
@@ -130,7 +141,7 @@ def test_parameters_and_defaults(definition):
         "InputFeaturesUri": ("String", "s3://lake/features/transactions"),
         "TrainStartDate": ("String", ""),
         "TrainDays": ("Integer", 0),
-        "LabelDelayDays": ("Integer", 7),
+        "LabelDelayDays": ("Integer", -1),  # the features' delay (their manifest)
         "ValidationDays": ("Integer", 0),
         "TestDays": ("Integer", 0),
         "ProcessingInstanceType": ("String", "ml.m5.xlarge"),
@@ -141,6 +152,30 @@ def test_parameters_and_defaults(definition):
         "CardPrecisionK": ("Integer", 100),
         "ModelApprovalStatus": ("String", "PendingManualApproval"),
     }
+
+
+def test_parameter_defaults_are_the_package_constants(definition):
+    from pipelines.core.params import DEFAULT_ALERT_THRESHOLD, LABEL_DELAY_FROM_FEATURES
+
+    params = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    assert params["AlertThreshold"] == DEFAULT_ALERT_THRESHOLD
+    assert params["LabelDelayDays"] == LABEL_DELAY_FROM_FEATURES
+    # The script cannot import the package; it must read the default as "the manifest's".
+    preprocess = REPO_ROOT / "processing" / "preprocess.py"
+    assert script_constant(preprocess, "LABEL_DELAY_FROM_FEATURES") == LABEL_DELAY_FROM_FEATURES
+
+
+def test_the_model_package_carries_the_run_parameters_from_evaluation(definition):
+    metadata = step(definition, "Register")["Arguments"]["CustomerMetadataProperties"]
+    paths = {}
+    for key, value in metadata.items():
+        (get,) = value["Std:Join"]["Values"]
+        assert get["Std:JsonGet"]["PropertyFile"] == {
+            "Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"}
+        paths[key] = get["Std:JsonGet"]["Path"]
+    assert paths == {"label_delay_days": "model.label_delay_days",
+                     "feature_set_version": "model.feature_set_version",
+                     "alert_threshold": "alert_threshold"}
 
 
 def test_parameters_reach_the_container_arguments(definition):
@@ -349,6 +384,30 @@ def test_convert_struct_reads_json_and_python_literals():
 
 
 # --- run-pipeline --backend local ------------------------------------------------------
+
+
+def test_a_pipeline_delay_other_than_the_features_fails_preprocess_naming_both(
+    rendered, workspace
+):
+    """Features built with a 7-day delay, the pipeline asked for 3: refused, not overridden."""
+    from pipelines.data.features.store import write_manifest
+    from pipelines.fraud.pipeline import default_input_features_uri
+    from pipelines.model.executor import run_pipeline_definition
+
+    shutil.copytree(rendered[2], workspace.object_store, dirs_exist_ok=True)
+    features = workspace.local_path(default_input_features_uri("lake"))
+    features.mkdir(parents=True)
+    write_manifest(features, 7)  # what `fraudops features --label-delay-days 7` writes
+    execution = run_pipeline_definition(
+        rendered[0].definition, workspace, {"LabelDelayDays": 3}, "analyst-1",
+        "fraud-detection", progress=False,
+    )  # fmt: skip
+    assert execution.status == "Failed"
+    assert execution.step("Preprocess").status == "Failed"
+    reason = " ".join(execution.failure_reason.split())
+    assert "asked for a label delay of 3 days" in reason
+    assert "were built with 7 days" in reason
+    assert "fraudops features --label-delay-days 3" in reason
 
 
 def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(

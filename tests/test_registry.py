@@ -17,7 +17,7 @@ from pipelines.model.registry import (
     NotFoundError,
     RegistryError,
 )
-from pipelines.serving.deploy.sample_model import create_request
+from pipelines.serving.deploy.sample_model import SAMPLE_PARAMETERS, create_request
 
 GROUP = "fraud-detection"
 MODEL_URL = "s3://artifacts/models/run-1/model.tar.gz"
@@ -65,7 +65,7 @@ def test_describe_returns_the_request_and_pending_status(registry):
     container = described["InferenceSpecification"]["Containers"][0]
     assert container["ModelDataUrl"] == MODEL_URL
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
-    assert described["CustomerMetadataProperties"] == {"feature_set_version": "sample-1"}
+    assert described["CustomerMetadataProperties"] == SAMPLE_PARAMETERS.as_metadata()
 
 
 def test_list_filters_by_status_newest_first(registry):

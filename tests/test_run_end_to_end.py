@@ -8,6 +8,8 @@ import urllib.request
 import pytest
 
 from pipelines.cli.main import main
+from pipelines.core.params import DEFAULT_ALERT_THRESHOLD, DEFAULT_LABEL_DELAY_DAYS, ModelParameters
+from pipelines.data.features.definitions import FEATURE_SET_VERSION
 from pipelines.data.lake.query import run_query
 from pipelines.model.registry import LocalModelRegistry
 from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
@@ -36,6 +38,10 @@ def test_run_exits_zero_with_an_approved_deployed_model(finished_run):
     assert package["ModelApprovalStatus"] == "Approved"
     decisions = registry.list_decisions(package["ModelPackageArn"])
     assert decisions[-1]["Approver"] == "demo-approver"
+    # The package carries the run's parameters onward (copied from evaluation.json).
+    described = registry.describe_model_package(package["ModelPackageArn"])
+    assert ModelParameters.from_metadata(described["CustomerMetadataProperties"], "v1") == (
+        ModelParameters(DEFAULT_LABEL_DELAY_DAYS, FEATURE_SET_VERSION, DEFAULT_ALERT_THRESHOLD))
     state = read_endpoint_state(ws)
     assert state["model_package_arn"] == package["ModelPackageArn"]
     with urllib.request.urlopen(f"{state['url']}/ping", timeout=5) as response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,6 +17,7 @@ from pipelines.model.registry import APPROVED, LocalModelRegistry
 from pipelines.serving.deploy.local import LocalEndpointBackend
 from pipelines.serving.deploy.sample_model import (
     SAMPLE_FEATURES,
+    SAMPLE_PARAMETERS,
     create_request,
     synthetic_features,
     train_model_files,
@@ -30,7 +32,7 @@ DAY = "2026-01-05"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return train_model_files(tmp_path_factory.mktemp("model"), alert_threshold=0.5)
+    return train_model_files(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture
@@ -38,7 +40,8 @@ def registry(workspace):
     return LocalModelRegistry(workspace.registry_db)  # a bus without rules: nothing deploys
 
 
-def register(workspace, registry, model_dir, approve=True, evaluation=None) -> str:
+def register(workspace, registry, model_dir, approve=True, evaluation=None,
+             parameters=SAMPLE_PARAMETERS) -> str:
     uri = upload_model(workspace, model_dir, "models/run-1/model.tar.gz")
     evaluation_uri = None
     if evaluation is not None:
@@ -46,7 +49,8 @@ def register(workspace, registry, model_dir, approve=True, evaluation=None) -> s
         path = workspace.local_path(evaluation_uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(evaluation))
-    request = create_request("fraud-detection", uri, evaluation_uri=evaluation_uri)
+    request = create_request("fraud-detection", uri, evaluation_uri=evaluation_uri,
+                             parameters=parameters)
     arn = registry.create_model_package(request, "alice")["ModelPackageArn"]
     if approve:
         registry.update_model_package(arn, APPROVED, "bob", "ok")
@@ -137,12 +141,21 @@ def test_a_failed_write_leaves_the_previous_scores_intact(
     assert read_scored(workspace).equals(before)
 
 
-def test_threshold_comes_from_evaluation_then_override(workspace, registry, model_dir):
-    register(workspace, registry, model_dir, evaluation={"alert_threshold": 0.2})
-    assert load_model(workspace, version="1").threshold == 0.2
+def test_threshold_comes_from_the_model_package_then_override(workspace, registry, model_dir):
+    parameters = replace(SAMPLE_PARAMETERS, alert_threshold=0.3)
+    register(workspace, registry, model_dir, evaluation={"alert_threshold": 0.2},
+             parameters=parameters)
+    assert load_model(workspace, version="1").threshold == 0.3
     assert load_model(workspace, version="1", threshold=0.9).threshold == 0.9
-    with pytest.raises(ScoringError, match="outside"):
+    with pytest.raises(ScoringError, match=r"--threshold must be a number in \[0, 1\], got 1.5"):
         load_model(workspace, version="1", threshold=1.5)
+
+
+def test_a_package_without_run_parameters_takes_its_evaluation_threshold(
+    workspace, registry, model_dir
+):
+    register(workspace, registry, model_dir, evaluation={"alert_threshold": 0.2}, parameters=None)
+    assert load_model(workspace, version="1").threshold == 0.2
 
 
 def test_scoring_a_file_merges_into_each_days_partition(workspace, registry, model_dir, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ import pytest
 from pipelines.cli.main import main
 from pipelines.core.code import unit_dir
 from pipelines.core.notifications import ALERTS_TOPIC, FAILURES_TOPIC, read_outbox
+from pipelines.core.params import ModelParameters
 from pipelines.core.workspace import Workspace
 from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
-from pipelines.data.features.definitions import FEATURE_COLUMNS
+from pipelines.data.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
 from pipelines.data.labels import write_labels
 from pipelines.model.registry import APPROVED, LocalModelRegistry
 from pipelines.serving.deploy.sample_model import create_request, train_model_files, upload_model
@@ -349,15 +351,39 @@ def _kinesis_event(records: list[object], start: int = 1) -> dict:
     ]}
 
 
+def deploy_package(sm, endpoint: str, parameters: ModelParameters, run: str = "1") -> str:
+    """Register a package carrying ``parameters`` and serve it on ``endpoint`` as the deploy
+    handler does (a model created from the package); returns the package ARN."""
+    request = create_request("fraud-detection", f"s3://artifacts/models/{run}/model.tar.gz",
+                             parameters=parameters)
+    arn = sm.create_model_package(**request)["ModelPackageArn"]
+    name = f"fraudops-dev-fraud-v{run}"
+    sm.create_model(ModelName=name, PrimaryContainer={"ModelPackageName": arn},
+                    ExecutionRoleArn="arn:aws:iam::123456789012:role/sagemaker")
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large",
+         "InitialInstanceCount": 1}])
+    if sm.list_endpoints(NameContains=endpoint)["Endpoints"]:
+        sm.delete_endpoint(EndpointName=endpoint)  # moto has no UpdateEndpoint
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=name)
+    return arn
+
+
+SERVED = ModelParameters(label_delay_days=7, feature_set_version=FEATURE_SET_VERSION,
+                         alert_threshold=0.5)
+
+
 @pytest.fixture
 def aws_stream():
-    """Real moto DynamoDB/SQS/Secrets Manager; stubbed sagemaker-runtime and lambda clients."""
+    """Real moto DynamoDB/SQS/Secrets Manager/SageMaker registry; stubbed sagemaker-runtime
+    and lambda clients."""
     import boto3
     from botocore.stub import Stubber
     from moto import mock_aws
 
     from lambdas.stream_scoring.handler import Resources
     from pipelines.data.ingest.tokenise import Tokeniser
+    from pipelines.serving.stream.models import DeployedModelLookup
 
     with mock_aws():
         dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
@@ -375,15 +401,24 @@ def aws_stream():
             "provide-client-params.sagemaker-runtime.InvokeEndpoint",
             lambda params, **_: sent.append(json.loads(params["Body"])),
         )
+        invoked: list[dict] = []
+        lambda_client.meta.events.register(
+            "provide-client-params.lambda.Invoke",
+            lambda params, **_: invoked.append(json.loads(params["Payload"])),
+        )
+        sm = boto3.client("sagemaker", region_name="us-east-1")
+        sm.create_model_package_group(ModelPackageGroupName="fraud-detection")
+        package = deploy_package(sm, "fraud-endpoint", SERVED)
         resources = Resources(
             table=table, sqs=sqs, runtime=runtime, lambda_client=lambda_client,
             tokeniser=Tokeniser(b"k" * 32), endpoint_name="fraud-endpoint",
-            dead_letter_queue_url=queue_url, alert_function="alert-fn", threshold=0.5,
-            model_version=3,
+            dead_letter_queue_url=queue_url, alert_function="alert-fn",
+            deployed=DeployedModelLookup(sm, "fraud-endpoint"),
         )
         with Stubber(runtime) as endpoint, Stubber(lambda_client) as alerts:
             yield {"resources": resources, "endpoint": endpoint, "alerts": alerts, "sent": sent,
-                   "table": table, "sqs": sqs, "queue_url": queue_url}
+                   "table": table, "sqs": sqs, "queue_url": queue_url, "sm": sm,
+                   "package": package, "invoked": invoked}
 
 
 def _scores_response(scores: list[float]) -> dict:
@@ -433,6 +468,46 @@ def test_the_lambda_scores_a_kinesis_batch_and_dead_letters_bad_records(aws_stre
     assert sum(i["entity"].startswith("processed#") for i in items) == 6
     assert any(i["entity"].startswith("online#customer_id#") for i in items)
     aws_stream["alerts"].assert_no_pending_responses()
+
+
+def test_the_lambda_takes_threshold_and_version_from_the_deployed_model(aws_stream):
+    from botocore.stub import ANY
+
+    from lambdas.stream_scoring.handler import handler
+
+    scores = [0.1, 0.95, 0.2, 0.3, 0.1, 0.7]
+    for _ in range(2):  # two batches
+        aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response(scores))
+        aws_stream["alerts"].add_response(
+            "invoke", {"StatusCode": 202},
+            {"FunctionName": "alert-fn", "InvocationType": "Event", "Payload": ANY},
+        )
+    first = _kinesis_event(_transactions(6))
+    assert handler(first, None, aws_stream["resources"]) == {"batchItemFailures": []}
+    # A new approval is deployed: the next batch follows it with no change to the function.
+    package = deploy_package(aws_stream["sm"], "fraud-endpoint",
+                             replace(SERVED, alert_threshold=0.9), run="2")
+    second = _kinesis_event(_transactions(12)[6:], start=7)
+    assert handler(second, None, aws_stream["resources"]) == {"batchItemFailures": []}
+
+    before, after = aws_stream["invoked"]
+    assert before["alert_threshold"] == 0.5 and before["model_package_arn"] == aws_stream["package"]
+    assert [row["score"] for row in before["scored"]] == [0.95, 0.7]
+    assert after["alert_threshold"] == 0.9 and after["model_package_arn"] == package
+    assert [row["score"] for row in after["scored"]] == [0.95]
+    assert [row["model_version"] for row in before["scored"] + after["scored"]] == [1, 1, 2]
+
+
+def test_the_lambda_refuses_a_model_trained_on_other_features(aws_stream, capsys):
+    from lambdas.stream_scoring.handler import handler
+
+    deploy_package(aws_stream["sm"], "fraud-endpoint",
+                   replace(SERVED, feature_set_version="0123456789abcdef"), run="2")
+    event = _kinesis_event(_transactions(2))
+    result = handler(event, None, aws_stream["resources"])
+    assert result == {"batchItemFailures": [{"itemIdentifier": "1"}, {"itemIdentifier": "2"}]}
+    assert "trained on feature set 0123456789abcdef" in capsys.readouterr().out
+    aws_stream["endpoint"].assert_no_pending_responses()  # nothing was scored
 
 
 def test_the_lambda_keeps_online_state_across_invocations_and_skips_redeliveries(aws_stream):

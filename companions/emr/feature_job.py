@@ -21,7 +21,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="feature_job.py", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="curated transactions (s3:// or file://)")
     parser.add_argument("--output", required=True, help="feature table location")
-    parser.add_argument("--label-delay-days", type=int, default=7)
+    # Required, no default of its own: the caller (pipelines.data.features.emr) passes the
+    # delay the feature build was asked for.
+    parser.add_argument("--label-delay-days", type=int, required=True)
     parser.add_argument("--labels", default=None, help="optional late labels (Parquet)")
     parser.add_argument(
         "--master", default=None, help="Spark master for local runs (EMR provides its own)"

@@ -1,7 +1,10 @@
 """Lambda: scored transactions -> deduplicated alerts, SNS, and the lake's alerts table.
 
-Invoked by the stream-scoring function with ``{"scored": [row, ...]}``. New
-alerts are also written as Parquet under ``s3://$LAKE_BUCKET/alerts/dt=.../``,
+Invoked by the stream-scoring function with ``{"scored": [row, ...],
+"alert_threshold": t, "model_package_arn": arn}``: the threshold is the one the
+deployed model package carries (its CustomerMetadataProperties), sent with the
+scores it applies to, so this function has no threshold of its own to drift.
+New alerts are also written as Parquet under ``s3://$LAKE_BUCKET/alerts/dt=.../``,
 so Athena's ``alerts`` table and the QuickSight datasets see them as the
 local export does.
 """
@@ -15,6 +18,7 @@ import os
 from typing import Any
 
 from pipelines.core.notifications import ALERTS_TOPIC, SnsNotifier
+from pipelines.core.params import check_alert_threshold
 from pipelines.serving.alerts.alerting import AlertPolicy, raise_alerts
 from pipelines.serving.alerts.dynamo import DynamoAlertStore
 
@@ -22,7 +26,11 @@ from pipelines.serving.alerts.dynamo import DynamoAlertStore
 def handler(event: dict[str, Any], context: object) -> dict[str, int]:
     import boto3
 
-    policy = AlertPolicy(threshold=float(os.environ.get("ALERT_THRESHOLD", "0.5")))
+    if event.get("alert_threshold") is None:
+        raise ValueError("the event carries no alert_threshold: send the scoring model's "
+                         "threshold with its scores, as the stream-scoring function does")
+    where = f"the event's alert_threshold (model package {event.get('model_package_arn')})"
+    policy = AlertPolicy(threshold=check_alert_threshold(event["alert_threshold"], where))
     store = DynamoAlertStore(boto3.resource("dynamodb").Table(os.environ["STATE_TABLE"]))
     notifier = SnsNotifier({ALERTS_TOPIC: os.environ["ALERTS_TOPIC_ARN"]})
     counts = raise_alerts(event.get("scored", []), policy, store, notifier)

@@ -5,8 +5,13 @@ with AWS adapters: online state in DynamoDB (``STATE_TABLE``), scores from the
 SageMaker endpoint (``ENDPOINT_NAME``), dead letters to SQS
 (``DEAD_LETTER_QUEUE_URL``), alerts to the alert Lambda (``ALERT_FUNCTION``),
 the card-token key from Secrets Manager (``TOKEN_KEY_SECRET``). Optional:
-``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``),
-``ALERT_THRESHOLD`` (0.5), ``MODEL_VERSION`` (0), ``LABEL_DELAY_DAYS`` (7).
+``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``).
+
+The alert threshold, model version, label delay and feature set version are
+those of the model package the endpoint serves (its CustomerMetadataProperties,
+see ``pipelines.serving.stream.models.DeployedModelLookup``), looked up on each
+invocation, so a new deployment takes effect without redeploying this function.
+The threshold travels to the alert Lambda with the alerts it judged.
 
 Retries are safe: each scored transaction is recorded (``processed#<id>``) with
 the state, so a batch Kinesis delivers again skips what was already scored.
@@ -26,12 +31,16 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS, FEATURE_COLUMNS
+from pipelines.data.features.definitions import FEATURE_COLUMNS, require_current_feature_set
 from pipelines.data.ingest.sources import json_text  # the ingest job's JSON -> text rule
 from pipelines.data.ingest.tokenise import Tokeniser, key_from_text
 from pipelines.serving.online.store import DynamoStateStore
 from pipelines.serving.stream.core import BatchOutcome, process_batch
-from pipelines.serving.stream.models import SageMakerEndpointModel
+from pipelines.serving.stream.models import (
+    DeployedModel,
+    DeployedModelLookup,
+    SageMakerEndpointModel,
+)
 from pipelines.serving.stream.source import RawRecord
 
 PROCESSED_PREFIX = "processed#"
@@ -48,12 +57,10 @@ class Resources:
     tokeniser: Tokeniser
     endpoint_name: str
     dead_letter_queue_url: str
+    deployed: DeployedModelLookup  # the package the endpoint serves, with its parameters
     alert_function: str | None = None
     s3: Any = None
     scored_bucket: str | None = None
-    threshold: float = 0.5
-    model_version: int = 0
-    label_delay_days: int = DEFAULT_LABEL_DELAY_DAYS
 
     @classmethod
     def from_environment(cls) -> Resources:
@@ -63,20 +70,19 @@ class Resources:
             SecretId=os.environ["TOKEN_KEY_SECRET"]
         )["SecretString"]
         bucket = os.environ.get("SCORED_BUCKET") or None
+        endpoint_name = os.environ["ENDPOINT_NAME"]
         return cls(
             table=boto3.resource("dynamodb").Table(os.environ["STATE_TABLE"]),
             sqs=boto3.client("sqs"),
             runtime=boto3.client("sagemaker-runtime"),
             lambda_client=boto3.client("lambda"),
             tokeniser=Tokeniser(key_from_text(secret, "TOKEN_KEY_SECRET")),
-            endpoint_name=os.environ["ENDPOINT_NAME"],
+            endpoint_name=endpoint_name,
             dead_letter_queue_url=os.environ["DEAD_LETTER_QUEUE_URL"],
+            deployed=DeployedModelLookup(boto3.client("sagemaker"), endpoint_name),
             alert_function=os.environ.get("ALERT_FUNCTION") or None,
             s3=boto3.client("s3") if bucket else None,
             scored_bucket=bucket,
-            threshold=float(os.environ.get("ALERT_THRESHOLD", "0.5")),
-            model_version=int(os.environ.get("MODEL_VERSION", "0")),
-            label_delay_days=int(os.environ.get("LABEL_DELAY_DAYS", DEFAULT_LABEL_DELAY_DAYS)),
         )
 
 
@@ -143,10 +149,15 @@ def _send_dead_letters(resources: Resources, outcome: BatchOutcome) -> None:
                                          Entries=entries)
 
 
-def _raise_alerts(resources: Resources, outcome: BatchOutcome) -> None:
+def _raise_alerts(resources: Resources, outcome: BatchOutcome, deployed: DeployedModel) -> None:
     if not outcome.alerts or not resources.alert_function:
         return
-    payload = {"scored": [{**a, "timestamp": a["timestamp"].isoformat()} for a in outcome.alerts]}
+    payload = {
+        "scored": [{**a, "timestamp": a["timestamp"].isoformat()} for a in outcome.alerts],
+        # The threshold of the model that gave these scores (lambdas/alert/handler.py).
+        "alert_threshold": deployed.parameters.alert_threshold,
+        "model_package_arn": deployed.package_arn,
+    }
     resources.lambda_client.invoke(
         FunctionName=resources.alert_function,
         InvocationType="Event",
@@ -174,14 +185,17 @@ def _write_scored(resources: Resources, outcome: BatchOutcome, source: str) -> N
 def score_records(records: list[dict[str, Any]], resources: Resources) -> BatchOutcome:
     """One Kinesis batch through the shared micro-batch code, then the AWS sinks."""
     raw = decode(records)
-    store = DynamoStateStore(resources.table, resources.label_delay_days)
+    deployed = resources.deployed.current()
+    require_current_feature_set(deployed.parameters.feature_set_version,
+                                f"model package {deployed.package_arn}")
+    store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days)
     seen = ProcessedIds(resources.table)
     seen.load([(r.values or {}).get("transaction_id", "") or "" for r in raw])
     model = SageMakerEndpointModel(
         endpoint_name=resources.endpoint_name,
         feature_columns=list(FEATURE_COLUMNS),
-        threshold=resources.threshold,
-        version=resources.model_version,
+        threshold=deployed.parameters.alert_threshold,
+        version=deployed.version,
         client=resources.runtime,
     )
     source = _source(records)
@@ -198,7 +212,7 @@ def score_records(records: list[dict[str, Any]], resources: Resources) -> BatchO
     )
     _write_scored(resources, outcome, source)
     _send_dead_letters(resources, outcome)
-    _raise_alerts(resources, outcome)
+    _raise_alerts(resources, outcome, deployed)
     store.flush()
     seen.record(outcome.processed)
     return outcome

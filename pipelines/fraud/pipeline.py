@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.core.code import unit_dir
+from pipelines.core.params import DEFAULT_ALERT_THRESHOLD, LABEL_DELAY_FROM_FEATURES
 from pipelines.core.workspace import LAKE_BUCKET
 
 if TYPE_CHECKING:  # the SDK import is slow and needs AWS_DEFAULT_REGION first
@@ -55,6 +56,13 @@ XGBOOST_FRAMEWORK_VERSION = "3.2-0"
 QUALITY_METRIC_PATH = "binary_classification_metrics.average_precision.value"
 EVALUATION_REPORT = "EvaluationReport"
 EVALUATION_FILE = "evaluation.json"
+# Where in evaluation.json the Register step finds each run parameter the model
+# package carries (pipelines.core.params.ModelParameters, CustomerMetadataProperties).
+MODEL_PARAMETER_PATHS = {
+    "label_delay_days": "model.label_delay_days",
+    "feature_set_version": "model.feature_set_version",
+    "alert_threshold": "alert_threshold",
+}
 
 # SageMaker Processing and Training container layout.
 PROCESSING_ROOT = "/opt/ml/processing"
@@ -227,7 +235,9 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
 
     Empty TrainStartDate and 0 for TrainDays/ValidationDays/TestDays mean
     "derive from the data" (preprocess.py: first day; 7-day windows shrunk on
-    short histories), per docs/CONTRACTS.md.
+    short histories), per docs/CONTRACTS.md. LabelDelayDays -1 means "the delay
+    the features were built with" (their ``_feature_set.json``); any other value
+    must equal it, or Preprocess fails naming both.
     """
     from sagemaker.core.workflow.parameters import (
         ParameterFloat,
@@ -239,7 +249,9 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
         input_features_uri=ParameterString("InputFeaturesUri", default_value=input_features_uri),
         train_start_date=ParameterString("TrainStartDate", default_value=""),
         train_days=ParameterInteger("TrainDays", default_value=0),
-        label_delay_days=ParameterInteger("LabelDelayDays", default_value=7),
+        label_delay_days=ParameterInteger(
+            "LabelDelayDays", default_value=LABEL_DELAY_FROM_FEATURES
+        ),
         validation_days=ParameterInteger("ValidationDays", default_value=0),
         test_days=ParameterInteger("TestDays", default_value=0),
         processing_instance_type=ParameterString(
@@ -255,7 +267,7 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
         quality_threshold_ap=ParameterFloat(
             "QualityThresholdAP", default_value=DEFAULT_QUALITY_THRESHOLD_AP
         ),
-        alert_threshold=ParameterFloat("AlertThreshold", default_value=0.5),
+        alert_threshold=ParameterFloat("AlertThreshold", default_value=DEFAULT_ALERT_THRESHOLD),
         card_precision_k=ParameterInteger("CardPrecisionK", default_value=100),
         model_approval_status=ParameterString(
             "ModelApprovalStatus", default_value="PendingManualApproval"
@@ -448,9 +460,14 @@ def evaluate_step(ctx: _Context, code: StagedCode, preprocess, train):
 
 
 def register_step(
-    ctx: _Context, code: StagedCode, train, evaluate, model_package_group_name: str
+    ctx: _Context, code: StagedCode, train, evaluate, report, model_package_group_name: str
 ):
     """Register the model with ``inference/inference.py`` as its handler.
+
+    The package's CustomerMetadataProperties carry the run parameters read from
+    evaluation.json (``MODEL_PARAMETER_PATHS``): consumers take the label delay,
+    feature set version and alert threshold from the approved package. Each
+    value is wrapped in a Join because metadata values must be strings.
 
     The handler ships like the v2 XGBoostModel did: SAGEMAKER_SUBMIT_DIRECTORY
     points at the staged ``inference/`` tarball and the container downloads it
@@ -460,7 +477,7 @@ def register_step(
     would make the definition differ on every render.
     """
     from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.functions import Join, JsonGet
     from sagemaker.mlops.workflow.model_step import ModelStep
     from sagemaker.serve.model_builder import ModelBuilder
 
@@ -491,6 +508,12 @@ def register_step(
         transform_instances=["ml.m5.xlarge"],
         model_metrics=metrics,
         approval_status=ctx.params.model_approval_status,
+        customer_metadata_properties={
+            key: Join(on="", values=[
+                JsonGet(step_name=evaluate.name, property_file=report, json_path=path)
+            ])
+            for key, path in MODEL_PARAMETER_PATHS.items()
+        },
     )
     return ModelStep(name="Register", step_args=step_args)
 
@@ -613,7 +636,7 @@ def get_pipeline(
     preprocess = preprocess_step(ctx, processing)
     train = train_step(ctx, training, preprocess, dict(hyperparameters or {}))
     evaluate, report = evaluate_step(ctx, processing, preprocess, train)
-    register = register_step(ctx, inference, train, evaluate, model_package_group_name)
+    register = register_step(ctx, inference, train, evaluate, report, model_package_group_name)
     gate, _fail = quality_gate_steps(ctx, evaluate, report, register)
     return Pipeline(
         name=pipeline_name,

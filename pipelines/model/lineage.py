@@ -293,6 +293,8 @@ def resolve_lineage(ws: Workspace, version: str | int | None = None,
         "feature_definitions": {"trained_version": trained_version,
                                 "current_version": FEATURE_SET_VERSION,
                                 "current_matches": trained_version == FEATURE_SET_VERSION,
+                                "label_delay_days":
+                                    manifests["train"]["split"].get("label_delay_days"),
                                 "feature_columns": manifests["train"].get("feature_columns")},
         "evaluation": {k: v for k, v in evaluation.items() if k != "document"},
         "approvals": LocalModelRegistry.for_workspace(ws).list_decisions(arn),

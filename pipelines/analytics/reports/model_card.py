@@ -171,8 +171,9 @@ def _limitations(lineage: dict[str, Any], drift: list[FeatureDrift]) -> Section:
     notes = [
         "Scores card-fraud risk of single card transactions; it is not an AML model and does "
         "not replace the CTR and structuring rules.",
-        f"Labels arrive with a delay of {lineage['execution']['parameters'].get('LabelDelayDays')}"
-        " days; recent frauds are under-represented in terminal risk features.",
+        f"Labels arrive with a delay of {lineage['feature_definitions']['label_delay_days']}"
+        " days (the model's split); recent frauds are under-represented in terminal risk "
+        "features.",
         "Metrics come from one chronological test window; precision and recall vary with the "
         "fraud mix and volume of later periods.",
         "Fraud patterns not present in the training window (new attack types) may score low.",

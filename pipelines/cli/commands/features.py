@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
-from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS
+from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS, ParameterError, check_label_delay_days
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `fraudops --help` stays fast.
     from pipelines.data.features.build import build_feature_table
 
-    if args.label_delay_days < 0:
-        raise UserError(f"--label-delay-days must be >= 0, got {args.label_delay_days}")
+    try:
+        check_label_delay_days(args.label_delay_days, "--label-delay-days")
+    except ParameterError as exc:
+        raise UserError(str(exc)) from exc
     if args.print_sql:
         from pipelines.data.features.duckdb_engine import compile_sql
 

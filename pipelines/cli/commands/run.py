@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
 
 if TYPE_CHECKING:  # the workflow is imported when a run starts, not for `fraudops --help`
     from pipelines.workflow.runner import RunContext, StepOutcome
@@ -45,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="share of synthetic rows spoiled to show quarantine (default 0.001)")
     model = parser.add_argument_group("model (pipeline parameters)")
     model.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb")
-    model.add_argument("--label-delay-days", type=int, default=7)
+    model.add_argument("--label-delay-days", type=int, default=DEFAULT_LABEL_DELAY_DAYS,
+                       help="days until a fraud label is known: the features are built with it "
+                       f"and the pipeline takes it from them (default {DEFAULT_LABEL_DELAY_DAYS})")
     model.add_argument("--train-start", default=None, help="ISO date; default: first day")
     model.add_argument("--train-days", type=int, default=None)
     model.add_argument("--validation-days", type=int, default=None)
@@ -81,7 +84,6 @@ def _options(args: argparse.Namespace) -> RunOptions:
         approver=args.approver,
         webhook_url=args.webhook_url,
         pipeline_parameters={
-            "LabelDelayDays": args.label_delay_days,
             "TrainStartDate": args.train_start,
             "TrainDays": args.train_days,
             "ValidationDays": args.validation_days,

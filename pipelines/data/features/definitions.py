@@ -49,10 +49,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+# The default delay is defined in core.params; re-exported for the feature engines.
+from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS as DEFAULT_LABEL_DELAY_DAYS
+from pipelines.core.params import (
+    ParameterError,
+    check_feature_set_version,
+    check_label_delay_days,
+)
 from pipelines.core.schema import CHANNELS, ENTITY_COLUMN
 
 TERMINAL_COLUMN = "terminal_id"
-DEFAULT_LABEL_DELAY_DAYS = 7
 # Seconds reported when a customer has no earlier transaction (about 31.7 years):
 # larger than any real gap, so trees split it off cleanly.
 NO_PREVIOUS_TX_SECONDS = 1e9
@@ -67,13 +73,7 @@ Lag = Literal["none", "label_delay"]
 
 def label_delay_micros(label_delay_days: int) -> int:
     """Validate the label delay (whole days >= 0) and convert it to microseconds."""
-    if isinstance(label_delay_days, bool) or not isinstance(label_delay_days, int):
-        raise ValueError(
-            f"label_delay_days must be a whole number of days, got {label_delay_days!r}"
-        )
-    if label_delay_days < 0:
-        raise ValueError(f"label_delay_days must be >= 0, got {label_delay_days}")
-    return label_delay_days * MICROS_PER_DAY
+    return check_label_delay_days(label_delay_days) * MICROS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -326,6 +326,22 @@ def _fingerprint() -> str:
 FEATURE_SET_VERSION: str = _fingerprint()
 
 
+def require_current_feature_set(version: object, where: str) -> str:
+    """``version`` if it is these definitions' version, else an error saying what to do.
+
+    Online features are computed by the code that runs, so a model trained on
+    another feature set version would be fed columns that mean something else.
+    """
+    recorded = check_feature_set_version(version, f"{where} feature_set_version")
+    if recorded != FEATURE_SET_VERSION:
+        raise ParameterError(
+            f"{where} was trained on feature set {recorded}, but this code computes feature "
+            f"set {FEATURE_SET_VERSION}: deploy a model trained with the current definitions "
+            "(rebuild the features and re-run the pipeline) or deploy the code it was trained with"
+        )
+    return recorded
+
+
 def _check_definitions() -> None:
     """Fail at import on an inconsistent definition rather than deep inside an engine."""
     names = [a.name for a in AGGREGATES] + list(FEATURE_COLUMNS)
@@ -354,5 +370,5 @@ def feature_set_manifest(label_delay_days: int) -> dict[str, object]:
         "label_column": LABEL_COLUMN,
         "id_columns": list(ID_COLUMNS),
         "partition_column": PARTITION_COLUMN,
-        "label_delay_days": int(label_delay_days),
+        "label_delay_days": check_label_delay_days(label_delay_days),
     }

@@ -22,6 +22,7 @@ PACKAGE_MODULES: tuple[str, ...] = (
     "pipelines/__init__.py",
     "pipelines/core/__init__.py",
     "pipelines/core/fileio.py",
+    "pipelines/core/params.py",
     "pipelines/core/schema.py",
     "pipelines/data/__init__.py",
     "pipelines/data/features/__init__.py",

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pipelines.core.notifications import ALERTS_TOPIC, Notifier
+from pipelines.core.params import check_alert_threshold
 
 # Cash at or above the CTR threshold is high severity whatever the score.
 LARGE_AMOUNT = 10_000.0
@@ -29,9 +30,15 @@ class AlertStore(Protocol):
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    threshold: float = 0.5
+    """When a score alerts. ``threshold`` has no default: it is the scoring model's
+    (its package's ``alert_threshold``, pipelines.core.params)."""
+
+    threshold: float
     high_threshold: float = 0.9
     dedupe_window: timedelta = timedelta(hours=24)
+
+    def __post_init__(self) -> None:
+        check_alert_threshold(self.threshold, "AlertPolicy.threshold")
 
 
 def severity_of(score: float, amount: float | None, policy: AlertPolicy) -> str:

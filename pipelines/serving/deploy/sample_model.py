@@ -18,12 +18,19 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from pipelines.core.params import DEFAULT_ALERT_THRESHOLD, DEFAULT_LABEL_DELAY_DAYS, ModelParameters
 from pipelines.core.workspace import ARTIFACTS_BUCKET, Workspace
 from pipelines.serving.deploy.artifacts import FEATURE_SET_FILE, METADATA_FILE, MODEL_FILE
 
 SAMPLE_FEATURES: tuple[str, ...] = ("amount", "cust_tx_count_1d", "term_fraud_rate_7d", "is_night")
 # The image the pipeline names (pipelines.fraud.pipeline.xgboost_image_uri, us-east-1).
 XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.2-0"
+# What the sample model carries onward, as a pipeline-registered model does.
+SAMPLE_PARAMETERS = ModelParameters(
+    label_delay_days=DEFAULT_LABEL_DELAY_DAYS,
+    feature_set_version="sample-1",
+    alert_threshold=DEFAULT_ALERT_THRESHOLD,
+)
 
 
 def synthetic_features(rows: int, features: tuple[str, ...], seed: int = 0) -> pd.DataFrame:
@@ -42,7 +49,6 @@ def train_model_files(
     num_round: int = 20,
     max_depth: int = 4,
     seed: int = 0,
-    alert_threshold: float | None = 0.5,
 ) -> Path:
     """Write xgboost-model.json, feature_set.json and training_metadata.json."""
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -58,20 +64,19 @@ def train_model_files(
     booster = xgb.train(params, dtrain, num_boost_round=num_round)
     booster.save_model(str(model_dir / MODEL_FILE))
     feature_set = {
-        "version": "sample-1",
+        "version": SAMPLE_PARAMETERS.feature_set_version,
         "feature_columns": list(features),
         "label_column": "is_fraud",
         "id_columns": ["transaction_id"],
-        "label_delay_days": 7,
+        "label_delay_days": SAMPLE_PARAMETERS.label_delay_days,
     }
     (model_dir / FEATURE_SET_FILE).write_text(json.dumps(feature_set))
     metadata: dict[str, Any] = {
         "xgboost_version": xgb.__version__,
         "rows": {"train": rows},
         "hyperparameters": {**params, "num_round": num_round},
+        "label_delay_days": SAMPLE_PARAMETERS.label_delay_days,
     }
-    if alert_threshold is not None:
-        metadata["alert_threshold"] = alert_threshold
     (model_dir / METADATA_FILE).write_text(json.dumps(metadata))
     return model_dir
 
@@ -105,8 +110,13 @@ def create_request(
     model_data_url: str,
     submit_directory: str | None = None,
     evaluation_uri: str | None = None,
+    parameters: ModelParameters | None = SAMPLE_PARAMETERS,
 ) -> dict[str, Any]:
-    """The CreateModelPackage request the RegisterModel step carries."""
+    """The CreateModelPackage request the RegisterModel step carries.
+
+    ``parameters=None`` leaves out the CustomerMetadataProperties, like a package
+    registered before models carried their run parameters.
+    """
     environment = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_CONTAINER_LOG_LEVEL": "20"}
     if submit_directory:
         environment["SAGEMAKER_SUBMIT_DIRECTORY"] = submit_directory
@@ -123,8 +133,9 @@ def create_request(
             "SupportedTransformInstanceTypes": ["ml.m5.xlarge"],
         },
         "ModelApprovalStatus": "PendingManualApproval",
-        "CustomerMetadataProperties": {"feature_set_version": "sample-1"},
     }
+    if parameters is not None:
+        request["CustomerMetadataProperties"] = parameters.as_metadata()
     if evaluation_uri:
         request["ModelMetrics"] = {
             "ModelQuality": {

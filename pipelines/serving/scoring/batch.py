@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.core.params import ParameterError, check_alert_threshold
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
 from pipelines.data.lake.tables import SCORED_SCHEMA
@@ -107,12 +108,9 @@ def resolve_threshold(
         if value is None:
             continue
         try:
-            threshold = float(value)
-        except (TypeError, ValueError):
-            raise ScoringError(f"{source} {value!r} is not a number") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise ScoringError(f"{source} {threshold} is outside [0, 1]")
-        return threshold
+            return check_alert_threshold(value, source)
+        except ParameterError as exc:
+            raise ScoringError(str(exc)) from None
     raise ScoringError(
         f"model version {bundle.version} records no alert threshold "
         "(no evaluation.json alert_threshold): pass --threshold"

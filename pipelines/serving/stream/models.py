@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.core.params import ModelParameters
 from pipelines.serving.scoring.batch import LoadedModel
 
 
@@ -135,3 +136,55 @@ class SageMakerEndpointModel:
 
     def explain(self, matrix: np.ndarray) -> list[dict] | None:
         return None  # the endpoint returns scores only; alerts then carry no reason codes
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    """The model package a SageMaker endpoint serves and the run parameters it carries."""
+
+    package_arn: str
+    version: int
+    parameters: ModelParameters
+
+
+class DeployedModelLookup:
+    """Which approved model package an endpoint serves, from SageMaker's own records.
+
+    endpoint -> endpoint config -> model -> ``ModelPackageName`` (the deploy
+    handler creates the model from the package) -> the package's version and
+    CustomerMetadataProperties. No stack parameter can then disagree with the
+    model. One DescribeEndpoint per :meth:`current`; the rest is looked up again
+    only when a deployment switched the endpoint to another config.
+    """
+
+    def __init__(self, client: Any, endpoint_name: str) -> None:
+        self.client = client
+        self.endpoint_name = endpoint_name
+        self._config: str | None = None
+        self._model: DeployedModel | None = None
+
+    def current(self) -> DeployedModel:
+        endpoint = self.client.describe_endpoint(EndpointName=self.endpoint_name)
+        config = endpoint["EndpointConfigName"]
+        if config != self._config or self._model is None:
+            self._model = self._describe(config)
+            self._config = config
+        return self._model
+
+    def _describe(self, config: str) -> DeployedModel:
+        variants = self.client.describe_endpoint_config(EndpointConfigName=config)[
+            "ProductionVariants"]
+        model = self.client.describe_model(ModelName=variants[0]["ModelName"])
+        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        arn = container.get("ModelPackageName")
+        if not arn:
+            raise EndpointError(
+                f"endpoint {self.endpoint_name} serves model {variants[0]['ModelName']}, "
+                "which was not created from a model package; deploy an approved package "
+                "through the deploy handler"
+            )
+        package = self.client.describe_model_package(ModelPackageName=arn)
+        parameters = ModelParameters.from_metadata(
+            package.get("CustomerMetadataProperties"), f"model package {arn}"
+        )
+        return DeployedModel(arn, int(package["ModelPackageVersion"]), parameters)

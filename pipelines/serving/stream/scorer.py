@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 from pipelines.compliance.locks import workspace_lock
 from pipelines.core.failures import notify_failure
 from pipelines.core.notifications import Notifier
+from pipelines.core.params import check_label_delay_days
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
-from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS
 from pipelines.data.ingest.tokenise import Tokeniser
 from pipelines.data.labels import LABEL_SCHEMA
 from pipelines.serving.alerts.alerting import AlertPolicy, AlertStore, raise_alerts
@@ -169,8 +169,15 @@ class StreamScorer:
         self.store = LocalStateStore.for_workspace(ws)
         self.policy = AlertPolicy(threshold=model.threshold)
         self.run_id = f"stream-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        # The online state must use the delay the model's features were built with.
         delay = getattr(model, "label_delay_days", None)
-        self.label_delay_days = DEFAULT_LABEL_DELAY_DAYS if delay is None else delay
+        if delay is None:
+            raise ValueError(
+                f"model version {model.version} records no label_delay_days (its "
+                "feature_set.json); deploy a model trained on a feature table built by "
+                "`fraudops features`"
+            )
+        self.label_delay_days = check_label_delay_days(delay, f"model version {model.version}")
         self.engine: OnlineFeatureEngine | None = None
         self.checkpoint: dict[str, Any] = {}
         self._since_commit = 0
