@@ -115,10 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _register_scored(ws, console: Console) -> None:
     """Make the stream's output queryable (the ``scored`` view batch scoring also feeds)."""
-    try:
-        from pipelines.data.lake.catalog import register_table
-    except ImportError:
-        return
+    from pipelines.data.lake.catalog import register_table
+
     try:
         register_table(ws, "scored", ws.scored)
     except Exception as exc:  # noqa: BLE001 - the scores are written; the view can be redone

@@ -25,6 +25,7 @@ from pipelines.data.features.definitions import (
     PARTITION_COLUMN,
     label_delay_micros,
 )
+from pipelines.data.lake.catalog import register_table
 
 ENGINES = ("duckdb", "spark")
 FEATURES_TABLE_NAME = "features"
@@ -118,15 +119,7 @@ def _table_stats(directory: Path) -> tuple[int, int, float | None]:
 
 
 def register_in_catalog(ws: Workspace, directory: Path) -> str:
-    """Register the table in the lake catalog when that unit is installed.
-
-    The catalog is built by another unit; without it the table is still
-    complete on disk and readable by path, so a missing catalog is not an error.
-    """
-    try:
-        from pipelines.data.lake.catalog import register_table
-    except ImportError:
-        return "not registered (pipelines.data.lake.catalog not available)"
+    """Register the table in the lake catalog, so SQL finds it by name."""
     register_table(ws, FEATURES_TABLE_NAME, directory)
     return f"registered as {FEATURES_TABLE_NAME!r}"
 

@@ -652,14 +652,8 @@ def _input_uris(step_type: str, args: dict[str, Any]) -> list[str]:
 
 
 def _default_registry(workspace: Workspace) -> ModelRegistry:
-    try:
-        from pipelines.model.registry import LocalModelRegistry
-    except ImportError as exc:
-        raise StepFailure(
-            f"{CLIENT_ERROR}: RegisterModel needs pipelines.model.registry.LocalModelRegistry, "
-            f"which cannot be imported ({exc})",
-            CLIENT_ERROR,
-        ) from exc
+    # Imported here: the executor knows registries only through ModelRegistry.
+    from pipelines.model.registry import LocalModelRegistry
     # The workspace registry publishes approval events to the workspace bus and
     # records to its audit trail; a bare LocalModelRegistry would do neither.
     return LocalModelRegistry.for_workspace(workspace)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from pipelines.core.params import ParameterError, check_alert_threshold
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
+from pipelines.data.lake.catalog import register_table
 from pipelines.data.lake.tables import SCORED_SCHEMA
 from pipelines.serving.deploy.artifacts import ModelBundle, materialize
 from pipelines.serving.deploy.selection import select_package
@@ -287,15 +288,11 @@ def write_partition(workspace: Workspace, day: str, table: pa.Table, merge: bool
 
 
 def _register_catalog(workspace: Workspace) -> str:
-    """Register the scored zone with the catalog, if the lake unit provides one.
+    """Register the scored zone with the catalog.
 
     The scores are already written; a busy catalog only delays the view (rerun,
     or ``pipelines.data.lake.refresh_catalog``), so it is reported, not raised.
     """
-    try:
-        from pipelines.data.lake.catalog import register_table
-    except ImportError:
-        return "not registered (no pipelines.data.lake.catalog)"
     try:
         register_table(workspace, "scored", workspace.scored)
     except Exception as exc:  # the data is safe; say why the view is missing
