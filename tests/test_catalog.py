@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipelines.data.lake.query import execute, transpile_athena
 
 from pipelines.cli.main import main as cli_main
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest import ingest
 from pipelines.data.lake import QueryError, refresh_catalog, register_table, run_query
+from pipelines.data.lake.query import execute, transpile_athena
 
 COLUMNS = ["transaction_id", "timestamp", "customer_id", "terminal_id", "amount", "card_number"]
 
@@ -47,8 +47,8 @@ def test_ingest_registers_views_for_the_zones_that_exist(lake):
     assert reasons == [{"transaction_id": "t5", "reason": "non_positive_amount"}]
 
 
-def test_register_table_adds_a_zone_now_or_when_its_files_appear(lake, tmp_path):
-    scored = tmp_path / "scored"
+def test_register_table_adds_a_zone_now_or_when_its_files_appear(lake):
+    scored = lake.lake / "scored" / "elsewhere"
     assert register_table(lake, "scored", scored) is False  # nothing to query yet
     with pytest.raises(QueryError, match=r"scored does not exist.*catalog tables: "
                                          r"ingestion_runs, quarantine, transactions"):
@@ -68,6 +68,11 @@ def test_register_table_adds_a_zone_now_or_when_its_files_appear(lake, tmp_path)
 def test_register_table_rejects_unsafe_names(lake, tmp_path, name):
     with pytest.raises(ValueError, match="table name"):
         register_table(lake, name, tmp_path)
+
+
+def test_register_table_refuses_a_zone_outside_the_workspaces_lake(lake, tmp_path):
+    with pytest.raises(ValueError, match="outside this workspace's lake"):
+        register_table(lake, "scored", tmp_path / "other-workspace" / "scored")
 
 
 def test_parameters_are_bound_never_interpolated(lake):

@@ -9,11 +9,11 @@ DuckDB's ``$name``, so values are never pasted into the SQL.
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.lake.ddl import athena_tables
+from pipelines.data.lake.engine import open_engine, run_checked
 from pipelines.data.lake.named_queries import NamedQuery, get_query, load_library
 from pipelines.data.lake.query import QueryError, run_query, transpile_athena
 
@@ -75,13 +75,9 @@ def output_schema(query: NamedQuery) -> pa.Schema:
     Used for QuickSight's custom-SQL column declarations and to prove, in tests,
     that every query compiles against the schemas the writers use.
     """
-    con = duckdb.connect()
+    con = open_engine({name: spec.schema.empty_table() for name, spec in athena_tables().items()})
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        for name, spec in athena_tables().items():
-            con.register(f"_{name}_empty", spec.schema.empty_table())
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
         sql = transpile_athena(query.sql)
-        return as_athena_types(con.sql(sql, params=query.bind() or None).to_arrow_table()).schema
+        return as_athena_types(run_checked(con, sql, query.bind() or None)).schema
     finally:
         con.close()

@@ -147,6 +147,11 @@ def register_table(
     """
     _check_name(name)
     resolved = Path(path).expanduser().resolve()
+    lake = ws.lake.resolve()
+    if resolved != lake and lake not in resolved.parents:
+        # Queries read only this workspace's lake (pipelines.data.lake.engine).
+        raise ValueError(f"table {name!r}: {resolved} is outside this workspace's lake "
+                         f"{lake}; write the table under the lake and register it there")
     con = connect(ws, read_only=False)
     try:
         _ensure_schema(con)
