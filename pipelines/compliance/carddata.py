@@ -7,6 +7,10 @@ that passes the Luhn check and is not part of a longer alphanumeric token
 (so hex digests and ids do not trip it). Masked numbers (``411111******1111``)
 and tokens pass. Pass timestamps as ISO strings, not epoch milliseconds: a
 13-digit number that happens to pass Luhn is refused.
+
+Ingestion uses the same definition to mask numbers found in free text
+(``mask_card_numbers``) and, through ``CARD_NUMBER_PREFILTER``, to find the few
+values worth checking among millions without a Python loop.
 """
 
 from __future__ import annotations
@@ -19,8 +23,23 @@ from pipelines.core.schema import FORBIDDEN_COLUMNS
 
 # Fields that hold a clear card number when they hold anything at all.
 CLEAR_CARD_FIELDS: frozenset[str] = frozenset({"card_number", "pan", "primary_account_number"})
+MIN_DIGITS = 13
+MAX_DIGITS = 19
 
-_PAN_CANDIDATE = re.compile(r"(?<![0-9A-Za-z])\d(?:[ -]?\d){12,18}(?![0-9A-Za-z])")
+_NOT_ALNUM = "[^0-9A-Za-z]"
+_DIGIT_RUN = "[0-9](?:[ -]?[0-9]){12,18}"
+# RE2 syntax (no look-around) for Arrow's regex kernels: true for every value in which
+# ``mask_card_numbers`` could find something; only those values are checked in Python.
+CARD_NUMBER_PREFILTER = f"(?:^|{_NOT_ALNUM}){_DIGIT_RUN}(?:$|{_NOT_ALNUM})"
+# A maximal run of digits grouped by single spaces or dashes, not inside a longer token.
+_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9]+(?:[ -][0-9]+)*(?![0-9A-Za-z])")
+_GROUP = re.compile(r"[0-9]+")
+
+# Sensitive authentication data names: camelCase, digits and separators split words.
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Short names that are also parts of ordinary words (sPINning, deCIDe): whole words only.
+_WHOLE_WORD_ONLY = frozenset({"pin", "cid", "csc", "cvn", "cvd"})
+_NGRAM = 3  # longest run of words joined into one name ("card verification value")
 
 
 class CardDataError(ValueError):
@@ -40,19 +59,67 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _card_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, digits)`` of every clear card number in ``text``.
+
+    Within a run of digit groups (``1234 4111 1111 1111 1111``) every
+    contiguous range of groups is tried, so a number next to other digits is
+    still found; overlapping finds are merged so each digit is masked once.
+    """
+    spans: list[tuple[int, int]] = []
+    for run in _RUN.finditer(text):
+        groups = [(g.start(), g.end()) for g in _GROUP.finditer(run.group(0))]
+        base = run.start()
+        for first in range(len(groups)):
+            digits = ""
+            for last in range(first, len(groups)):
+                digits += run.group(0)[groups[last][0]:groups[last][1]]
+                if len(digits) > MAX_DIGITS:
+                    break
+                if len(digits) >= MIN_DIGITS and luhn_valid(digits):
+                    spans.append((base + groups[first][0], base + groups[last][1]))
+    merged: list[tuple[int, int, str]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            start = merged[-1][0]
+            end = max(end, merged.pop()[1])
+        merged.append((start, end, re.sub(r"[ -]", "", text[start:end])))
+    return merged
+
+
 def find_card_numbers(text: str) -> list[str]:
     """Luhn-valid 13-19 digit numbers in ``text``, masked (first6 + last4) for messages."""
-    found = []
-    for match in _PAN_CANDIDATE.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group(0))
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            found.append(mask(digits))
-    return found
+    return [mask(digits) for _, _, digits in _card_spans(text)]
+
+
+def mask_card_numbers(text: str) -> str:
+    """``text`` with every clear card number replaced by its masked form; else unchanged."""
+    spans = _card_spans(text)
+    for start, end, digits in reversed(spans):
+        text = text[:start] + mask(digits) + text[end:]
+    return text
 
 
 def mask(digits: str) -> str:
     """First six and last four digits, the rest starred (what PCI DSS allows to show)."""
     return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+
+
+def is_sensitive_auth_field(name: str) -> bool:
+    """True when a field name means CVV/CVC/CID, a PIN or track data, however it is spelt.
+
+    The name is split into words (``CVVNumber`` -> cvv, number; ``security_code``
+    -> security, code), and runs of up to three consecutive words are joined and
+    compared with ``schema.FORBIDDEN_COLUMNS``; longer forbidden names also
+    match inside a single word (``securitycode``, ``cardpin``).
+    """
+    words = [word.lower() for word in _WORDS.findall(name)]
+    for size in range(1, _NGRAM + 1):
+        for start in range(len(words) - size + 1):
+            if "".join(words[start:start + size]) in FORBIDDEN_COLUMNS:
+                return True
+    squashed = "".join(words)
+    return any(forbidden in squashed for forbidden in FORBIDDEN_COLUMNS - _WHOLE_WORD_ONLY)
 
 
 _KEY = object()  # marks a mapping key (checked by name) rather than a value
@@ -76,9 +143,9 @@ def card_data_problems(record: Any) -> list[str]:
     """Every violation in ``record`` (a mapping, sequence or scalar), as readable messages."""
     problems: list[str] = []
     for path, leaf in _walk(record, ""):
-        field = path.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+        field = path.rsplit(".", 1)[-1].split("[", 1)[0]
         if leaf is _KEY:
-            if field in FORBIDDEN_COLUMNS:
+            if is_sensitive_auth_field(field):
                 problems.append(
                     f"field {path!r} is sensitive authentication data (CVV/PIN/track) "
                     "and must never be stored"
@@ -86,7 +153,7 @@ def card_data_problems(record: Any) -> list[str]:
             for masked in find_card_numbers(field):
                 problems.append(f"a field name contains a card number ({masked})")
             continue
-        if field in CLEAR_CARD_FIELDS and leaf not in ("", None):
+        if field.lower() in CLEAR_CARD_FIELDS and leaf not in ("", None):
             problems.append(f"field {path!r} holds a clear card number; store card_token instead")
             continue
         if isinstance(leaf, str | int) and not isinstance(leaf, bool):

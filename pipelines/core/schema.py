@@ -34,9 +34,16 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
 LANDING_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 # Fields that must never be accepted anywhere (PCI DSS: no sensitive
-# authentication data after authorisation).
+# authentication data after authorisation), as normalised names: lower case,
+# words joined without separators. ``compliance.carddata.is_sensitive_auth_field``
+# matches a field name against them (``CVVNumber``, ``cardPin``, ``security_code``).
 FORBIDDEN_COLUMNS: frozenset[str] = frozenset(
-    {"cvv", "cvv2", "cvc", "cvc2", "cid", "pin", "track_data", "track1", "track2"}
+    {
+        "cvv", "cvv2", "cvc", "cvc2", "cid", "csc", "cvn", "cvn2", "cav2", "cvd",
+        "securitycode", "cardsecuritycode", "cardverificationvalue", "cardverificationcode",
+        "pin", "cardpin", "pinblock", "pinnumber",
+        "trackdata", "track1", "track2", "track3", "magstripe", "magneticstripe",
+    }
 )
 
 CHANNELS: tuple[str, ...] = ("card_present", "ecommerce", "atm")
@@ -74,6 +81,8 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_line", pa.int64(), nullable=False),
+        # Last physical line of the row (a quoted value may span lines); null where unknown.
+        pa.field("source_line_end", pa.int64()),
         pa.field("ingestion_id", pa.string(), nullable=False),
         pa.field("dt", pa.string(), nullable=False),
     ]

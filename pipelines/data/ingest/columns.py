@@ -14,10 +14,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipelines.compliance.carddata import is_sensitive_auth_field
 from pipelines.core import schema
 from pipelines.data.ingest.errors import IngestError
-
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def load_column_map(path: str | Path) -> dict[str, str]:
@@ -61,18 +60,34 @@ def check_column_map(raw: object, origin: str = "column map") -> dict[str, str]:
 
 
 def forbidden_columns(headers: Sequence[str]) -> list[str]:
-    """Headers that look like card verification data or PINs (PCI DSS forbids storing them).
-
-    A header is forbidden when its normalised name, or any ``_``-separated part
-    of it, is in ``schema.FORBIDDEN_COLUMNS`` (so ``CVV2`` and ``card_cvv`` match).
+    """Headers that look like card verification data, PINs or track data (PCI DSS forbids
+    storing them), however they are spelt: ``CVV2``, ``CVVNumber``, ``cardPin``,
+    ``security_code``, ``Track 2 Data`` (``carddata.is_sensitive_auth_field``).
     """
-    found = []
-    for header in headers:
-        normalised = _NON_ALNUM.sub("_", header.strip().lower()).strip("_")
-        parts = set(normalised.split("_")) | {normalised}
-        if parts & schema.FORBIDDEN_COLUMNS:
-            found.append(header)
-    return found
+    return [header for header in headers if is_sensitive_auth_field(header)]
+
+
+# A cell that is a value, not a name: a number, a date or time, or digits with separators.
+_VALUE_LIKE = re.compile(r"[\s+\-]*[0-9][0-9\s.,:/+\-TZ]*")
+
+
+def check_header(headers: Sequence[str], column_map: Mapping[str, str], source: str) -> None:
+    """Refuse a CSV whose first line is data, not a header, with a message saying so.
+
+    Without this the first row's values would be listed as "columns" (and a
+    card number among them would reach the message). A header is missing when
+    none of its cells names a known column and at least one looks like a value.
+    """
+    known = {name.lower() for name in schema.LANDING_COLUMNS} | {k.strip().lower()
+                                                                   for k in column_map}
+    if any(header.strip().lower() in known for header in headers):
+        return
+    if any(_VALUE_LIKE.fullmatch(header.strip()) for header in headers):
+        raise IngestError(
+            f"{source}: the first line is not a header: none of its {len(headers)} cells names "
+            "a known column and some look like values (numbers or dates). Add a header line "
+            f"naming the columns (e.g. {','.join(schema.REQUIRED_COLUMNS)}) and ingest again"
+        )
 
 
 def resolve_columns(

@@ -1,9 +1,11 @@
 """The reconciliation every run prints and records.
 
-Identity checked on every run: rows read = rows curated + rows quarantined +
-duplicates skipped. Counts are given per source file and quarantine reasons
-are counted, so an analyst can trace every row without opening the data.
-The report holds counts and names only, never row values.
+Identities checked on every run: rows read = rows curated + rows quarantined +
+duplicates skipped; and, per file, the physical lines counted from its bytes
+= the lines the reader placed (header, blank, or part of a row), so a row a
+parser swallowed cannot hide. Counts are given per source file and quarantine
+reasons are counted, so an analyst can trace every row without opening the
+data. The report holds counts and names only, never row values.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class SourceCounts:
 
     source_file: str
     format: str
+    sha256: str = ""  # the content read (what quarantine keys and derived ids are based on)
+    lines: int = 0  # physical lines counted from the bytes (rows for Parquet)
+    lines_accounted: int = 0  # lines the reader placed: header, blank, or part of a row
     rows_read: int = 0
     rows_curated: int = 0
     rows_quarantined: int = 0
@@ -61,6 +66,7 @@ class IngestReport:
         )
         per_file = all(
             s.rows_read == s.rows_curated + s.rows_quarantined + s.duplicates_skipped
+            and s.lines == s.lines_accounted
             for s in self.sources
         )
         return overall and per_file and sum(self.quarantine_reasons.values()) == (
@@ -107,12 +113,15 @@ def render(report: IngestReport, console: Console | None = None) -> None:
     """Print the reconciliation as rich tables."""
     console = console or Console()
     files = Table(title=f"ingestion {report.ingestion_id}")
-    for column in ("source file", "format", "read", "curated", "quarantined", "duplicates"):
+    for column in ("source file", "format", "lines", "read", "curated", "quarantined",
+                   "duplicates"):
         files.add_column(column, justify="left" if column in ("source file", "format") else "right")
     for s in report.sources:
-        files.add_row(s.source_file, s.format, f"{s.rows_read:,}", f"{s.rows_curated:,}",
+        lines = f"{s.lines:,}" if s.lines == s.lines_accounted else (
+            f"[red]{s.lines_accounted:,} of {s.lines:,}[/]")
+        files.add_row(s.source_file, s.format, lines, f"{s.rows_read:,}", f"{s.rows_curated:,}",
                       f"{s.rows_quarantined:,}", f"{s.duplicates_skipped:,}")
-    files.add_row("[bold]total[/]", "", f"[bold]{report.rows_read:,}[/]",
+    files.add_row("[bold]total[/]", "", "", f"[bold]{report.rows_read:,}[/]",
                   f"[bold]{report.rows_curated:,}[/]", f"[bold]{report.rows_quarantined:,}[/]",
                   f"[bold]{report.duplicates_skipped:,}[/]")
     console.print(files)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest import writer
-from pipelines.data.ingest.errors import IngestError
+from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 from pipelines.data.ingest.layout import LakeLayout
 from pipelines.data.ingest.ledger import Ledger
 from pipelines.data.ingest.reconcile import IngestReport, SourceCounts, apply_counts
@@ -60,6 +60,18 @@ def run_ingestion(
     file is read and checked before anything is written, so a refused file
     (``IngestError``) leaves the lake untouched.
     """
+    with card_numbers_masked():  # no exception leaves ingestion with a card number in it
+        return _run(layout, paths, tokeniser, column_map or {}, fmt, progress)
+
+
+def _run(
+    layout: LakeLayout,
+    paths: Sequence[str],
+    tokeniser: Tokeniser,
+    column_map: Mapping[str, str],
+    fmt: str,
+    progress: Progress,
+) -> IngestReport:
     ledger = Ledger(layout.fs, layout.state)
     recovered = writer.recover(layout, ledger, lambda report: _write_log(layout, report))
     started = datetime.now(UTC)
@@ -69,7 +81,7 @@ def run_ingestion(
         shown = ", ".join(layout.display(p) for p in paths)
         raise IngestError(f"no landing files (.csv, .jsonl, .parquet) found under {shown}")
 
-    raw_files = _read_all(layout, sources, column_map or {}, progress)
+    raw_files = _read_all(layout, sources, column_map, progress)
 
     progress("validating", 0, 1)
     raw = _combine(raw_files)
@@ -82,12 +94,14 @@ def run_ingestion(
         seen_quarantine=ledger.seen_quarantine_keys(),
         ingestion_id=ingestion_id,
         ingestion_day=f"{started:%Y-%m-%d}",
+        file_keys=[raw_file.sha256 for raw_file in raw_files],
     )
     report = IngestReport(
         ingestion_id=ingestion_id,
         started_at=started.isoformat(),
         token_key_id=tokeniser.key_id,
-        sources=[SourceCounts(s.display, s.format) for s in sources],
+        sources=[SourceCounts(r.source.display, r.source.format, sha256=r.sha256, lines=r.lines,
+                              lines_accounted=r.lines_accounted) for r in raw_files],
         recovered=recovered,
     )
     apply_counts(report, classified.counts)

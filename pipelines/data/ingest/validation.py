@@ -1,8 +1,12 @@
 """Vectorised validation, typing and de-duplication of one batch.
 
-One DuckDB pass parses every field of every row (``try_cast`` for numbers and
-ISO/epoch timestamps) and gives each bad row exactly one reason: the first rule
-it breaks, in the order of ``REASONS``. De-duplication then runs on Arrow and
+One DuckDB pass parses every field of every row and gives each bad row exactly
+one reason: the first rule it breaks, in the order of ``REASONS``. Parsing is
+strict, exactly the documented formats (docs/CONTRACTS.md) and nothing a
+lenient parser would guess: timestamps are ISO-8601 (date, optional time,
+optional ``Z`` or numeric offset within +-14:00; none means UTC) or epoch
+seconds; numbers are plain decimals (``12``, ``-3.5``, ``.5``), never
+``1_000``, ``1e3``, ``0x10`` or ``inf``. De-duplication then runs on Arrow and
 numpy arrays: first valid occurrence of a ``transaction_id`` in the batch wins,
 and ids the ledger has seen before are skipped. Every row ends with one status
 and is counted; nothing is dropped silently.
@@ -19,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.core import schema
+from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, READ_REASON_COLUMN
 
 MAX_AMOUNT = 10_000_000
 EARLIEST_TIMESTAMP = "1990-01-01"
@@ -28,6 +33,7 @@ EPOCH_LIMIT = 4_102_444_800  # 2100-01-01 in epoch seconds; larger numbers are n
 # Every reason a row can be quarantined for, in the order rules are checked.
 REASONS: tuple[str, ...] = (
     "malformed_row",
+    "card_number_in_text",
     "missing_transaction_id",
     "missing_timestamp",
     "missing_customer_id",
@@ -54,27 +60,47 @@ _CODE = {name: np.int8(code) for code, name in enumerate(STATUSES)}
 _TRUE = "'true', 't', '1', 'yes', 'y'"
 _FALSE = "'false', 'f', '0', 'no', 'n'"
 
+# Plain decimal notation (RE2, whole value): what DuckDB's lenient cast must not go beyond.
+PLAIN_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+# ISO-8601: a date, optionally a time, optionally Z or an offset within +-14:00.
+_OFFSET = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3])(?::?[0-5][0-9])?|14(?::?00)?))"
+ISO_TIMESTAMP = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    rf"(?:[T ][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\.[0-9]{{1,9}})?)?{_OFFSET}?)?"
+)
+# The shape nearly every file uses, checked with a cheap LIKE before the regular expression.
+_COMMON_ISO = "____-__-__T__:__:__Z"
+
+
+def _plain(column: str) -> str:
+    return f"regexp_full_match({column}, '{PLAIN_NUMBER}')"
+
+
+def _iso(column: str) -> str:
+    return f"({column} LIKE '{_COMMON_ISO}' OR regexp_full_match({column}, '{ISO_TIMESTAMP}'))"
+
+
 # Text is trimmed (and upper/lower-cased) in Arrow, which is several times faster than
 # DuckDB's trim; DuckDB does what Arrow cannot do row by row: try_cast without failing.
 # Only typed columns and the reason leave DuckDB; text stays in Arrow (no extra copies).
 _PARSE = f"""
 WITH typed AS (
     SELECT
-        _row, _malformed, _card_bad,
+        _row, _read_reason, _card_bad,
         nullif(transaction_id, '') AS transaction_id,
         nullif(customer_id, '') AS customer_id,
         nullif(terminal_id, '') AS terminal_id,
         nullif(timestamp, '') AS timestamp_text,
         nullif(amount, '') AS amount_text,
-        try_cast(timestamp AS TIMESTAMPTZ) AS iso_ts,
-        try_cast(amount AS DOUBLE) AS amount,
+        CASE WHEN {_iso("timestamp")} THEN try_cast(timestamp AS TIMESTAMPTZ) END AS iso_ts,
+        CASE WHEN {_plain("amount")} THEN try_cast(amount AS DOUBLE) END AS amount,
         nullif(currency, '') AS currency,
         nullif(is_cash, '') AS is_cash_text,
         CASE WHEN is_cash IN ({_TRUE}) THEN true
              WHEN is_cash IN ({_FALSE}) THEN false END AS is_cash,
         nullif(is_fraud, '') AS is_fraud_text,
         CASE WHEN is_fraud = '0' THEN 0::TINYINT WHEN is_fraud = '1' THEN 1::TINYINT
-             WHEN try_cast(is_fraud AS DOUBLE) IN (0, 1)
+             WHEN {_plain("is_fraud")} AND try_cast(is_fraud AS DOUBLE) IN (0, 1)
              THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud
     FROM raw
 ),
@@ -82,7 +108,7 @@ timed AS (
     -- CASE evaluates the epoch branch only for rows that are not ISO-8601 text.
     SELECT *, CASE
         WHEN iso_ts IS NOT NULL THEN iso_ts
-        WHEN isfinite(try_cast(timestamp_text AS DOUBLE))
+        WHEN {_plain("timestamp_text")}
              AND try_cast(timestamp_text AS DOUBLE) BETWEEN 0 AND {EPOCH_LIMIT}
             THEN to_timestamp(try_cast(timestamp_text AS DOUBLE))
     END AS ts
@@ -90,7 +116,7 @@ timed AS (
 )
 SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
     CASE
-        WHEN _malformed IS NOT NULL THEN _malformed
+        WHEN _read_reason IS NOT NULL THEN _read_reason
         WHEN transaction_id IS NULL THEN 'missing_transaction_id'
         WHEN timestamp_text IS NULL THEN 'missing_timestamp'
         WHEN customer_id IS NULL THEN 'missing_customer_id'
@@ -112,7 +138,7 @@ FROM timed
 
 _PARSE_INPUTS = (
     "transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
-    "is_cash", "is_fraud", "_malformed", "_card_bad", "_row",
+    "is_cash", "is_fraud", "_read_reason", "_card_bad", "_row",
 )
 # Text columns stored in curated, with how each is normalised.
 _UPPER = ("currency", "country")
@@ -198,7 +224,7 @@ def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns) 
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        inputs = pa.table({**text, "_malformed": raw.column("_malformed"),
+        inputs = pa.table({**text, "_read_reason": raw.column(READ_REASON_COLUMN),
                            "_card_bad": cards.bad,
                            "_row": pa.array(np.arange(raw.num_rows), pa.int64())})
         con.register("raw", inputs.select(list(_PARSE_INPUTS)))
@@ -235,17 +261,19 @@ def _first_occurrences(ids: pa.ChunkedArray, candidates: np.ndarray) -> np.ndarr
 
 
 def _fingerprints(raw: pa.Table, cards: CardColumns, rows: np.ndarray,
-                  files: list[str]) -> list[str]:
-    """Identify rejected rows by file, line and values (card masked, never clear).
+                  file_keys: list[str]) -> list[str]:
+    """Identify rejected rows by file content, line and values (card masked, never clear).
 
-    Re-ingesting the same file then finds the row already quarantined instead
-    of quarantining it twice. Rejected rows are few, so plain Python is fine.
+    ``file_keys[i]`` identifies file ``i`` by what it holds (its SHA-256), not
+    where it was: re-ingesting the same file, from any path, finds the row
+    already quarantined instead of quarantining it twice. Rejected rows are
+    few, so plain Python is fine.
     """
-    subset = raw.select([*QUARANTINE_TEXT_COLUMNS, "_line", "_file"]).take(pa.array(rows))
+    subset = raw.select([*QUARANTINE_TEXT_COLUMNS, LINE_COLUMN, "_file"]).take(pa.array(rows))
     masked_rows = cards.masked_rows(pa.array(rows, pa.int64())).to_pylist()
     keys = []
     for record, mask in zip(subset.to_pylist(), masked_rows, strict=True):
-        values = [files[record["_file"]], str(record["_line"]), mask or ""]
+        values = [file_keys[record["_file"]], str(record[LINE_COLUMN]), mask or ""]
         values += [record[c] or "" for c in QUARANTINE_TEXT_COLUMNS]
         keys.append(hashlib.sha256("\x1f".join(values).encode()).hexdigest())
     return keys
@@ -259,11 +287,14 @@ def classify(
     seen_quarantine: pa.Table,
     ingestion_id: str,
     ingestion_day: str,
+    file_keys: list[str] | None = None,
 ) -> Classified:
     """Validate, type and de-duplicate ``raw`` (text columns plus ``_file``, ``_line``).
 
-    ``source_files[i]`` names file ``_file == i``; ``seen_ids`` and
-    ``seen_quarantine`` are the ledger's keys (column ``key``) from earlier runs.
+    ``source_files[i]`` names file ``_file == i`` and ``file_keys[i]`` identifies
+    its content (default: its name, for sources without a file such as a
+    stream); ``seen_ids`` and ``seen_quarantine`` are the ledger's keys (column
+    ``key``) from earlier runs.
     """
     text = normalise_text(raw)
     parsed = _parse(raw, text, cards)
@@ -273,7 +304,7 @@ def classify(
     seen = seen.to_numpy(zero_copy_only=False) & valid
     first = _first_occurrences(ids, valid & ~seen)
     rejected = np.flatnonzero(~valid)
-    keys = _fingerprints(raw, cards, rejected, source_files)
+    keys = _fingerprints(raw, cards, rejected, file_keys or source_files)
     already = pc.is_in(pa.array(keys, pa.string()), value_set=seen_quarantine.column("key"))
     already = already.to_numpy(zero_copy_only=False).astype(bool)
 
@@ -361,7 +392,8 @@ def _quarantine(raw, parsed, cards, rows, source_files, ingestion_id, day) -> pa
         card_masked=cards.masked_rows(take),
         reason=parsed.column("reason").take(take),
         source_file=_source_file_column(raw.column("_file").take(take), source_files),
-        source_line=raw.column("_line").take(take),
+        source_line=raw.column(LINE_COLUMN).take(take),
+        source_line_end=raw.column(LINE_END_COLUMN).take(take),
         ingestion_id=pa.repeat(pa.scalar(ingestion_id), n),
         dt=pa.repeat(pa.scalar(day), n),
     )

@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.data.ingest.columns import forbidden_columns
 from pipelines.data.ingest.run import card_text
-from pipelines.data.ingest.sources import LINE_COLUMN, canonical_table
+from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, canonical_table
 from pipelines.data.ingest.tokenise import Tokeniser
 from pipelines.data.ingest.validation import (
     QUARANTINE_TEXT_COLUMNS,
@@ -133,6 +134,7 @@ def _dead_rows(
         reason=pa.repeat(pa.scalar(reason), n),
         source_file=pa.repeat(pa.scalar(source), n),
         source_line=raw.column(LINE_COLUMN).take(take),
+        source_line_end=raw.column(LINE_END_COLUMN).take(take),
         ingestion_id=pa.repeat(pa.scalar(run_id), n),
         dt=pa.repeat(pa.scalar(day), n),
     )
@@ -143,7 +145,8 @@ def _refused_rows(refused: Sequence[RawRecord], source: str, run_id: str, day: s
     """Refused records keep only their id and line: nothing sensitive is stored."""
     rows = [
         {
-            "transaction_id": (r.values or {}).get("transaction_id"),
+            "transaction_id": mask_card_numbers((r.values or {}).get("transaction_id") or "")
+            or None,
             "reason": FORBIDDEN,
             "source_file": source,
             "source_line": r.line,
