@@ -120,8 +120,9 @@ class Recording:
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    """moto with the artifacts bucket (versioned), the failures topic read through SQS."""
+def aws(monkeypatch, sagemaker_decision):
+    """moto with the artifacts bucket (versioned), the failures topic read through SQS;
+    ``decide`` records decisions as made by a second person (four-eyes)."""
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=ARTIFACTS)
@@ -148,7 +149,8 @@ def aws(monkeypatch):
                 json.loads(json.loads(m["Body"])["Message"]) for m in received.get("Messages", [])
             ]
 
-        yield type("Aws", (), {"sm": sm, "s3": s3, "failures": staticmethod(failures)})
+        yield type("Aws", (), {"sm": sm, "s3": s3, "failures": staticmethod(failures),
+                               "decide": staticmethod(sagemaker_decision)})
 
 
 def stage(monkeypatch, environment: str) -> str:
@@ -172,7 +174,7 @@ def register(aws, status: str = "Approved", run: str = "run-1") -> str:
         evaluation_uri=f"s3://{ARTIFACTS}/{key}",
     )  # fmt: skip
     arn = aws.sm.create_model_package(**request)["ModelPackageArn"]
-    aws.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus=status)
+    aws.decide(aws.sm, arn, status)
     return arn
 
 
@@ -404,8 +406,7 @@ def test_the_stream_reads_the_run_parameters_of_the_package_the_deploy_handler_s
     arn = aws.sm.create_model_package(**create_request(GROUP, "s3://a/model.tar.gz"))[
         "ModelPackageArn"]
     # moto's UpdateModelPackage replaces the metadata (SageMaker merges it): send it again.
-    aws.sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved",
-                                CustomerMetadataProperties=SAMPLE_PARAMETERS.as_metadata())
+    aws.decide(aws.sm, arn, "Approved", CustomerMetadataProperties=SAMPLE_PARAMETERS.as_metadata())
     deploy_lambda(decision(arn, "Approved"), None)
     variables = resolve(ml_resource("StreamScoringFunction")["Environment"]["Variables"],
                         **stack_names("dev"))

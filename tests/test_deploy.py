@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import urllib.error
 
 import boto3
 import pytest
+from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
@@ -29,6 +31,12 @@ from pipelines.serving.deploy.local import (
     http_request,
     is_endpoint_process,
     read_endpoint_state,
+)
+from pipelines.serving.deploy.promotion import (
+    PromotionRequest,
+    StageConfig,
+    handle_aws_event,
+    handle_codepipeline_job,
 )
 from pipelines.serving.deploy.sample_model import (
     create_request,
@@ -275,32 +283,166 @@ def test_aws_later_deployment_is_a_blue_green_update_with_alarm_rollback():
     assert result.status == "Updating" and "blue/green" in result.message
 
 
-@mock_aws
-def test_aws_lambda_deploys_only_approved_packages(monkeypatch):
-    monkeypatch.setenv("FRAUDOPS_BACKEND", "aws")
-    monkeypatch.setenv("ENDPOINT_NAME", "fraudops-dev-fraud")
-    monkeypatch.setenv("EXECUTION_ROLE_ARN", ROLE)
-    client = boto3.client("sagemaker", region_name="us-east-1")
-    client.create_model_package_group(ModelPackageGroupName=GROUP)
+def state_change(arn: str, status: str) -> dict:
+    return {
+        "source": "aws.sagemaker",
+        "detail-type": MODEL_PACKAGE_STATE_CHANGE,
+        "resources": [arn],
+        "detail": {"ModelPackageArn": arn, "ModelApprovalStatus": status},
+    }
+
+
+@pytest.fixture
+def sagemaker(monkeypatch):
+    """moto SageMaker with the deploy function's environment; the failures topic read by SQS."""
+    with mock_aws():
+        sns = boto3.client("sns", region_name="us-east-1")
+        topic = sns.create_topic(Name="pipeline-failures")["TopicArn"]
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        queue = sqs.create_queue(QueueName="failures")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+        sns.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=queue_arn["Attributes"]["QueueArn"]
+        )
+        monkeypatch.setenv("FRAUDOPS_BACKEND", "aws")
+        monkeypatch.setenv("ENDPOINT_NAME", "fraudops-dev-fraud")
+        monkeypatch.setenv("EXECUTION_ROLE_ARN", ROLE)
+        monkeypatch.setenv("FAILURES_TOPIC_ARN", topic)
+        client = boto3.client("sagemaker", region_name="us-east-1")
+        client.create_model_package_group(ModelPackageGroupName=GROUP)
+
+        def notified() -> list[dict]:
+            received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+            return [json.loads(json.loads(m["Body"])["Message"]) for m in received["Messages"]]
+
+        client.notified = notified
+        yield client
+
+
+def test_aws_lambda_deploys_only_approved_packages(sagemaker, sagemaker_decision):
     request = create_request(GROUP, "s3://bucket/model.tar.gz")
-    arns = [client.create_model_package(**request)["ModelPackageArn"] for _ in range(2)]
-    client.update_model_package(ModelPackageArn=arns[0], ModelApprovalStatus="Rejected")
-    client.update_model_package(ModelPackageArn=arns[1], ModelApprovalStatus="Approved")
+    arns = [sagemaker.create_model_package(**request)["ModelPackageArn"] for _ in range(2)]
+    sagemaker_decision(sagemaker, arns[0], "Rejected")
+    sagemaker_decision(sagemaker, arns[1], "Approved")
 
-    def event(arn, status):
-        return {
-            "source": "aws.sagemaker",
-            "detail-type": MODEL_PACKAGE_STATE_CHANGE,
-            "resources": [arn],
-            "detail": {"ModelPackageArn": arn, "ModelApprovalStatus": status},
-        }
-
-    assert deploy_lambda(event(arns[0], "Rejected"), None)["status"] == "Skipped"
-    assert client.list_endpoints()["Endpoints"] == []
-    assert deploy_lambda(event(arns[1], "Approved"), None)["status"] == "Updating"
-    assert [e["EndpointName"] for e in client.list_endpoints()["Endpoints"]] == [
+    assert deploy_lambda(state_change(arns[0], "Rejected"), None)["status"] == "Skipped"
+    assert sagemaker.list_endpoints()["Endpoints"] == []
+    assert deploy_lambda(state_change(arns[1], "Approved"), None)["status"] == "Updating"
+    assert [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]] == [
         "fraudops-dev-fraud"
     ]
+
+
+def test_aws_approval_by_the_creator_deploys_nothing_resets_and_notifies(
+    sagemaker, sagemaker_decision
+):
+    arn = sagemaker.create_model_package(**create_request(GROUP, "s3://bucket/model.tar.gz"))[
+        "ModelPackageArn"
+    ]
+    # The creator approves (moto records the creator's profile as LastModifiedBy).
+    sagemaker.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    described = sagemaker.describe_model_package(ModelPackageName=arn)
+    assert described["LastModifiedBy"] == described["CreatedBy"]
+
+    result = deploy_lambda(state_change(arn, "Approved"), None)
+
+    assert result["status"] == "Refused"
+    assert "approved by the principal that created it" in result["message"]
+    assert sagemaker.list_endpoints()["Endpoints"] == []
+    assert sagemaker.list_models()["Models"] == []
+    after = sagemaker.describe_model_package(ModelPackageName=arn)
+    assert after["ModelApprovalStatus"] == "PendingManualApproval"
+    assert after["ApprovalDescription"].startswith("reset by deploy-on-approval")
+    (notice,) = sagemaker.notified()
+    assert notice["status"] == "Refused" and notice["execution"] == arn
+    assert "four-eyes" in notice["error"]
+
+    # A second person's approval then deploys it.
+    sagemaker_decision(sagemaker, arn, "Approved")
+    assert deploy_lambda(state_change(arn, "Approved"), None)["status"] == "Updating"
+    assert len(sagemaker.list_endpoints()["Endpoints"]) == 1
+
+
+CREATOR = {"IamIdentity": {"Arn": "arn:aws:sts::123456789012:assumed-role/ml/alice",
+                           "PrincipalId": "AROAEXAMPLE:alice"}}  # fmt: skip
+
+
+def described_package(approver: dict | None) -> dict:
+    package = {**PACKAGE, "ModelApprovalStatus": "Approved", "CreatedBy": CREATOR}
+    return {**package, "LastModifiedBy": approver} if approver else package
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict]] = []
+
+    def publish(self, topic: str, subject: str, message: dict) -> str:
+        self.messages.append((topic, subject, message))
+        return "m-1"
+
+
+@pytest.mark.parametrize(
+    "approver",
+    [
+        # the same role session, spelt with other case and a zero-width space
+        {"IamIdentity": {"Arn": "arn:aws:sts::123456789012:assumed-role/ML/Al\u200bice"}},
+        {"IamIdentity": {"PrincipalId": "aroaexample:ALICE"}},
+        None,  # nobody recorded as approver: never deploys either
+    ],
+)
+def test_aws_handler_refuses_the_same_principal_with_a_stubbed_registry(approver):
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    outbox = Outbox()
+    backend = SageMakerEndpointBackend(client, ROLE, endpoint_name="fraudops-dev-fraud",
+                                       notifier=outbox)  # fmt: skip
+    stubber = Stubber(client)
+    stubber.add_response(
+        "update_model_package",
+        {"ModelPackageArn": PACKAGE["ModelPackageArn"]},
+        {
+            "ModelPackageArn": PACKAGE["ModelPackageArn"],
+            "ModelApprovalStatus": "PendingManualApproval",
+            "ApprovalDescription": ANY,
+        },
+    )
+    event = state_change(PACKAGE["ModelPackageArn"], "Approved")
+    with stubber:  # no create_model / create_endpoint is stubbed: calling one would fail
+        result = handle_aws_event(event, backend, lambda arn: described_package(approver),
+                                  StageConfig("dev"), s3=object())  # fmt: skip
+    stubber.assert_no_pending_responses()
+    assert result["status"] == "Refused" and "reset to PendingManualApproval" in result["message"]
+    ((topic, subject, message),) = outbox.messages
+    assert topic == FAILURES_TOPIC and "four-eyes" in subject
+    assert message["status"] == "Refused" and message["execution"] == PACKAGE["ModelPackageArn"]
+
+
+def test_aws_production_job_fails_for_a_package_its_creator_approved():
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    backend = SageMakerEndpointBackend(client, ROLE, endpoint_name="fraudops-prod-fraud",
+                                       notifier=Outbox())  # fmt: skip
+    stubber = Stubber(client)
+    stubber.add_response("update_model_package", {"ModelPackageArn": PACKAGE["ModelPackageArn"]},
+                         {"ModelPackageArn": PACKAGE["ModelPackageArn"],
+                          "ModelApprovalStatus": "PendingManualApproval",
+                          "ApprovalDescription": ANY})  # fmt: skip
+    request = PromotionRequest(PACKAGE["ModelPackageArn"], 3, "staging", "config-3")
+    body = request.to_zip()
+    artifacts = Stubber(s3 := boto3.client("s3", region_name="us-east-1"))
+    artifacts.add_response("get_object", {"Body": StreamingBody(io.BytesIO(body), len(body))},
+                           {"Bucket": "artifacts", "Key": "request.zip"})  # fmt: skip
+    pipeline = Stubber(codepipeline := boto3.client("codepipeline", region_name="us-east-1"))
+    pipeline.add_response("put_job_failure_result", {},
+                          {"jobId": "job-1", "failureDetails": {"type": "JobFailed",
+                                                                "message": ANY}})  # fmt: skip
+    event = {"CodePipeline.job": {"id": "job-1", "data": {"inputArtifacts": [
+        {"location": {"s3Location": {"bucketName": "artifacts", "objectKey": "request.zip"}}}]}}}
+    approved_by_creator = described_package(CREATOR)
+    with stubber, artifacts, pipeline:
+        result = handle_codepipeline_job(event, backend, lambda arn: approved_by_creator,
+                                         codepipeline, s3)  # fmt: skip
+    assert result["status"] == "Failed" and "four-eyes" in result["message"]
+    stubber.assert_no_pending_responses()
+    pipeline.assert_no_pending_responses()
 
 
 # --- fraudops serve ---------------------------------------------------------------

@@ -411,7 +411,7 @@ def test_a_pipeline_delay_other_than_the_features_fails_preprocess_naming_both(
 
 
 def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
-    rendered, workspace, monkeypatch, capsys
+    rendered, workspace, monkeypatch, capsys, os_account
 ):
     import pipelines.fraud.local_run
     from pipelines.cli.run_pipeline import main
@@ -427,7 +427,8 @@ def test_run_pipeline_local_stages_code_in_the_workspace_and_calls_the_executor(
                                 "t0", "t1", [step_summary])  # fmt: skip
 
     monkeypatch.setattr(pipelines.fraud.local_run, "run_pipeline_definition", fake_executor)
-    monkeypatch.setenv("FRAUDOPS_USER", "analyst-1")
+    os_account("analyst-1")
+    monkeypatch.setenv("FRAUDOPS_USER", "nightly")  # a display name: never the starter
     code = main(["--workdir", str(workspace.root), "--kwargs", json.dumps(KWARGS),
                  "--pipeline-parameters", '{"QualityThresholdAP": 0.2}'])  # fmt: skip
 

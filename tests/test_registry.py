@@ -103,13 +103,6 @@ def test_registering_as_approved_is_refused_under_four_eyes(registry):
         registry.create_model_package(request, "alice")
 
 
-def test_four_eyes_can_be_turned_off_explicitly(tmp_path):
-    registry = LocalModelRegistry(tmp_path / "r.sqlite", four_eyes=False)
-    arn = register(registry, created_by="alice")
-    registry.update_model_package(arn, APPROVED, "alice", "solo sandbox")
-    assert registry.describe_model_package(arn)["ModelApprovalStatus"] == APPROVED
-
-
 def test_every_decision_is_kept_and_emits_a_state_change_event(registry, events):
     arn = register(registry, created_by="alice")
     registry.update_model_package(arn, APPROVED, "bob", "AP 0.81 >= 0.7")
@@ -146,7 +139,7 @@ def test_decisions_need_an_approver_and_a_reason(registry):
     arn = register(registry)
     with pytest.raises(RegistryError, match="reason is required"):
         registry.update_model_package(arn, APPROVED, "bob", "  ")
-    with pytest.raises(RegistryError, match="approver name is required"):
+    with pytest.raises(RegistryError, match="approver account is required"):
         registry.update_model_package(arn, APPROVED, "", "ok")
 
 
@@ -183,12 +176,12 @@ def test_event_patterns_match_like_eventbridge():
     assert not matches({"detail-type": ["x"]}, event)
 
 
-def test_cli_lists_shows_and_decides(workspace, capsys, monkeypatch):
+def test_cli_lists_shows_and_decides(workspace, capsys, monkeypatch, os_account):
     # No deploy in this test: the rejection path never starts an endpoint.
     registry = LocalModelRegistry(workspace.registry_db)
+    os_account("alice")
     arn = register(registry, created_by="alice")
     workdir = ["--workdir", str(workspace.root)]
-    monkeypatch.setenv("FRAUDOPS_USER", "alice")
     monkeypatch.setenv("COLUMNS", "250")
 
     assert main(["model", "list", *workdir]) == 0
@@ -197,7 +190,8 @@ def test_cli_lists_shows_and_decides(workspace, capsys, monkeypatch):
     assert main(["model", "reject", "1", "--reason", "mine", *workdir]) == 2
     assert "four-eyes" in capsys.readouterr().err
 
-    code = main(["model", "reject", "1", "--approver", "bob", "--reason", "bad recall", *workdir])
+    os_account("bob")  # the OS account decides; a typed name is only a display name
+    code = main(["model", "reject", "1", "--reason", "bad recall", *workdir])
     assert code == 0
     assert "never deployed" in capsys.readouterr().out
 

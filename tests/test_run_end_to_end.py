@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 from pipelines.cli.main import main
+from pipelines.core.identity import current_user
 from pipelines.core.params import DEFAULT_ALERT_THRESHOLD, DEFAULT_LABEL_DELAY_DAYS, ModelParameters
 from pipelines.data.features.definitions import FEATURE_SET_VERSION
 from pipelines.data.lake.query import run_query
@@ -37,9 +38,13 @@ def test_run_exits_zero_with_an_approved_deployed_model(finished_run):
     [package] = registry.list_model_packages("fraud-detection")["ModelPackageSummaryList"]
     assert package["ModelApprovalStatus"] == "Approved"
     decisions = registry.list_decisions(package["ModelPackageArn"])
-    assert decisions[-1]["Approver"] == "demo-approver"
+    # A demo approval by the trainer's own account, recorded and described as such.
+    last = decisions[-1]
+    assert (last["Kind"], last["ApproverDisplayName"]) == ("demo", "demo-approver")
+    assert last["Approver"] == current_user()
     # The package carries the run's parameters onward (copied from evaluation.json).
     described = registry.describe_model_package(package["ModelPackageArn"])
+    assert described["ApprovalKind"] == "demo"
     assert ModelParameters.from_metadata(described["CustomerMetadataProperties"], "v1") == (
         ModelParameters(DEFAULT_LABEL_DELAY_DAYS, FEATURE_SET_VERSION, DEFAULT_ALERT_THRESHOLD))
     state = read_endpoint_state(ws)

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.compliance import vault
+from pipelines.core.identity import current_actor
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
 from pipelines.data.features.build import FeatureBuildSummary, build_feature_table
@@ -34,7 +35,7 @@ from pipelines.fraud.local_run import (
     registered_model_package_arn,
     run_pipeline_locally,
 )
-from pipelines.model.registry import APPROVED, LocalModelRegistry
+from pipelines.model.registry import DEMO_NOTICE, LocalModelRegistry
 from pipelines.serving.deploy.local import read_endpoint_state
 from pipelines.serving.score_and_alert import ScoredAndAlerted, latest_feature_day, score_and_alert
 from pipelines.workflow.runner import RunContext, StepFunction
@@ -53,7 +54,7 @@ class RunOptions:
     malformed_rate: float
     engine: str
     label_delay_days: int
-    approver: str
+    approver: str  # display name recorded beside your account on the demo approval
     webhook_url: str | None
     # SageMaker pipeline parameters by their declared names; None keeps the default.
     pipeline_parameters: Mapping[str, Any]
@@ -148,16 +149,21 @@ def pipeline(ctx: FraudRunContext) -> PipelineResult:
 
 
 def approve(ctx: FraudRunContext) -> ApproveResult:
-    """The configured demo approver (never the trainer) approves; the event deploys."""
+    """A demo approval by your own account (recorded and shown as such); the event deploys.
+
+    One person runs the whole flow here, so this is not four-eyes: the registry
+    records the decision as kind ``demo`` with ``options.approver`` as its display name.
+    """
     trained = ctx.results.get(PipelineResult)
     registry = LocalModelRegistry.for_workspace(ctx.workspace)
-    decision = registry.update_model_package(
-        trained.model_package_arn, APPROVED, ctx.options.approver,
+    actor = current_actor(ctx.options.approver)
+    decision = registry.demo_approve(
+        trained.model_package_arn, actor.account,
         f"demo approval by fraudops run: AP {trained.evaluation.average_precision:.3f} "
-        f"passed the quality gate",
+        f"passed the quality gate", actor.display,
     )
     failed = [d for d in decision["Deliveries"] if not d.ok]
-    return ApproveResult(trained.model_package_arn, ctx.options.approver,
+    return ApproveResult(trained.model_package_arn, f"{actor.label}: {DEMO_NOTICE}",
                          len(decision["Deliveries"]), len(failed))
 
 

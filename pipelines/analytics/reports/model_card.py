@@ -26,6 +26,7 @@ from pipelines.analytics.reports.html import format_cell
 from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURES
 from pipelines.model.lineage import LineageError, resolve_lineage
+from pipelines.model.registry import APPROVED, DEMO, DEMO_NOTICE, FOUR_EYES
 
 SECTION_TITLES = (
     "Model summary", "Purpose and intended use", "Data windows", "Features",
@@ -193,12 +194,20 @@ def _limitations(lineage: dict[str, Any], drift: list[FeatureDrift]) -> Section:
 
 
 def _approvals_section(lineage: dict[str, Any]) -> Section:
-    return Section(SECTION_TITLES[8], [], [Table(
-        "approvals", "Decisions", ["decided_at", "approver", "from", "to", "reason"],
-        [[d["DecidedAt"], d["Approver"], d["FromStatus"], d["ToStatus"], d["Reason"]]
-         for d in lineage["approvals"]],
+    """Every decision with the deciding account; a demo self-approval is called out first."""
+    decisions = lineage["approvals"]
+    demo = [d for d in decisions if d.get("Kind") == DEMO and d["ToStatus"] == APPROVED]
+    notes = [f"{DEMO_NOTICE} ({d['Approver']}, {d['DecidedAt']}, inside `fraudops run`). "
+             "This version has not passed four-eyes review." for d in demo]
+    return Section(SECTION_TITLES[8], notes, [Table(
+        "approvals", "Decisions",
+        ["decided_at", "approver", "display_name", "kind", "from", "to", "reason"],
+        [[d["DecidedAt"], d["Approver"], d.get("ApproverDisplayName") or "",
+          d.get("Kind") or FOUR_EYES, d["FromStatus"], d["ToStatus"], d["Reason"]]
+         for d in decisions],
         note=f"Registered by {lineage['model_package']['created_by']}; the four-eyes rule "
-             "requires a different approver.")])
+             "requires a different account to decide (approver is the deciding operating-"
+             "system account; display_name is only a label typed beside it).")])
 
 
 def _lineage_section(lineage: dict[str, Any]) -> Section:

@@ -3,6 +3,9 @@
 Approving emits the model-package state-change event; the deploy handler
 subscribed to it starts the approved version behind the local endpoint (and
 rolls back if it is unhealthy). Rejecting never deploys.
+
+The decision is made by the operating-system account running the command
+(``pipelines.core.identity``); ``--approver`` only adds a display name beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
-from pipelines.core.identity import USER_ENV, current_user
+from pipelines.core.identity import USER_ENV, Actor, current_actor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         decide.add_argument(
             "--approver",
             default=None,
-            help=f"who decides (default ${USER_ENV} or the OS user); must not be the "
-            "identity that started the run",
+            metavar="DISPLAY_NAME",
+            help=f"a display name recorded beside your account (default ${USER_ENV}); "
+            "the decision is always your operating-system account's",
         )
         decide.add_argument("--reason", required=True, help="why (kept in the decision history)")
         decide.set_defaults(handler=run_decide, status=status)
@@ -114,6 +118,16 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approval(package: dict[str, Any]) -> str:
+    """The approval status, flagged when it is the demo self-approval of `fraudops run`."""
+    from pipelines.model.registry import APPROVED, DEMO, DEMO_NOTICE
+
+    status = package["ModelApprovalStatus"]
+    if status == APPROVED and package.get("ApprovalKind") == DEMO:
+        return f"{status} ({DEMO_NOTICE})"
+    return status
+
+
 def run_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     package = _describe(registry, args)
@@ -122,8 +136,9 @@ def run_show(args: argparse.Namespace) -> int:
     table = Table(title=package["ModelPackageArn"], show_header=False)
     for label, value in (
         ("version", str(package["ModelPackageVersion"])),
-        ("approval", package["ModelApprovalStatus"]),
+        ("approval", _approval(package)),
         ("created by", package["CreatedBy"]["UserProfileName"]),
+        ("registered by", package["RegisteredBy"]["UserProfileName"]),
         ("created", package["CreationTime"]),
         ("artifact", container["ModelDataUrl"]),
         ("image", container["Image"]),
@@ -134,16 +149,19 @@ def run_show(args: argparse.Namespace) -> int:
         table.add_row(label, value)
     console = Console()
     console.print(table)
+    from pipelines.model.registry import DEMO
+
     decisions = registry.list_decisions(package["ModelPackageArn"])
     history = Table(title="decisions")
-    for column in ("when", "from", "to", "approver", "reason"):
+    for column in ("when", "from", "to", "kind", "approver (account)", "reason"):
         history.add_column(column)
     for decision in decisions:
         history.add_row(
             decision["DecidedAt"][:19],
             decision["FromStatus"],
             decision["ToStatus"],
-            decision["Approver"],
+            decision["Kind"].upper() if decision["Kind"] == DEMO else decision["Kind"],
+            Actor(decision["Approver"], decision["ApproverDisplayName"]).label,
             decision["Reason"],
         )
     console.print(history if decisions else "no decisions yet")
@@ -170,14 +188,14 @@ def run_decide(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     package = _describe(registry, args)
-    approver = args.approver or current_user()
+    actor = current_actor(args.approver)
     try:
         result = registry.update_model_package(
-            package["ModelPackageArn"], args.status, approver, args.reason
+            package["ModelPackageArn"], args.status, actor.account, args.reason, actor.display
         )
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
-    print(f"{package['ModelPackageArn']}: {args.status} by {approver}")
+    print(f"{package['ModelPackageArn']}: {args.status} by {actor.label}")
     return _print_deliveries(result["Deliveries"])
 
 

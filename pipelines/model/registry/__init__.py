@@ -3,6 +3,9 @@
 from pipelines.model.registry.local import (
     APPROVAL_STATUSES,
     APPROVED,
+    DEMO,
+    DEMO_NOTICE,
+    FOUR_EYES,
     PENDING,
     REJECTED,
     FourEyesError,
@@ -16,6 +19,9 @@ from pipelines.model.registry.local import (
 __all__ = [
     "APPROVAL_STATUSES",
     "APPROVED",
+    "DEMO",
+    "DEMO_NOTICE",
+    "FOUR_EYES",
     "PENDING",
     "REJECTED",
     "FourEyesError",

@@ -3,11 +3,23 @@
 Model packages are versioned 1, 2, 3 ... inside a model package group, take
 the ``CreateModelPackage`` request the RegisterModel step carries, and answer
 with the shapes of ``DescribeModelPackage`` / ``ListModelPackages``. Approval
-is a separate, audited decision: every decision is kept with the approver,
-the time and the reason, and by default the approver must not be the identity
-that created the package (four-eyes principle). Each decision emits a
-``SageMaker Model Package State Change`` event on the bus, which is how the
-deploy handler learns that a model was approved.
+is a separate, audited decision: every decision is kept with the approver's
+account, the display name typed beside it, the time and the reason.
+
+Four-eyes: a decision is refused when the approver is the account that
+started the pipeline execution (``created_by``) or the account of the process
+that registered the package (``registered_by``), compared by
+:func:`pipelines.core.identity.identity_key`. Every refused attempt is
+audited (``model.approve.refused`` ...). The one exception is
+:meth:`LocalModelRegistry.demo_approve`, used by ``fraudops run`` to show the
+whole flow on one laptop: it is recorded as a demo approval (decision kind
+``demo``, ``ApprovalKind`` in the description, ``model.approve.demo`` in the
+audit trail) and shown as such wherever approvals are shown.
+
+Each decision emits a ``SageMaker Model Package State Change`` event on the
+bus, which is how the deploy handler learns that a model was approved.
+Local extensions of the DescribeModelPackage shape: ``RegisteredBy`` and
+``ApprovalKind``.
 """
 
 from __future__ import annotations
@@ -29,12 +41,18 @@ from pipelines.core.events import (
     EventBus,
     local_bus,
 )
+from pipelines.core.identity import clean_display_name, current_user, identity_key, same_identity
 from pipelines.core.workspace import Workspace
 
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
 REJECTED = "Rejected"
 APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)
+# Kinds of decision: reviewed by an account other than the trainer's, or the demo self-approval.
+FOUR_EYES = "four-eyes"
+DEMO = "demo"
+# How a demo approval is flagged wherever approvals are shown (model show, model card).
+DEMO_NOTICE = "DEMO approval by the trainer's own account: not reviewed by a second person"
 
 # Allowed decisions: approve or reject a pending package, retire an approved one.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -64,6 +82,8 @@ CREATE TABLE IF NOT EXISTS model_packages (
     last_modified_at TEXT,
     approval_description TEXT,
     request_json TEXT NOT NULL,
+    registered_by TEXT,
+    approval_kind TEXT,
     UNIQUE (group_name, version)
 );
 CREATE TABLE IF NOT EXISTS approval_decisions (
@@ -73,9 +93,18 @@ CREATE TABLE IF NOT EXISTS approval_decisions (
     to_status TEXT NOT NULL,
     approver TEXT NOT NULL,
     reason TEXT NOT NULL,
-    decided_at TEXT NOT NULL
+    decided_at TEXT NOT NULL,
+    approver_display TEXT,
+    kind TEXT NOT NULL DEFAULT 'four-eyes'
 );
 """
+# Columns added since the first schema: (table, column, declaration) for older registries.
+_ADDED_COLUMNS = (
+    ("model_packages", "registered_by", "TEXT"),
+    ("model_packages", "approval_kind", "TEXT"),
+    ("approval_decisions", "approver_display", "TEXT"),
+    ("approval_decisions", "kind", f"TEXT NOT NULL DEFAULT '{FOUR_EYES}'"),
+)
 
 
 # (action, actor, subject, details) -> None; the workspace audit trail in practice.
@@ -91,7 +120,7 @@ class NotFoundError(RegistryError):
 
 
 class FourEyesError(RegistryError):
-    """The approver is the identity that created the model package."""
+    """The approver is the account that created the model package or started its run."""
 
 
 def _now() -> str:
@@ -104,10 +133,6 @@ def group_arn(group_name: str) -> str:
 
 def package_arn(group_name: str, version: int) -> str:
     return f"{ARN_PREFIX}:model-package/{group_name}/{version}"
-
-
-def _same_identity(a: str, b: str) -> bool:
-    return a.strip().casefold() == b.strip().casefold()
 
 
 def _validate_request(request: Mapping[str, Any]) -> None:
@@ -139,35 +164,34 @@ class LocalModelRegistry:
 
     ``bus`` receives the state-change events; without one, events go to a bus
     with no rules (nothing is deployed). Use :meth:`for_workspace` to get the
-    workspace bus whose rules run the deploy handler.
+    workspace bus whose rules run the deploy handler and its audit trail.
+    Identities passed in (``created_by``, ``approver``) must be authenticated
+    accounts: the CLI and the executor pass :func:`pipelines.core.identity.current_user`.
     """
 
     def __init__(
         self,
         path: str | Path,
         bus: EventBus | None = None,
-        four_eyes: bool = True,
         audit: AuditHook | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bus = bus if bus is not None else EventBus()
-        self.four_eyes = four_eyes
         self._audit = audit
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            _add_missing_columns(conn)
 
     @classmethod
-    def for_workspace(cls, workspace: Workspace, four_eyes: bool = True) -> LocalModelRegistry:
+    def for_workspace(cls, workspace: Workspace) -> LocalModelRegistry:
         """The workspace registry: publishes to the workspace bus, records to its audit trail."""
         from pipelines.compliance.audit import record
 
         def audit(action: str, actor: str, subject: str, details: dict[str, Any]) -> None:
             record(workspace, action, actor=actor, subject=subject, details=details)
 
-        return cls(
-            workspace.registry_db, bus=local_bus(workspace), four_eyes=four_eyes, audit=audit
-        )
+        return cls(workspace.registry_db, bus=local_bus(workspace), audit=audit)
 
     # --- connection ------------------------------------------------------------
     @contextmanager
@@ -238,21 +262,26 @@ class LocalModelRegistry:
     def create_model_package(self, request: Mapping[str, Any], created_by: str) -> dict[str, str]:
         """CreateModelPackage: register the next version of the request's group.
 
-        ``created_by`` is the identity that started the pipeline execution; it
-        is the one identity that may not approve this package. The group is
-        created on first use, as the RegisterModel step does. Registering a
-        package directly as ``Approved`` would bypass the second person, so
-        four-eyes mode refuses it.
+        ``created_by`` is the account that started the pipeline execution; the
+        account of this process is recorded as ``registered_by`` (they differ
+        when someone else resumed the run). Neither may approve the package.
+        The group is created on first use, as the RegisterModel step does.
+        Registering a package directly as ``Approved`` would skip the second
+        person, so it is refused (and audited).
         """
         _validate_request(request)
-        if not created_by or not created_by.strip():
-            raise RegistryError("created_by is required: the identity that started the run")
+        if not created_by or not identity_key(created_by):
+            raise RegistryError("created_by is required: the account that started the run")
+        registered_by = current_user()
         status = request.get("ModelApprovalStatus", PENDING)
-        if self.four_eyes and status == APPROVED:
-            raise FourEyesError(
+        if status == APPROVED:
+            message = (
                 "a model package cannot be registered as Approved: register it as "
                 "PendingManualApproval and have a second person approve it"
             )
+            group = request["ModelPackageGroupName"]
+            self._record("model.register.refused", registered_by, group, {"refusal": message})
+            raise FourEyesError(message)
         group = request["ModelPackageGroupName"]
         stored = json.loads(json.dumps(dict(request), default=str))
         with self._write() as conn:
@@ -266,13 +295,21 @@ class LocalModelRegistry:
             arn = package_arn(group, version)
             conn.execute(
                 "INSERT INTO model_packages (arn, group_name, version, approval_status, "
-                "created_by, created_at, request_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (arn, group, version, status, created_by, _now(), json.dumps(stored)),
+                "created_by, created_at, request_json, registered_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (arn, group, version, status, created_by, _now(), json.dumps(stored),
+                 registered_by),
             )
-        if self._audit:
-            url = request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
-            self._audit("model.register", created_by, arn, {"status": status, "model_data": url})
+        url = request["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+        details = {"status": status, "model_data": url}
+        if not same_identity(registered_by, created_by):
+            details["registered_by"] = registered_by
+        self._record("model.register", created_by, arn, details)
         return {"ModelPackageArn": arn}
+
+    def _record(self, action: str, actor: str, subject: str, details: dict[str, Any]) -> None:
+        if self._audit:
+            self._audit(action, actor, subject, details)
 
     def resolve_arn(self, reference: str | int, group_name: str | None = None) -> str:
         """Turn ``"3"``, ``3`` or a full ARN into the package ARN.
@@ -342,45 +379,103 @@ class LocalModelRegistry:
 
     # --- approvals -------------------------------------------------------------
     def update_model_package(
-        self, arn: str, approval_status: str, approver: str, reason: str
+        self,
+        arn: str,
+        approval_status: str,
+        approver: str,
+        reason: str,
+        display_name: str | None = None,
     ) -> dict[str, Any]:
-        """Record an approval decision and emit the state-change event.
+        """Record an approval decision under four-eyes and emit the state-change event.
 
-        Returns ``{"ModelPackageArn", "Deliveries"}``; the deliveries say what
-        the subscribed handlers (the deployer) did. The decision is committed
-        before the event is published, so a failing deployment never undoes it.
+        ``approver`` is the authenticated account deciding (the CLI passes the
+        OS account); ``display_name`` is an optional label recorded beside it
+        and never compared. Returns ``{"ModelPackageArn", "Deliveries"}``; the
+        deliveries say what the subscribed handlers (the deployer) did. The
+        decision is committed before the event is published, so a failing
+        deployment never undoes it. A refused decision raises
+        :class:`RegistryError` (:class:`FourEyesError` for four-eyes) and is audited.
         """
+        return self._decide(arn, approval_status, approver, reason, display_name, FOUR_EYES)
+
+    def demo_approve(
+        self, arn: str, approver: str, reason: str, display_name: str | None = None
+    ) -> dict[str, Any]:
+        """Approve as a *demo*: no four-eyes check, and recorded as a demo everywhere.
+
+        For ``fraudops run``, which trains and approves on one laptop under one
+        account to show the whole flow. The decision's kind is ``demo``, the
+        package's ``ApprovalKind`` says so, the audit action is
+        ``model.approve.demo``, and ``model show`` and the model card print it.
+        """
+        return self._decide(arn, APPROVED, approver, reason, display_name, DEMO)
+
+    def _decide(
+        self,
+        arn: str,
+        approval_status: str,
+        approver: str,
+        reason: str,
+        display_name: str | None,
+        kind: str,
+    ) -> dict[str, Any]:
+        verb = "approve" if approval_status == APPROVED else "reject"
+        display = clean_display_name(display_name)
+        try:
+            row = self._commit_decision(arn, approval_status, approver, reason, display, kind)
+        except RegistryError as exc:
+            details = {"to": approval_status, "kind": kind, "refusal": str(exc)}
+            if display:
+                details["display_name"] = display
+            self._record(f"model.{verb}.refused", approver, arn, details)
+            raise
+        details = {"from": row["approval_status"], "to": approval_status, "reason": reason}
+        if display:
+            details["display_name"] = display
+        action = f"model.{verb}.demo" if kind == DEMO else f"model.{verb}"
+        self._record(action, approver, arn, details)
+        deliveries = self._emit_state_change(arn)
+        return {"ModelPackageArn": arn, "Deliveries": deliveries}
+
+    def _commit_decision(
+        self,
+        arn: str,
+        approval_status: str,
+        approver: str,
+        reason: str,
+        display: str | None,
+        kind: str,
+    ) -> sqlite3.Row:
+        """Check and store one decision; returns the package row as it was before."""
         if approval_status not in (APPROVED, REJECTED):
             raise RegistryError(
                 f"a decision sets ModelApprovalStatus to Approved or Rejected, "
                 f"not {approval_status!r}"
             )
-        if not approver or not approver.strip():
-            raise RegistryError("an approver name is required (--approver or $FRAUDOPS_USER)")
+        if not approver or not identity_key(approver):
+            raise RegistryError("an approver account is required for every decision")
         if not reason or not reason.strip():
             raise RegistryError("a reason is required for every approval decision (--reason)")
         with self._write() as conn:
             row = self._package_row(conn, arn)
-            self._check_decision(row, approval_status, approver)
+            self._check_decision(row, approval_status, approver, kind)
             now = _now()
             conn.execute(
                 "UPDATE model_packages SET approval_status = ?, last_modified_by = ?, "
-                "last_modified_at = ?, approval_description = ? WHERE arn = ?",
-                (approval_status, approver, now, reason, arn),
+                "last_modified_at = ?, approval_description = ?, approval_kind = ? "
+                "WHERE arn = ?",
+                (approval_status, approver, now, reason, kind, arn),
             )
             conn.execute(
                 "INSERT INTO approval_decisions (model_package_arn, from_status, to_status, "
-                "approver, reason, decided_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (arn, row["approval_status"], approval_status, approver, reason, now),
+                "approver, reason, decided_at, approver_display, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (arn, row["approval_status"], approval_status, approver, reason, now, display,
+                 kind),
             )
-        if self._audit:
-            action = "model.approve" if approval_status == APPROVED else "model.reject"
-            details = {"from": row["approval_status"], "to": approval_status, "reason": reason}
-            self._audit(action, approver, arn, details)
-        deliveries = self._emit_state_change(arn)
-        return {"ModelPackageArn": arn, "Deliveries": deliveries}
+        return row
 
-    def _check_decision(self, row: sqlite3.Row, to_status: str, approver: str) -> None:
+    def _check_decision(self, row: sqlite3.Row, to_status: str, approver: str, kind: str) -> None:
         current = row["approval_status"]
         if to_status not in TRANSITIONS[current]:
             allowed = ", ".join(TRANSITIONS[current]) or "none (final)"
@@ -388,11 +483,14 @@ class LocalModelRegistry:
                 f"model package {row['arn']} is {current}; it cannot become {to_status} "
                 f"(allowed: {allowed})"
             )
-        if self.four_eyes and _same_identity(approver, row["created_by"]):
+        if kind == DEMO:
+            return
+        creators = (row["created_by"], row["registered_by"] or row["created_by"])
+        if any(same_identity(approver, creator) for creator in creators):
+            # Deliberately no hint at what would pass: the rule is a different person.
             raise FourEyesError(
-                f"four-eyes rule: {approver!r} started the run that created "
-                f"{row['arn']}, so a different person must decide on it "
-                "(pass --approver NAME or set $FRAUDOPS_USER)"
+                f"four-eyes rule: the account {approver!r} registered {row['arn']} or "
+                "started the run that did; the decision must come from a different person"
             )
 
     def _emit_state_change(self, arn: str) -> list[Delivery]:
@@ -419,6 +517,8 @@ class LocalModelRegistry:
                 "FromStatus": row["from_status"],
                 "ToStatus": row["to_status"],
                 "Approver": row["approver"],
+                "ApproverDisplayName": row["approver_display"],
+                "Kind": row["kind"],
                 "Reason": row["reason"],
                 "DecidedAt": row["decided_at"],
             }
@@ -452,8 +552,23 @@ def _describe(row: sqlite3.Row) -> dict[str, Any]:
         "ImageScanStatuses": [],
     }
     described["CreatedBy"] = {"UserProfileName": row["created_by"]}
+    described["RegisteredBy"] = {"UserProfileName": row["registered_by"] or row["created_by"]}
     if row["last_modified_by"]:
         described["LastModifiedBy"] = {"UserProfileName": row["last_modified_by"]}
         described["LastModifiedTime"] = row["last_modified_at"]
         described["ApprovalDescription"] = row["approval_description"]
+        described["ApprovalKind"] = row["approval_kind"] or FOUR_EYES
     return described
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a registry written by an older version up to the current schema."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {info[1] for info in conn.execute(f"PRAGMA table_info({table})")}
+        if column in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise

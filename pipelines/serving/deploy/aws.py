@@ -5,6 +5,11 @@ create_model (from the model package, so exactly the approved containers run)
 afterwards with a blue/green deployment: SageMaker starts the new fleet,
 shifts traffic, watches the CloudWatch alarms for a baking period and rolls
 back automatically if one fires; the old fleet serves until then.
+
+Before any of that, four-eyes: an approval by the principal that created the
+package (``CreatedBy`` against ``LastModifiedBy``, see
+``pipelines.model.registry.principals``) is refused, the package is reset to
+``PendingManualApproval`` and the failures topic is notified.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.core.notifications import FAILURES_TOPIC, Notifier, SnsNotifier
+from pipelines.model.registry import PENDING
+from pipelines.model.registry.principals import self_approval
 from pipelines.serving.deploy.backend import (
     FAILED,
     IN_SERVICE,
+    REFUSED,
     ROLLED_BACK,
     SKIPPED,
     UPDATING,
@@ -29,6 +37,7 @@ DEFAULT_ENDPOINT_NAME = "fraud-detection"
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 VARIANT_NAME = "AllTraffic"
 PACKAGE_TAG = "fraudops:model-package-arn"
+MAX_APPROVAL_DESCRIPTION = 1024  # SageMaker's limit on ApprovalDescription
 # Endpoint tags recording the deployment in flight, so that whoever looks at the
 # endpoint later (an endpoint state-change event, a CodePipeline re-invocation)
 # knows which config was meant to win and whether its outcome was already acted on.
@@ -147,6 +156,49 @@ class SageMakerEndpointBackend:
             version=package.get("ModelPackageVersion"),
             endpoint_name=self.endpoint_name,
             message=reason,
+        )
+
+    def refuse_self_approval(
+        self, package: dict[str, Any], event: dict[str, Any] | None = None
+    ) -> DeploymentResult | None:
+        """Refuse an approval that broke four-eyes: reset the package to pending and notify.
+
+        Returns None when a different principal approved (deploy may go on),
+        else the Refused result. The reset and the notification are best
+        effort in the sense that a failure of either is reported in the
+        result and the notification; the deployment never happens either way.
+        """
+        why = self_approval(package, event)
+        if why is None:
+            return None
+        arn = package["ModelPackageArn"]
+        message = f"not deployed: {why}"
+        try:
+            self.client.update_model_package(
+                ModelPackageArn=arn,
+                ModelApprovalStatus=PENDING,
+                ApprovalDescription=f"reset by deploy-on-approval: {why}"[
+                    :MAX_APPROVAL_DESCRIPTION
+                ],
+            )
+            message += f"; reset to {PENDING}"
+        except Exception as exc:
+            if not _is_client_error(exc):
+                raise
+            message += f"; could NOT reset it to {PENDING}: {exc}"
+        version = package.get("ModelPackageVersion")
+        self._notify(
+            package,
+            f"Model version {version} approval refused (four-eyes): not deployed",
+            REFUSED,
+            message,
+        )
+        return DeploymentResult(
+            status=REFUSED,
+            model_package_arn=arn,
+            version=version,
+            endpoint_name=self.endpoint_name,
+            message=message,
         )
 
     def deploy(self, package: dict[str, Any]) -> DeploymentResult:
@@ -273,25 +325,35 @@ class SageMakerEndpointBackend:
         else:
             status = FAILED
             message = f"version {version} ({config_name}) failed: {reason}; nothing serves"
-        if self.notifier is not None:
-            self.notifier.publish(
-                FAILURES_TOPIC,
-                f"Deployment of model version {version} to {self.endpoint_name} failed",
-                {
-                    "stage": "deploy",
-                    "execution": package["ModelPackageArn"],
-                    "step": self.endpoint_name,
-                    "status": status,
-                    "error": message,
-                    "log": f"CloudWatch /aws/sagemaker/Endpoints/{self.endpoint_name}",
-                },
-            )
+        self._notify(
+            package,
+            f"Deployment of model version {version} to {self.endpoint_name} failed",
+            status,
+            message,
+        )
         return DeploymentResult(
             status=status,
             model_package_arn=package["ModelPackageArn"],
             version=version,
             endpoint_name=self.endpoint_name,
             message=message,
+        )
+
+    def _notify(self, package: dict[str, Any], subject: str, status: str, message: str) -> None:
+        """Tell the failures topic (the pipeline-failure message shape) if one is configured."""
+        if self.notifier is None:
+            return
+        self.notifier.publish(
+            FAILURES_TOPIC,
+            subject,
+            {
+                "stage": "deploy",
+                "execution": package["ModelPackageArn"],
+                "step": self.endpoint_name,
+                "status": status,
+                "error": message,
+                "log": f"CloudWatch /aws/sagemaker/Endpoints/{self.endpoint_name}",
+            },
         )
 
     def record_target(self, package: dict[str, Any], config_name: str) -> None:

@@ -11,6 +11,7 @@ UPDATING = "Updating"  # AWS: accepted, SageMaker is shifting traffic blue/green
 ROLLED_BACK = "RolledBack"  # the new version failed; the previous one keeps serving
 FAILED = "Failed"  # the new version failed and nothing serves
 SKIPPED = "Skipped"  # not deployed (e.g. the decision was a rejection)
+REFUSED = "Refused"  # not deployed: the approval broke four-eyes; the package is pending again
 
 
 @dataclass(frozen=True)

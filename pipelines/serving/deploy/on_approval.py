@@ -4,6 +4,10 @@ The handler reacts to ``SageMaker Model Package State Change`` events. It
 re-reads the package from the registry rather than trusting the event, so a
 stale or replayed "Approved" event for a package that has since been
 rejected never deploys it.
+
+On AWS an approval guard runs before deploying (four-eyes on the SageMaker
+identities, ``SageMakerEndpointBackend.refuse_self_approval``). Locally the
+registry itself refuses such approvals before any event is published.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pipelines.model.registry import APPROVED
 from pipelines.serving.deploy.backend import DeploymentResult, EndpointBackend
 
 Describe = Callable[[str], dict[str, Any]]
+# (package, event) -> a refusal result, or None if the approval may deploy.
+ApprovalGuard = Callable[[dict[str, Any], dict[str, Any]], DeploymentResult | None]
 
 
 class EventError(ValueError):
@@ -38,15 +44,19 @@ def package_arn_of(event: dict[str, Any]) -> str:
 
 
 def handle_state_change(
-    event: dict[str, Any], backend: EndpointBackend, describe: Describe
+    event: dict[str, Any],
+    backend: EndpointBackend,
+    describe: Describe,
+    guard: ApprovalGuard | None = None,
 ) -> DeploymentResult:
-    """Deploy the package if it is Approved now; record a skip otherwise."""
+    """Deploy the package if it is Approved now and ``guard`` lets it; record a skip otherwise."""
     package = describe(package_arn_of(event))
     status = package.get("ModelApprovalStatus")
     if status != APPROVED:
         reason = f"model package is {status}: never deployed"
         return backend.skip(package, reason)
-    return backend.deploy(package)
+    refusal = guard(package, event) if guard is not None else None
+    return refusal if refusal is not None else backend.deploy(package)
 
 
 def local_backend_and_registry(workspace: Workspace) -> tuple[EndpointBackend, Describe]:

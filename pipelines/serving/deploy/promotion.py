@@ -17,6 +17,11 @@ One deploy Lambda per environment, told apart by ``DEPLOY_STAGE``:
   exact package with the same blue/green logic, and reports back: a continuation
   token while SageMaker is still shifting traffic (CodePipeline invokes it again),
   success once the new config serves, failure on a rollback.
+
+Every stage refuses a package approved by the principal that created it
+(four-eyes, ``SageMakerEndpointBackend.refuse_self_approval``): nothing
+deploys, the package goes back to ``PendingManualApproval`` and the failures
+topic is told; in ``prod`` the pipeline job fails with the reason.
 """
 
 from __future__ import annotations
@@ -272,6 +277,9 @@ def _advance_job(
             f"model package {request.model_package_arn} is {status} now; "
             "production deploys approved packages only"
         )
+    refusal = backend.refuse_self_approval(package)
+    if refusal is not None:
+        raise PromotionError(refusal.message)
     result, config_name = backend.start_deployment(package)
     token = json.dumps(
         {"model_package_arn": request.model_package_arn, "endpoint_config_name": config_name}
@@ -340,5 +348,7 @@ def handle_aws_event(
             message="production deploys only through the promote-to-production pipeline",
         )
     else:
-        result = handle_state_change(event, _RecordingBackend(backend), describe)
+        result = handle_state_change(
+            event, _RecordingBackend(backend), describe, guard=backend.refuse_self_approval
+        )
     return result.as_dict()
