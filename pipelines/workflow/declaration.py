@@ -140,8 +140,8 @@ FRAUD_WORKFLOW = Workflow(
         ),
         Step(
             "approve",
-            "Demo approver (a second person) approves the registered model "
-            "(on AWS a model-risk officer approves in the registry).",
+            "Demo approval of the registered model by your own account, recorded as a demo "
+            "(on AWS a model-risk officer, not the model's creator, approves in the registry).",
             depends_on=("pipeline",),
         ),
         Step(

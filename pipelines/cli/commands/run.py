@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--k", type=int, default=None, help="card precision@k (default 100)")
     parser.add_argument("--approver", default=os.environ.get("FRAUDOPS_DEMO_APPROVER",
                                                              DEMO_APPROVER),
-                        help="the demo approver: must differ from you, the trainer")
+                        help="display name of the demo approval (recorded beside your own "
+                        "account, as a demo approval, never as a second person's review)")
     parser.add_argument("--webhook-url", default=None, help="also POST alerts here")
     parser.set_defaults(handler=_run)
 
