@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,9 +12,18 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from fixtures.landing import (
+    ALL_CARDS,
+    BAD_LUHN,
+    MASTERCARD,
+    VISA,
+    curated,
+    quarantined,
+    row,
+    write_csv,
+)
 from fixtures.pan_scan import clear_card_numbers
 
 from pipelines.cli.main import main as cli_main
@@ -27,53 +35,6 @@ from pipelines.data.ingest.tokenise import KEY_ENV, KEY_FILENAME
 from pipelines.data.lake import run_query
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-VISA = "4111111111111111"
-MASTERCARD = "5555555555554444"
-VISA_2 = "4012888888881881"
-BAD_LUHN = "4111111111111112"
-ALL_CARDS = (VISA, MASTERCARD, VISA_2, BAD_LUHN)
-
-
-def row(tx: str, **overrides: str) -> dict[str, str]:
-    """A valid landing row; override any field."""
-    base = {
-        "transaction_id": tx,
-        "timestamp": "2024-03-01T10:00:00Z",
-        "customer_id": "C1",
-        "terminal_id": "T1",
-        "amount": "25.50",
-        "card_number": VISA,
-        "currency": "usd",
-        "merchant_category": "5411",
-        "channel": "ecommerce",
-        "country": "us",
-        "is_cash": "false",
-        "is_fraud": "0",
-        "fraud_scenario": "",
-    }
-    base.update(overrides)
-    return base
-
-
-def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = columns or list(rows[0])
-    with path.open("w", newline="") as handle:
-        out = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(rows)
-    return path
-
-
-def curated(ws: Workspace) -> pa.Table:
-    if not ws.curated.exists():
-        return schema.CURATED_SCHEMA.empty_table()
-    return ds.dataset(ws.curated, format="parquet", partitioning="hive").to_table()
-
-
-def quarantined(ws: Workspace) -> pa.Table:
-    return ds.dataset(ws.quarantine, format="parquet", partitioning="hive").to_table()
 
 
 def lake_snapshot(ws: Workspace) -> dict[str, bytes]:

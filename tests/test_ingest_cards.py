@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
+from fixtures.landing import curated, quarantined, row
 from fixtures.pan_scan import clear_card_numbers
 
 from pipelines.compliance.carddata import (
@@ -61,11 +61,8 @@ def grouped(card: str, separator: str) -> str:
 
 
 def base_row(tx: str) -> dict[str, str]:
-    return {"transaction_id": tx, "timestamp": "2024-03-01T10:00:00Z", "customer_id": "C1",
-            "terminal_id": "T1", "amount": "10.00", "card_number": CARD_COLUMN,
-            "currency": "USD", "merchant_category": "5411", "channel": "ecommerce",
-            "country": "US", "is_cash": "false", "is_fraud": "0", "fraud_scenario": "",
-            "note": ""}
+    return row(tx, amount="10.00", card_number=CARD_COLUMN, currency="USD", country="US",
+               note="")
 
 
 def csv_text(rows: list[dict[str, str]]) -> str:
@@ -116,10 +113,9 @@ def test_no_clear_card_number_anywhere_after_ingesting_one_in_every_field(tmp_pa
     assert clear_card_numbers(ws, ALL, output) == []
     # The rule itself: free text kept masked, anything else quarantined with the reason.
     workspace = Workspace.open(ws)
-    quarantine = ds.dataset(workspace.quarantine, partitioning="hive").to_table().to_pylist()
-    reasons = {r["transaction_id"]: r["reason"] for r in quarantine}
-    curated = ds.dataset(workspace.curated, partitioning="hive").to_table().to_pylist()
-    kept = {r["transaction_id"]: r for r in curated}
+    reasons = {r["transaction_id"]: r["reason"] for r in quarantined(workspace).to_pylist()}
+    stored = curated(workspace).to_pylist()
+    kept = {r["transaction_id"]: r for r in stored}
     for field, card in CARDS.items():
         if field in KEPT_FIELDS:
             assert kept[f"tx-{field}"][field] == f"paid with {mask(card)} at the till"
@@ -128,7 +124,7 @@ def test_no_clear_card_number_anywhere_after_ingesting_one_in_every_field(tmp_pa
         else:
             assert reasons[f"tx-{field}"] == "card_number_in_text", field
     assert set(kept) == {"clean", "tx-note", *(f"tx-{f}" for f in KEPT_FIELDS)}
-    assert {r["source_file"] for r in curated} == {str(drop).replace(IN_FILE_NAME,
+    assert {r["source_file"] for r in stored} == {str(drop).replace(IN_FILE_NAME,
                                                                      mask(IN_FILE_NAME))}
     refusals = [json.loads(line) for line in ran[6].stdout.splitlines()
                 if '"ingest.refused"' in line]
