@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from pipelines.analytics.exports import export_queue
 from pipelines.analytics.runner import run_named_query
+from pipelines.core.fileio import write_text_atomically
 from pipelines.core.workspace import Workspace
 from pipelines.data.lake.named_queries import NamedQueryError
 from pipelines.data.lake.query import QueryError
@@ -507,13 +507,7 @@ def render_dashboard(
     data = collect(ws, evaluation_path, options)
     panels = build_panels(data, options)
     page = render_html(data, panels, ws, datetime.now(UTC))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomically(out, page)
     return RenderSummary(
         path=out,
         charts=sum(p.figure is not None for p in panels),

@@ -1,9 +1,12 @@
-"""Write a small file so readers see the old content or the new, never half of it; hash a file.
+"""Write a file so readers see the old content or the new, never half of it; hash a file.
 
-``write_bytes_atomically`` is the one temp-file-then-rename writer; ``durable=True``
-also fsyncs the file and its directory, for records that must survive a power
-cut once the call returns (backup manifests). ``sha256_file`` is the one
-streaming file hash.
+``atomic_path`` is the one temp-file-then-rename writer: it hands out a temp
+path beside the target for any library to write (Parquet, zip, tar, a copy)
+and renames it over the target only if the block succeeds.
+``write_bytes_atomically`` and friends are its small-file shorthands.
+``durable=True`` also fsyncs the file and its directory, for records that must
+survive a power cut once the call returns (backup manifests). ``sha256_file``
+is the one streaming file hash.
 """
 
 from __future__ import annotations
@@ -12,36 +15,53 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
 
 
-def write_bytes_atomically(path: Path, body: bytes, durable: bool = False) -> None:
-    """Write through a unique temp file in the same directory, then rename over ``path``.
+@contextmanager
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """A unique temp file beside ``path`` to write; renamed over ``path`` when the block ends.
 
-    ``durable`` fsyncs the bytes before the rename and the directory after it.
+    If the block raises, the temp file is removed and ``path`` is untouched. The
+    temp name starts with a dot and ends in ``.tmp``, so listings and backups
+    skip it. Like every ``mkstemp`` file, the result is readable by its owner only.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+        yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def write_bytes_atomically(path: Path, body: bytes, durable: bool = False) -> None:
+    """``body`` written to ``path`` through ``atomic_path``."""
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(body)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` survive a power cut."""
+    _fsync(directory)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path``'s data (a file's bytes, a directory's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

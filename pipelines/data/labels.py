@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.fileio import atomic_path
 from pipelines.core.workspace import Workspace
 
 LABEL_SCHEMA = pa.schema(
@@ -46,10 +47,8 @@ def write_labels(ws: Workspace, labels: Sequence[dict[str, Any]]) -> list[Path]:
         ).hexdigest()[:16]
         path = ws.labels / f"dt={day}" / f"labels-{digest}.parquet"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(table, tmp)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
         written.append(path)
     return written
 

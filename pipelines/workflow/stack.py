@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.code import import_root, unit_dir
+from pipelines.core.fileio import atomic_path
 from pipelines.workflow.declaration import FRAUD_WORKFLOW
 from pipelines.workflow.render import to_state_machine
 
@@ -42,15 +43,12 @@ class Environment:
 
 def build_lambda_bundle(out_dir: Path) -> Path:
     """Zip the handlers and the ``pipelines`` package (sources only, no caches)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     bundle = out_dir / "lambda.zip"
-    tmp = bundle.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(bundle) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
         for package in LAMBDA_PACKAGES:
             for path in sorted((import_root() / package).rglob("*.py")):
                 if "__pycache__" not in path.parts:
                     archive.write(path, path.relative_to(import_root()).as_posix())
-    tmp.replace(bundle)
     return bundle
 
 

@@ -6,7 +6,6 @@ name only once complete, and a failure leaves no temp file behind.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipelines.core.fileio import atomic_path
 from pipelines.data.datagen.malformed import MALFORMED_CLASSES, inject_malformed, landing_text
 from pipelines.data.datagen.timefmt import utc_day
 
@@ -120,18 +120,13 @@ class _DropWriter:
             self._con.close()
 
     def write(self, table: pa.Table, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             if self.fmt == "csv":
                 pacsv.write_csv(table, tmp)
             elif self.fmt == "jsonl":
                 self._write_jsonl(table, tmp)
             else:
                 pq.write_table(table, tmp, compression="snappy")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _write_jsonl(self, table: pa.Table, path: Path) -> None:
         """One JSON object per line, in row order (DuckDB: ~3x faster than pandas)."""

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipelines.core.code import import_root
+from pipelines.core.fileio import atomic_path
 from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS, label_delay_micros
 
 # What the job imports, relative to the repository root; nothing else is shipped.
@@ -55,15 +56,12 @@ def _require_s3(uri: str, what: str) -> tuple[str, str]:
 def build_job_archive(destination: Path, root: Path | None = None) -> Path:
     """Write the ``--py-files`` zip of :data:`PACKAGE_MODULES` into ``destination``."""
     root = root or import_root()
-    destination.mkdir(parents=True, exist_ok=True)
     archive = destination / ARCHIVE_NAME
-    tmp = archive.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for relative in PACKAGE_MODULES:
             info = zipfile.ZipInfo(relative, date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, (root / relative).read_bytes())
-    tmp.replace(archive)
     return archive
 
 

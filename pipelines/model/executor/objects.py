@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.fileio import CHUNK, sha256_file
+from pipelines.core.fileio import CHUNK, atomic_path, sha256_file
 from pipelines.core.workspace import Workspace
 
 
@@ -78,37 +76,22 @@ def upload_directory(workspace: Workspace, local_dir: Path, uri: str) -> dict[st
 
 def copy_atomic(source: Path, target: Path) -> str:
     """Copy ``source`` to ``target`` via a temp file + rename; returns the sha256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, source.open("rb") as src, tmp.open("wb") as dst:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
     return digest.hexdigest()
 
 
 def write_tarball_atomic(source_dir: Path, target: Path) -> str:
     """``tar -czf target -C source_dir .`` written through a temp file; returns its sha256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target) as tmp:
         # compresslevel 6 is gzip's default: model files compress well and level 9 is slow.
-        with tarfile.open(tmp_name, "w:gz", compresslevel=6) as tar:
+        with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
             for path in iter_files(source_dir):
                 tar.add(path, arcname=path.relative_to(source_dir).as_posix())
-        digest = sha256_file(Path(tmp_name))
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return digest
+        return sha256_file(tmp)
 
 
 def extract_tarball(archive: Path, destination: Path) -> None:

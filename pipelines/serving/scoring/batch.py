@@ -13,7 +13,6 @@ all, and a rerun replaces rather than duplicates.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.core.fileio import atomic_path
 from pipelines.core.params import ParameterError, check_alert_threshold
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
@@ -275,12 +275,8 @@ def write_partition(workspace: Workspace, day: str, table: pa.Table, merge: bool
             keep = pc.invert(pc.is_in(old.column("transaction_id"), table.column("transaction_id")))
             table = pa.concat_tables([old.filter(keep), table])
         target = target_dir / PART_FILE
-        tmp = target_dir / f".{PART_FILE}.tmp-{os.getpid()}"
-        try:
+        with atomic_path(target) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         for stale in existing:
             if stale != target:
                 stale.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ without committing, so nothing half-done is ever recorded as done.
 from __future__ import annotations
 
 import gc
-import os
 import re
 import threading
 import time
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipelines.compliance.locks import workspace_lock
 from pipelines.core.failures import notify_failure
+from pipelines.core.fileio import atomic_path
 from pipelines.core.notifications import Notifier
 from pipelines.core.params import check_label_delay_days
 from pipelines.core.schema import PARTITION_COLUMN
@@ -97,13 +97,8 @@ class StreamSummary:
 
 
 def _write_atomic(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _transaction_ids(batch: list[RawRecord]) -> list[str]:
