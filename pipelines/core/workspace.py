@@ -3,6 +3,12 @@
 A user can see, back up or delete it, and two workspaces never interfere.
 The object store is a directory tree: ``s3://bucket/key`` lives at
 ``<root>/s3/bucket/key``, so the same URIs work locally and on AWS.
+
+The workspace holds card data, keys, the audit trail and backups, so it is the
+owner's alone: opening one tightens the process umask to ``077`` (directories
+0700, files 0600 whatever library writes them: DuckDB, SQLite, Arrow, the stdlib)
+and the root directory to 0700, which also closes a workspace created before
+this rule to other users without walking its tree.
 """
 
 from __future__ import annotations
@@ -14,12 +20,25 @@ from urllib.parse import urlparse
 
 DEFAULT_DIRNAME = ".fraudops"
 HOME_ENV = "FRAUDOPS_HOME"
+OWNER_ONLY_UMASK = 0o077
+OWNER_ONLY_DIR_MODE = 0o700
 
 # Local bucket names; on AWS these are stack outputs.
 LANDING_BUCKET = "landing"
 LAKE_BUCKET = "lake"
 ARTIFACTS_BUCKET = "artifacts"
 RECORDS_BUCKET = "records"
+
+
+def restrict_to_owner() -> None:
+    """Make everything this process creates from now on owner-only (umask 077).
+
+    Only adds bits to the umask: a stricter one the user set is kept. The umask
+    is process-wide and inherited by child processes (the endpoint server, the
+    pipeline's step processes), which write into the workspace too.
+    """
+    current = os.umask(OWNER_ONLY_UMASK)
+    os.umask(current | OWNER_ONLY_UMASK)
 
 
 def default_root() -> Path:
@@ -36,9 +55,12 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> Workspace:
-        """Resolve ``root`` (or the default) and create the directory."""
+        """Resolve ``root`` (or the default), create it owner-only, and tighten the umask."""
+        restrict_to_owner()
         path = Path(root).expanduser().resolve() if root else default_root().resolve()
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=OWNER_ONLY_DIR_MODE)
+        if path.stat().st_uid == os.getuid():
+            os.chmod(path, OWNER_ONLY_DIR_MODE)
         return cls(path)
 
     # --- object store -------------------------------------------------------

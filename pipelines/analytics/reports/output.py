@@ -2,7 +2,8 @@
 
 Layout: ``records/reports/<name>/<run id>/`` holding ``report.json`` (the
 payload), one CSV per table, ``report.html``, ``report.pdf`` and
-``manifest.json`` (SHA-256 of every file). Files are rendered into a dot-named
+``manifest.json`` (SHA-256 of every file). CSV cells a spreadsheet would run as
+formulas are neutralised (``pipelines.core.csvsafe``). Files are rendered into a dot-named
 staging directory (never backed up) and the directory is renamed into place,
 so a reader never sees half a report. Every file is scanned for clear card
 numbers before the rename, and the generation is recorded in the audit trail.
@@ -10,7 +11,6 @@ numbers before the rename, and the generation is recorded in the audit trail.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -26,6 +26,7 @@ from pipelines.analytics.reports.html import render_html
 from pipelines.analytics.reports.pdf import render_pdf
 from pipelines.compliance import audit
 from pipelines.compliance.carddata import CardDataError, find_card_numbers
+from pipelines.core import csvsafe
 from pipelines.core.workspace import Workspace
 
 REPORTS_DIR = "reports"
@@ -79,9 +80,7 @@ def _write_files(report: Report, staging: Path, generated_at: str, run_id: str) 
         encoding="utf-8")
     for table in report.tables():
         with (staging / f"{table.name}.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(table.columns)
-            writer.writerows(clean(table.rows))
+            csvsafe.write_rows(handle, table.columns, clean(table.rows))
     (staging / "report.html").write_text(render_html(report, generated_at, run_id),
                                          encoding="utf-8")
     render_pdf(report, staging / "report.pdf", generated_at, run_id)

@@ -8,11 +8,11 @@ import re
 import sys
 
 import pyarrow as pa
-import pyarrow.csv as pcsv
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.core import csvsafe
 from pipelines.data.lake.catalog import CatalogBusyError
 from pipelines.data.lake.query import QueryError, execute
 
@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
 def emit(table: pa.Table, fmt: str, max_rows: int) -> None:
     if fmt == "csv":
-        pcsv.write_csv(table, sys.stdout.buffer)
+        # Spreadsheet-safe (formula cells quoted) and lists/structs as JSON text.
+        sys.stdout.flush()
+        csvsafe.write_table(table, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
         return
     if fmt == "json":
         json.dump(table.to_pylist(), sys.stdout, default=str, indent=1)

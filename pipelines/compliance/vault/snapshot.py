@@ -158,7 +158,7 @@ def _store_object(
             "workspace lock (pipelines.compliance.locks.workspace_lock)"
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(tmp, 0o444)  # objects are immutable; accidental writes fail loudly
+    os.chmod(tmp, 0o400)  # immutable and owner-only; accidental writes fail loudly
     os.replace(tmp, final)
     return sha256, size
 
