@@ -372,6 +372,21 @@ def described_package(approver: dict | None) -> dict:
     return {**package, "LastModifiedBy": approver} if approver else package
 
 
+def expecting_reset(client) -> Stubber:
+    """A stubbed SageMaker client that expects only the reset of PACKAGE to pending."""
+    stubber = Stubber(client)
+    stubber.add_response(
+        "update_model_package",
+        {"ModelPackageArn": PACKAGE["ModelPackageArn"]},
+        {
+            "ModelPackageArn": PACKAGE["ModelPackageArn"],
+            "ModelApprovalStatus": "PendingManualApproval",
+            "ApprovalDescription": ANY,
+        },
+    )
+    return stubber
+
+
 class Outbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, str, dict]] = []
@@ -395,16 +410,7 @@ def test_aws_handler_refuses_the_same_principal_with_a_stubbed_registry(approver
     outbox = Outbox()
     backend = SageMakerEndpointBackend(client, ROLE, endpoint_name="fraudops-dev-fraud",
                                        notifier=outbox)  # fmt: skip
-    stubber = Stubber(client)
-    stubber.add_response(
-        "update_model_package",
-        {"ModelPackageArn": PACKAGE["ModelPackageArn"]},
-        {
-            "ModelPackageArn": PACKAGE["ModelPackageArn"],
-            "ModelApprovalStatus": "PendingManualApproval",
-            "ApprovalDescription": ANY,
-        },
-    )
+    stubber = expecting_reset(client)
     event = state_change(PACKAGE["ModelPackageArn"], "Approved")
     with stubber:  # no create_model / create_endpoint is stubbed: calling one would fail
         result = handle_aws_event(event, backend, lambda arn: described_package(approver),
@@ -420,11 +426,7 @@ def test_aws_production_job_fails_for_a_package_its_creator_approved():
     client = boto3.client("sagemaker", region_name="us-east-1")
     backend = SageMakerEndpointBackend(client, ROLE, endpoint_name="fraudops-prod-fraud",
                                        notifier=Outbox())  # fmt: skip
-    stubber = Stubber(client)
-    stubber.add_response("update_model_package", {"ModelPackageArn": PACKAGE["ModelPackageArn"]},
-                         {"ModelPackageArn": PACKAGE["ModelPackageArn"],
-                          "ModelApprovalStatus": "PendingManualApproval",
-                          "ApprovalDescription": ANY})  # fmt: skip
+    stubber = expecting_reset(client)
     request = PromotionRequest(PACKAGE["ModelPackageArn"], 3, "staging", "config-3")
     body = request.to_zip()
     artifacts = Stubber(s3 := boto3.client("s3", region_name="us-east-1"))

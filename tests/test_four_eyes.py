@@ -337,3 +337,17 @@ def test_self_approval_reads_the_event_identity_too_and_fails_closed():
     assert "no approver identity" in self_approval({"ModelPackageArn": arn, "CreatedBy": alice})
     unknown = {**package, "LastModifiedBy": {"IamIdentity": {"Arn": ALICE_ROLE}}}
     assert "cannot be established" in self_approval(unknown)
+
+
+def test_a_card_number_typed_as_display_name_or_reason_is_never_stored(registry, workspace):
+    arn = registry.create_model_package(create_request(GROUP, MODEL_URL), "alice")[
+        "ModelPackageArn"
+    ]
+    card = "4111 1111 1111 1111"
+    quiet = LocalModelRegistry(workspace.registry_db, audit=registry._audit)
+    quiet.update_model_package(arn, REJECTED, "bob", f"see {card}", display_name=card)
+    (decision,) = registry.list_decisions(arn)
+    stored = f"{decision['Reason']} {decision['ApproverDisplayName']}"
+    assert "1111 1111" not in stored and "4111111111111111" not in stored
+    written = workspace.registry_db.read_bytes().decode("latin-1")
+    assert card not in written and "4111111111111111" not in written

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core.events import (
     LOCAL_ACCOUNT,
     LOCAL_REGION,
@@ -274,15 +275,14 @@ class LocalModelRegistry:
             raise RegistryError("created_by is required: the account that started the run")
         registered_by = current_user()
         status = request.get("ModelApprovalStatus", PENDING)
+        group = request["ModelPackageGroupName"]
         if status == APPROVED:
             message = (
                 "a model package cannot be registered as Approved: register it as "
                 "PendingManualApproval and have a second person approve it"
             )
-            group = request["ModelPackageGroupName"]
             self._record("model.register.refused", registered_by, group, {"refusal": message})
             raise FourEyesError(message)
-        group = request["ModelPackageGroupName"]
         stored = json.loads(json.dumps(dict(request), default=str))
         with self._write() as conn:
             if self._group_row(conn, group) is None:
@@ -419,8 +419,11 @@ class LocalModelRegistry:
         display_name: str | None,
         kind: str,
     ) -> dict[str, Any]:
-        verb = "approve" if approval_status == APPROVED else "reject"
+        verb = {APPROVED: "approve", REJECTED: "reject"}.get(approval_status, "decide")
+        # Typed text is stored, shown and audited: a card number in it never is.
         display = clean_display_name(display_name)
+        display = mask_card_numbers(display) if display else None
+        reason = mask_card_numbers(reason or "")
         try:
             row = self._commit_decision(arn, approval_status, approver, reason, display, kind)
         except RegistryError as exc:
