@@ -99,8 +99,12 @@ def test_backup_then_restore_gives_a_byte_identical_tree(populated: Workspace, t
         restored = _zone_files(target, target / zone_root(ws, zone).relative_to(ws.root))
         assert restored.keys() == original.keys(), zone
         for name, data in restored.items():
-            if name.endswith("audit.jsonl"):  # the trail grew after the snapshot (backup.create)
-                assert original[name].startswith(data)
+            if name.endswith("audit.jsonl"):
+                # The source trail grew after the snapshot (backup.create, backup.restore);
+                # the restored one ends with where it came from (backup.restored).
+                *captured, restored_from = data.splitlines(keepends=True)
+                assert original[name].startswith(b"".join(captured))
+                assert json.loads(restored_from)["action"] == "backup.restored"
             elif not name.endswith("audit.head.json"):
                 assert data == original[name], name
     assert not list(target.rglob("*.staging"))
@@ -113,7 +117,11 @@ def test_backup_then_restore_gives_a_byte_identical_tree(populated: Workspace, t
     catalog.close()
     restored_trail = Workspace(target)
     assert audit.verify(restored_trail).ok
-    assert [e["action"] for e in audit.list_entries(restored_trail)] == ["ingest.run"]
+    assert [e["action"] for e in audit.list_entries(restored_trail)] == [
+        "ingest.run",
+        "backup.restored",
+    ]
+    assert vault.verify_snapshots(restored_trail).ok  # its vault starts empty, and says why
 
 
 def test_sqlite_is_copied_consistently_while_a_writer_holds_uncheckpointed_wal(
@@ -469,3 +477,158 @@ def test_cli_create_list_restore_and_run_scheduled(populated: Workspace, tmp_pat
     assert "no backup due" in capsys.readouterr().out
     assert cli_main(["backup", "restore", "nope", "--to", str(tmp_path / "x"), *root]) == 2
     assert "no snapshot 'nope'" in capsys.readouterr().err
+
+
+# --- forged manifests and anchors: only authenticated dates are trusted ---------------------
+
+
+def _manifest(ws: Workspace, snapshot_id: str) -> Path:
+    return ws.vault / "snapshots" / f"{snapshot_id}.json"
+
+
+def _unlock_early(body: dict) -> None:
+    for entry in body["entries"]:
+        entry["retain_until"] = "2020-01-01T00:00:00+00:00"
+    body["retain_until"] = "2020-01-01T00:00:00+00:00"
+
+
+def _assert_locked_snapshot_survives(ws: Workspace, snapshot_id: str, objects: set[str]) -> None:
+    result = vault.prune(ws)
+    assert snapshot_id in [sid for sid, _ in result.kept_untrusted]
+    assert _manifest(ws, snapshot_id).exists()
+    assert all(vault.object_path(ws, sha).exists() for sha in objects)
+    with pytest.raises(vault.SnapshotLocked, match="cannot be deleted"):
+        vault.delete_snapshots(ws, [snapshot_id])
+    assert _manifest(ws, snapshot_id).exists()
+    assert audit.list_entries(ws, action="backup.delete.refused")[-1]["subject"] == snapshot_id
+
+
+def test_retain_until_edited_with_the_checksum_recomputed_is_not_trusted(populated, capsys):
+    import hashlib
+
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    path = _manifest(populated, snapshot.snapshot_id)
+    body = json.loads(path.read_text())
+    _unlock_early(body)
+    rest = {k: v for k, v in body.items() if k != "manifest_mac"}
+    body["manifest_mac"] = hashlib.sha256(audit.canonical_json(rest)).hexdigest()
+    path.write_text(json.dumps(body))
+
+    report = vault.verify_snapshots(populated)
+
+    assert not report.ok and any("MAC does not match" in p for p in report.problems)
+    assert cli_main(["backup", "verify", "--workdir", str(populated.root)]) == 1
+    assert f"{snapshot.snapshot_id}.json was altered" in capsys.readouterr().out
+    _assert_locked_snapshot_survives(
+        populated, snapshot.snapshot_id, {e.sha256 for e in snapshot.entries}
+    )
+
+
+def test_a_manifest_re_signed_with_another_key_is_not_trusted(populated):
+    from pipelines.compliance.signing import RecordsKey
+
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    path = _manifest(populated, snapshot.snapshot_id)
+    body = json.loads(path.read_text())
+    _unlock_early(body)
+    rest = {k: v for k, v in body.items() if k != "manifest_mac"}
+    forger = RecordsKey(b"f" * 32)
+    body["manifest_mac"] = forger.mac("snapshot-manifest", audit.canonical_json(rest))
+    path.write_text(json.dumps(body))
+
+    assert any("MAC does not match" in p for p in vault.verify_snapshots(populated).problems)
+    _assert_locked_snapshot_survives(
+        populated, snapshot.snapshot_id, {e.sha256 for e in snapshot.entries}
+    )
+
+
+def _as_legacy(path: Path, edit=None) -> None:
+    """Rewrite a manifest as the previous version wrote it: format 1, plain checksum."""
+    import hashlib
+
+    body = json.loads(path.read_text())
+    for key in ("manifest_mac", "key_id", "audit_head", "token_key_ids"):
+        body.pop(key, None)
+    body["format"] = 1
+    if edit:
+        edit(body)
+    body["manifest_sha256"] = hashlib.sha256(audit.canonical_json(body)).hexdigest()
+    path.write_text(json.dumps(body))
+
+
+def test_a_legacy_manifest_is_unauthenticated_kept_and_adopted_without_shortening(
+    populated, capsys
+):
+    snapshot = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    _as_legacy(_manifest(populated, snapshot.snapshot_id), _unlock_early)  # or a downgrade
+
+    report = vault.verify_snapshots(populated)
+    assert report.legacy == [snapshot.snapshot_id] and not report.problems and not report.ok
+    assert cli_main(["backup", "verify", "--workdir", str(populated.root)]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().out
+    _assert_locked_snapshot_survives(
+        populated, snapshot.snapshot_id, {e.sha256 for e in snapshot.entries}
+    )
+
+    before = datetime.now(UTC)
+    assert vault.adopt_legacy(populated) == [snapshot.snapshot_id]
+
+    adopted = vault.load_snapshot(populated, snapshot.snapshot_id)
+    assert adopted.authenticated and vault.verify_snapshots(populated).ok
+    assert datetime.fromisoformat(adopted.retain_until) >= before + timedelta(days=35, seconds=-1)
+    assert [e["subject"] for e in audit.list_entries(populated, action="backup.adopt")] == [
+        snapshot.snapshot_id
+    ]
+
+
+def test_a_manifest_deleted_outside_fraudops_is_named(populated):
+    kept = vault.create_snapshot(populated, zones=("curated",)).snapshot
+    gone = vault.create_snapshot(populated, zones=("features",)).snapshot
+    _manifest(populated, gone.snapshot_id).unlink()
+
+    report = vault.verify_snapshots(populated)
+
+    assert [p for p in report.problems if "deleted outside fraudops" in p] == [
+        next(p for p in report.problems if gone.snapshot_id in p)
+    ]
+    assert kept.snapshot_id not in "".join(report.problems)
+
+
+def test_snapshots_anchor_the_audit_head_and_a_truncated_trail_fails_both_verifies(
+    populated, capsys
+):
+    ws = populated
+    old_head = audit.head_path(ws).read_bytes()  # saved by the forger at seq 1
+    old_lines = audit.audit_log_path(ws).read_bytes()
+    audit.record(ws, "model.approve", "risk", "arn:pkg/1")
+    snapshot = vault.create_snapshot(ws, zones=("curated",)).snapshot
+    assert snapshot.audit_head["seq"] == 2  # the trail as it was when the snapshot was taken
+    assert vault.verify_snapshots(ws).ok
+
+    # The forger cuts the approval and what followed, and puts back the head of back then.
+    audit.audit_log_path(ws).write_bytes(old_lines)
+    audit.head_path(ws).write_bytes(old_head)
+    assert audit.verify(ws).ok  # without the anchor, nothing would tell
+
+    assert cli_main(["audit", "verify", "--workdir", str(ws.root)]) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN" in out and f"snapshot {snapshot.snapshot_id} recorded the trail at seq 2" in out
+    report = vault.verify_snapshots(ws)
+    assert any("audit trail broken" in p for p in report.problems)
+
+
+def test_the_ingest_ledger_zone_is_where_ingestion_keeps_it(workspace: Workspace):
+    from pipelines.data.ingest.layout import LakeLayout
+    from pipelines.data.ingest.ledger import Ledger
+
+    layout = LakeLayout.for_workspace(workspace)
+    assert Path(Ledger(layout.fs, layout.state).root) == zone_root(workspace, "ingest_ledger")
+
+
+def test_a_hand_edited_retention_file_cannot_go_below_the_legal_floor(workspace: Workspace):
+    from pipelines.compliance.policy import retention_rules
+
+    (workspace.vault).mkdir(parents=True, exist_ok=True)
+    (workspace.vault / "retention.json").write_text('{"records": 1, "curated": 0}')
+    rules = retention_rules(workspace)
+    assert rules["records"] == BSA_RETENTION_DAYS and rules["curated"] == 1

@@ -1,4 +1,4 @@
-"""Append-only, hash-chained audit trail at ``records/audit/audit.jsonl``.
+"""Append-only, authenticated, hash-chained audit trail at ``records/audit/audit.jsonl``.
 
 Every unit records what it did with ``record(ws, action, actor, subject,
 details)``: ingestion runs (with reconciliation counts), pipeline executions,
@@ -6,22 +6,53 @@ model registrations, approvals and rejections, deployments and rollbacks,
 case dispositions, report generation, backups, restores, refused prunes.
 
 Each line is one JSON entry ``{seq, ts, actor, action, subject, details,
-prev_hash, hash}`` where ``hash`` is the SHA-256 of the canonical JSON of the
-entry without ``hash`` and ``prev_hash`` is the previous entry's hash, so
-editing, removing or reordering any entry breaks the chain and ``verify``
-names the first bad seq. A small head file remembers the last seq and hash so
-that cutting entries off the end is detected too. Appends hold a file lock,
-so concurrent processes never interleave or fork the chain. Entries never
-carry card data: ``record`` refuses details with a clear card number.
+prev_hash, key_id, hash}``. ``hash`` is an HMAC-SHA256, with the records key
+(``pipelines.compliance.signing``, kept apart under ``secrets/``), of the
+canonical JSON of the entry without ``hash``; ``prev_hash`` is the previous
+entry's hash. Someone who can write the records zone but not read the key can
+neither edit, remove, reorder nor append an entry, nor re-hash the chain,
+without ``verify`` naming the first bad seq. A small head file (also MAC'd)
+names the last seq and hash, so cutting entries off the end is detected; each
+backup snapshot records the head too (an anchor the vault keeps under its
+retention lock), so replaying an old head file is detected as well.
+
+Appends hold a file lock, so concurrent processes never interleave or fork the
+chain. Nothing is appended to a trail whose last entry does not authenticate
+(fail closed). Entries never carry card data: ``record`` refuses details with a
+clear card number.
+
+Legacy trails (written by an older fraudops: ``hash`` is a plain SHA-256 and
+there is no ``key_id``) still verify as a chain but are reported as
+unauthenticated, never as ok. They are sealed by an authenticated
+``audit.seal`` entry whose MAC covers the legacy head: automatically when the
+records key is created (the first append by this version on an old workspace),
+otherwise only by an operator (``fraudops audit seal``), because a legacy tail
+behind an existing key means an authenticated trail was re-written. ``verify``
+then reports how many legacy entries precede the seal. An unauthenticated entry
+after an authenticated one is a forgery.
+
+Exactly one entry per committed operation, even across a crash: ``committing``
+writes a MAC'd write-ahead intent (``state/audit/pending/<op>.json``) before
+the operation's commit point and records the entry after it. If the process
+dies in between, the next ``record`` by any process finds the intent, asks the
+filesystem whether the operation committed (a marker path exists or is gone),
+records the entry once (``details.recovered``) or drops it, and appends an
+``audit.recover`` entry saying what it did.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,15 +60,41 @@ from typing import Any
 
 from pipelines.compliance.carddata import assert_no_card_data
 from pipelines.compliance.locks import file_lock
+from pipelines.compliance.signing import (
+    RECORDS_KEY_ENV,
+    RecordsKey,
+    RecordsKeyError,
+    key_mismatch,
+    key_path,
+    records_key,
+    require_records_key,
+)
+from pipelines.core.fileio import fsync_dir, write_bytes_atomically
 from pipelines.core.identity import current_user
 from pipelines.core.workspace import Workspace
 
 GENESIS_HASH = "0" * 64
-_ENTRY_KEYS = ("seq", "ts", "actor", "action", "subject", "details", "prev_hash", "hash")
+_LEGACY_KEYS = ("seq", "ts", "actor", "action", "subject", "details", "prev_hash", "hash")
+_ENTRY_KEYS = (*_LEGACY_KEYS[:-1], "key_id", "hash")
+ENTRY_PURPOSE = "audit-entry"
+HEAD_PURPOSE = "audit-head"
+INTENT_PURPOSE = "audit-intent"
+SEAL_ACTION = "audit.seal"
+# A temp intent this old whose writer holds no lock was left by a killed process.
+_STALE_TEMP_SECONDS = 60.0
 
 
 class AuditError(RuntimeError):
-    """The audit trail cannot be read or appended to."""
+    """The audit trail cannot be read or appended to; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A (seq, hash) the trail must still contain, recorded elsewhere (a backup snapshot)."""
+
+    seq: int
+    hash: str
+    source: str
 
 
 def audit_dir(ws: Workspace) -> Path:
@@ -49,7 +106,7 @@ def audit_log_path(ws: Workspace) -> Path:
     return audit_dir(ws) / "audit.jsonl"
 
 
-def _head_path(ws: Workspace) -> Path:
+def head_path(ws: Workspace) -> Path:
     return audit_dir(ws) / "audit.head.json"
 
 
@@ -58,24 +115,54 @@ def _lock_path(ws: Workspace) -> Path:
     return audit_dir(ws) / ".audit.lock"
 
 
+def pending_dir(ws: Workspace) -> Path:
+    """Write-ahead intents of operations between their start and their audit entry."""
+    return ws.state_dir / "audit" / "pending"
+
+
 def default_actor() -> str:
     """Who is acting (``pipelines.core.identity``)."""
     return current_user()
 
 
 def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON bytes (sorted keys, no spaces) that the hashes cover."""
+    """Deterministic JSON bytes (sorted keys, no spaces) that the hashes and MACs cover."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _body(entry: Mapping[str, Any]) -> bytes:
+    return canonical_json({key: value for key, value in entry.items() if key != "hash"})
+
+
 def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``entry`` without its ``hash`` field."""
-    body = {key: value for key, value in entry.items() if key != "hash"}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    """Plain SHA-256 of the entry without ``hash``: how legacy (unauthenticated) entries chain."""
+    return hashlib.sha256(_body(entry)).hexdigest()
+
+
+def entry_mac(entry: Mapping[str, Any], key: RecordsKey) -> str:
+    """HMAC-SHA256 with the records key of the entry without ``hash``."""
+    return key.mac(ENTRY_PURPOSE, _body(entry))
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# --- appending ------------------------------------------------------------------------------
+
+
+def _checked_details(
+    action: str, actor: str, subject: str, details: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if not action or not isinstance(action, str):
+        raise ValueError("audit action must be a non-empty string such as 'ingest.run'")
+    checked = dict(details or {})
+    assert_no_card_data({"actor": actor, "subject": subject, "details": checked})
+    try:
+        canonical_json(checked)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"audit details for {action!r} are not JSON-serialisable: {exc}") from exc
+    return checked
 
 
 def record(
@@ -85,45 +172,143 @@ def record(
     subject: str = "",
     details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Append one entry to the audit trail and return it.
+    """Append one authenticated entry to the audit trail and return it.
 
     ``action`` is a dotted verb such as ``ingest.run`` or ``backup.prune.refused``;
     ``subject`` names what was acted on (a file, model package ARN, snapshot id).
     Raises ``CardDataError`` if any field holds a clear card number or a
-    CVV-like key, ``ValueError`` if ``details`` is not JSON-serialisable.
+    CVV-like key, ``ValueError`` if ``details`` is not JSON-serialisable, and
+    ``AuditError`` if the trail's tail does not authenticate. Intents left by
+    killed processes are recovered first (see the module docstring).
     """
-    if not action or not isinstance(action, str):
-        raise ValueError("audit action must be a non-empty string such as 'ingest.run'")
     actor = actor or default_actor()
-    details = dict(details or {})
-    assert_no_card_data({"actor": actor, "subject": subject, "details": details})
-    try:
-        canonical_json(details)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"audit details for {action!r} are not JSON-serialisable: {exc}") from exc
+    checked = _checked_details(action, actor, subject, details)
+    with _appending(ws) as trail:
+        return trail.append(action, actor, subject, checked)
 
-    path = audit_log_path(ws)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(_lock_path(ws), purpose="appending to the audit trail"):
-        last = _last_entry_repairing_torn_tail(path)
+
+class _Appender:
+    """Appends entries to a trail whose lock is held and whose tail was checked."""
+
+    def __init__(self, ws: Workspace, key: RecordsKey, last: dict[str, Any] | None) -> None:
+        self.ws, self.key, self.last = ws, key, last
+        self.sealed: dict[str, Any] | None = None
+
+    def append(
+        self, action: str, actor: str, subject: str, details: dict[str, Any]
+    ) -> dict[str, Any]:
         entry = {
-            "seq": (last["seq"] + 1) if last else 1,
+            "seq": (self.last["seq"] + 1) if self.last else 1,
             "ts": _now().isoformat(timespec="microseconds"),
             "actor": actor,
             "action": action,
             "subject": subject,
             "details": details,
-            "prev_hash": last["hash"] if last else GENESIS_HASH,
+            "prev_hash": self.last["hash"] if self.last else GENESIS_HASH,
+            "key_id": self.key.key_id,
         }
-        entry["hash"] = entry_hash(entry)
-        _append_line(path, canonical_json(entry) + b"\n")
-        _write_head(ws, entry)
-    return entry
+        entry["hash"] = entry_mac(entry, self.key)
+        _append_line(audit_log_path(self.ws), canonical_json(entry) + b"\n")
+        _write_head(self.ws, entry, self.key)
+        self.last = entry
+        return entry
+
+
+@contextlib.contextmanager
+def _appending(
+    ws: Workspace, recover: bool = True, allow_seal: bool = False, actor: str | None = None
+) -> Iterator[_Appender]:
+    """Hold the audit lock over a checked tail (sealing a legacy one); settle orphaned intents."""
+    path = audit_log_path(ws)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(_lock_path(ws), purpose="appending to the audit trail"):
+        last = _last_entry_repairing_torn_tail(path)
+        key, must_seal = _writable_key(ws, last, allow_seal)
+        appender = _Appender(ws, key, last)
+        if must_seal:
+            assert last is not None
+            appender.sealed = appender.append(
+                SEAL_ACTION,
+                actor or default_actor(),
+                "audit",
+                {
+                    "legacy_entries": last["seq"],
+                    "legacy_head": last["hash"],
+                    "note": "the entries before this one were written before the trail was "
+                    "authenticated; from here on the records key covers them",
+                },
+            )
+        if recover:
+            _recover_pending(ws, appender)
+        yield appender
+
+
+def _writable_key(
+    ws: Workspace, last: dict[str, Any] | None, allow_seal: bool = False
+) -> tuple[RecordsKey, bool]:
+    """(key to extend the trail with, whether a legacy tail must be sealed first).
+
+    Checks the tail authenticates first: nothing is appended to a trail that
+    does not (fail closed). A legacy tail is sealed automatically only when the
+    records key is being created now (the first run of this version on an old
+    workspace); if the key already existed, an unauthenticated tail means the
+    trail was re-written, unless an operator says otherwise (``seal``).
+    """
+    head = _read_head(ws)
+    if last is None and head.get("seq"):
+        raise AuditError(
+            f"{audit_log_path(ws)} is empty but {head_path(ws).name} names seq "
+            f"{head.get('seq')}: entries were removed; run 'fraudops audit verify'"
+        )
+    if last is None or "key_id" not in last:
+        if last is not None and "mac" in head:
+            raise AuditError(
+                f"the audit trail ends with an unauthenticated entry (seq {last.get('seq')}) "
+                "but its head is authenticated: the trail was re-written without the records "
+                "key; run 'fraudops audit verify'. Nothing is appended to it."
+            )
+        new_key = not os.environ.get(RECORDS_KEY_ENV) and not key_path(ws).exists()
+        if last is not None and not (new_key or allow_seal):
+            raise AuditError(
+                f"the audit trail ends with an unauthenticated (legacy) entry, seq "
+                f"{last.get('seq')}, and the records key already exists. If this trail was "
+                "written by an older fraudops, seal it with 'fraudops audit seal'; if it had "
+                "been authenticated, it was re-written: run 'fraudops audit verify'"
+            )
+        try:
+            key = records_key(ws, create=True)
+        except RecordsKeyError as exc:
+            raise AuditError(str(exc)) from exc
+        assert key is not None  # create=True
+        return key, last is not None
+    what = f"the audit trail's last entry (seq {last.get('seq')})"
+    try:
+        key = require_records_key(ws, str(last["key_id"]), what)
+    except RecordsKeyError as exc:
+        raise AuditError(
+            f"{exc}. Nothing is appended to a trail that cannot be authenticated."
+        ) from None
+    if last.get("hash") != entry_mac(last, key):
+        raise AuditError(
+            f"{what} fails authentication: it was altered or forged; run 'fraudops audit "
+            "verify'. Nothing is appended to a trail that cannot be authenticated."
+        )
+    return key, False
+
+
+def seal(ws: Workspace, actor: str | None = None) -> dict[str, Any] | None:
+    """Seal a legacy (unauthenticated) trail: the ``audit.seal`` entry it returns covers it.
+
+    An operator's attestation that the trail predates authentication; returns
+    None when there is nothing to seal. Audited with the actor like any entry.
+    """
+    with _appending(ws, recover=False, allow_seal=True, actor=actor) as trail:
+        return trail.sealed
 
 
 def _append_line(path: Path, line: bytes) -> None:
     """One write with O_APPEND then fsync: the entry is on disk before we return."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
         os.fsync(fd)
@@ -131,11 +316,23 @@ def _append_line(path: Path, line: bytes) -> None:
         os.close(fd)
 
 
-def _write_head(ws: Workspace, entry: Mapping[str, Any]) -> None:
-    head = _head_path(ws)
-    tmp = head.with_name(f".{head.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(canonical_json({"seq": entry["seq"], "hash": entry["hash"]}))
-    os.replace(tmp, head)
+def _write_head(ws: Workspace, entry: Mapping[str, Any], key: RecordsKey) -> None:
+    head = {"seq": entry["seq"], "hash": entry["hash"], "key_id": key.key_id}
+    head["mac"] = key.mac(HEAD_PURPOSE, canonical_json(head))
+    write_bytes_atomically(head_path(ws), canonical_json(head))
+
+
+def _read_head(ws: Workspace) -> dict[str, Any]:
+    """The head file as written ({} when absent); ``AuditError`` when unreadable."""
+    path = head_path(ws)
+    if not path.exists():
+        return {}
+    try:
+        head = json.loads(path.read_bytes())
+        int(head["seq"]), str(head["hash"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"{path} is unreadable ({exc}); run 'fraudops audit verify'") from exc
+    return head
 
 
 def _last_entry_repairing_torn_tail(path: Path) -> dict[str, Any] | None:
@@ -171,6 +368,249 @@ def _last_entry_repairing_torn_tail(path: Path) -> dict[str, Any] | None:
         raise AuditError(
             f"{path}: the last entry is not valid JSON ({exc}); run 'fraudops audit verify'"
         ) from exc
+
+
+# --- write-ahead intents: one entry per committed operation, even across a crash -----------
+
+
+def _relative(ws: Workspace, path: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(ws.root).as_posix()
+    except ValueError:
+        raise ValueError(f"commit marker {path} is outside the workspace {ws.root}") from None
+
+
+def _committed(ws: Workspace, intent: Mapping[str, Any]) -> bool:
+    """Every ``exists`` marker is there, or an ``absent`` one is gone (no marker: False)."""
+    when = intent["when"]
+    if when.get("exists"):
+        return all((ws.root / rel).exists() for rel in when["exists"])
+    return any(not (ws.root / rel).exists() for rel in when.get("absent", ()))
+
+
+@dataclass
+class Commit:
+    """What ``committing`` yields: the op id, and ``outcome`` details known only afterwards.
+
+    ``outcome`` is merged into the entry when the block completes; an entry
+    recovered after a crash carries only the details given up front.
+    """
+
+    op_id: str
+    outcome: dict[str, Any]
+
+
+@contextlib.contextmanager
+def committing(
+    ws: Workspace,
+    action: str,
+    subject: str,
+    details: Mapping[str, Any],
+    *,
+    actor: str | None = None,
+    when_exists: Sequence[Path] = (),
+    when_absent: Sequence[Path] = (),
+) -> Iterator[Commit]:
+    """Audit the commit made inside the ``with`` block exactly once, even if the process dies.
+
+    Give the path(s) whose existence (``when_exists``) or disappearance
+    (``when_absent``) is the operation's commit point. An intent holding the
+    entry is written, fsynced and locked before the block runs; after the block
+    the entry is recorded with ``details.op_id``. If the block raises, the entry
+    is recorded only if the commit happened anyway. If the process is killed,
+    the next ``record`` recovers it (module docstring). Without markers a killed
+    operation's outcome is unknown: recovery records it as abandoned.
+    """
+    if when_exists and when_absent:
+        raise ValueError("give when_exists or when_absent, not both")
+    actor = actor or default_actor()
+    checked = _checked_details(action, actor, subject, details)
+    with _appending(ws, recover=False, actor=actor) as trail:  # fail now, before the
+        key = trail.key  # commit, if the trail cannot be extended
+    op_id = f"op-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
+    intent = {
+        "op_id": op_id,
+        "action": action,
+        "actor": actor,
+        "subject": subject,
+        "details": checked,
+        "written_at": _now().isoformat(timespec="microseconds"),
+        "when": {
+            "exists": [_relative(ws, p) for p in when_exists],
+            "absent": [_relative(ws, p) for p in when_absent],
+        },
+        "key_id": key.key_id,
+    }
+    intent["mac"] = key.mac(INTENT_PURPOSE, canonical_json(intent))
+    path, fd = _write_intent(ws, op_id, canonical_json(intent))
+    commit, completed = Commit(op_id, {}), False
+    try:
+        yield commit
+        completed = True
+    finally:
+        try:
+            if completed or _committed(ws, intent):
+                outcome = commit.outcome if completed else {}
+                record(ws, action, actor, subject, {**checked, **outcome, "op_id": op_id})
+            # Not reached if recording failed: the intent stays for the next recovery.
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _write_intent(ws: Workspace, op_id: str, body: bytes) -> tuple[Path, int]:
+    """Write, fsync and lock the intent; it appears under its name already locked.
+
+    The returned descriptor holds the lock for as long as the operation runs; the
+    kernel drops it if the process dies, which is how recovery knows the owner is gone.
+    """
+    directory = pending_dir(ws)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{op_id}.", suffix=".tmp")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, body)
+        os.fsync(fd)
+        final = directory / f"{op_id}.json"
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final, fd
+
+
+def _lock_if_orphaned(path: Path) -> int | None:
+    """A descriptor holding ``path``'s lock if no live process holds it, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_intent(path: Path, key: RecordsKey) -> tuple[dict[str, Any] | None, str]:
+    """(intent, "") when it authenticates, else (None, why it is rejected)."""
+    try:
+        intent = json.loads(path.read_bytes())
+        mac = intent.pop("mac")
+        if intent.get("key_id") != key.key_id or not key.check(
+            INTENT_PURPOSE, canonical_json(intent), mac
+        ):
+            return None, "its MAC does not match the records key (not written by fraudops)"
+        for field in ("op_id", "action", "actor", "subject", "details", "when"):
+            intent[field]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"unreadable ({exc.__class__.__name__})"
+    return intent, ""
+
+
+def _recover_pending(ws: Workspace, trail: _Appender) -> None:
+    """Settle intents whose process died; audit what was done (called under the audit lock)."""
+    directory = pending_dir(ws)
+    if not directory.is_dir():
+        return
+    claimed: list[tuple[Path, int, dict[str, Any] | None]] = []
+    notes: dict[str, list[str]] = {"recovered": [], "abandoned": [], "cleared": [], "rejected": []}
+    try:
+        for path in sorted(directory.glob("op-*.json")):
+            fd = _lock_if_orphaned(path)
+            if fd is None:
+                continue  # its process is still running
+            intent, why = _read_intent(path, trail.key)
+            claimed.append((path, fd, intent))
+            if intent is None:
+                notes["rejected"].append(f"{path.name}: {why}")
+        intents = [intent for _, _, intent in claimed if intent]
+        in_trail = _ops_in_trail(audit_log_path(ws), {i["op_id"] for i in intents})
+        for intent in intents:
+            name = f"{intent['action']} {intent['subject']} ({intent['op_id']})"
+            if intent["op_id"] in in_trail:
+                notes["cleared"].append(name)
+            elif _committed(ws, intent):
+                details = {
+                    **intent["details"],
+                    "op_id": intent["op_id"],
+                    "recovered": True,
+                    "intent_written_at": intent["written_at"],
+                }
+                trail.append(intent["action"], intent["actor"], intent["subject"], details)
+                notes["recovered"].append(name)
+            else:
+                notes["abandoned"].append(name)
+        leftovers = _remove_stale_temps(directory)
+        if leftovers:
+            notes["leftovers_removed"] = leftovers
+        if any(notes.values()):
+            trail.append("audit.recover", default_actor(), "audit/pending", notes)
+        for path, _, _ in claimed:
+            path.unlink(missing_ok=True)
+    finally:
+        for _, fd, _ in claimed:
+            os.close(fd)
+
+
+def _remove_stale_temps(directory: Path) -> list[str]:
+    removed = []
+    for temp in directory.glob(".op-*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - temp.stat().st_mtime < _STALE_TEMP_SECONDS:
+                continue
+            fd = _lock_if_orphaned(temp)
+            if fd is None:
+                continue
+            try:
+                temp.unlink()
+                removed.append(temp.name)
+            finally:
+                os.close(fd)
+    return removed
+
+
+def _ops_in_trail(path: Path, op_ids: set[str]) -> set[str]:
+    """Which of ``op_ids`` already have an entry (a substring test first: one pass, no parse)."""
+    found: set[str] = set()
+    if not op_ids or not path.exists():
+        return found
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if b'"op_id":"' not in raw:
+                continue
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                op_id = json.loads(raw).get("details", {}).get("op_id")
+                if op_id in op_ids:
+                    found.add(op_id)
+    return found
+
+
+# --- a consistent copy for backups ------------------------------------------------------------
+
+
+def consistent_copy(
+    ws: Workspace, dest_dir: Path | None
+) -> tuple[Anchor | None, list[tuple[str, Path]]]:
+    """The trail's head and, with ``dest_dir``, copies of the trail and head file, all at once.
+
+    Taken under the audit lock, so a snapshot's trail, head file and anchor
+    agree even while other processes keep appending. Copies are named by their
+    path inside the records zone (``audit/audit.jsonl``).
+    """
+    copies: list[tuple[str, Path]] = []
+    with file_lock(_lock_path(ws), purpose="copying the audit trail"):
+        last = _last_entry_repairing_torn_tail(audit_log_path(ws))
+        for source in (audit_log_path(ws), head_path(ws)) if dest_dir else ():
+            if source.exists():
+                copy = dest_dir / f"audit-{uuid.uuid4().hex[:8]}-{source.name}"
+                shutil.copyfile(source, copy)
+                copies.append((source.relative_to(ws.records).as_posix(), copy))
+    anchor = Anchor(int(last["seq"]), str(last["hash"]), "") if last else None
+    return anchor, copies
 
 
 def iter_entries(ws: Workspace) -> Iterator[tuple[int, dict[str, Any] | None, bytes]]:
@@ -240,37 +680,75 @@ def list_entries(
 
 @dataclass(frozen=True)
 class ChainReport:
-    """Outcome of ``verify``: ``first_bad_seq`` is None when the chain is intact."""
+    """Outcome of ``verify``: ``first_bad_seq`` is None when the chain is intact.
+
+    ``legacy_entries`` counts entries written before the trail was authenticated
+    (a plain SHA-256 chain). A trail made only of those is ``unauthenticated``:
+    intact as a chain, but anyone could have re-written it, so it is not ``ok``.
+    """
 
     entries: int
     first_bad_seq: int | None = None
     problem: str = ""
+    legacy_entries: int = 0
+    anchors_checked: int = 0
+
+    @property
+    def unauthenticated(self) -> bool:
+        return self.entries > 0 and self.legacy_entries == self.entries
 
     @property
     def ok(self) -> bool:
-        return self.first_bad_seq is None
+        return self.first_bad_seq is None and not self.unauthenticated
 
 
-def verify(ws: Workspace) -> ChainReport:
-    """Walk the chain and name the first entry that was edited, removed or reordered."""
-    prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
+def verify(ws: Workspace, anchors: Iterable[Anchor] = ()) -> ChainReport:
+    """Walk the chain and name the first entry that was edited, removed, reordered or forged.
+
+    ``anchors`` are heads recorded elsewhere (``vault.audit_anchors``): the trail
+    must still hold each one, which catches a truncation behind a replayed head file.
+    """
+    anchors = list(anchors)
+    try:
+        key = records_key(ws, create=False)
+        head = _read_head(ws)
+    except (RecordsKeyError, AuditError) as exc:
+        return ChainReport(0, 1, str(exc))
+    wanted = {a.seq for a in anchors} | ({int(head["seq"])} if head else set())
+    prev_hash, expected_seq, count, legacy = GENESIS_HASH, 1, 0, 0
     hashes: dict[int, str] = {}
     for number, entry, _ in iter_entries(ws):
-        problem = _entry_problem(entry, number, expected_seq, prev_hash)
+        problem = _entry_problem(ws, entry, number, expected_seq, prev_hash, key, count, legacy)
         if problem:
-            return ChainReport(count, expected_seq, problem)
+            return ChainReport(count, expected_seq, problem, legacy)
         assert entry is not None  # _entry_problem rejects None
+        legacy += "key_id" not in entry
         prev_hash, expected_seq, count = entry["hash"], expected_seq + 1, count + 1
-        hashes[entry["seq"]] = entry["hash"]
-    return _check_head(ws, count, hashes)
+        if entry["seq"] in wanted:
+            hashes[entry["seq"]] = entry["hash"]
+    found = _head_problem(ws, head, key, count, legacy, hashes) or _anchor_problem(
+        anchors, count, hashes
+    )
+    if found:
+        return ChainReport(count, found[0], found[1], legacy, len(anchors))
+    return ChainReport(count, None, "", legacy, len(anchors))
 
 
 def _entry_problem(
-    entry: dict[str, Any] | None, number: int, expected_seq: int, prev_hash: str
+    ws: Workspace,
+    entry: dict[str, Any] | None,
+    number: int,
+    expected_seq: int,
+    prev_hash: str,
+    key: RecordsKey | None,
+    count: int,
+    legacy: int,
 ) -> str:
+    """What is wrong with ``entry`` given the ``count`` entries (``legacy`` of them) before it."""
     if entry is None:
         return f"line {number} is not a valid JSON entry (seq {expected_seq} expected)"
-    missing = [key for key in _ENTRY_KEYS if key not in entry]
+    authenticated = "key_id" in entry
+    missing = [k for k in (_ENTRY_KEYS if authenticated else _LEGACY_KEYS) if k not in entry]
     if missing:
         return f"line {number} (seq {entry.get('seq')}) lacks fields {missing}"
     seq = entry["seq"]
@@ -281,7 +759,29 @@ def _entry_problem(
                 "(entries removed or reordered)"
             )
         return f"line {number} holds seq {seq} where seq {expected_seq} belongs (reordered)"
-    if entry["hash"] != entry_hash(entry):
+    if authenticated:
+        mismatch = key_mismatch(ws, key, str(entry["key_id"]), f"seq {seq}")
+        if mismatch:
+            return mismatch
+        assert key is not None
+        if entry["hash"] != entry_mac(entry, key):
+            return (
+                f"seq {seq} was altered or forged: its MAC does not match "
+                "(only a holder of the records key can write an entry)"
+            )
+        if legacy and count == legacy and (
+            entry["action"] != SEAL_ACTION or entry["details"].get("legacy_entries") != legacy
+        ):
+            return (
+                f"seq {seq} is the first authenticated entry after {legacy} legacy ones but "
+                f"is not the {SEAL_ACTION} entry covering them"
+            )
+    elif count > legacy:
+        return (
+            f"seq {seq} is not authenticated but follows authenticated entries: it was "
+            "inserted or re-written without the records key"
+        )
+    elif entry["hash"] != entry_hash(entry):
         return f"seq {seq} was altered: its content no longer matches its hash"
     if entry["prev_hash"] != prev_hash:
         return (
@@ -291,26 +791,63 @@ def _entry_problem(
     return ""
 
 
-def _check_head(ws: Workspace, count: int, hashes: dict[int, str]) -> ChainReport:
-    """Entries cut off the end leave a shorter but valid chain; the head file catches that."""
-    head_path = _head_path(ws)
-    if not head_path.exists():
-        if count:
-            return ChainReport(count, count, f"{head_path.name} is missing (trail tampered?)")
-        return ChainReport(0)
-    try:
-        head = json.loads(head_path.read_bytes())
-        head_seq, head_hash = int(head["seq"]), str(head["hash"])
-    except (ValueError, KeyError, TypeError):
-        return ChainReport(count, count or 1, f"{head_path.name} is unreadable")
+def _head_problem(
+    ws: Workspace,
+    head: dict[str, Any],
+    key: RecordsKey | None,
+    count: int,
+    legacy: int,
+    hashes: dict[int, str],
+) -> tuple[int, str] | None:
+    """Entries cut off the end leave a shorter but valid chain; the MAC'd head catches that."""
+    name = head_path(ws).name
+    if not head:
+        return (count, f"{name} is missing (trail tampered?)") if count else None
+    head_seq, head_hash = int(head["seq"]), str(head["hash"])
+    if "mac" in head:
+        body = {k: v for k, v in head.items() if k != "mac"}
+        mismatch = key_mismatch(ws, key, str(head.get("key_id")), name)
+        if mismatch:
+            return max(count, 1), mismatch
+        assert key is not None
+        if not key.check(HEAD_PURPOSE, canonical_json(body), head["mac"]):
+            return max(count, 1), f"{name} was altered: its MAC does not match"
+        if count and count == legacy:
+            return 1, (
+                f"{name} is authenticated but no entry is: the trail was re-written "
+                "without the records key"
+            )
+    elif count > legacy:
+        return count, f"{name} is not authenticated although the trail is: it was re-written"
     if head_seq > count:
-        return ChainReport(
-            count,
-            count + 1,
-            f"entries after seq {count} were removed: the trail had reached seq {head_seq}",
+        return count + 1, (
+            f"entries after seq {count} were removed: the trail had reached seq {head_seq}"
         )
     # A crash between appending a line and updating the head leaves the head
-    # one entry behind; that is fine as long as the entry it names is intact.
+    # exactly one entry behind; any further behind means entries were appended
+    # by something that does not write the head.
+    if head_seq < count - 1:
+        return head_seq + 1, (
+            f"{name} names seq {head_seq} but the trail runs to seq {count}: entries after "
+            f"seq {head_seq} were appended outside fraudops"
+        )
     if hashes.get(head_seq) != head_hash:
-        return ChainReport(count, head_seq, f"seq {head_seq} differs from the recorded head hash")
-    return ChainReport(count)
+        return head_seq, f"seq {head_seq} differs from the recorded head hash"
+    return None
+
+
+def _anchor_problem(
+    anchors: list[Anchor], count: int, hashes: dict[int, str]
+) -> tuple[int, str] | None:
+    for anchor in sorted(anchors, key=lambda a: a.seq):
+        if anchor.seq > count:
+            return count + 1, (
+                f"{anchor.source} recorded the trail at seq {anchor.seq}, but it now ends at "
+                f"seq {count}: entries were removed"
+            )
+        if hashes.get(anchor.seq) != anchor.hash:
+            return anchor.seq, (
+                f"seq {anchor.seq} differs from the entry {anchor.source} recorded: the trail "
+                "was re-written"
+            )
+    return None

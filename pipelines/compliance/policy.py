@@ -32,7 +32,9 @@ BSA_RETENTION_DAYS = 1827  # five years and a day, as infra/backup.yaml
 WORKING_RETENTION_DAYS = 35
 
 LAKE_ZONES: tuple[str, ...] = ("curated", "features", "scored", "labels", "quarantine")
-FILE_ZONES: tuple[str, ...] = LAKE_ZONES + ("records", "artifacts")
+# The ingest ledger (ids already ingested) travels with the lake: without it, a
+# restored workspace would ingest the same files again.
+FILE_ZONES: tuple[str, ...] = LAKE_ZONES + ("records", "artifacts", "ingest_ledger")
 DATABASE_ZONES: tuple[str, ...] = ("registry_db", "cases_db", "catalog_db")
 ALL_ZONES: tuple[str, ...] = FILE_ZONES + DATABASE_ZONES
 
@@ -65,6 +67,8 @@ def zone_root(ws: Workspace, zone: str) -> Path:
         "quarantine": ws.quarantine,
         "records": ws.records,
         "artifacts": ws.artifacts,
+        # Where LakeLayout.for_workspace puts the Ledger (tests/test_vault.py checks it).
+        "ingest_ledger": ws.state_dir / "ingest" / "ledger",
         "registry_db": ws.registry_db,
         "cases_db": ws.cases_db,
         "catalog_db": ws.catalog_db,
@@ -90,15 +94,27 @@ def _rules_path(ws: Workspace) -> Path:
 
 
 def retention_rules(ws: Workspace) -> dict[str, int]:
-    """Days to retain per zone: the defaults overlaid with the workspace's settings."""
+    """Days to retain per zone: the defaults overlaid with the workspace's settings.
+
+    A stored rule below its zone's legal floor (the file edited by hand) is read
+    as the floor: the settings file can lengthen retention, never shorten it below the law.
+    """
     rules = dict(DEFAULT_RETENTION_DAYS)
     path = _rules_path(ws)
     if path.exists():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"{path}: not valid JSON ({exc}); fix or delete it") from exc
-        rules.update({zone: int(days) for zone, days in stored.items() if zone in rules})
+            rules.update(
+                {
+                    zone: max(int(days), MINIMUM_RETENTION_DAYS[zone])
+                    for zone, days in stored.items()
+                    if zone in rules
+                }
+            )
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+            raise PolicyError(
+                f"{path}: not valid retention rules ({exc}); fix or delete it"
+            ) from exc
     return rules
 
 

@@ -20,6 +20,11 @@ import stat
 from pathlib import Path
 
 MIN_KEY_BYTES = 16
+# The card tokenisation key: named here because restoring a backup checks it
+# (pipelines.compliance) and ingestion uses it (pipelines.data.ingest.tokenise).
+TOKEN_KEY_ENV = "FRAUDOPS_TOKEN_KEY"
+TOKEN_KEY_FILENAME = "card_token.key"
+TOKEN_KEY_ID_LABEL = b"fraudops-token-key-id"
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 

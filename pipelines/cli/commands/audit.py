@@ -1,7 +1,8 @@
-"""``fraudops audit``: read and verify the hash-chained audit trail.
+"""``fraudops audit``: read and verify the authenticated, hash-chained audit trail.
 
 fraudops audit list [--action backup] [--since 7d] [--actor A] [--subject S] [--json]
-fraudops audit verify        exit 1 and name the first bad seq if the chain is broken
+fraudops audit verify        exit 1 naming the first bad seq (or an unauthenticated trail)
+fraudops audit seal          authenticate from here on a trail written by an older fraudops
 """
 
 from __future__ import annotations
@@ -32,9 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON lines")
     add_workdir_argument(listing)
     listing.set_defaults(handler=run_list)
-    verifying = actions.add_parser("verify", help="check the hash chain end to end")
+    verifying = actions.add_parser(
+        "verify",
+        help="check the chain end to end: MACs, order, head, and the heads backups anchored",
+    )
     add_workdir_argument(verifying)
     verifying.set_defaults(handler=run_verify)
+    sealing = actions.add_parser(
+        "seal",
+        help="seal a legacy (unauthenticated) trail written by an older fraudops",
+        description="Appends an authenticated audit.seal entry covering the legacy entries. "
+        "Only for a trail you know predates authentication: a trail that was authenticated "
+        "and now is not was re-written.",
+    )
+    add_workdir_argument(sealing)
+    sealing.set_defaults(handler=run_seal)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -77,14 +90,51 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from pipelines.compliance.audit import audit_log_path, verify
+    from pipelines.compliance.vault.layout import VaultError
+    from pipelines.compliance.vault.manifest import audit_anchors, list_snapshots
 
     ws = open_workspace(args)
-    report = verify(ws)
-    if report.ok:
-        print(f"audit trail OK: {report.entries} entries, chain intact ({audit_log_path(ws)})")
-        return 0
-    print(
-        f"audit trail BROKEN at seq {report.first_bad_seq}: {report.problem} "
-        f"({report.entries} entries verified before it)"
+    try:
+        anchors = audit_anchors(list_snapshots(ws))
+    except VaultError as exc:
+        raise UserError(str(exc)) from exc
+    report = verify(ws, anchors)
+    if report.first_bad_seq is not None:
+        print(
+            f"audit trail BROKEN at seq {report.first_bad_seq}: {report.problem} "
+            f"({report.entries} entries verified before it)"
+        )
+        return 1
+    if report.unauthenticated:
+        print(
+            f"audit trail UNAUTHENTICATED: {report.legacy_entries} legacy entries chain "
+            "correctly but carry no MAC, so anyone could have re-written them. If an older "
+            "fraudops wrote them, run 'fraudops audit seal'"
+        )
+        return 1
+    legacy = (
+        f"; the first {report.legacy_entries} legacy entries predate authentication (sealed)"
+        if report.legacy_entries
+        else ""
     )
-    return 1
+    print(
+        f"audit trail OK: {report.entries} entries, chain intact and authenticated, "
+        f"{report.anchors_checked} backup anchor(s) matched{legacy} ({audit_log_path(ws)})"
+    )
+    return 0
+
+
+def run_seal(args: argparse.Namespace) -> int:
+    from pipelines.compliance.audit import AuditError, seal
+
+    try:
+        entry = seal(open_workspace(args))
+    except AuditError as exc:
+        raise UserError(str(exc)) from exc
+    if entry is None:
+        print("nothing to seal: the trail is empty or already authenticated")
+    else:
+        print(
+            f"sealed {entry['details']['legacy_entries']} legacy entries with seq {entry['seq']}"
+        )
+    return 0

@@ -2,8 +2,11 @@
 
 fraudops backup create [--zone Z ...]        incremental snapshot of the workspace
 fraudops backup list                          snapshots with size and retain-until
-fraudops backup verify [SNAPSHOT ...]         re-hash every object (exit 1 on damage)
-fraudops backup restore SNAPSHOT --to DIR     byte-identical tree, hashes checked
+fraudops backup verify [SNAPSHOT ...]         authenticate manifests, re-hash every object,
+                                              cross-check the audit trail (exit 1 on damage)
+fraudops backup restore SNAPSHOT --to DIR [--key-file PATH] [--replace]
+                                              a complete workspace, hashes checked
+fraudops backup adopt                         re-sign manifests of older versions
 fraudops backup prune [SNAPSHOT ...]          expire + garbage-collect, or delete named
 fraudops backup schedule [daily|12h|off]      show or set the schedule
 fraudops backup run-scheduled                 snapshot if due (for cron / the runner)
@@ -39,13 +42,15 @@ def _guarded(handler: Handler) -> Handler:
     """Turn the compliance errors a user can act on into ``UserError`` (exit 2, no traceback)."""
 
     def run(args: argparse.Namespace) -> int:
+        from pipelines.compliance.audit import AuditError
         from pipelines.compliance.locks import LockTimeout
         from pipelines.compliance.policy import PolicyError
         from pipelines.compliance.vault.layout import VaultError
+        from pipelines.core.keys import KeyFileError
 
         try:
             return handler(args)
-        except (VaultError, PolicyError, LockTimeout) as exc:
+        except (VaultError, PolicyError, LockTimeout, AuditError, KeyFileError) as exc:
             raise UserError(str(exc)) from exc
 
     return run
@@ -124,6 +129,12 @@ def _register_simple(actions: argparse._SubParsersAction) -> None:
     parser = _sub(actions, "verify", "re-hash every object of the snapshots", _verify)
     parser.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="default: all")
     _sub(actions, "run-scheduled", "take a snapshot if the schedule says one is due", _scheduled)
+    _sub(
+        actions,
+        "adopt",
+        "re-sign legacy (unsigned) manifests; retention can only lengthen",
+        _adopt,
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -161,16 +172,35 @@ def _verify(args: argparse.Namespace) -> int:
         "backup.verify",
         None,
         ",".join(args.snapshots) or "all",
-        {"snapshots": report.snapshots, "objects": report.objects, "problems": report.problems},
+        {
+            "snapshots": report.snapshots,
+            "objects": report.objects,
+            "problems": report.problems,
+            "legacy": report.legacy,
+        },
     )
     for problem in report.problems:
         print(f"DAMAGED {problem}")
-    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+    for snapshot_id in report.legacy:
+        print(
+            f"UNAUTHENTICATED snapshot {snapshot_id}: legacy manifest (written before manifests "
+            "were signed); its dates are not trusted and prune keeps it; see 'backup adopt'"
+        )
+    failures = len(report.problems) + len(report.legacy)
+    status = "OK" if report.ok else f"FAILED ({failures} problem(s))"
     print(
         f"verify {status}: {report.snapshots} snapshot(s), {report.objects} object(s), "
         f"{_human(report.bytes_checked)} re-hashed"
     )
     return 0 if report.ok else 1
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    from pipelines.compliance.vault.pruning import adopt_legacy
+
+    adopted = adopt_legacy(open_workspace(args))
+    print(f"adopted {len(adopted)} legacy snapshot(s): {', '.join(adopted) or '-'}")
+    return 0
 
 
 def _scheduled(args: argparse.Namespace) -> int:
@@ -194,23 +224,55 @@ def _scheduled(args: argparse.Namespace) -> int:
 def _register_restore(actions: argparse._SubParsersAction) -> None:
     from pipelines.compliance.policy import ALL_ZONES
 
-    parser = _sub(actions, "restore", "write a snapshot to a new directory", _restore)
+    parser = _sub(
+        actions,
+        "restore",
+        "restore a snapshot as a complete, independent workspace in a new directory",
+        _restore,
+    )
     parser.add_argument("snapshot", metavar="SNAPSHOT")
     parser.add_argument(
-        "--to", required=True, type=Path, help="new or empty directory (workspace layout)"
+        "--to",
+        required=True,
+        type=Path,
+        help="new or empty directory outside any workspace (or a live workspace with --replace)",
     )
     parser.add_argument("--zone", action="append", choices=ALL_ZONES, help="only these zones")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="the tokenisation key the data was written with (never in a snapshot); checked "
+        "against the snapshot's key id and installed in the restored workspace",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="restore over the live workspace at --to; what it replaces is snapshotted first",
+    )
 
 
 def _restore(args: argparse.Namespace) -> int:
     from pipelines.compliance.vault.restore import restore_snapshot
+    from pipelines.core.keys import read_key_file
 
+    token_key = read_key_file(args.key_file, "token key") if args.key_file else None
     result = restore_snapshot(
-        open_workspace(args), args.snapshot, args.to, zones=args.zone, progress=True
+        open_workspace(args),
+        args.snapshot,
+        args.to,
+        zones=args.zone,
+        progress=True,
+        token_key=token_key,
+        replace=args.replace,
+    )
+    replaced = (
+        f"; what it replaced is snapshot {result.replaced_snapshot_id}"
+        if result.replaced_snapshot_id
+        else ""
     )
     print(
         f"restored {result.files} files ({_human(result.bytes_restored)}) of "
-        f"{result.snapshot_id} to {result.target}; every file matched its SHA-256"
+        f"{result.snapshot_id} to {result.target}; every file matched its SHA-256{replaced}"
     )
     return 0
 
@@ -248,6 +310,8 @@ def _prune(args: argparse.Namespace) -> int:
             print(f"kept {snapshot_id}: locked until {until}")
         for snapshot_id, hold_id in sorted(set(result.kept_held)):
             print(f"kept expired data of {snapshot_id}: legal hold {hold_id}")
+        for snapshot_id, why in result.kept_untrusted:
+            print(f"kept {snapshot_id} whole, its retention is not trusted: {why}")
     print(f"garbage-collected {result.objects_removed} objects ({_human(result.bytes_freed)})")
     return 0
 

@@ -3,11 +3,14 @@
 One module per job, over a shared format:
 
 - ``layout``: where things live under ``workspace.vault``, the errors, hashing and copying;
-- ``manifest``: the snapshot format (``Entry``, ``Snapshot``), reading, writing, listing;
+- ``manifest``: the snapshot format (``Entry``, ``Snapshot``), MAC'd with the records key;
+  reading, writing, listing; the audit heads snapshots anchor (``audit_anchors``);
 - ``snapshot``: ``create_snapshot`` (incremental, consistent under the workspace lock);
-- ``verify``: ``verify_snapshots`` re-hashes every referenced object;
+- ``verify``: ``verify_snapshots`` authenticates manifests, re-hashes every referenced object,
+  cross-checks the audit trail;
 - ``restore``: ``restore_snapshot`` into a new directory, all or nothing;
-- ``pruning``: ``delete_snapshots`` and ``prune``, refused while locked or held;
+- ``pruning``: ``delete_snapshots`` and ``prune``, refused while locked, held or unauthenticated;
+  ``adopt_legacy`` re-signs manifests of older versions;
 - ``schedule``: how often ``run_if_due`` takes a snapshot.
 
 The names below are re-exported so ``from pipelines.compliance import vault`` keeps working.
@@ -25,12 +28,18 @@ from pipelines.compliance.vault.manifest import (
     MANIFEST_FORMAT,
     Entry,
     Snapshot,
+    audit_anchors,
     list_snapshots,
     load_snapshot,
     new_snapshot_id,
     snapshot_ids,
 )
-from pipelines.compliance.vault.pruning import PruneResult, delete_snapshots, prune
+from pipelines.compliance.vault.pruning import (
+    PruneResult,
+    adopt_legacy,
+    delete_snapshots,
+    prune,
+)
 from pipelines.compliance.vault.restore import RestoreResult, restore_snapshot
 from pipelines.compliance.vault.schedule import (
     DEFAULT_EVERY_HOURS,
@@ -59,6 +68,8 @@ __all__ = [
     "SnapshotLocked",
     "VaultError",
     "VerifyReport",
+    "adopt_legacy",
+    "audit_anchors",
     "clean_tmp",
     "create_snapshot",
     "delete_snapshots",

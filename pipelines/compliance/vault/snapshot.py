@@ -42,7 +42,13 @@ from pipelines.compliance.vault.layout import (
     utc_now,
     vault_lock,
 )
-from pipelines.compliance.vault.manifest import Entry, Snapshot, new_snapshot_id, write_manifest
+from pipelines.compliance.vault.manifest import (
+    Entry,
+    Snapshot,
+    manifest_path,
+    new_snapshot_id,
+    write_manifest,
+)
 from pipelines.core.fileio import sha256_file, write_json_atomically
 from pipelines.core.workspace import Workspace
 
@@ -75,19 +81,25 @@ def _walk_zone(root: Path) -> Iterator[Path]:
                 yield Path(directory) / name
 
 
-def _file_sources(ws: Workspace, zones: Sequence[str]) -> Iterator[_Source]:
+def _file_sources(
+    ws: Workspace, zones: Sequence[str], replaced: Sequence[tuple[str, str, Path]]
+) -> Iterator[_Source]:
+    """Every file of the zones; ``replaced`` (zone, relative, copy) stand in for live files."""
+    skip = {(zone, relative) for zone, relative, _ in replaced}
     for zone in zones:
         if zone not in FILE_ZONES:
             continue
         root = zone_root(ws, zone)
         for path in _walk_zone(root):
+            relative = path.relative_to(root).as_posix()
+            if (zone, relative) in skip:
+                continue
             st = path.stat()
             yield _Source(
-                zone,
-                path.relative_to(root).as_posix(),
-                path,
-                (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                zone, relative, path, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
             )
+    for zone, relative, copy in replaced:
+        yield _Source(zone, relative, copy, None)
 
 
 def _copy_sqlite(src: Path, dest: Path) -> None:
@@ -195,23 +207,28 @@ def create_snapshot(
         clean_tmp(ws)
         tmp_dir(ws).mkdir(parents=True, exist_ok=True)
         result = _capture(ws, zones, moment, rules, actor, trigger, progress)
-        write_manifest(ws, result.snapshot)
-        clean_tmp(ws)
-    audit.record(
-        ws,
-        "backup.create",
-        actor,
-        result.snapshot.snapshot_id,
-        {
+        snapshot = result.snapshot
+        details = {
             "trigger": trigger,
             "zones": list(zones),
             "files": result.files,
             "bytes_total": result.bytes_total,
             "objects_written": result.objects_written,
             "bytes_written": result.bytes_written,
-            "retain_until": result.snapshot.retain_until,
-        },
-    )
+            "retain_until": snapshot.retain_until,
+            "audit_head_seq": snapshot.audit_head["seq"] if snapshot.audit_head else 0,
+        }
+        # The manifest's appearance is the commit point: audited exactly once, even if killed.
+        with audit.committing(
+            ws,
+            "backup.create",
+            snapshot.snapshot_id,
+            details,
+            actor=actor,
+            when_exists=[manifest_path(ws, snapshot.snapshot_id)],
+        ):
+            write_manifest(ws, snapshot)
+        clean_tmp(ws)
     return result
 
 
@@ -224,7 +241,12 @@ def _capture(
     trigger: str,
     progress: bool,
 ) -> BackupResult:
-    sources = list(_file_sources(ws, zones)) + list(_database_sources(ws, zones))
+    # The anchor and the trail's copy are taken together, under the audit lock.
+    anchor, audit_copies = audit.consistent_copy(
+        ws, tmp_dir(ws) if "records" in zones else None
+    )
+    replaced = [("records", relative, copy) for relative, copy in audit_copies]
+    sources = list(_file_sources(ws, zones, replaced)) + list(_database_sources(ws, zones))
     cache, new_cache = _load_cache(ws), {}
     entries: list[Entry] = []
     result = BackupResult(snapshot=None)  # type: ignore[arg-type]
@@ -265,5 +287,21 @@ def _capture(
             for zone in zones
         },
         entries=tuple(entries),
+        audit_head={"seq": anchor.seq, "hash": anchor.hash} if anchor else None,
+        token_key_ids=token_key_ids(ws),
     )
     return result
+
+
+def token_key_ids(ws: Workspace) -> tuple[str, ...]:
+    """Ids of the tokenisation keys the lake was written with, oldest first (from the trail).
+
+    The key itself is never backed up (PCI DSS 3.6); restoring asks for it and
+    checks it against the newest id here.
+    """
+    ids: dict[str, None] = {}
+    for entry in audit.list_entries(ws, action="ingest.run"):
+        key_id = entry["details"].get("token_key_id")
+        if key_id:
+            ids[key_id] = None
+    return tuple(ids)

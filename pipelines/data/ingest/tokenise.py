@@ -25,12 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.core import keys
-from pipelines.core.keys import MIN_KEY_BYTES, KeyFileError
+from pipelines.core.keys import MIN_KEY_BYTES, TOKEN_KEY_ID_LABEL, KeyFileError
+from pipelines.core.keys import TOKEN_KEY_ENV as KEY_ENV
+from pipelines.core.keys import TOKEN_KEY_FILENAME as KEY_FILENAME
 from pipelines.data.ingest.errors import IngestError
 
-KEY_ENV = "FRAUDOPS_TOKEN_KEY"
-KEY_FILENAME = "card_token.key"
-KEY_ID_LABEL = b"fraudops-token-key-id"
 MIN_CARD_DIGITS = 13
 MAX_CARD_DIGITS = 19
 _SEPARATORS = re.compile(r"[\s\-]")
@@ -55,7 +54,7 @@ class Tokeniser:
     @property
     def key_id(self) -> str:
         """A short, non-reversible fingerprint of the key, safe to log."""
-        return keys.key_id(self.key, KEY_ID_LABEL)
+        return keys.key_id(self.key, TOKEN_KEY_ID_LABEL)
 
     def token(self, digits: str) -> str:
         return hmac.new(self.key, digits.encode("ascii"), hashlib.sha256).hexdigest()
