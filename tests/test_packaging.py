@@ -1,10 +1,11 @@
 """A plain, non-editable install works from any directory, offline (issue 10).
 
 What CodeBuild does (``pip install .``, then the console scripts), without the
-network: the working tree is copied, built into an sdist and the sdist into a
-wheel (so ``MANIFEST.in`` and ``setup.py``'s bundling of the container code
-are both exercised), the wheel goes into a fresh venv, and the copy is deleted
-before anything runs. The fresh venv reaches the third-party dependencies
+network: the source archive CodeBuild checks out (``source.zip``, built by
+``pipelines.workflow.stack``) is unpacked, built into an sdist and the sdist
+into a wheel (so ``MANIFEST.in`` and ``setup.py``'s bundling of the container
+code are both exercised), the wheel goes into a fresh venv, and the unpacked
+source is deleted before anything runs. The fresh venv reaches the third-party dependencies
 through a ``.pth`` line naming this venv's site-packages; ``.pth`` files inside
 that directory are not processed, so the checkout's editable finder does not
 leak in. A guard loaded at start-up records every module the fresh venv
@@ -21,19 +22,19 @@ import sys
 import sysconfig
 import tarfile
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from pipelines.workflow.stack import build_source_archive
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Folders setup.py bundles into the wheel whose code the definition references.
 CODE_UNITS = ("processing", "training", "inference")
-# Never part of a build: caches, environments, local state and build output.
-NOT_SOURCE = {".git", ".venv", ".fraudops", "build", "dist", "__pycache__", ".pytest_cache",
-              ".ruff_cache", "test-artifacts", "spark-warehouse", "metastore_db", "results"}
 REPORT_ENV = "FRAUDOPS_PACKAGING_IMPORT_REPORT"
 
 # Loaded by a .pth line at every start of the fresh venv's Python: on exit it
@@ -75,7 +76,7 @@ class FreshInstall:
     venv: Path
     site_packages: Path
     workdir: Path
-    marker: str  # written into each bundled code unit of the built copy
+    marker: str  # written into each code unit of the source that was built
 
     def run(self, *command: str) -> subprocess.CompletedProcess[str]:
         """Run ``command`` (a script of the venv) from ``workdir``; fail on checkout imports."""
@@ -103,10 +104,10 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _copy_source(destination: Path, marker: str) -> None:
-    """The working tree without caches or environments, each code unit marked."""
-    shutil.copytree(REPO_ROOT, destination, ignore=lambda _dir, names: [
-        n for n in names if n in NOT_SOURCE or n.endswith((".egg-info", ".pyc"))])
+def _unpack_source(destination: Path, marker: str) -> None:
+    """CodeBuild's source archive of this checkout, unpacked, each code unit marked."""
+    with zipfile.ZipFile(build_source_archive(destination.parent)) as archive:
+        archive.extractall(destination)
     for unit in CODE_UNITS:
         script = sorted((destination / unit).glob("*.py"))[0]
         with script.open("a") as handle:
@@ -132,9 +133,9 @@ def fresh(tmp_path_factory) -> FreshInstall:
     root = tmp_path_factory.mktemp("packaging")
     marker = f"packaging-test-marker {uuid.uuid4().hex}"
     source = root / "source"
-    _copy_source(source, marker)
+    _unpack_source(source, marker)
     wheel = _build_wheel(source, root)
-    shutil.rmtree(source)  # nothing may read the built copy either
+    shutil.rmtree(source)  # nothing may read the unpacked source either
 
     venv = root / "fresh"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -192,12 +193,12 @@ def test_get_pipeline_definition_renders_offline_with_the_installed_code(fresh: 
             names |= {s["Name"] for s in step["Arguments"].get(branch, [])}
     assert {"Preprocess", "Train", "Evaluate", "QualityGate", "Register"} <= names
 
-    # Each code unit the definition references is the marked copy that was built
+    # Each code unit the definition references is the marked source that was built
     # into the wheel, not the checkout's folder of the same name.
     for unit in CODE_UNITS:
         staged = sorted(store.glob(f"*/*/code/{unit}/*/sourcedir.tar.gz"))
         marked = [tarball for tarball in staged if _contains(tarball, fresh.marker)]
-        assert marked, f"no staged {unit} code carries the marker of the built copy: {staged}"
+        assert marked, f"no staged {unit} code carries the marker of the built source: {staged}"
         digest = marked[0].parent.name
         assert f"/code/{unit}/{digest}/" in text, f"the definition does not reference {marked[0]}"
 

@@ -6,12 +6,20 @@ import json
 import zipfile
 
 import boto3
+import pytest
 from botocore.stub import ANY, Stubber
 
 from pipelines.cli.main import main
+from pipelines.workflow import stack
 from pipelines.workflow.declaration import FRAUD_WORKFLOW
 from pipelines.workflow.render import to_state_machine
-from pipelines.workflow.stack import Environment, build_artifacts, deploy_stack, stack_parameters
+from pipelines.workflow.stack import (
+    SOURCE_FILES,
+    Environment,
+    build_artifacts,
+    deploy_stack,
+    stack_parameters,
+)
 
 
 def test_artifacts_hold_handlers_their_package_and_the_rendered_workflow(tmp_path):
@@ -22,6 +30,22 @@ def test_artifacts_hold_handlers_their_package_and_the_rendered_workflow(tmp_pat
     assert not any("__pycache__" in n for n in names)
     rendered = json.loads(artifacts["workflow.asl.json"].read_text())
     assert rendered == to_state_machine(FRAUD_WORKFLOW)
+
+
+def test_source_archive_holds_what_codebuild_needs_for_pip_install(tmp_path):
+    names = set(zipfile.ZipFile(build_artifacts(tmp_path)["source.zip"]).namelist())
+    assert set(SOURCE_FILES) <= names  # setup.py, pyproject.toml, the buildspec, ...
+    for module in ("pipelines/fraud/pipeline.py", "processing/preprocess.py", "training/train.py",
+                   "infra/cicd.yaml", "pipelines/data/lake/queries/fraud_rate_by_day.sql",
+                   "lambdas/deploy/handler.py"):
+        assert module in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
+def test_source_archive_needs_a_checkout(tmp_path, monkeypatch):
+    monkeypatch.setattr(stack, "import_root", lambda: tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no setup.py, pyproject.toml"):
+        stack.build_source_archive(tmp_path)
 
 
 def test_stack_parameters_only_pass_what_the_template_declares():
