@@ -48,10 +48,11 @@ class Ledger:
         return self._table(KIND_QUARANTINE)
 
     def is_committed(self, ingestion_id: str) -> bool:
-        path = self._path(ingestion_id)
+        path = self.committed_path(ingestion_id)
         return self.fs.get_file_info(path).type == pafs.FileType.File
 
-    def _path(self, ingestion_id: str) -> str:
+    def committed_path(self, ingestion_id: str) -> str:
+        """The run's ledger file: it exists exactly when the run has committed."""
         return f"{self.root}/{ingestion_id}.parquet"
 
     def commit(
@@ -75,7 +76,7 @@ class Ledger:
         self.fs.create_dir(self.root, recursive=True)
         temporary = f"{self.root}/_tmp-{ingestion_id}-{uuid.uuid4().hex[:8]}.parquet"
         pq.write_table(table, temporary, filesystem=self.fs, compression="zstd")
-        self.fs.move(temporary, self._path(ingestion_id))
+        self.fs.move(temporary, self.committed_path(ingestion_id))
 
 
 def _kind_table(kind: str, keys: pa.ChunkedArray) -> pa.Table:

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,10 +34,17 @@ READ_THREADS = 2
 
 # progress(stage, done, total): lets the CLI draw a bar without this module printing.
 Progress = Callable[[str, int, int], None]
+# commit_guard(report) wraps the run's commit point (publish + ledger commit); the
+# local backend passes the audit trail's write-ahead ``committing``.
+CommitGuard = Callable[[IngestReport], AbstractContextManager[object]]
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     return None
+
+
+def _no_guard(report: IngestReport) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 def new_ingestion_id(now: datetime | None = None) -> str:
@@ -53,6 +60,7 @@ def run_ingestion(
     column_map: Mapping[str, str] | None = None,
     fmt: str = "auto",
     progress: Progress = _no_progress,
+    commit_guard: CommitGuard = _no_guard,
 ) -> IngestReport:
     """Ingest landing files into the curated and quarantine zones; return the reconciliation.
 
@@ -61,7 +69,7 @@ def run_ingestion(
     (``IngestError``) leaves the lake untouched.
     """
     with card_numbers_masked():  # no exception leaves ingestion with a card number in it
-        return _run(layout, paths, tokeniser, column_map or {}, fmt, progress)
+        return _run(layout, paths, tokeniser, column_map or {}, fmt, progress, commit_guard)
 
 
 def _run(
@@ -71,6 +79,7 @@ def _run(
     column_map: Mapping[str, str],
     fmt: str,
     progress: Progress,
+    commit_guard: CommitGuard,
 ) -> IngestReport:
     ledger = Ledger(layout.fs, layout.state)
     recovered = writer.recover(layout, ledger, lambda report: _write_log(layout, report))
@@ -118,16 +127,18 @@ def _run(
     }
     report.finished_at = datetime.now(UTC).isoformat()
     writer.write_journal(layout, ingestion_id, staged, report.to_dict())
-    try:
-        writer.publish(layout, staged)
-        ledger.commit(
-            ingestion_id, classified.curated.column("transaction_id"), classified.quarantine_keys
-        )
-    except BaseException:
-        # Undo now if we can; if the process dies here instead, ``recover`` does it next run.
-        if not ledger.is_committed(ingestion_id):
-            writer.rollback(layout, ingestion_id, staged)
-        raise
+    with commit_guard(report):
+        try:
+            writer.publish(layout, staged)
+            ledger.commit(
+                ingestion_id, classified.curated.column("transaction_id"),
+                classified.quarantine_keys,
+            )
+        except BaseException:
+            # Undo now if we can; if the process dies here instead, ``recover`` does it next run.
+            if not ledger.is_committed(ingestion_id):
+                writer.rollback(layout, ingestion_id, staged)
+            raise
     _write_log(layout, report.to_dict())
     writer.finish(layout, ingestion_id)
     progress("writing", 1, 1)
@@ -203,14 +214,25 @@ def ingest(
     layout = LakeLayout.for_workspace(ws)
     tokeniser = Tokeniser(load_key(ws.secrets, key_file))
     targets = [str(Path(p).expanduser().resolve()) for p in (paths or [ws.landing])]
+    ledger = Ledger(layout.fs, layout.state)
+
+    def audited(report: IngestReport) -> AbstractContextManager[object]:
+        # One ``ingest.run`` entry per committed run, recovered if the process dies.
+        return audit.committing(
+            ws, "ingest.run", report.ingestion_id, _audit_details(report),
+            when_exists=[Path(ledger.committed_path(report.ingestion_id))],
+        )
+
     try:
         # Shared workspace lock: a backup (exclusive) never sees a half-published run.
         with ingestion_lock(ws), workspace_lock(ws, exclusive=False):
-            report = run_ingestion(layout, targets, tokeniser, column_map, fmt, progress)
+            report = run_ingestion(layout, targets, tokeniser, column_map, fmt, progress,
+                                   commit_guard=audited)
     except IngestError as exc:
         audit.record(ws, "ingest.refused", subject=", ".join(targets), details={"error": str(exc)})
         raise
-    audit.record(ws, "ingest.run", subject=report.ingestion_id, details=_audit_details(report))
+    if report.recovered:
+        audit.record(ws, "ingest.recover", subject="ingest", details={"actions": report.recovered})
     try:
         catalog.sync_ingestion_runs(ws)
         catalog.refresh_catalog(ws)

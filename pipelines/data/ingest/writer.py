@@ -146,8 +146,12 @@ def recover(
 
     Must run under the ingestion lock, before a new run reads the ledger.
     """
-    actions = []
     pending_dir = f"{layout.state}/pending"
+    actions = [
+        removed
+        for directory in (pending_dir, ledger.root, layout.logs)
+        for removed in _remove_temporaries(layout, directory)
+    ]
     if layout.exists(pending_dir):
         selector = pafs.FileSelector(pending_dir)
         for info in layout.fs.get_file_info(selector):
@@ -170,6 +174,18 @@ def recover(
                 _delete_dir_if_exists(layout.fs, info.path)
                 actions.append(f"removed unfinished staging {info.base_name}")
     return actions
+
+
+def _remove_temporaries(layout: LakeLayout, directory: str) -> list[str]:
+    """Half-written ``_tmp-*`` files a killed run left (``write_json``, ``Ledger.commit``)."""
+    if not layout.exists(directory):
+        return []
+    removed = []
+    for info in layout.fs.get_file_info(pafs.FileSelector(directory)):
+        if info.type == pafs.FileType.File and info.base_name.startswith("_tmp-"):
+            layout.fs.delete_file(info.path)
+            removed.append(f"removed leftover {info.base_name}")
+    return removed
 
 
 def _delete_file_if_exists(fs: pafs.FileSystem, path: str) -> None:
