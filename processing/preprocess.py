@@ -39,7 +39,9 @@ waste data (longer) without anyone noticing. Rebuild the features with
 
 Window defaults (all days are UTC calendar days):
     * ``--train-start``: the earliest day in the data (also when given as "").
-    * 0 for a ``--*-days`` argument means "derive", as the pipeline parameters do.
+    * ``--*-days`` take whole days (``7`` or ``7d``) or hours (``36h``); 0 or ""
+      means "derive", as the pipeline parameters do. When a window is given in
+      hours that are not whole days, every window is laid out in whole hours.
     * ``--test-days`` and ``--validation-days``: 7 (a week covers the weekly
       seasonality of card spending), shrunk to a quarter of the usable days on
       short histories.
@@ -47,6 +49,15 @@ Window defaults (all days are UTC calendar days):
       the validation window" and the test window is the last days of the data.
       Set, the windows are laid out forwards from --train-start (for
       backtesting an older period).
+
+Short histories: when no window is given and the data spans too little time
+for these day windows (e.g. two days of data with a 7-day label delay), the
+split falls back to a chronological split by time fractions, 60/20/20
+train/validation/test, with the label-delay gap scaled down by the factor the
+data falls short of the default layout (``plan_by_fractions``). The fallback
+is printed and recorded in the split (``method``, ``note``,
+``label_delay_gap_hours``); explicit windows that do not fit still fail,
+naming the dates and the flag to change.
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +81,9 @@ SPLIT_NAMES = ("train", "validation", "test")
 # Columns evaluation and scoring need besides the features and the label.
 REQUIRED_ID_COLUMNS = ("transaction_id", "customer_id", "timestamp")
 DEFAULT_WINDOW_DAYS = 7
+HOURS_PER_DAY = 24
+# The short-history fallback: shares of the time span for train, validation and test.
+FALLBACK_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
 # --label-delay-days value meaning "the feature manifest's" (the pipeline parameter's
 # default, pipelines.core.params.LABEL_DELAY_FROM_FEATURES: this script cannot import it).
 LABEL_DELAY_FROM_FEATURES = -1
@@ -86,32 +100,74 @@ class SplitError(Exception):
 
 @dataclass(frozen=True)
 class Window:
-    """An inclusive range of UTC days."""
+    """A span of UTC time ``[start, end)``; day windows start and end at midnight."""
 
     name: str
-    start: date
-    end: date
+    start: datetime  # naive UTC
+    end: datetime  # exclusive
 
     @property
-    def days(self) -> int:
-        return (self.end - self.start).days + 1
+    def hours(self) -> float:
+        return (self.end - self.start) / timedelta(hours=1)
+
+    @property
+    def days(self) -> int | float:
+        """Whole days for day windows, else a fraction (two decimals)."""
+        days = self.hours / HOURS_PER_DAY
+        return int(days) if days.is_integer() else round(days, 2)
+
+    @property
+    def whole_days(self) -> bool:
+        return self.start == _midnight(self.start) and self.end == _midnight(self.end)
+
+    @property
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        return (self.end - timedelta(microseconds=1)).date()
+
+    def span(self) -> str:
+        """``2026-01-01..2026-01-05 (5 days)``, or exact times for windows not in whole days."""
+        if self.whole_days:
+            return f"{self.first_day}..{self.last_day} ({self.days} days)"
+        return f"{self.start:%Y-%m-%d %H:%M}..{self.end:%Y-%m-%d %H:%M} ({self.hours:g} hours)"
 
     def describe(self) -> str:
-        return f"{self.name} {self.start.isoformat()}..{self.end.isoformat()} ({self.days} days)"
+        return f"{self.name} {self.span()}"
 
     def to_json(self) -> dict:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "days": self.days}
+        """``start``/``end`` are the first and last UTC day touched (inclusive);
+        ``start_time``/``end_time`` the exact bounds (end exclusive)."""
+        return {
+            "start": self.first_day.isoformat(),
+            "end": self.last_day.isoformat(),
+            "days": self.days,
+            "hours": self.hours,
+            "start_time": self.start.isoformat(),
+            "end_time": self.end.isoformat(),
+            "span": self.span(),
+        }
 
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """The three windows plus the gaps between them."""
+    """The three windows plus the gaps between them.
+
+    ``label_delay_days`` is the delay the features were built with (carried to
+    the model package); ``delay_gap`` is the time actually left out before the
+    test window: the same delay, or less when the split fell back to fractions.
+    """
 
     train: Window
     validation: Window
     test: Window
     validation_gap_days: int
     label_delay_days: int
+    delay_gap: timedelta
+    method: str = "windows"  # or "fractions" (the short-history fallback)
+    note: str = ""  # why the fallback was taken and what it did, printed and recorded
 
     def windows(self) -> tuple[Window, Window, Window]:
         return (self.train, self.validation, self.test)
@@ -119,14 +175,26 @@ class WindowPlan:
 
 @dataclass(frozen=True)
 class WindowArgs:
-    """The window arguments as given on the command line (None = derive)."""
+    """The window arguments as given on the command line, in hours (None = derive)."""
 
     train_start: date | None
-    train_days: int | None
-    validation_days: int | None
-    test_days: int | None
+    train_hours: int | None
+    validation_hours: int | None
+    test_hours: int | None
     label_delay_days: int
     validation_gap_days: int
+
+    @property
+    def derived(self) -> bool:
+        """No window was given: the split may fall back to fractions on short data."""
+        return not (self.train_start or self.train_hours or self.validation_hours
+                    or self.test_hours)
+
+    @property
+    def unit_hours(self) -> int:
+        """Day windows unless a window is given in hours that are not whole days."""
+        given = (self.train_hours, self.validation_hours, self.test_hours)
+        return HOURS_PER_DAY if all(h % HOURS_PER_DAY == 0 for h in given if h) else 1
 
 
 # --- reading -----------------------------------------------------------------
@@ -222,88 +290,162 @@ def read_feature_table(features_dir: Path, files: list[Path], columns: list[str]
     return table.to_pandas()
 
 
-def utc_days(timestamps: pd.Series) -> pd.Series:
-    """Midnight of each timestamp's UTC day, tz-naive (naive timestamps are taken as UTC).
+def utc_times(timestamps: pd.Series) -> pd.Series:
+    """Each timestamp as tz-naive UTC (naive timestamps are taken as UTC), vectorised."""
+    return pd.to_datetime(timestamps, utc=True).dt.tz_convert(None)
 
-    Kept as datetime64 rather than ``date`` objects so window filters stay vectorised.
-    """
-    stamps = pd.to_datetime(timestamps, utc=True)
-    return stamps.dt.tz_convert(None).dt.floor("D")
+
+def _midnight(moment: datetime | date) -> datetime:
+    day = moment.date() if isinstance(moment, datetime) else moment
+    return datetime.combine(day, time())
+
+
+def _floor(moment: datetime, unit_hours: int) -> datetime:
+    """The start of the UTC day (``unit_hours`` 24) or hour (1) holding ``moment``."""
+    if unit_hours == HOURS_PER_DAY:
+        return _midnight(moment)
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 # --- planning the windows ----------------------------------------------------
 
 
-def default_window_days(usable_days: int) -> int:
-    """A week, or a quarter of the usable days when the history is short (at least 1)."""
-    return max(1, min(DEFAULT_WINDOW_DAYS, usable_days // 4))
+def default_window_units(usable_units: int, unit_hours: int) -> int:
+    """A week, or a quarter of the usable time when the history is short (at least one unit)."""
+    week = DEFAULT_WINDOW_DAYS * HOURS_PER_DAY // unit_hours
+    return max(1, min(week, usable_units // 4))
 
 
-def plan_windows(first_day: date, last_day: date, args: WindowArgs) -> WindowPlan:
-    """Place train, validation and test windows between ``first_day`` and ``last_day``."""
-    start = args.train_start or first_day
-    if start > last_day:
+def plan_windows(first: datetime, last: datetime, args: WindowArgs) -> WindowPlan:
+    """Place train, validation and test windows over the data from ``first`` to ``last``.
+
+    Windows are whole UTC days unless one is given in hours that are not whole
+    days; then every window (and default) is laid out in whole hours.
+    """
+    unit_hours = args.unit_hours
+    unit = timedelta(hours=unit_hours)
+    data_start, data_end = _floor(first, unit_hours), _floor(last, unit_hours) + unit
+    start = _midnight(args.train_start) if args.train_start else data_start
+    if start >= data_end:
         raise SplitError(
-            f"--train-start {start} is after the last day of data {last_day}; "
-            f"choose a date between {first_day} and {last_day}."
+            f"--train-start {args.train_start} is after the last day of data {last.date()}; "
+            f"choose a date between {first.date()} and {last.date()}."
         )
-    usable = (last_day - start).days + 1 - args.label_delay_days - args.validation_gap_days
-    test_days = args.test_days or default_window_days(usable)
-    validation_days = args.validation_days or default_window_days(usable)
-    for flag, value in (("--test-days", test_days), ("--validation-days", validation_days)):
-        if value < 1:
-            raise SplitError(f"{flag} must be at least 1 (got {value}).")
-
-    if not args.train_days:
+    delay = timedelta(days=args.label_delay_days)
+    validation_gap = timedelta(days=args.validation_gap_days)
+    usable = (data_end - start - delay - validation_gap) // unit
+    test = _given_or_default(args.test_hours, usable, unit_hours)
+    validation = _given_or_default(args.validation_hours, usable, unit_hours)
+    if not args.train_hours:
         # Anchor the test window at the end of the data; train takes what is left.
-        test = Window("test", last_day - timedelta(days=test_days - 1), last_day)
-        val_end = test.start - timedelta(days=args.label_delay_days + 1)
-        validation = Window("validation", val_end - timedelta(days=validation_days - 1), val_end)
-        train_end = validation.start - timedelta(days=args.validation_gap_days + 1)
-        train = Window("train", start, train_end)
+        test_window = Window("test", data_end - test, data_end)
+        val_end = test_window.start - delay
+        validation_window = Window("validation", val_end - validation, val_end)
+        train = Window("train", start, validation_window.start - validation_gap)
     else:
-        if args.train_days < 1:
-            raise SplitError(f"--train-days must be at least 1 (got {args.train_days}).")
-        train = Window("train", start, start + timedelta(days=args.train_days - 1))
-        val_start = train.end + timedelta(days=args.validation_gap_days + 1)
-        validation = Window(
-            "validation", val_start, val_start + timedelta(days=validation_days - 1)
-        )
-        test_start = validation.end + timedelta(days=args.label_delay_days + 1)
-        test = Window("test", test_start, test_start + timedelta(days=test_days - 1))
-
-    plan = WindowPlan(train, validation, test, args.validation_gap_days, args.label_delay_days)
-    check_plan_fits(plan, first_day, last_day)
+        train = Window("train", start, start + timedelta(hours=args.train_hours))
+        val_start = train.end + validation_gap
+        validation_window = Window("validation", val_start, val_start + validation)
+        test_start = validation_window.end + delay
+        test_window = Window("test", test_start, test_start + test)
+    plan = WindowPlan(train, validation_window, test_window, args.validation_gap_days,
+                      args.label_delay_days, delay)
+    check_plan_fits(plan, first, last, data_end)
     return plan
 
 
-def check_plan_fits(plan: WindowPlan, first_day: date, last_day: date) -> None:
+def _given_or_default(hours: int | None, usable_units: int, unit_hours: int) -> timedelta:
+    if hours:
+        return timedelta(hours=hours)
+    return timedelta(hours=default_window_units(usable_units, unit_hours) * unit_hours)
+
+
+def check_plan_fits(plan: WindowPlan, first: datetime, last: datetime, data_end: datetime) -> None:
     """Fail with the dates and the flag to change when a window falls outside the data."""
     layout = "; ".join(window.describe() for window in plan.windows())
-    if plan.train.end < plan.train.start:
+    if plan.train.end <= plan.train.start:
         raise SplitError(
-            f"no days left for training: data spans {first_day}..{last_day}, but {layout}, "
-            f"with a label-delay gap of {plan.label_delay_days} days and a validation gap of "
-            f"{plan.validation_gap_days} days. Reduce --test-days or --validation-days, "
-            "move --train-start earlier, provide more days of data, or rebuild the features "
-            f"with a shorter label delay (`{rebuild_hint()}`)."
+            f"no days left for training: data spans {first.date()}..{last.date()}, but "
+            f"{layout}, with a label-delay gap of {plan.label_delay_days} days and a validation "
+            f"gap of {plan.validation_gap_days} days. Reduce --test-days or --validation-days "
+            "(whole days, or hours such as 12h), move --train-start earlier, provide more days "
+            f"of data, or rebuild the features with a shorter label delay (`{rebuild_hint()}`)."
         )
-    if plan.test.end > last_day:
+    if plan.test.end > data_end:
         raise SplitError(
-            f"the test window {plan.test.start}..{plan.test.end} ends after the last day of "
-            f"data {last_day} ({layout}). Reduce --train-days, --validation-days or "
+            f"the test window {plan.test.span()} ends after the last day of data "
+            f"{last.date()} ({layout}). Reduce --train-days, --validation-days or "
             "--test-days, or move --train-start earlier."
         )
+
+
+def plan_by_fractions(first: datetime, last: datetime, args: WindowArgs) -> WindowPlan:
+    """The short-history fallback: a chronological split of the time span by fractions.
+
+    Used only when no window was given and the default day windows do not fit.
+    The label-delay gap (and any validation gap) shrink by the factor the data
+    falls short of what the default layout needs (three week-long windows plus
+    the delay), so the protocol keeps its shape at a smaller scale; the rest is
+    cut 60/20/20 into train, validation and test, at whole minutes.
+    """
+    data_end = last.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    span = data_end - first
+    needed = timedelta(days=3 * DEFAULT_WINDOW_DAYS + args.label_delay_days
+                       + args.validation_gap_days)
+    scale = min(1.0, span / needed)
+    delay = _whole_hours(timedelta(days=args.label_delay_days) * scale)
+    validation_gap = _whole_hours(timedelta(days=args.validation_gap_days) * scale)
+    usable = span - delay - validation_gap
+    train_end = _minute(first + usable * FALLBACK_FRACTIONS["train"])
+    val_start = train_end + validation_gap
+    val_end = _minute(val_start + usable * FALLBACK_FRACTIONS["validation"])
+    plan = WindowPlan(
+        Window("train", first, train_end),
+        Window("validation", val_start, val_end),
+        Window("test", val_end + delay, data_end),
+        args.validation_gap_days,
+        args.label_delay_days,
+        delay,
+        method="fractions",
+        note=(
+            f"short history: the data spans {span / timedelta(hours=1):.1f} hours "
+            f"({first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M}), less than the default windows "
+            f"need ({needed.days} days: three {DEFAULT_WINDOW_DAYS}-day windows and the "
+            f"{args.label_delay_days}-day label delay), so the split is chronological by time "
+            "fractions: " + "/".join(f"{int(f * 100)}" for f in FALLBACK_FRACTIONS.values())
+            + f" train/validation/test, with the label-delay gap scaled to "
+            f"{delay / timedelta(hours=1):g} hours. Give --train-days/--validation-days/"
+            "--test-days (days, or hours such as 12h) to choose the windows, or rebuild the "
+            f"features with `{rebuild_hint(0)}` for no gap."
+        ),
+    )
+    return plan
+
+
+def _whole_hours(span: timedelta) -> timedelta:
+    return timedelta(hours=round(span / timedelta(hours=1)))
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def choose_plan(first: datetime, last: datetime, args: WindowArgs) -> WindowPlan:
+    """The day (or hour) windows; when none was given and they do not fit, the fallback."""
+    try:
+        return plan_windows(first, last, args)
+    except SplitError:
+        if not args.derived:
+            raise
+        return plan_by_fractions(first, last, args)
 
 
 # --- splitting ---------------------------------------------------------------
 
 
 def rows_in(frame: pd.DataFrame, window: Window) -> pd.DataFrame:
-    """The rows whose UTC day falls inside ``window``."""
-    mask = (frame["_day"] >= pd.Timestamp(window.start)) & (
-        frame["_day"] <= pd.Timestamp(window.end)
-    )
+    """The rows whose UTC time falls inside ``window`` (end exclusive)."""
+    mask = (frame["_ts"] >= pd.Timestamp(window.start)) & (frame["_ts"] < pd.Timestamp(window.end))
     return frame.loc[mask]
 
 
@@ -323,12 +465,12 @@ def split_frame(
             reason = "no rows" if part.empty else f"no labelled rows ({len(part)} unlabelled)"
             raise SplitError(
                 f"the {window.describe()} window has {reason}. Data days present: "
-                f"{frame['_day'].min().date()}..{frame['_day'].max().date()}. "
+                f"{frame['_ts'].min().date()}..{frame['_ts'].max().date()}. "
                 "Change --train-start or "
                 f"--{window.name}-days (or the label delay: `{rebuild_hint()}`) so every "
                 "window covers days with labelled transactions."
             )
-        labelled = labelled.sort_values("timestamp", kind="stable").drop(columns="_day")
+        labelled = labelled.sort_values("timestamp", kind="stable").drop(columns="_ts")
         labelled[label] = labelled[label].astype("int8")
         frames[window.name] = labelled.reset_index(drop=True)
         stats[window.name] = {
@@ -388,13 +530,31 @@ def iso_date(text: str) -> date | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-31") from exc
 
 
+def window_hours(text: str) -> int | None:
+    """argparse type for a window: ``7`` or ``7d`` (days), ``36h`` (hours) -> hours;
+    empty or 0 means "derive" (the pipeline parameters' default)."""
+    value = text.strip().lower()
+    unit = HOURS_PER_DAY
+    if value.endswith(("h", "d")):
+        value, unit = value[:-1], (1 if value.endswith("h") else HOURS_PER_DAY)
+    if not value:
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a window: give whole days (7 or 7d) or hours (36h)"
+        )
+    return int(value) * unit or None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--base-dir", type=Path, default=Path("/opt/ml"))
     parser.add_argument("--train-start", "--train_start", type=iso_date, default=None)
-    parser.add_argument("--train-days", "--train_days", type=int, default=None)
-    parser.add_argument("--validation-days", "--validation_days", type=int, default=None)
-    parser.add_argument("--test-days", "--test_days", type=int, default=None)
+    for window in ("train", "validation", "test"):
+        parser.add_argument(
+            f"--{window}-days", f"--{window}_days", type=window_hours, default=None,
+            help="whole days (7 or 7d) or hours (36h); empty or 0: derive from the data",
+        )
     parser.add_argument(
         "--label-delay-days",
         "--label_delay_days",
@@ -413,9 +573,9 @@ def window_args(args: argparse.Namespace, label_delay_days: int) -> WindowArgs:
         raise SplitError("--validation-gap-days cannot be negative.")
     return WindowArgs(
         train_start=args.train_start,
-        train_days=args.train_days,
-        validation_days=args.validation_days,
-        test_days=args.test_days,
+        train_hours=args.train_days,
+        validation_hours=args.validation_days,
+        test_hours=args.test_days,
         label_delay_days=label_delay_days,
         validation_gap_days=args.validation_gap_days,
     )
@@ -446,15 +606,20 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     if frame.empty:
         raise SplitError(f"the feature table under {features_dir} has no rows.")
     check_labels(frame, label)
-    frame["_day"] = utc_days(frame["timestamp"])
-    first_day, last_day = frame["_day"].min().date(), frame["_day"].max().date()
-    plan = plan_windows(first_day, last_day, windows_args)
+    frame["_ts"] = utc_times(frame["timestamp"])
+    first, last = (frame["_ts"].agg(bound).floor("us").to_pydatetime() for bound in ("min", "max"))
+    plan = choose_plan(first, last, windows_args)
+    if plan.note:
+        print(plan.note, flush=True)
     frames, stats = split_frame(frame, plan, label)
 
     windows = {name: stats[name] for name in SPLIT_NAMES}
     gaps = {
         "validation_gap_days": plan.validation_gap_days,
         "label_delay_days": plan.label_delay_days,
+        "label_delay_gap_hours": plan.delay_gap / timedelta(hours=1),
+        "method": plan.method,
+        "note": plan.note,
     }
     # Build every output in memory first so a failure above writes nothing.
     for name in SPLIT_NAMES:
@@ -469,7 +634,7 @@ def report(stats: dict[str, dict]) -> None:
         s = stats[name]
         rate = s["frauds"] / s["rows"] if s["rows"] else float("nan")
         print(
-            f"{name}: {s['start']}..{s['end']} ({s['days']} days) rows={s['rows']} "
+            f"{name}: {s['span']} rows={s['rows']} "
             f"frauds={s['frauds']} fraud_rate={rate:.4%} "
             f"dropped_unlabelled={s['dropped_unlabelled']}"
         )

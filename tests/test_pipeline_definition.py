@@ -140,10 +140,10 @@ def test_parameters_and_defaults(definition):
     assert params == {
         "InputFeaturesUri": ("String", "s3://lake/features/transactions"),
         "TrainStartDate": ("String", ""),
-        "TrainDays": ("Integer", 0),
+        "TrainDays": ("String", ""),  # days (7, 7d) or hours (36h); empty: derive
         "LabelDelayDays": ("Integer", -1),  # the features' delay (their manifest)
-        "ValidationDays": ("Integer", 0),
-        "TestDays": ("Integer", 0),
+        "ValidationDays": ("String", ""),
+        "TestDays": ("String", ""),
         "ProcessingInstanceType": ("String", "ml.m5.xlarge"),
         "ProcessingInstanceCount": ("Integer", 1),
         "TrainingInstanceType": ("String", "ml.m5.xlarge"),

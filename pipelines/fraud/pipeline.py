@@ -233,9 +233,11 @@ DEFAULT_QUALITY_THRESHOLD_AP = 0.2
 def build_parameters(input_features_uri: str) -> FraudParameters:
     """Declare the parameters.
 
-    Empty TrainStartDate and 0 for TrainDays/ValidationDays/TestDays mean
-    "derive from the data" (preprocess.py: first day; 7-day windows shrunk on
-    short histories), per docs/CONTRACTS.md. LabelDelayDays -1 means "the delay
+    Empty TrainStartDate and empty (or 0) TrainDays/ValidationDays/TestDays
+    mean "derive from the data" (preprocess.py: first day; 7-day windows shrunk
+    on short histories, a 60/20/20 split by time on very short ones), per
+    docs/CONTRACTS.md. The windows take whole days (``7``, ``7d``) or hours
+    (``36h``), hence strings. LabelDelayDays -1 means "the delay
     the features were built with" (their ``_feature_set.json``); any other value
     must equal it, or Preprocess fails naming both.
     """
@@ -248,12 +250,12 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
     return FraudParameters(
         input_features_uri=ParameterString("InputFeaturesUri", default_value=input_features_uri),
         train_start_date=ParameterString("TrainStartDate", default_value=""),
-        train_days=ParameterInteger("TrainDays", default_value=0),
+        train_days=ParameterString("TrainDays", default_value=""),
         label_delay_days=ParameterInteger(
             "LabelDelayDays", default_value=LABEL_DELAY_FROM_FEATURES
         ),
-        validation_days=ParameterInteger("ValidationDays", default_value=0),
-        test_days=ParameterInteger("TestDays", default_value=0),
+        validation_days=ParameterString("ValidationDays", default_value=""),
+        test_days=ParameterString("TestDays", default_value=""),
         processing_instance_type=ParameterString(
             "ProcessingInstanceType", default_value="ml.m5.xlarge"
         ),
@@ -376,10 +378,10 @@ def preprocess_step(ctx: _Context, code: StagedCode):
         outputs=outputs,
         arguments=[
             "--train-start", p.train_start_date,
-            "--train-days", p.train_days.to_string(),
+            "--train-days", p.train_days,
             "--label-delay-days", p.label_delay_days.to_string(),
-            "--validation-days", p.validation_days.to_string(),
-            "--test-days", p.test_days.to_string(),
+            "--validation-days", p.validation_days,
+            "--test-days", p.test_days,
         ],  # fmt: skip
     )
     return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=ctx.cache_config)

@@ -50,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="days until a fraud label is known: the features are built with it "
                        f"and the pipeline takes it from them (default {DEFAULT_LABEL_DELAY_DAYS})")
     model.add_argument("--train-start", default=None, help="ISO date; default: first day")
-    model.add_argument("--train-days", type=int, default=None)
-    model.add_argument("--validation-days", type=int, default=None)
-    model.add_argument("--test-days", type=int, default=None)
+    for window in ("train", "validation", "test"):
+        model.add_argument(f"--{window}-days", default=None, metavar="DAYS|HOURSh",
+                           help="whole days (7) or hours (36h); default: derived from the data")
     model.add_argument("--quality-threshold", type=float, default=None,
                        help="minimum test average precision to register (the gate)")
     model.add_argument("--alert-threshold", type=float, default=None)
