@@ -16,7 +16,10 @@ Request formats (``input_fn``):
 Missing values: every feature may be missing (empty CSV cell, JSON null, NaN).
 XGBoost routes a missing value down the default branch each split learned in
 training, which is how the model saw missing values (e.g. a card's first
-transaction has no history). Infinite values are rejected.
+transaction has no history); a CSV row of empty cells (all missing) is a valid
+row. Infinite values, and numbers beyond float32 range (the model computes in
+float32, where they would become infinite), are rejected; CSV numbers are plain
+decimal notation (``1_000`` and ``0x10`` are not numbers).
 
 Responses (``output_fn``): ``application/json`` ``{"predictions": [{"score": 0.12}, ...]}``
 (default for a missing or ``*/*`` Accept) or ``text/csv``, one score per line.
@@ -24,7 +27,9 @@ The scores are XGBoost probabilities of the re-weighted training problem; see
 processing/evaluate.py for the alert threshold.
 
 Errors: a bad request raises ``BadRequest`` (HTTP 400, message says which row or
-column is wrong and what to send); an unsupported Content-Type or Accept raises
+column is wrong and what to send), whatever is wrong with it: malformed text,
+numbers too large to represent, JSON nested too deep to parse, rows without
+values; an unsupported Content-Type or Accept raises
 ``UnsupportedMediaType`` (HTTP 415). Both are raised from ``input_fn`` where the
 request alone shows the problem, and from ``predict_fn`` where the model's feature
 list is needed (column count, missing features), because SageMaker's ``input_fn``
@@ -37,6 +42,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +59,10 @@ JSON_FORMS = (
     '{"instances": [{"<feature>": <number>, ...}]}, {"instances": [[<number>, ...]]} '
     'or {"<feature>": <number>, ...}'
 )
+# The model computes in float32: anything larger in magnitude would become infinite.
+MAX_MAGNITUDE = float(np.finfo(np.float32).max)
+_DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_MISSING_TEXT = frozenset({"", "nan"})
 
 
 class BadRequest(ValueError):
@@ -135,22 +145,34 @@ def decode_body(body: bytes | bytearray | str) -> str:
     return body
 
 
-def parse_csv_number(text: str, row: int, column: int) -> float:
-    """One CSV cell: a finite number, or empty/``nan`` for missing."""
-    cell = text.strip()
-    if cell == "":
-        return math.nan
-    try:
-        value = float(cell)
-    except ValueError:
-        hint = " (do not send a header row)" if row == 1 else ""
-        raise BadRequest(
-            f"CSV row {row} column {column}: {cell!r} is not a number{hint}; send numeric "
-            "feature values in the model's feature order, empty for missing."
-        ) from None
+def check_magnitude(value: float, where: str) -> float:
+    """``value`` if it is a number the model can use; infinite or too large is a bad request."""
     if math.isinf(value):
-        raise BadRequest(f"CSV row {row} column {column}: infinite values are not allowed.")
+        raise BadRequest(f"{where}: infinite values are not allowed.")
+    if abs(value) > MAX_MAGNITUDE:
+        raise BadRequest(
+            f"{where}: {value:.3g} is too large (the model accepts magnitudes up to "
+            f"{MAX_MAGNITUDE:.3g})."
+        )
     return value
+
+
+def parse_csv_number(text: str, row: int, column: int) -> float:
+    """One CSV cell: a finite number in plain decimal notation, or empty/``nan`` for missing."""
+    cell = text.strip()
+    if cell.lower() in _MISSING_TEXT:
+        return math.nan
+    where = f"CSV row {row} column {column}"
+    if not _DECIMAL.match(cell):
+        if cell.lower().lstrip("+-") in ("inf", "infinity"):
+            raise BadRequest(f"{where}: infinite values are not allowed.")
+        hint = " (do not send a header row)" if row == 1 else ""
+        shown = cell if len(cell) <= 40 else cell[:40] + "..."
+        raise BadRequest(
+            f"{where}: {shown!r} is not a number{hint}; send numeric feature values in "
+            "plain decimal notation in the model's feature order, empty for missing."
+        )
+    return check_magnitude(float(cell), where)
 
 
 SMALL_CSV_CHARS = 16_384
@@ -162,8 +184,8 @@ def parse_csv_fast(text: str) -> np.ndarray | None:
     Batch transform sends megabytes per request; the cell-by-cell parser below
     is ~10x slower, so it only runs to find the exact cell to report.
     """
-    if '"' in text:
-        return None
+    if '"' in text or "_" in text or "x" in text.lower():
+        return None  # quoting, 1_000 or hex: the slow path names the cell
     widths = {line.count(",") for line in text.splitlines() if line.strip()}
     if len(widths) != 1:
         return None  # ragged rows: the slow path names the row
@@ -179,7 +201,7 @@ def parse_csv_fast(text: str) -> np.ndarray | None:
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
     values = frame.to_numpy(dtype=np.float64)
-    return None if np.isinf(values).any() else values
+    return None if (np.abs(values) > MAX_MAGNITUDE).any() else values
 
 
 def parse_csv(text: str) -> Instances:
@@ -190,9 +212,12 @@ def parse_csv(text: str) -> Instances:
     if fast is not None:
         return Instances(values=fast, source="CSV")
     try:
-        rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+        # A blank line is no row; a line of empty cells is a row of missing values.
+        rows = [r for r in csv.reader(io.StringIO(text)) if len(r) > 1 or (r and r[0].strip())]
     except csv.Error as exc:
         raise BadRequest(f"malformed CSV: {exc}; send plain comma-separated numbers.") from exc
+    if not rows:
+        raise BadRequest("the CSV body holds no rows; send one transaction per line.")
     width = len(rows[0])
     values = np.empty((len(rows), width), dtype=np.float64)
     for r, row in enumerate(rows, start=1):
@@ -210,12 +235,17 @@ def json_number(value: object, where: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise BadRequest(f"{where}: {shown} is not a number; send numbers, or null for missing.")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
         raise BadRequest(
-            f"{where}: {json.dumps(value)} is not a number; send numbers, or null for missing."
-        )
-    if math.isinf(value):
-        raise BadRequest(f"{where}: infinite values are not allowed.")
-    return float(value)
+            f"{where}: an integer of {len(str(abs(value)))} digits is too large (the model "
+            f"accepts magnitudes up to {MAX_MAGNITUDE:.3g})."
+        ) from None
+    return check_magnitude(number, where)
 
 
 def json_instances(payload: object) -> list:
@@ -239,6 +269,10 @@ def parse_json(text: str) -> Instances:
         raise BadRequest(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; send {JSON_FORMS}."
         ) from None
+    except RecursionError:
+        raise BadRequest(f"the JSON is nested too deep to parse; send {JSON_FORMS}.") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise BadRequest(f"the JSON holds a number that cannot be read ({exc}).") from None
     instances = json_instances(payload)
     if all(isinstance(item, dict) for item in instances):
         return Instances(records=instances, source="JSON")

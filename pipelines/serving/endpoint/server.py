@@ -7,6 +7,17 @@ the body size is checked from ``Content-Length`` before anything is read
 (6 MB like SageMaker), and every request runs inside a catch-all so an
 unexpected error is a 500 for that request only, never a dead server.
 
+Worker model and time limits (``Limits``): one thread per connection, at most
+``max_connections`` at once (beyond that a connection gets an immediate 503),
+behind a listen backlog of ``LISTEN_BACKLOG`` so a burst of clients is queued
+by the kernel instead of having SYNs dropped (with the stdlib's backlog of 5, a
+burst of 16 clients saw one-second connect retries). Reads are timed per
+connection: an idle keep-alive connection is closed after ``keep_alive``
+seconds; once a request's first byte arrives, its headers and body must arrive
+within ``request`` seconds (else 408); and a body that stops arriving for
+``body_stall`` seconds is answered 400 (shorter than its ``Content-Length``)
+without waiting out the whole deadline.
+
 Run detached by the deployer as
 ``python -m pipelines.serving.endpoint.server --model-dir D --code-dir C --port 0 --ready-file F``;
 the ready file receives ``{"pid", "port", "url"}`` once the model is loaded
@@ -16,13 +27,17 @@ and the socket is listening.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,7 +54,28 @@ DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker real-time payload limit
 SUPPORTED_CONTENT_TYPES: tuple[str, ...] = ("text/csv", "application/json")
 # Response types, default first: JSON when the client sends no Accept (as inference.py does).
 RESPONSE_TYPES: tuple[str, ...] = ("application/json", "text/csv")
-READ_TIMEOUT_SECONDS = 30  # a client that stops sending frees its thread
+# The kernel queues this many connections not yet accepted (capped by net.core.somaxconn).
+LISTEN_BACKLOG = 1024
+DEFAULT_MAX_CONNECTIONS = 256
+# Exceptions an input parser raises on input it cannot handle; from ``input_fn``
+# they are the request's fault (400), never the server's.
+_PARSE_FAILURES = (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError,
+                   UnicodeError)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection time limits in seconds (see the module docstring)."""
+
+    keep_alive: float = 5.0
+    request: float = 10.0
+    body_stall: float = 1.0
+    write: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("keep_alive", "request", "body_stall", "write"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"time limit {name} must be > 0 seconds")
 
 
 class HttpError(Exception):
@@ -78,11 +114,69 @@ def negotiate_accept(accept_header: str | None, offered: Sequence[str] = RESPONS
     )
 
 
+class _Clock:
+    """The read deadline of one connection: idle between requests, one per request."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.deadline: float | None = None  # None: waiting for the next request
+        self.in_body = False
+
+    def next_request(self) -> None:
+        self.deadline, self.in_body = None, False
+
+    def start_body(self) -> None:
+        if self.deadline is None:  # the headers came in an earlier read
+            self.deadline = time.monotonic() + self.limits.request
+        self.in_body = True
+
+    @property
+    def started(self) -> bool:
+        return self.deadline is not None
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def timeout(self) -> float:
+        """Seconds the next read may wait; ``TimeoutError`` once the request's time is up."""
+        if self.deadline is None:
+            return self.limits.keep_alive
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's time limit passed")
+        return min(remaining, self.limits.body_stall) if self.in_body else remaining
+
+    def received(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.limits.request
+
+
+class _TimedSocketReader(io.RawIOBase):
+    """The connection's receiving side, each read bounded by the connection's clock."""
+
+    def __init__(self, sock: socket.socket, clock: _Clock) -> None:
+        super().__init__()
+        self._sock = sock
+        self._clock = clock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        self._sock.settimeout(self._clock.timeout())
+        count = self._sock.recv_into(buffer)
+        if count:
+            self._clock.received()
+        return count
+
+
 class EndpointServer(ThreadingHTTPServer):
     """The HTTP server holding one loaded model (read-only once loaded)."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self,
@@ -90,28 +184,86 @@ class EndpointServer(ThreadingHTTPServer):
         handler: InferenceHandler,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         content_types: Sequence[str] = SUPPORTED_CONTENT_TYPES,
+        limits: Limits | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         super().__init__(address, _RequestHandler)
         self.inference = handler
         self.max_body_bytes = max_body_bytes
         self.content_types = tuple(content_types)
+        self.limits = limits or Limits()
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection while a slot is free; otherwise an immediate 503."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        body = json.dumps({
+            "error": f"the endpoint is serving its maximum of {self.max_connections} "
+                     "connections: retry shortly", "status": 503}).encode()
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+        try:
+            request.settimeout(self.limits.write)
+            request.sendall(head.encode() + body)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+
 
 class _RequestHandler(BaseHTTPRequestHandler):
     server: EndpointServer
     server_version = "fraudops-endpoint/1"
     protocol_version = "HTTP/1.1"
-    timeout = READ_TIMEOUT_SECONDS
     # Headers and body go out as separate writes; with Nagle on, the second waits
     # for the client's delayed ACK (~40 ms) on every keep-alive request.
     disable_nagle_algorithm = True
 
     ROUTES = {"/ping": "GET", "/invocations": "POST"}
+
+    def setup(self) -> None:
+        super().setup()
+        self.clock = _Clock(self.server.limits)
+        self.rfile = io.BufferedReader(_TimedSocketReader(self.connection, self.clock))
+
+    def handle_one_request(self) -> None:
+        """One request; a request whose headers stop arriving gets a 408, not silence."""
+        self.clock.next_request()
+        self.requestline, self.request_version = "", "HTTP/1.1"
+        self._responded = False
+        super().handle_one_request()  # a read timeout there closes the connection
+        if self.close_connection and self.clock.started and not self._responded:
+            # Bytes of a request came but its headers never completed (a timeout or a
+            # client gone mid-request): say why, then close.
+            self._body_consumed = False
+            self._send_error(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the request did not arrive within {self.server.limits.request:g} s: "
+                "send the headers and body promptly",
+            )
 
     # Every HTTP method, including unknown ones, goes through one router so a
     # wrong method is a 405 rather than the stdlib's 501.
@@ -193,14 +345,42 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 f"use {' or '.join(offered)}",
             )
         accept = negotiate_accept(self.headers.get("Accept"))
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body(length)
         self._body_consumed = True
-        if len(body) < length:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "request body shorter than Content-Length")
         if not body.strip():
             raise HttpError(HTTPStatus.BAD_REQUEST, "empty request body: send one or more rows")
         payload, response_type = self._run_handler(body, content_type, accept)
         self._send(HTTPStatus.OK, payload, response_type)
+
+    def _read_body(self, length: int) -> bytes:
+        """Exactly ``length`` bytes, or a 400 (body stalled or cut short) / 408 (too slow)."""
+        self.clock.start_body()
+        chunks, received = [], 0
+        try:
+            while received < length:
+                chunk = self.rfile.read1(length - received)
+                if not chunk:
+                    raise HttpError(
+                        HTTPStatus.BAD_REQUEST,
+                        f"request body shorter than Content-Length: the client closed after "
+                        f"{received} of {length} bytes",
+                    )
+                chunks.append(chunk)
+                received += len(chunk)
+        except TimeoutError:
+            limits = self.server.limits
+            if self.clock.expired:
+                raise HttpError(
+                    HTTPStatus.REQUEST_TIMEOUT,
+                    f"request body not received within {limits.request:g} s ({received} of "
+                    f"{length} bytes): send the body promptly",
+                ) from None
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST,
+                f"request body shorter than Content-Length: {received} of {length} bytes, "
+                f"then nothing for {limits.body_stall:g} s",
+            ) from None
+        return b"".join(chunks)
 
     def _run_handler(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
         inference = self.server.inference
@@ -212,6 +392,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except unsupported as exc:
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
+        except _PARSE_FAILURES as exc:  # a handler that does not raise BadRequest itself
+            LOG.info("input_fn raised %s on a request: answered 400", type(exc).__name__)
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST,
+                f"the request body cannot be parsed ({type(exc).__name__}"
+                f"{': ' + detail if detail else ''})",
+            ) from None
         try:
             prediction = inference.predict(data)
         except bad_request as exc:
@@ -236,10 +424,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = json.dumps({"error": message, "status": int(status)}).encode()
         try:
             self._send(status, body, "application/json")
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client is gone or not reading: nothing more to say
             self.close_connection = True
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self._responded = True
+        self.connection.settimeout(self.server.limits.write)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -308,11 +498,14 @@ def serve(
     predict_lock: bool = True,
     on_ready: Callable[[EndpointServer], None] | None = None,
     threads_per_request: int = 1,
+    limits: Limits | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Load the model, listen, and serve until SIGTERM/SIGINT (foreground)."""
     limit_model_threads(threads_per_request)
     handler = InferenceHandler.load(model_dir, code_dir, program, lock=predict_lock)
-    server = EndpointServer((host, port), handler, max_body_bytes=max_body_bytes)
+    server = EndpointServer((host, port), handler, max_body_bytes=max_body_bytes,
+                            limits=limits, max_connections=max_connections)
 
     def stop(signum: int, _frame: Any) -> None:
         LOG.info("signal %s: shutting down", signum)
@@ -344,6 +537,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-file", type=Path)
     parser.add_argument("--no-predict-lock", action="store_true")
     parser.add_argument("--threads-per-request", type=int, default=1)
+    defaults = Limits()
+    parser.add_argument("--keep-alive-timeout", type=float, default=defaults.keep_alive,
+                        help="seconds an idle keep-alive connection stays open")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request,
+                        help="seconds a request's headers and body may take to arrive")
+    parser.add_argument("--body-stall-timeout", type=float, default=defaults.body_stall,
+                        help="seconds without body bytes before the body counts as short")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
     args = parser.parse_args(argv)
     configure_logging(args.log_file)
     try:
@@ -357,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready_file=args.ready_file,
             predict_lock=not args.no_predict_lock,
             threads_per_request=args.threads_per_request,
+            limits=Limits(keep_alive=args.keep_alive_timeout, request=args.request_timeout,
+                          body_stall=args.body_stall_timeout),
+            max_connections=args.max_connections,
         )
     except KeyboardInterrupt:
         return 0
