@@ -105,11 +105,15 @@ def restore_snapshot(
     }
     if live is None:
         audit.seal(restored, actor)  # a snapshot from an older version carries a legacy trail
-    # The restored workspace's own trail says where it came from (and where its
-    # history of snapshots stops: its vault starts empty).
-    audit.record(restored, RESTORED_ACTION, actor, snapshot_id, details)
-    if restored.root != ws.root:
-        audit.record(ws, "backup.restore", actor, snapshot_id, {**details, "target": str(target)})
+        # The new workspace's own trail says where it came from (and where its
+        # history of snapshots stops: its vault starts empty).
+        audit.record(restored, RESTORED_ACTION, actor, snapshot_id, details)
+    elif live.root != ws.root:
+        audit.record(live, "backup.restore", actor, snapshot_id, {**details, "replaced": True})
+    audit.record(
+        ws, "backup.restore", actor, snapshot_id,
+        {**details, "target": str(target), "replaced": live is not None},
+    )
     return result
 
 

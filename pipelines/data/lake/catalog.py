@@ -4,7 +4,9 @@ The database at ``workspace.catalog_db`` holds only views (name -> glob over a
 zone's Parquet files, hive-partitioned so ``dt`` is a column, kept as text as in
 Athena), the list of registered zones, and the ``ingestion_runs`` table. Data
 stays in the Parquet files, so the catalog can be rebuilt at any time with
-``refresh_catalog``.
+``refresh_catalog``. Registered paths are stored relative to the workspace root
+and ``connect`` rebuilds the views whenever the catalog is opened under another
+root: a restored snapshot is its own workspace, never a window on the original.
 
 DuckDB allows one read-write process *or* many read-only ones on a file, so
 writes here use short-lived connections and retry while another process holds
@@ -24,6 +26,7 @@ import duckdb
 from pipelines.core.workspace import Workspace
 
 REGISTRY_TABLE = "_fraudops_tables"
+META_TABLE = "_fraudops_meta"  # the root the views were built for
 RUNS_TABLE = "ingestion_runs"
 LOCK_TIMEOUT_SECONDS = 15.0
 
@@ -71,9 +74,27 @@ class CatalogBusyError(RuntimeError):
 
 
 def connect(ws: Workspace, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open the catalog (created on first write), retrying while another process holds it."""
+    """Open the catalog (created on first write), retrying while another process holds it.
+
+    A catalog last written under another root (a restored backup, a moved
+    workspace) is first re-rooted here (``_rebase``), so it never reads another
+    workspace's lake.
+    """
     if read_only and not ws.catalog_db.exists():
         _init(ws)
+    con = _open(ws, read_only)
+    if _root_of(con) != str(ws.root):
+        con.close()
+        writer = _open(ws, read_only=False)
+        try:
+            _rebase(ws, writer)
+        finally:
+            writer.close()
+        con = _open(ws, read_only)
+    return con
+
+
+def _open(ws: Workspace, read_only: bool) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
     while True:
         try:
@@ -94,7 +115,50 @@ def _init(ws: Workspace) -> None:
     con.close()
 
 
+def _root_of(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The workspace root the views were last built for (None: never recorded)."""
+    try:
+        row = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'root'").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return row[0][0] if row else None
+
+
+def _stored_path(ws: Workspace, path: Path, old_root: str | None = None) -> str:
+    """A registered path as kept in the catalog: relative to the workspace root.
+
+    Paths under ``old_root`` (the root the catalog was last used under) are
+    re-rooted; so are absolute ``.../s3/...`` paths of catalogs written before
+    paths were stored relative, when the same path exists in this workspace.
+    """
+    if not path.is_absolute():
+        return path.as_posix()
+    for root in (ws.root, Path(old_root) if old_root else None):
+        if root is not None and (path == root or root in path.parents):
+            return path.relative_to(root).as_posix()
+    if old_root is None and "s3" in path.parts:
+        index = len(path.parts) - 1 - path.parts[::-1].index("s3")
+        candidate = Path(*path.parts[index:])
+        if (ws.root / candidate).exists():
+            return candidate.as_posix()
+    return str(path)
+
+
+def _rebase(ws: Workspace, con: duckdb.DuckDBPyConnection) -> None:
+    """Store registered paths relative to ``ws``, rebuild every view for its root, record it."""
+    _ensure_schema(con)
+    old_root = _root_of(con)
+    rows = con.execute(f"SELECT name, path FROM {REGISTRY_TABLE}").fetchall()
+    for name, stored in rows:
+        portable = _stored_path(ws, Path(stored), old_root)
+        if portable != stored:
+            con.execute(f"UPDATE {REGISTRY_TABLE} SET path = ? WHERE name = ?", [portable, name])
+    con.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES ('root', ?)", [str(ws.root)])
+    _refresh_views(ws, con)
+
+
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {REGISTRY_TABLE} "
         "(name VARCHAR PRIMARY KEY, path VARCHAR NOT NULL, hive_partitioning BOOLEAN)"
@@ -157,7 +221,7 @@ def register_table(
         _ensure_schema(con)
         con.execute(
             f"INSERT OR REPLACE INTO {REGISTRY_TABLE} VALUES (?, ?, ?)",
-            [name, str(resolved), hive_partitioning],
+            [name, _stored_path(ws, resolved), hive_partitioning],
         )
         return _sync_view(con, name, resolved, hive_partitioning)
     finally:
@@ -173,8 +237,10 @@ def _sync_view(con: duckdb.DuckDBPyConnection, name: str, path: Path, hive: bool
 
 
 def registered_tables(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[Path, bool]]:
+    """Registered zones with absolute paths (stored relative to the root ``connect`` checked)."""
+    root = Path(_root_of(con) or ".")
     rows = con.execute(f"SELECT name, path, hive_partitioning FROM {REGISTRY_TABLE}").fetchall()
-    return {name: (Path(path), bool(hive)) for name, path, hive in rows}
+    return {name: (root / path, bool(hive)) for name, path, hive in rows}
 
 
 def refresh_catalog(ws: Workspace) -> list[str]:
@@ -182,13 +248,17 @@ def refresh_catalog(ws: Workspace) -> list[str]:
     con = connect(ws, read_only=False)
     try:
         _ensure_schema(con)
-        tables = {name: (zone(ws), True) for name, zone in DEFAULT_ZONES.items()}
-        tables.update(registered_tables(con))
-        return sorted(
-            name for name, (path, hive) in tables.items() if _sync_view(con, name, path, hive)
-        )
+        return _refresh_views(ws, con)
     finally:
         con.close()
+
+
+def _refresh_views(ws: Workspace, con: duckdb.DuckDBPyConnection) -> list[str]:
+    tables = {name: (zone(ws), True) for name, zone in DEFAULT_ZONES.items()}
+    tables.update(registered_tables(con))
+    return sorted(
+        name for name, (path, hive) in tables.items() if _sync_view(con, name, path, hive)
+    )
 
 
 def sync_ingestion_runs(ws: Workspace) -> int:
