@@ -37,6 +37,8 @@ _CHILD = textwrap.dedent(
     from pipelines.compliance.vault import snapshot
     from pipelines.core.workspace import Workspace
     from pipelines.data.ingest import ingest, ledger, writer
+    from pipelines.model.registry import local as registry_local
+    from pipelines.serving.deploy.local import LocalEndpointBackend
 
     job, point, how, root, source = sys.argv[1:6]
 
@@ -65,6 +67,9 @@ _CHILD = textwrap.dedent(
         return lambda ws, act, *a, **k: act == action
 
     points = {
+        ("approve", "before-commit"): lambda: before(registry_local, "mark_committed"),
+        ("approve", "after-commit"): lambda: before(audit, "record"),
+        ("deploy", "after-commit"): lambda: before(audit, "record"),
         ("ingest", "before-publish"): lambda: before(writer, "publish"),
         ("ingest", "before-ledger-commit"): lambda: before(ledger.Ledger, "commit"),
         ("ingest", "after-ledger-commit"): lambda: after(ledger.Ledger, "commit"),
@@ -78,8 +83,14 @@ _CHILD = textwrap.dedent(
     ws = Workspace.open(root)
     if job == "ingest":
         ingest(ws, [source])
-    else:
+    elif job == "backup":
         vault.create_snapshot(ws)
+    elif job == "approve":
+        registry = registry_local.LocalModelRegistry.for_workspace(ws)
+        registry.update_model_package(source, "Approved", "bob", "reviewed the evaluation")
+    else:
+        package = {"ModelPackageArn": source, "ModelPackageVersion": 1}
+        LocalEndpointBackend(ws).skip(package, "rejected by the approver")
     """
 )
 
@@ -93,7 +104,8 @@ INGEST_POINTS = [
 BACKUP_POINTS = [("before-manifest", False), ("after-manifest", True), ("after-audit-entry", True)]
 
 
-def _crash(ws: Workspace, tmp_path: Path, job: str, point: str, how: str, source: Path) -> None:
+def _crash(ws: Workspace, tmp_path: Path, job: str, point: str, how: str, source: Path | str
+           ) -> None:
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'tests'}"}
@@ -247,3 +259,42 @@ def test_a_planted_intent_is_rejected_not_recorded(workspace, tmp_path):
     (recover,) = audit.list_entries(workspace, action="audit.recover")
     assert "op-forged.json" in recover["details"]["rejected"][0]
     assert not (audit.pending_dir(workspace) / "op-forged.json").exists()
+
+
+def _package(ws: Workspace) -> str:
+    from pipelines.model.registry import LocalModelRegistry
+    from pipelines.serving.deploy.sample_model import create_request
+
+    registry = LocalModelRegistry.for_workspace(ws)
+    request = create_request("fraud-detection", "s3://artifacts/models/run-1/model.tar.gz")
+    return registry.create_model_package(request, "alice")["ModelPackageArn"]
+
+
+@pytest.mark.parametrize(("point", "commits"), [("before-commit", False), ("after-commit", True)])
+def test_an_approval_killed_at_its_commit_is_audited_exactly_once(
+    workspace, tmp_path, point, commits
+):
+    from pipelines.model.registry import LocalModelRegistry
+
+    arn = _package(workspace)
+
+    _crash(workspace, tmp_path, "approve", point, "exit", arn)
+
+    status = LocalModelRegistry(workspace.registry_db).describe_model_package(arn)
+    assert (status["ModelApprovalStatus"] == "Approved") is commits
+    audit.record(workspace, "case.note", "analyst", "case-1")  # any next action recovers
+    _assert_exactly_once(workspace, "model.approve", {arn} if commits else set())
+    recover = audit.list_entries(workspace, action="audit.recover")[-1]["details"]
+    assert recover["recovered" if commits else "abandoned"]
+    if commits:
+        (entry,) = audit.list_entries(workspace, action="model.approve")
+        assert entry["actor"] == "bob" and entry["details"]["recovered"]
+
+
+def test_a_deployment_record_killed_after_its_commit_is_audited_exactly_once(
+    workspace, tmp_path
+):
+    arn = _package(workspace)
+    _crash(workspace, tmp_path, "deploy", "after-commit", "exit", arn)
+    audit.record(workspace, "case.note", "analyst", "case-1")
+    _assert_exactly_once(workspace, "deploy.skip", {arn})

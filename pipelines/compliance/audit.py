@@ -49,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -380,9 +381,41 @@ def _relative(ws: Workspace, path: Path) -> str:
         raise ValueError(f"commit marker {path} is outside the workspace {ws.root}") from None
 
 
+MARKS_TABLE = "fraudops_audit_marks"
+
+
+def mark_committed(conn: sqlite3.Connection, commit: Commit) -> None:
+    """Inside the caller's SQLite transaction: the row that commits with it (``when_marked_in``)."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {MARKS_TABLE} "
+        "(op_id TEXT PRIMARY KEY, marked_at TEXT NOT NULL)"
+    )
+    conn.execute(
+        f"INSERT INTO {MARKS_TABLE} VALUES (?, ?)",
+        (commit.op_id, _now().isoformat(timespec="microseconds")),
+    )
+
+
+def _marked(database: Path, op_id: str) -> bool:
+    if not database.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute(f"SELECT 1 FROM {MARKS_TABLE} WHERE op_id = ?", (op_id,))
+            return rows.fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # no marks table yet: nothing was ever marked
+        return False
+
+
 def _committed(ws: Workspace, intent: Mapping[str, Any]) -> bool:
-    """Every ``exists`` marker is there, or an ``absent`` one is gone (no marker: False)."""
+    """The commit marker says so: a row marked in the database, every ``exists`` path there,
+    or an ``absent`` one gone. Without a marker the outcome is unknown: False."""
     when = intent["when"]
+    if when.get("marked_in"):
+        return _marked(ws.root / when["marked_in"], intent["op_id"])
     if when.get("exists"):
         return all((ws.root / rel).exists() for rel in when["exists"])
     return any(not (ws.root / rel).exists() for rel in when.get("absent", ()))
@@ -410,19 +443,21 @@ def committing(
     actor: str | None = None,
     when_exists: Sequence[Path] = (),
     when_absent: Sequence[Path] = (),
+    when_marked_in: Path | None = None,
 ) -> Iterator[Commit]:
     """Audit the commit made inside the ``with`` block exactly once, even if the process dies.
 
     Give the path(s) whose existence (``when_exists``) or disappearance
-    (``when_absent``) is the operation's commit point. An intent holding the
+    (``when_absent``) is the operation's commit point, or the SQLite database in
+    whose transaction the block calls ``mark_committed``. An intent holding the
     entry is written, fsynced and locked before the block runs; after the block
     the entry is recorded with ``details.op_id``. If the block raises, the entry
     is recorded only if the commit happened anyway. If the process is killed,
     the next ``record`` recovers it (module docstring). Without markers a killed
     operation's outcome is unknown: recovery records it as abandoned.
     """
-    if when_exists and when_absent:
-        raise ValueError("give when_exists or when_absent, not both")
+    if sum(map(bool, (when_exists, when_absent, when_marked_in))) > 1:
+        raise ValueError("give one of when_exists, when_absent, when_marked_in")
     actor = actor or default_actor()
     checked = _checked_details(action, actor, subject, details)
     with _appending(ws, recover=False, actor=actor) as trail:  # fail now, before the
@@ -438,6 +473,7 @@ def committing(
         "when": {
             "exists": [_relative(ws, p) for p in when_exists],
             "absent": [_relative(ws, p) for p in when_absent],
+            "marked_in": _relative(ws, when_marked_in) if when_marked_in else "",
         },
         "key_id": key.key_id,
     }

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.compliance.audit import Commit, mark_committed
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,8 +70,12 @@ class DeploymentHistory:
         finally:
             conn.close()
 
-    def record(self, **fields: Any) -> int:
-        """Insert one attempt; unknown fields are a programming error."""
+    def record(self, commit: Commit | None = None, **fields: Any) -> int:
+        """Insert one attempt; unknown fields are a programming error.
+
+        ``commit`` (from ``audit.committing``) is marked in the same transaction,
+        so the attempt's audit entry is recovered if the process dies right after.
+        """
         unknown = set(fields) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown deployment fields: {sorted(unknown)}")
@@ -81,6 +87,8 @@ class DeploymentHistory:
             cursor = conn.execute(
                 f"INSERT INTO deployments ({names}) VALUES ({marks})", tuple(fields.values())
             )
+            if commit is not None and commit.op_id:
+                mark_committed(conn, commit)
             return int(cursor.lastrowid or 0)
 
     def list(self, limit: int | None = None) -> list[dict[str, Any]]:

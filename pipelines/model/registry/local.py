@@ -27,11 +27,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.compliance.audit import Commit, mark_committed
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core.events import (
     LOCAL_ACCOUNT,
@@ -110,6 +111,10 @@ _ADDED_COLUMNS = (
 
 # (action, actor, subject, details) -> None; the workspace audit trail in practice.
 AuditHook = Callable[[str, str, str, dict[str, Any]], Any]
+# The same, as a context around a commit whose transaction calls mark_committed:
+# the audit trail's write-ahead ``committing``, so a decision that committed is
+# audited even if the process dies right after.
+CommitAuditHook = Callable[[str, str, str, dict[str, Any]], AbstractContextManager[Commit]]
 
 
 class RegistryError(Exception):
@@ -175,11 +180,13 @@ class LocalModelRegistry:
         path: str | Path,
         bus: EventBus | None = None,
         audit: AuditHook | None = None,
+        commit_audit: CommitAuditHook | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bus = bus if bus is not None else EventBus()
         self._audit = audit
+        self._commit_audit = commit_audit
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
             _add_missing_columns(conn)
@@ -187,12 +194,19 @@ class LocalModelRegistry:
     @classmethod
     def for_workspace(cls, workspace: Workspace) -> LocalModelRegistry:
         """The workspace registry: publishes to the workspace bus, records to its audit trail."""
-        from pipelines.compliance.audit import record
+        from pipelines.compliance.audit import committing, record
 
         def audit(action: str, actor: str, subject: str, details: dict[str, Any]) -> None:
             record(workspace, action, actor=actor, subject=subject, details=details)
 
-        return cls(workspace.registry_db, bus=local_bus(workspace), audit=audit)
+        def commit_audit(
+            action: str, actor: str, subject: str, details: dict[str, Any]
+        ) -> AbstractContextManager[Commit]:
+            return committing(workspace, action, subject, details, actor=actor,
+                              when_marked_in=workspace.registry_db)
+
+        return cls(workspace.registry_db, bus=local_bus(workspace), audit=audit,
+                   commit_audit=commit_audit)
 
     # --- connection ------------------------------------------------------------
     @contextmanager
@@ -424,19 +438,22 @@ class LocalModelRegistry:
         display = clean_display_name(display_name)
         display = mask_card_numbers(display) if display else None
         reason = mask_card_numbers(reason or "")
+        action = f"model.{verb}.demo" if kind == DEMO else f"model.{verb}"
+        details = {"to": approval_status, "reason": reason}
+        if display:
+            details["display_name"] = display
         try:
-            row = self._commit_decision(arn, approval_status, approver, reason, display, kind)
+            with self._audited_commit(action, approver, arn, details) as commit:
+                row = self._commit_decision(
+                    arn, approval_status, approver, reason, display, kind, commit
+                )
+                commit.outcome["from"] = row["approval_status"]
         except RegistryError as exc:
             details = {"to": approval_status, "kind": kind, "refusal": str(exc)}
             if display:
                 details["display_name"] = display
             self._record(f"model.{verb}.refused", approver, arn, details)
             raise
-        details = {"from": row["approval_status"], "to": approval_status, "reason": reason}
-        if display:
-            details["display_name"] = display
-        action = f"model.{verb}.demo" if kind == DEMO else f"model.{verb}"
-        self._record(action, approver, arn, details)
         deliveries = self._emit_state_change(arn)
         return {"ModelPackageArn": arn, "Deliveries": deliveries}
 
@@ -448,6 +465,7 @@ class LocalModelRegistry:
         reason: str,
         display: str | None,
         kind: str,
+        commit: Commit,
     ) -> sqlite3.Row:
         """Check and store one decision; returns the package row as it was before."""
         if approval_status not in (APPROVED, REJECTED):
@@ -476,7 +494,22 @@ class LocalModelRegistry:
                 (arn, row["approval_status"], approval_status, approver, reason, now, display,
                  kind),
             )
+            if commit.op_id:
+                mark_committed(conn, commit)
         return row
+
+    @contextmanager
+    def _audited_commit(
+        self, action: str, actor: str, subject: str, details: dict[str, Any]
+    ) -> Iterator[Commit]:
+        """The decision's audit entry, written with its commit (``commit_audit``) or after it."""
+        if self._commit_audit is not None:
+            with self._commit_audit(action, actor, subject, details) as commit:
+                yield commit
+            return
+        commit = Commit(op_id="", outcome={})
+        yield commit
+        self._record(action, actor, subject, {**details, **commit.outcome})
 
     def _check_decision(self, row: sqlite3.Row, to_status: str, approver: str, kind: str) -> None:
         current = row["approval_status"]

@@ -184,17 +184,20 @@ class LocalEndpointBackend:
 
     def _record(self, **fields: Any) -> int:
         """Keep the attempt in the deployment history and the workspace audit trail."""
-        from pipelines.compliance.audit import record
+        from pipelines.compliance.audit import committing
 
-        deployment_id = self.history.record(**fields)
         details = {key: value for key, value in fields.items() if key != "model_package_arn"}
-        record(
+        # Audited with the history row's commit, recovered if the process dies right after.
+        with committing(
             self.workspace,
             AUDIT_ACTIONS[fields["status"]],
+            fields["model_package_arn"],
+            details,
             actor=DEPLOY_ACTOR,
-            subject=fields["model_package_arn"],
-            details={**details, "deployment_id": deployment_id},
-        )
+            when_marked_in=self.history.path,
+        ) as commit:
+            deployment_id = self.history.record(commit=commit, **fields)
+            commit.outcome["deployment_id"] = deployment_id
         return deployment_id
 
     # --- deploy ----------------------------------------------------------------
