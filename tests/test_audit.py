@@ -424,3 +424,26 @@ def test_card_problem_messages_name_the_field_and_mask_the_number():
     problems = card_data_problems({"memo": f"pan {VISA_TEST_PAN}", "CVV2": None})
     assert any("'memo'" in p and "411111******1111" in p for p in problems)
     assert any("'CVV2'" in p and "sensitive authentication data" in p for p in problems)
+
+
+def test_commands_refuse_to_act_on_a_forged_trail_with_a_one_line_error(
+    workspace: Workspace, tmp_path: Path, capsys
+):
+    from fixtures.landing import row, write_csv
+
+    path = _trail(workspace, 2)
+    entries = _entries(path)
+    entries[-1]["actor"] = "mallory"
+    _write_entries(path, entries)
+    root = ["--workdir", str(workspace.root)]
+
+    hold = ["backup", "hold", "add", "--zone", "records", "--reason", "case 9"]
+    assert cli_main([*hold, *root]) == 2
+    assert "seq 2" in capsys.readouterr().err
+    assert not (workspace.records / "legal_holds").exists()  # not placed unaudited
+
+    drop = write_csv(tmp_path / "drop.csv", [row("t1")])
+    assert cli_main(["ingest", str(drop), *root]) == 3
+    err = capsys.readouterr().err
+    assert "audit trail:" in err and "seq 2" in err and "Traceback" not in err
+    assert not workspace.curated.exists()  # nothing committed on top of it

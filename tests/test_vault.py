@@ -632,3 +632,20 @@ def test_a_hand_edited_retention_file_cannot_go_below_the_legal_floor(workspace:
     (workspace.vault / "retention.json").write_text('{"records": 1, "curated": 0}')
     rules = retention_rules(workspace)
     assert rules["records"] == BSA_RETENTION_DAYS and rules["curated"] == 1
+
+
+def test_backup_verify_reports_a_forged_trail_and_does_not_extend_it(populated, capsys):
+    vault.create_snapshot(populated, zones=("curated",))
+    path = audit.audit_log_path(populated)
+    last = json.loads(path.read_text().splitlines()[-1])
+    forged = {**last, "seq": last["seq"] + 1, "action": "backup.delete", "prev_hash": last["hash"]}
+    forged["hash"] = audit.entry_hash(forged)
+    with path.open("a") as handle:
+        handle.write(audit.canonical_json(forged).decode() + "\n")
+    lines_before = path.read_text()
+
+    assert cli_main(["backup", "verify", "--workdir", str(populated.root)]) == 1
+
+    out = capsys.readouterr().out
+    assert "audit trail broken" in out and "not recorded in the audit trail" in out
+    assert path.read_text() == lines_before

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from pipelines import __version__
 from pipelines.cli import commands
+from pipelines.compliance.audit import AuditError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except commands.UserError as exc:
         print(f"fraudops {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except AuditError as exc:  # fail closed: nothing is done on top of a trail that is not intact
+        print(f"fraudops {args.command}: audit trail: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

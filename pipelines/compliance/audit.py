@@ -297,6 +297,12 @@ def _writable_key(
     return key, False
 
 
+def ensure_writable(ws: Workspace) -> None:
+    """Raise ``AuditError`` now if the trail could not take an entry: check before acting."""
+    with _appending(ws, recover=False):
+        pass
+
+
 def seal(ws: Workspace, actor: str | None = None) -> dict[str, Any] | None:
     """Seal a legacy (unauthenticated) trail: the ``audit.seal`` entry it returns covers it.
 

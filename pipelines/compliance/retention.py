@@ -104,6 +104,7 @@ def minimise(
     not be shorter than it, so a run never removes data the policy still keeps.
     """
     _check_zones(zones)
+    audit.ensure_writable(ws)  # nothing is removed that could not be audited
     moment = now or datetime.now(UTC)
     rules = retention_rules(ws)
     holds = legal_holds(ws)

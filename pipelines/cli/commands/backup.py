@@ -167,18 +167,6 @@ def _verify(args: argparse.Namespace) -> int:
 
     ws = open_workspace(args)
     report = verify_snapshots(ws, args.snapshots or None, progress=True)
-    audit.record(
-        ws,
-        "backup.verify",
-        None,
-        ",".join(args.snapshots) or "all",
-        {
-            "snapshots": report.snapshots,
-            "objects": report.objects,
-            "problems": report.problems,
-            "legacy": report.legacy,
-        },
-    )
     for problem in report.problems:
         print(f"DAMAGED {problem}")
     for snapshot_id in report.legacy:
@@ -192,6 +180,18 @@ def _verify(args: argparse.Namespace) -> int:
         f"verify {status}: {report.snapshots} snapshot(s), {report.objects} object(s), "
         f"{_human(report.bytes_checked)} re-hashed"
     )
+    details = {
+        "snapshots": report.snapshots,
+        "objects": report.objects,
+        "problems": report.problems,
+        "legacy": report.legacy,
+    }
+    try:
+        audit.record(ws, "backup.verify", None, ",".join(args.snapshots) or "all", details)
+    except audit.AuditError as exc:
+        # A trail that does not authenticate is not extended; the findings above stand.
+        print(f"not recorded in the audit trail: {exc}")
+        return 1
     return 0 if report.ok else 1
 
 
@@ -363,6 +363,7 @@ def _retention(args: argparse.Namespace) -> int:
             raise UserError(f"--set {item!r}: expected ZONE=DAYS, e.g. scored=35")
         changes[zone] = int(days)
     if changes:
+        audit.ensure_writable(ws)
         rules = set_retention(ws, changes)
         audit.record(ws, "retention.rules.set", None, "vault", {"changes": changes})
     else:
@@ -406,6 +407,7 @@ def _hold_add(args: argparse.Namespace) -> int:
 
     ws = open_workspace(args)
     actor = audit.default_actor()
+    audit.ensure_writable(ws)  # a hold is never placed unaudited
     hold = place_legal_hold(ws, args.zone, args.prefix, args.reason, actor, args.snapshot)
     audit.record(ws, "retention.hold.place", actor, hold.hold_id, hold.__dict__)
     print(f"placed {hold.hold_id} on {hold.zone}/{hold.prefix}*")
@@ -417,6 +419,7 @@ def _hold_release(args: argparse.Namespace) -> int:
     from pipelines.compliance.policy import release_legal_hold
 
     ws = open_workspace(args)
+    audit.ensure_writable(ws)  # a hold is never released unaudited
     hold = release_legal_hold(ws, args.hold_id)
     audit.record(ws, "retention.hold.release", None, hold.hold_id, {"reason": hold.reason})
     print(f"released {hold.hold_id}")

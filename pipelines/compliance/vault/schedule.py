@@ -62,6 +62,7 @@ def get_schedule(ws: Workspace) -> Schedule:
 
 
 def set_schedule(ws: Workspace, schedule: Schedule, actor: str | None = None) -> Schedule:
+    audit.ensure_writable(ws)
     write_json_atomically(ws.vault / "schedule.json", {"every_hours": schedule.every_hours})
     audit.record(ws, "backup.schedule.set", actor, "vault", {"schedule": schedule.describe()})
     return schedule
