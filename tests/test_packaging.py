@@ -2,7 +2,7 @@
 
 What CodeBuild does (``pip install .``, then the console scripts), without the
 network: the source archive CodeBuild checks out (``source.zip``, built by
-``pipelines.workflow.stack``) is unpacked, built into an sdist and the sdist
+``pipelines.workflow.artifacts``) is unpacked, built into an sdist and the sdist
 into a wheel (so ``MANIFEST.in`` and ``setup.py``'s bundling of the container
 code are both exercised), the wheel goes into a fresh venv, and the unpacked
 source is deleted before anything runs. The fresh venv reaches the third-party dependencies
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.workflow.stack import build_source_archive
+from pipelines.workflow.artifacts import build_source_archive
 
 pytestmark = pytest.mark.slow
 

@@ -10,16 +10,20 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from pipelines.cli.main import main
-from pipelines.workflow import stack
+from pipelines.workflow import artifacts
+from pipelines.workflow.artifacts import SOURCE_FILES, BuildError
 from pipelines.workflow.declaration import FRAUD_WORKFLOW
 from pipelines.workflow.render import to_state_machine
-from pipelines.workflow.stack import (
-    SOURCE_FILES,
-    Environment,
-    build_artifacts,
-    deploy_stack,
-    stack_parameters,
-)
+from pipelines.workflow.stack import Environment, deploy_stack, stack_parameters
+
+
+def build_artifacts(out_dir):
+    """Sources and the state machine only: layers are tested in test_lambda_artifacts."""
+    return {
+        "lambda.zip": artifacts.build_lambda_bundle(out_dir),
+        "source.zip": artifacts.build_source_archive(out_dir),
+        "workflow.asl.json": artifacts.build_state_machine(out_dir),
+    }
 
 
 def test_artifacts_hold_handlers_their_package_and_the_rendered_workflow(tmp_path):
@@ -43,9 +47,9 @@ def test_source_archive_holds_what_codebuild_needs_for_pip_install(tmp_path):
 
 
 def test_source_archive_needs_a_checkout(tmp_path, monkeypatch):
-    monkeypatch.setattr(stack, "import_root", lambda: tmp_path)
-    with pytest.raises(FileNotFoundError, match="has no setup.py, pyproject.toml"):
-        stack.build_source_archive(tmp_path)
+    monkeypatch.setattr(artifacts, "import_root", lambda: tmp_path)
+    with pytest.raises(BuildError, match="has no setup.py, pyproject.toml"):
+        artifacts.build_source_archive(tmp_path)
 
 
 def test_stack_parameters_only_pass_what_the_template_declares():

@@ -1,42 +1,23 @@
 """Deploy the CloudFormation stacks of one environment (dev, staging, prod).
 
-``package`` builds what the templates reference (the Lambda bundle, the Glue
-and EMR entry scripts, the rendered workflow state machine, the project source
-CodeBuild's model build installs with ``pip install .``) and uploads it
-under ``code/<version>/`` of the artifacts bucket; ``deploy`` creates or
-updates the stacks in dependency order and waits for each.
+The artifacts the templates reference are built by
+:mod:`pipelines.workflow.artifacts` and uploaded under ``code/<version>/`` of
+the artifacts bucket (:func:`upload_artifacts`) once the storage stack exists;
+:func:`deploy_stack` creates or updates each stack in :data:`STACK_ORDER` and
+waits for it.
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.code import BUNDLED_UNITS, import_root, unit_dir
-from pipelines.core.fileio import atomic_path, write_text_atomically
-from pipelines.workflow.declaration import FRAUD_WORKFLOW
-from pipelines.workflow.render import to_state_machine
+from pipelines.core.code import unit_dir
 
 # Stacks in the order they must exist (later ones import earlier outputs).
 STACK_ORDER: tuple[str, ...] = ("storage", "catalog", "ml", "workflow", "backup", "cicd")
-
-# Code the Lambda functions import: handlers plus the package they call into.
-LAMBDA_PACKAGES: tuple[str, ...] = ("lambdas", "pipelines")
-ENTRY_SCRIPTS: tuple[str, ...] = (
-    "companions/glue/transactions_etl.py",
-    "companions/emr/feature_job.py",
-)
-# The CodeBuild model build (infra/cicd.yaml) checks out source.zip and runs
-# codebuild-buildspec.yml: `pip install .` needs these files beside the packages
-# and the folders setup.py bundles into the package.
-SOURCE_FILES: tuple[str, ...] = (
-    "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "codebuild-buildspec.yml",
-)
-SOURCE_PACKAGES: tuple[str, ...] = ("pipelines", "lambdas", "companions")
 
 
 @dataclass(frozen=True)
@@ -49,63 +30,15 @@ class Environment:
         return f"{self.project}-{self.name}-{stack}"
 
 
-def _tree(folder: Path, name: str, pattern: str = "*") -> Iterator[tuple[Path, str]]:
-    """(file, name in the archive) for ``folder``'s files, without caches or bundled copies."""
-    for path in sorted(folder.rglob(pattern)):
-        relative = path.relative_to(folder)
-        if path.is_file() and path.suffix != ".pyc" and not (
-                {"__pycache__", "_bundled"} & set(relative.parts)):
-            yield path, f"{name}/{relative.as_posix()}"
-
-
-def _write_zip(target: Path, files: Iterable[tuple[Path, str]]) -> Path:
-    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path, name in files:
-            archive.write(path, name)
-    return target
-
-
-def build_lambda_bundle(out_dir: Path) -> Path:
-    """Zip the handlers and the ``pipelines`` package (sources only, no caches)."""
-    root = import_root()
-    files = [item for package in LAMBDA_PACKAGES for item in _tree(root / package, package, "*.py")]
-    return _write_zip(out_dir / "lambda.zip", files)
-
-
-def build_source_archive(out_dir: Path) -> Path:
-    """``source.zip``: the project as CodeBuild's model build needs it for ``pip install .``.
-
-    Made from a source checkout: an installed package has no ``setup.py`` to ship.
-    """
-    root = import_root()
-    missing = [name for name in SOURCE_FILES if not (root / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"the CodeBuild source (source.zip) is made from a source checkout, but {root} has "
-            f"no {', '.join(missing)}: run `fraudops infra deploy` from a clone of the repository"
-        )
-    files = [(root / name, name) for name in SOURCE_FILES]
-    files += [item for package in SOURCE_PACKAGES for item in _tree(root / package, package)]
-    files += [item for unit in BUNDLED_UNITS for item in _tree(unit_dir(unit), unit)]
-    return _write_zip(out_dir / "source.zip", files)
-
-
-def build_artifacts(out_dir: Path) -> dict[str, Path]:
-    """Everything ``code/<version>/`` holds, keyed by its key under that prefix."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state_machine = out_dir / "workflow.asl.json"
-    write_text_atomically(state_machine, json.dumps(to_state_machine(FRAUD_WORKFLOW), indent=2))
-    artifacts = {"lambda.zip": build_lambda_bundle(out_dir), "workflow.asl.json": state_machine,
-                 "source.zip": build_source_archive(out_dir)}
-    for script in ENTRY_SCRIPTS:
-        if (import_root() / script).exists():
-            artifacts[script] = import_root() / script
-    return artifacts
-
-
-def upload_artifacts(s3: Any, bucket: str, env: Environment, artifacts: dict[str, Path]) -> None:
+def upload_artifacts(
+    s3: Any, bucket: str, env: Environment, artifacts: dict[str, Path]
+) -> list[str]:
+    """Upload each artifact under ``code/<version>/``; returns the keys written."""
+    keys = []
     for key, path in sorted(artifacts.items()):
         s3.upload_file(str(path), bucket, f"code/{env.code_version}/{key}")
+        keys.append(f"code/{env.code_version}/{key}")
+    return keys
 
 
 def deploy_stack(

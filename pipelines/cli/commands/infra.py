@@ -19,12 +19,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print the AWS Data Pipeline objects instead")
     render.set_defaults(handler=_render)
 
-    deploy = actions.add_parser("deploy", help="package code and create/update every stack")
+    build = actions.add_parser(
+        "build", help="build every artifact the stacks reference (Lambda bundle and layers, "
+        "Glue and EMR job code, CodeBuild source, state machine)")
+    build.add_argument("--out", type=Path, required=True, help="folder to write them into")
+    build.add_argument("--wheels", type=Path, default=None,
+                       help="a folder of manylinux wheels for the layers (offline build)")
+    build.set_defaults(handler=_build)
+
+    deploy = actions.add_parser("deploy", help="upload the artifacts and create/update every stack")
     deploy.add_argument("--env", required=True, choices=["dev", "staging", "prod"])
     deploy.add_argument("--code-version", default="latest", help="e.g. the git commit")
     deploy.add_argument("--copy-region-vault-arn", default="",
                         help="backup vault in a second region (required for the backup stack)")
+    deploy.add_argument("--artifacts", type=Path, default=None,
+                        help="a folder `infra build` wrote (default: build into --build-dir)")
     deploy.add_argument("--build-dir", type=Path, default=Path("build"))
+    deploy.add_argument("--wheels", type=Path, default=None,
+                        help="a folder of manylinux wheels for the layers (offline build)")
     deploy.add_argument("--only", action="append", choices=STACK_ORDER)
     deploy.set_defaults(handler=_deploy)
 
@@ -47,28 +59,54 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from pipelines.workflow.artifacts import BuildError, PipSource, build_artifacts, read_manifest
+
+    try:
+        build_artifacts(args.out, PipSource(find_links=args.wheels))
+    except BuildError as exc:
+        raise UserError(str(exc)) from exc
+    manifest = read_manifest(args.out)
+    for key, entry in manifest["artifacts"].items():
+        unpacked = f", {entry['unzipped_bytes'] / 1e6:.1f} MB unpacked" if (
+            "unzipped_bytes" in entry) else ""
+        print(f"{key}: {entry['bytes'] / 1e6:.1f} MB{unpacked}")
+    for function in manifest["functions"]:
+        print(f"{function['handler']} + layers {', '.join(function['layers']) or '-'}: "
+              f"{function['unzipped_bytes'] / 1e6:.1f} MB of Lambda's "
+              f"{function['limit_bytes'] / 1e6:.1f} MB")
+    return 0
+
+
 def _deploy(args: argparse.Namespace) -> int:
     import boto3
 
-    from pipelines.workflow.stack import (
-        build_artifacts,
-        deploy_stack,
-        stack_parameters,
-        upload_artifacts,
-    )
+    from pipelines.workflow.artifacts import BuildError, PipSource, build_artifacts, deployable
+    from pipelines.workflow.stack import deploy_stack, stack_parameters, upload_artifacts
 
     env = Environment(args.env, code_version=args.code_version)
     stacks = [s for s in STACK_ORDER if not args.only or s in args.only]
     if "backup" in stacks and not args.copy_region_vault_arn:
         raise UserError("the backup stack copies to a second region: pass --copy-region-vault-arn")
+    try:
+        if args.artifacts is None:
+            build_artifacts(args.build_dir, PipSource(find_links=args.wheels))
+        artifacts = deployable(args.artifacts or args.build_dir)
+    except BuildError as exc:
+        raise UserError(str(exc)) from exc
     cloudformation = boto3.client("cloudformation")
     extra = {"CopyRegionVaultArn": args.copy_region_vault_arn}
+    uploaded = False
     for stack in stacks:
+        # Every later stack reads code/<version>/ from the artifacts bucket, which the
+        # storage stack creates: upload in between.
+        if stack != "storage" and not uploaded:
+            bucket = _output(cloudformation, env.stack_name("storage"), "ArtifactsBucket")
+            keys = upload_artifacts(boto3.client("s3"), bucket, env, artifacts)
+            print(f"uploaded {len(keys)} artifacts to s3://{bucket}/code/{env.code_version}/")
+            uploaded = True
         action = deploy_stack(cloudformation, env, stack, stack_parameters(env, stack, extra))
         print(f"{env.stack_name(stack)}: {action}")
-        if stack == "storage":
-            bucket = _output(cloudformation, env.stack_name("storage"), "ArtifactsBucket")
-            upload_artifacts(boto3.client("s3"), bucket, env, build_artifacts(args.build_dir))
     return 0
 
 

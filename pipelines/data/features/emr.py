@@ -8,14 +8,13 @@ definitions, the Spark engine, the schema), so EMR runs the same code that
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipelines.core.archive import write_zip
 from pipelines.core.code import import_root
-from pipelines.core.fileio import atomic_path
 from pipelines.data.features.definitions import DEFAULT_LABEL_DELAY_DAYS, label_delay_micros
 
 # What the job imports, relative to the repository root; nothing else is shipped.
@@ -34,8 +33,6 @@ PACKAGE_MODULES: tuple[str, ...] = (
 ENTRY_POINT = "companions/emr/feature_job.py"
 ARCHIVE_NAME = "fraudops_features.zip"
 STEP_NAME = "fraudops-features"
-# A fixed timestamp makes the archive byte-identical for identical code.
-_ZIP_DATE = (2020, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -56,13 +53,9 @@ def _require_s3(uri: str, what: str) -> tuple[str, str]:
 def build_job_archive(destination: Path, root: Path | None = None) -> Path:
     """Write the ``--py-files`` zip of :data:`PACKAGE_MODULES` into ``destination``."""
     root = root or import_root()
-    archive = destination / ARCHIVE_NAME
-    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for relative in PACKAGE_MODULES:
-            info = zipfile.ZipInfo(relative, date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, (root / relative).read_bytes())
-    return archive
+    # Reproducible: identical code gives a byte-identical archive.
+    return write_zip(destination / ARCHIVE_NAME,
+                     {relative: root / relative for relative in PACKAGE_MODULES})
 
 
 def upload_job_code(s3_client: Any, code_uri: str, workdir: Path) -> JobCode:
