@@ -13,6 +13,11 @@ Request formats (``input_fn``):
                       (feature order), a bare list of either, or one object
                       ``{"feature": value, ...}``; ``null`` is a missing value.
 
+Categorical features (the user's own columns declared ``feature:categorical``)
+take their text value (a JSON string or integer, a CSV cell); the model's
+``feature_set.json`` ``categories`` maps each value seen in training to its
+code, any other value to the shared "other" code, and null to missing.
+
 Missing values: every feature may be missing (empty CSV cell, JSON null, NaN).
 XGBoost routes a missing value down the default branch each split learned in
 training, which is how the model saw missing values (e.g. a card's first
@@ -43,7 +48,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,23 +84,42 @@ class UnsupportedMediaType(ValueError):
 
 @dataclass(frozen=True)
 class FraudModel:
-    """A loaded booster with the feature order it expects."""
+    """A loaded booster with the feature order it expects.
+
+    ``categories`` maps each categorical feature to ``{value: code}``; a value
+    not in it gets the code ``len(mapping)`` ("other"), as in training.
+    """
 
     booster: xgb.Booster
     feature_columns: list[str]
     feature_set: dict
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def feature_types(self) -> list[str]:
+        """XGBoost's feature types: ``c`` for categorical features, ``q`` otherwise."""
+        return ["c" if name in self.categories else "q" for name in self.feature_columns]
 
 
 @dataclass(frozen=True)
 class Instances:
-    """A parsed request: positional rows (``values``) or named records (``records``)."""
+    """A parsed request: positional rows (``values``) or named records (``records``).
+
+    Positional rows holding a value that is not a number keep their raw cells in
+    ``cells`` (CSV text or JSON values) with the error it raised (``deferred``):
+    only the model knows whether that column is categorical (``predict_fn``).
+    """
 
     values: np.ndarray | None = None
     records: list[dict] | None = None
     source: str = "request"
+    cells: list[list] | None = None
+    deferred: BadRequest | None = None
 
     def __len__(self) -> int:
-        return len(self.records) if self.records is not None else len(self.values)
+        if self.records is not None:
+            return len(self.records)
+        return len(self.cells) if self.cells is not None else len(self.values)
 
 
 # --- model_fn ----------------------------------------------------------------
@@ -119,7 +143,18 @@ def model_fn(model_dir: str | Path) -> FraudModel:
             f"{model_path} was trained on features {booster.feature_names} but {features_path} "
             f"lists {features}; redeploy the matching model.tar.gz."
         )
-    return FraudModel(booster=booster, feature_columns=features, feature_set=feature_set)
+    categories = feature_set.get("categories") or {}
+    undeclared = [n for n in feature_set.get("categorical_features") or [] if n not in categories]
+    if undeclared:
+        raise ValueError(
+            f"{features_path} declares categorical features {undeclared} without their "
+            "categories; redeploy a model.tar.gz written by training/train.py."
+        )
+    return FraudModel(
+        booster=booster, feature_columns=features, feature_set=feature_set,
+        categories={name: {value: code for code, value in enumerate(values)}
+                    for name, values in categories.items()},
+    )
 
 
 # --- input_fn ----------------------------------------------------------------
@@ -219,15 +254,13 @@ def parse_csv(text: str) -> Instances:
     if not rows:
         raise BadRequest("the CSV body holds no rows; send one transaction per line.")
     width = len(rows[0])
-    values = np.empty((len(rows), width), dtype=np.float64)
     for r, row in enumerate(rows, start=1):
         if len(row) != width:
             raise BadRequest(
                 f"CSV row {r} has {len(row)} values but row 1 has {width}; every row must "
                 "hold one value per model feature."
             )
-        values[r - 1] = [parse_csv_number(cell, r, c) for c, cell in enumerate(row, start=1)]
-    return Instances(values=values, source="CSV")
+    return positional("CSV", rows)
 
 
 def json_number(value: object, where: str) -> float:
@@ -289,14 +322,29 @@ def parse_json(text: str) -> Instances:
                 f"JSON instance {i} has {len(row)} values but instance 0 has {width}; every "
                 "array must hold one value per model feature."
             )
-    values = np.array(
-        [
-            [json_number(v, f"JSON instance {i} position {j}") for j, v in enumerate(row)]
-            for i, row in enumerate(instances)
-        ],
-        dtype=np.float64,
-    ).reshape(len(instances), width)
-    return Instances(values=values, source="JSON")
+    return positional("JSON", instances)
+
+
+def cell_number(source: str, value: object, row: int, column: int) -> float:
+    """One positional value as a number: CSV text (rows and columns counted from 1) or a
+    JSON value (instances and positions counted from 0, as JSON arrays are)."""
+    if source == "CSV":
+        return parse_csv_number(str(value), row + 1, column + 1)
+    return json_number(value, f"JSON instance {row} position {column}")
+
+
+def positional(source: str, rows: list[list]) -> Instances:
+    """Rows of equal width as numbers; with a value that is not a number, the raw cells
+    and that error, for ``predict_fn`` to read categorical columns as text."""
+    try:
+        values = np.array(
+            [[cell_number(source, v, i, j) for j, v in enumerate(row)]
+             for i, row in enumerate(rows)],
+            dtype=np.float64,
+        ).reshape(len(rows), len(rows[0]))
+    except BadRequest as exc:
+        return Instances(source=source, cells=rows, deferred=exc)
+    return Instances(values=values, source=source)
 
 
 def input_fn(request_body: bytes | str, request_content_type: str | None) -> Instances:
@@ -314,8 +362,24 @@ def input_fn(request_body: bytes | str, request_content_type: str | None) -> Ins
 # --- predict_fn --------------------------------------------------------------
 
 
-def records_matrix(records: list[dict], features: list[str]) -> np.ndarray:
+def category_code(value: object, codes: dict[str, int], where: str) -> float:
+    """A categorical value's code: its training code, the "other" code for a value not
+    seen in training, NaN (missing) for null; text or integers, nothing else."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise BadRequest(f"{where}: {shown} is not a category; send text, or null for missing.")
+    text = str(value)
+    if text.strip().lower() in _MISSING_TEXT:
+        return math.nan
+    return float(codes.get(text, len(codes)))
+
+
+def records_matrix(records: list[dict], model: FraudModel) -> np.ndarray:
     """Named records -> rows in the model's feature order."""
+    features = model.feature_columns
     matrix = np.empty((len(records), len(features)), dtype=np.float64)
     for i, record in enumerate(records):
         missing = [name for name in features if name not in record]
@@ -325,33 +389,83 @@ def records_matrix(records: list[dict], features: list[str]) -> np.ndarray:
                 f"({', '.join(features)}), null for a missing value."
             )
         matrix[i] = [
-            json_number(record[name], f"JSON instance {i} feature {name!r}") for name in features
+            category_code(record[name], model.categories[name], f"JSON instance {i} feature "
+                          f"{name!r}")
+            if name in model.categories
+            else json_number(record[name], f"JSON instance {i} feature {name!r}")
+            for name in features
         ]
     return matrix
 
 
+def cells_matrix(cells: list[list] | np.ndarray, model: FraudModel, source: str) -> np.ndarray:
+    """Positional rows with text in categorical columns -> codes and numbers."""
+    matrix = np.empty((len(cells), len(model.feature_columns)), dtype=np.float64)
+    for i, row in enumerate(cells):
+        for j, name in enumerate(model.feature_columns):
+            if name in model.categories:
+                where = f"{source} row {i + 1} feature {name!r}"
+                matrix[i, j] = category_code(row[j], model.categories[name], where)
+            elif source in ("CSV", "JSON"):
+                matrix[i, j] = cell_number(source, row[j], i, j)
+            else:  # arrays from batch and stream scoring: numbers or None
+                matrix[i, j] = math.nan if row[j] is None else float(row[j])
+    return matrix
+
+
+def frame_matrix(frame: pd.DataFrame, model: FraudModel) -> np.ndarray:
+    """A DataFrame's features in model order, categorical columns encoded."""
+    features = model.feature_columns
+    missing = [name for name in features if name not in frame.columns]
+    if missing:
+        raise BadRequest(f"the frame lacks features {missing}.")
+    matrix = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        column = frame[name]
+        try:
+            if name in model.categories:
+                codes = model.categories[name]
+                text = column.astype("string")
+                encoded = text.map(codes, na_action="ignore").astype("float64")
+                matrix[:, j] = encoded.fillna(float(len(codes))).where(text.notna()).to_numpy()
+            else:
+                matrix[:, j] = column.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"the frame has non-numeric values in {name!r} ({exc}).") from exc
+    return matrix
+
+
 def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
-    """The request as a float matrix in the model's feature order, or ``BadRequest``."""
+    """The request as a float matrix in the model's feature order, or ``BadRequest``.
+
+    Arrays from batch and stream scoring may hold text in categorical columns
+    (object dtype); those columns are encoded like a request's.
+    """
     features = model.feature_columns
     if isinstance(data, pd.DataFrame):
-        missing = [name for name in features if name not in data.columns]
-        if missing:
-            raise BadRequest(f"the frame lacks features {missing}.")
-        try:
-            return data[features].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"the frame has non-numeric feature values ({exc}).") from exc
+        return frame_matrix(data, model)
     if isinstance(data, Instances) and data.records is not None:
-        return records_matrix(data.records, features)
-    values = data.values if isinstance(data, Instances) else np.asarray(data, dtype=np.float64)
+        return records_matrix(data.records, model)
     source = data.source if isinstance(data, Instances) else "input"
-    if values.ndim != 2 or values.shape[1] != len(features):
-        got = values.shape[1] if values.ndim == 2 else values.shape
+    if isinstance(data, Instances) and data.cells is not None:
+        values = data.cells
+        if not model.categories:
+            raise data.deferred
+    elif isinstance(data, Instances):
+        values = data.values
+    else:
+        values = np.asarray(data)
+        values = values if values.dtype == object else values.astype(np.float64)
+    width = len(values[0]) if len(values) and np.ndim(values[0]) == 1 else None
+    if np.ndim(values) != 2 or width != len(features):
+        got = width if width is not None else np.shape(values)
         raise BadRequest(
             f"{source} rows have {got} values but the model expects {len(features)} "
             f"features in this order: {', '.join(features)}."
         )
-    return values
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values
+    return cells_matrix(values, model, source)
 
 
 def predict_fn(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
@@ -392,6 +506,16 @@ def output_fn(prediction: np.ndarray, accept: str | None) -> str:
 # --- reason codes ------------------------------------------------------------
 
 
+def shown_value(model: FraudModel, name: str, value: float) -> float | str | None:
+    """A feature's value for people: the number, a categorical code's text, None if missing."""
+    if math.isnan(value):
+        return None
+    if name not in model.categories:
+        return float(value)
+    labels = list(model.categories[name])
+    return labels[int(value)] if int(value) < len(labels) else "(other)"
+
+
 def contributions(
     data: Instances | np.ndarray | pd.DataFrame, model: FraudModel, top_n: int = 3
 ) -> list[dict]:
@@ -403,7 +527,8 @@ def contributions(
     for reason codes.
     """
     matrix = feature_matrix(data, model)
-    dmatrix = xgb.DMatrix(matrix, feature_names=model.feature_columns)
+    dmatrix = xgb.DMatrix(matrix, feature_names=model.feature_columns,
+                          feature_types=model.feature_types, enable_categorical=True)
     contribs = model.booster.predict(dmatrix, pred_contribs=True)
     features = model.feature_columns
     rows = []
@@ -417,7 +542,7 @@ def contributions(
                 "top": [
                     {
                         "feature": features[j],
-                        "value": None if math.isnan(values[j]) else float(values[j]),
+                        "value": shown_value(model, features[j], values[j]),
                         "contribution": float(row[j]),
                     }
                     for j in order

@@ -81,6 +81,9 @@ SPLIT_NAMES = ("train", "validation", "test")
 # Columns evaluation and scoring need besides the features and the label.
 REQUIRED_ID_COLUMNS = ("transaction_id", "customer_id", "timestamp")
 DEFAULT_WINDOW_DAYS = 7
+# Categorical user features: a value needs this many train/validation rows for its own code.
+MIN_CATEGORY_ROWS = 5
+MAX_CATEGORIES = 1000
 HOURS_PER_DAY = 24
 # The short-history fallback: shares of the time span for train, validation and test.
 FALLBACK_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
@@ -482,6 +485,36 @@ def split_frame(
     return frames, stats
 
 
+# --- categorical user features ------------------------------------------------
+
+
+def learn_categories(frames: dict[str, pd.DataFrame], names: list[str]) -> dict[str, list[str]]:
+    """Per categorical feature, the values to give their own code, most frequent first.
+
+    Learned from the train and validation windows (what the final model is fitted
+    on), never from the test window. A value seen fewer than ``MIN_CATEGORY_ROWS``
+    times, or beyond the ``MAX_CATEGORIES`` most frequent, shares the "other" code
+    (``len(categories)``) with values never seen, so rare values cannot be memorised.
+    """
+    categories = {}
+    for name in names:
+        seen = pd.concat([frames["train"][name], frames["validation"][name]]).dropna()
+        counts = seen.astype(str).value_counts()
+        counts = counts[counts >= MIN_CATEGORY_ROWS]
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        categories[name] = [value for value, _ in ordered[:MAX_CATEGORIES]]
+    return categories
+
+
+def encode_categories(frame: pd.DataFrame, categories: dict[str, list[str]]) -> None:
+    """Replace each categorical column by its codes (float, NaN for missing), in place."""
+    for name, values in categories.items():
+        codes = {value: float(code) for code, value in enumerate(values)}
+        text = frame[name].astype("string")
+        encoded = text.map(codes, na_action="ignore").astype("float64")
+        frame[name] = encoded.fillna(float(len(values))).where(text.notna())
+
+
 def check_labels(frame: pd.DataFrame, label: str) -> None:
     """Labels must be 0, 1 or null (unknown)."""
     known = frame[label].dropna()
@@ -612,6 +645,11 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     if plan.note:
         print(plan.note, flush=True)
     frames, stats = split_frame(frame, plan, label)
+    categories = learn_categories(frames, list(feature_set.get("categorical_features") or []))
+    if categories:
+        for part in frames.values():
+            encode_categories(part, categories)
+        feature_set = {**feature_set, "categories": categories}
 
     windows = {name: stats[name] for name in SPLIT_NAMES}
     gaps = {

@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fixtures.third_party import LAYOUTS
-from pipelines.data.lake.query import run_query
 
 from pipelines.cli.main import main
 from pipelines.core import schema
@@ -25,6 +24,7 @@ from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURE_COLUMNS
 from pipelines.data.ingest import ingest
 from pipelines.data.ingest.columns import load_column_map, resolve_columns
+from pipelines.data.lake.query import run_query
 from pipelines.model.registry import LocalModelRegistry
 from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
@@ -39,7 +39,7 @@ LABEL_DELAY_DAYS = 7
 # measured, and the test fraud rate (~1.3%) is what a random ranking scores.
 HANDBOOK_AP_FLOOR = 0.30
 HANDBOOK_ROC_AUC_FLOOR = 0.75
-OPTIONAL_FEATURES_ZERO_WITHOUT_DATA = (
+OPTIONAL_FEATURES_LEFT_OUT_WITHOUT_DATA = (
     "is_cash_tx", "channel_card_present", "channel_ecommerce", "channel_atm",
     "new_channel_for_customer", "new_country_for_customer",
 )
@@ -210,15 +210,17 @@ def _first_timestamp(name: str, frame) -> dt.datetime:
 
 
 @slow
-def test_missing_optional_columns_are_null_and_their_features_neutral(runs):
+def test_missing_optional_columns_are_null_and_their_features_left_out(runs):
     run = runs("minimal")
     nulls = run_query(run.ws, "SELECT count(channel) AS channel, count(country) AS country, "
                               "count(is_cash) AS is_cash, count(currency) AS currency, "
                               "count(card_token) AS cards FROM transactions").to_pylist()[0]
     assert nulls == {"channel": 0, "country": 0, "is_cash": 0, "currency": 0, "cards": 0}
     features = pq.read_table(run.ws.features, partitioning="hive").to_pydict()
-    for name in OPTIONAL_FEATURES_ZERO_WITHOUT_DATA:
-        assert set(features[name]) == {0.0}, name
+    manifest = json.loads((run.ws.features / "_feature_set.json").read_text())
+    for name in OPTIONAL_FEATURES_LEFT_OUT_WITHOUT_DATA:
+        assert set(features[name]) == {None}, name  # not a constant the model could use
+        assert name not in manifest["feature_columns"], name
 
 
 @slow
@@ -228,7 +230,9 @@ def test_feature_table_is_complete_and_finite(runs, name):
     table = pq.read_table(run.ws.features, partitioning="hive")
     assert table.num_rows == run_query(run.ws, "SELECT count(*) AS n FROM transactions") \
         .to_pylist()[0]["n"]
-    for column in FEATURE_COLUMNS:
+    manifest = json.loads((run.ws.features / "_feature_set.json").read_text())
+    assert set(manifest["feature_columns"]) <= set(FEATURE_COLUMNS)
+    for column in manifest["feature_columns"]:
         values = table.column(column).to_pylist()
         assert all(v is not None and math.isfinite(v) for v in values), column
 

@@ -205,7 +205,16 @@ def feature_matrix(channel: Channel, features: list[str], label: str) -> xgb.DMa
     if not np.isin(labels, (0, 1)).all():
         raise TrainingError(f"the {channel.name} label {label!r} must be 0 or 1 on every row.")
     # NaN is XGBoost's missing value: each split learns a default direction for it.
-    return xgb.DMatrix(values, label=labels.astype(np.float32), feature_names=features)
+    # Categorical user features arrive as codes (preprocess); XGBoost splits them natively.
+    return xgb.DMatrix(values, label=labels.astype(np.float32), feature_names=features,
+                       feature_types=feature_types(channel.feature_set, features),
+                       enable_categorical=True)
+
+
+def feature_types(feature_set: dict, features: list[str]) -> list[str]:
+    """``c`` for the categorical features the feature set names, ``q`` for the others."""
+    categorical = set(feature_set.get("categorical_features") or [])
+    return ["c" if name in categorical else "q" for name in features]
 
 
 def resolve_scale_pos_weight(mode: str, negatives: int, positives: int) -> float:

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.features import duckdb_engine, store
 from pipelines.data.features.definitions import (
     DEFAULT_LABEL_DELAY_DAYS,
-    FEATURE_COLUMNS,
     FEATURE_SET_VERSION,
     LABEL_COLUMN,
     LABELS_COLUMNS,
+    OPTIONAL_FEATURE_INPUTS,
     PARTITION_COLUMN,
+    FeatureLayout,
     label_delay_micros,
+    layout_of,
 )
 from pipelines.data.lake.catalog import register_table
 
@@ -47,6 +50,10 @@ class FeatureBuildSummary:
     version: str
     output: str
     catalog: str
+    # The groups of features the table holds (``customer``: 12, ...) and those left
+    # out because the data lacks what they need (``terminal``: "no terminal_id values").
+    feature_groups: dict[str, int] = field(default_factory=dict)
+    left_out_groups: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -76,33 +83,74 @@ def read_labels(ws: Workspace) -> pa.Table | None:
     return table.select(list(LABELS_COLUMNS))
 
 
-def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> None:
+def quote(name: str) -> str:
+    """A SQL identifier for any column name a user may bring (``"device type"``)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def curated_layout(con: duckdb.DuckDBPyConnection, source: str) -> FeatureLayout:
+    """Which optional inputs have values and which user feature columns ``source`` holds."""
+    types = {row[0]: row[1] for row in con.execute(f"DESCRIBE {source}").fetchall()}
+    present = [name for name in OPTIONAL_FEATURE_INPUTS if name in types]
+    counts = con.execute(
+        f"SELECT {', '.join(f'count({quote(n)})' for n in present)} FROM {source}"
+    ).fetchall()[0] if present else ()
+    return layout_of(types, [n for n, count in zip(present, counts, strict=True) if count])
+
+
+def with_layout(sql: str, layout: FeatureLayout, source: str) -> str:
+    """The feature query with left-out features NULL and the user's columns appended
+    (numeric ones as DOUBLE); unchanged when there are neither."""
+    if not layout.left_out and not layout.user_features:
+        return sql
+    select = "f.*"
+    if layout.left_out:
+        nulls = ", ".join(f"CAST(NULL AS DOUBLE) AS {name}" for name in layout.left_out)
+        select = f"f.* REPLACE ({nulls})"
+    if not layout.user_features:
+        return f"SELECT {select} FROM ({sql}) AS f"
+    user = ", ".join(
+        f"CAST(u.{quote(name)} AS {'DOUBLE' if kind == 'numeric' else 'VARCHAR'}) "
+        f"AS {quote(name)}" for name, kind in layout.user_features
+    )
+    columns = ", ".join(quote(name) for name, _ in layout.user_features)
+    return (
+        f"SELECT {select}, {user}\nFROM ({sql}) AS f\n"
+        f"JOIN (SELECT transaction_id, {columns} FROM {source}) AS u USING (transaction_id)"
+    )
+
+
+def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> FeatureLayout:
     temp_dir = ws.root / "tmp" / "duckdb"
     temp_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb_engine.connect(temp_dir=str(temp_dir))
     files = _curated_files(ws)
+    source = duckdb_engine.TRANSACTIONS_VIEW
     con.execute(
-        f"CREATE VIEW {duckdb_engine.TRANSACTIONS_VIEW} AS SELECT * FROM "
+        f"CREATE VIEW {source} AS SELECT * FROM "
         f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
     )
+    layout = curated_layout(con, source)
     sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
     con.execute(
-        f"COPY ({sql}) TO '{staging}' "
+        f"COPY ({with_layout(sql, layout, source)}) TO '{staging}' "
         f"(FORMAT parquet, PARTITION_BY ({PARTITION_COLUMN}), COMPRESSION zstd)"
     )
     con.close()
+    return layout
 
 
-def _build_with_spark(ws: Workspace, staging: Path, label_delay_days: int) -> None:
+def _build_with_spark(ws: Workspace, staging: Path, label_delay_days: int) -> FeatureLayout:
     # Imported here: pyspark is an optional extra and slow to import.
     from pipelines.data.features import spark_engine
 
     _curated_files(ws)
     labels = ws.labels.as_uri() if store.parquet_files(ws.labels) else None
     spark = spark_engine.local_session()
-    spark_engine.run_feature_job(
+    result = spark_engine.run_feature_job(
         spark, ws.curated.as_uri(), staging.as_uri(), label_delay_days, labels_uri=labels
     )
+    return FeatureLayout(frozenset(result["inputs"]), tuple(result["user_features"].items()))
 
 
 def _table_stats(directory: Path) -> tuple[int, int, float | None]:
@@ -138,13 +186,13 @@ def build_feature_table(
     started = time.perf_counter()
     staging = store.staging_dir(ws.features)
     try:
-        say(f"computing {len(FEATURE_COLUMNS)} features with {engine}")
+        say(f"computing features with {engine}")
         if engine == "duckdb":
-            _build_with_duckdb(ws, staging, label_delay_days)
+            layout = _build_with_duckdb(ws, staging, label_delay_days)
         else:
-            _build_with_spark(ws, staging, label_delay_days)
+            layout = _build_with_spark(ws, staging, label_delay_days)
         staging.mkdir(parents=True, exist_ok=True)
-        store.write_manifest(staging, label_delay_days)
+        store.write_manifest(staging, label_delay_days, layout)
         say("publishing the feature table")
         store.publish(staging, ws.features)
     except BaseException:
@@ -156,7 +204,7 @@ def build_feature_table(
     return FeatureBuildSummary(
         engine=engine,
         rows=rows,
-        features=len(FEATURE_COLUMNS),
+        features=len(layout.feature_columns),
         partitions=partitions,
         fraud_rate=fraud_rate,
         seconds=time.perf_counter() - started,
@@ -164,4 +212,6 @@ def build_feature_table(
         version=FEATURE_SET_VERSION,
         output=str(ws.features),
         catalog=catalog,
+        feature_groups={group: len(names) for group, names in layout.groups().items()},
+        left_out_groups=layout.left_out_groups(),
     )

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -56,7 +58,7 @@ from pipelines.core.params import (
     check_feature_set_version,
     check_label_delay_days,
 )
-from pipelines.core.schema import CHANNELS, ENTITY_COLUMN
+from pipelines.core.schema import CHANNELS, CURATED_SCHEMA, ENTITY_COLUMN
 
 TERMINAL_COLUMN = "terminal_id"
 # Seconds reported when a customer has no earlier transaction (about 31.7 years):
@@ -362,13 +364,167 @@ def _check_definitions() -> None:
 _check_definitions()
 
 
-def feature_set_manifest(label_delay_days: int) -> dict[str, object]:
+# --- which features a feature table holds -------------------------------------------
+# Inputs a file may not provide (ids and optional columns) that some features need.
+OPTIONAL_FEATURE_INPUTS: tuple[str, ...] = (
+    ENTITY_COLUMN, TERMINAL_COLUMN, "channel", "country", "is_cash"
+)
+USER_FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical")
+USER_GROUP = "user columns"
+_INPUT_GROUP_NAMES = {ENTITY_COLUMN: "customer", TERMINAL_COLUMN: "terminal", "is_cash": "cash"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def _referenced(sql: str | None) -> set[str]:
+    """Names an expression mentions (string literals such as ``'ecommerce'`` excluded)."""
+    return set(_IDENTIFIER.findall(_STRING_LITERAL.sub("", sql or "")))
+
+
+def _feature_needs() -> dict[str, frozenset[str]]:
+    """Per feature, the optional inputs it cannot be computed without, found by following
+    its expression through the aggregates (their entity, value and filter) and earlier
+    features it names. Derived, so a new definition is classified without being listed."""
+    optional = set(OPTIONAL_FEATURE_INPUTS)
+    needs: dict[str, frozenset[str]] = {
+        a.name: frozenset((set(a.entity) | _referenced(a.value) | _referenced(a.filter))
+                          & optional)
+        for a in AGGREGATES
+    }
+    for feature in FEATURES:
+        names = _referenced(feature.expression)
+        inherited = set().union(*(needs[n] for n in names if n in needs))
+        needs[feature.name] = frozenset(inherited | (names & optional))
+    return {name: needs[name] for name in FEATURE_COLUMNS}
+
+
+FEATURE_NEEDS: dict[str, frozenset[str]] = _feature_needs()
+
+
+def group_name(needs: frozenset[str]) -> str:
+    """``customer``, ``terminal``, ``customer x terminal``, ... (``amount and time``: none)."""
+    if not needs:
+        return "amount and time"
+    order = {name: i for i, name in enumerate(OPTIONAL_FEATURE_INPUTS)}
+    return " x ".join(_INPUT_GROUP_NAMES.get(n, n) for n in sorted(needs, key=order.__getitem__))
+
+
+class FeatureLayoutError(ValueError):
+    """The user's feature columns cannot be used as declared."""
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """The features one feature table holds, decided from its input data.
+
+    ``inputs``: the optional inputs that have values (a file without customer
+    ids has none). A definition needing an input that is absent is left out of
+    the model (its column is NULL in the table), not fed as a constant.
+    ``user_features``: the user's own columns declared as features in the column
+    map, ``(name, kind)`` with kind ``numeric`` or ``categorical``; they pass
+    through the feature table unchanged and follow the definitions.
+    """
+
+    inputs: frozenset[str] = frozenset(OPTIONAL_FEATURE_INPUTS)
+    user_features: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        taken = {*FEATURE_COLUMNS, *(a.name for a in AGGREGATES), *ID_COLUMNS, LABEL_COLUMN,
+                 PARTITION_COLUMN, "ts_us", "ts_utc", "fraud_label", "label_known_us"}
+        for name, kind in self.user_features:
+            if kind not in USER_FEATURE_KINDS:
+                raise FeatureLayoutError(
+                    f"user feature {name!r}: kind {kind!r} is not one of {USER_FEATURE_KINDS}")
+            if name in taken:
+                raise FeatureLayoutError(
+                    f"user feature {name!r} has the name of a built-in column or feature; "
+                    "rename it in the file (or map it to another name) and ingest again")
+
+    @property
+    def definition_features(self) -> tuple[str, ...]:
+        """The built-in features computable from the inputs present, in definition order."""
+        return tuple(n for n in FEATURE_COLUMNS if FEATURE_NEEDS[n] <= self.inputs)
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        return tuple(n for n in FEATURE_COLUMNS if not FEATURE_NEEDS[n] <= self.inputs)
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        return self.definition_features + tuple(name for name, _ in self.user_features)
+
+    @property
+    def categorical_features(self) -> tuple[str, ...]:
+        return tuple(name for name, kind in self.user_features if kind == "categorical")
+
+    def groups(self) -> dict[str, list[str]]:
+        """The feature groups used, each with its columns (built-in groups, then user columns)."""
+        groups: dict[str, list[str]] = {}
+        for name in self.definition_features:
+            groups.setdefault(group_name(FEATURE_NEEDS[name]), []).append(name)
+        if self.user_features:
+            groups[USER_GROUP] = [name for name, _ in self.user_features]
+        return groups
+
+    def left_out_groups(self) -> dict[str, str]:
+        """The groups left out, each with why (the inputs without values)."""
+        missing: dict[str, str] = {}
+        for name in self.left_out:
+            absent = sorted(FEATURE_NEEDS[name] - self.inputs)
+            missing.setdefault(group_name(FEATURE_NEEDS[name]), f"no {' or '.join(absent)} values")
+        return missing
+
+
+FULL_LAYOUT = FeatureLayout()
+# Curated columns that are not user features (docs/CONTRACTS.md "Curated transactions").
+CANONICAL_CURATED_COLUMNS: frozenset[str] = frozenset(CURATED_SCHEMA.names) | {PARTITION_COLUMN}
+
+
+def layout_of(column_types: Mapping[str, str], with_values: Iterable[str]) -> FeatureLayout:
+    """The layout of curated data with these ``{column: type}`` (Arrow or SQL type names),
+    ``with_values`` naming the columns holding at least one non-null value.
+
+    Every curated column outside the canonical schema is a user feature the column
+    map declared; ingest stores numeric ones as float64 and categorical ones as text.
+    """
+    user = []
+    for name, type_name in column_types.items():
+        if name in CANONICAL_CURATED_COLUMNS:
+            continue
+        kind = user_feature_kind(type_name)
+        if kind is None:
+            raise FeatureLayoutError(
+                f"curated column {name!r} has type {type_name}: user feature columns must be "
+                "numbers or text (declare them feature:numeric or feature:categorical)")
+        user.append((name, kind))
+    return FeatureLayout(frozenset(with_values) & frozenset(OPTIONAL_FEATURE_INPUTS), tuple(user))
+
+
+def user_feature_kind(type_name: str) -> str | None:
+    """``numeric``/``categorical`` for a curated column's type (Arrow or SQL name), else None:
+    ingest stores declared user features as float64 or text."""
+    lowered = type_name.lower()
+    if lowered in ("string", "large_string", "varchar", "utf8"):
+        return "categorical"
+    if lowered in ("double", "float", "float64", "float32", "bigint", "int64", "integer",
+                   "int32", "boolean", "bool"):
+        return "numeric"
+    return None
+
+
+def feature_set_manifest(
+    label_delay_days: int, layout: FeatureLayout = FULL_LAYOUT
+) -> dict[str, object]:
     """The ``_feature_set.json`` document (docs/CONTRACTS.md)."""
     return {
         "version": FEATURE_SET_VERSION,
-        "feature_columns": list(FEATURE_COLUMNS),
+        "feature_columns": list(layout.feature_columns),
         "label_column": LABEL_COLUMN,
         "id_columns": list(ID_COLUMNS),
         "partition_column": PARTITION_COLUMN,
         "label_delay_days": check_label_delay_days(label_delay_days),
+        "feature_groups": layout.groups(),
+        "left_out_groups": layout.left_out_groups(),
+        "user_features": dict(layout.user_features),
+        "categorical_features": list(layout.categorical_features),
     }

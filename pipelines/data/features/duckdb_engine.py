@@ -16,7 +16,6 @@ from collections.abc import Iterable
 import duckdb
 import pyarrow as pa
 
-from pipelines.core.schema import REQUIRED_COLUMNS
 from pipelines.data.features.definitions import (
     AGGREGATES,
     DEFAULT_LABEL_DELAY_DAYS,
@@ -39,6 +38,11 @@ OPTIONAL_INPUTS: dict[str, str] = {
     "is_cash": "BOOLEAN",
     LABEL_COLUMN: "TINYINT",
 }
+# The columns the base query reads. Customer and terminal ids may be null (a file
+# without them): the features needing them are then left out (definitions.FeatureLayout).
+BASE_INPUTS: tuple[str, ...] = ("transaction_id", "timestamp", "customer_id", "terminal_id",
+                                "amount")
+NOT_NULL_INPUTS: tuple[str, ...] = ("transaction_id", "timestamp", "amount")
 TRANSACTIONS_VIEW = "transactions"
 LABELS_VIEW = "fraudops_feature_labels"
 DEFAULT_THREADS = 2
@@ -234,7 +238,7 @@ def check_transactions(con: duckdb.DuckDBPyConnection, source: str = TRANSACTION
     with its source file when the input carries one (curated data does).
     """
     columns = set(_relation_columns(con, source))
-    absent = [c for c in REQUIRED_COLUMNS if c not in columns]
+    absent = [c for c in BASE_INPUTS if c not in columns]
     if absent:
         raise ValueError(
             f"transactions lack required column(s) {absent}: map them with the ingest column map"
@@ -243,9 +247,9 @@ def check_transactions(con: duckdb.DuckDBPyConnection, source: str = TRANSACTION
     duplicated = (
         f"transaction_id IN (SELECT transaction_id FROM {source} GROUP BY 1 HAVING count(*) > 1)"
     )
-    problems = [(f"{c} IS NULL", f"null {c}; fix or quarantine them") for c in REQUIRED_COLUMNS]
+    problems = [(f"{c} IS NULL", f"null {c}; fix or quarantine them") for c in NOT_NULL_INPUTS]
     problems += [
-        ("amount <= 0", "amount <= 0; amounts must be > 0"),
+        ("amount < 0", "amount < 0; amounts must be >= 0"),
         (duplicated, "a duplicate transaction_id; ingest dedupes them"),
     ]
     counts = ", ".join(f"count(*) FILTER (WHERE {where})" for where, _ in problems)

@@ -25,13 +25,17 @@ from pipelines.data.features.definitions import (
     DEFAULT_LABEL_DELAY_DAYS,
     FEATURE_COLUMNS,
     FEATURES,
+    FULL_LAYOUT,
     ID_COLUMNS,
     LABEL_COLUMN,
     LABELS_COLUMNS,
+    OPTIONAL_FEATURE_INPUTS,
     PARTITION_COLUMN,
     Aggregate,
+    FeatureLayout,
     feature_set_manifest,
     label_delay_micros,
+    layout_of,
 )
 
 # Optional inputs the features read; a missing one is treated as all-null.
@@ -181,12 +185,22 @@ def _base(transactions: DataFrame, labels: DataFrame | None, delay_micros: int) 
     )
 
 
+def curated_layout(transactions: DataFrame) -> FeatureLayout:
+    """Which optional inputs have values and which user feature columns the data holds."""
+    types = {field.name: field.dataType.simpleString() for field in transactions.schema.fields}
+    present = [name for name in OPTIONAL_FEATURE_INPUTS if name in types]
+    counts = transactions.select(*(F.count(F.col(n)) for n in present)).first() if present else ()
+    return layout_of(types, [n for n, count in zip(present, counts, strict=True) if count])
+
+
 def compute_features(
     transactions: DataFrame,
     label_delay_days: int = DEFAULT_LABEL_DELAY_DAYS,
     labels: DataFrame | None = None,
+    layout: FeatureLayout = FULL_LAYOUT,
 ) -> DataFrame:
-    """Point-in-time features for every transaction (same columns as the DuckDB engine)."""
+    """Point-in-time features for every transaction (same columns as the DuckDB engine);
+    with a ``layout``, its left-out features are NULL and its user columns follow."""
     delay = label_delay_micros(label_delay_days)
     base = _base(transactions, labels, delay)
     frame = _windowed(base, delay)
@@ -199,11 +213,21 @@ def compute_features(
     for feature in FEATURES:
         # One at a time: later expressions may name earlier features.
         frame = frame.withColumn(feature.name, F.expr(feature.expression).cast("double"))
+    for name in layout.left_out:
+        frame = frame.withColumn(name, F.lit(None).cast("double"))
+    if layout.user_features:
+        user = transactions.select(
+            "transaction_id",
+            *(F.col(f"`{name}`").cast("double" if kind == "numeric" else "string").alias(name)
+              for name, kind in layout.user_features),
+        )
+        frame = frame.join(user, on="transaction_id", how="left")
     return frame.select(
         *ID_COLUMNS,
         LABEL_COLUMN,
         F.date_format("timestamp", "yyyy-MM-dd").alias(PARTITION_COLUMN),
         *FEATURE_COLUMNS,
+        *(F.col(f"`{name}`") for name, _ in layout.user_features),
         "ts_us",
     )
 
@@ -215,18 +239,20 @@ def _read_parquet(spark: SparkSession, uri: str) -> DataFrame:
     return spark.read.option("recursiveFileLookup", "true").parquet(uri)
 
 
-def write_manifest(output_uri: str, label_delay_days: int) -> None:
+def write_manifest(
+    output_uri: str, label_delay_days: int, layout: FeatureLayout = FULL_LAYOUT
+) -> None:
     """``_feature_set.json`` next to the partitions, on S3 or a local path."""
     parsed = urlparse(output_uri)
     if parsed.scheme == "s3":
         import boto3  # available on EMR; only needed for S3 outputs
 
         key = f"{parsed.path.strip('/')}/{store.MANIFEST_NAME}".lstrip("/")
-        body = json.dumps(feature_set_manifest(label_delay_days), indent=2).encode()
+        body = json.dumps(feature_set_manifest(label_delay_days, layout), indent=2).encode()
         boto3.client("s3").put_object(Bucket=parsed.netloc, Key=key, Body=body)
         return
     store.write_manifest(
-        Path(parsed.path if parsed.scheme == "file" else output_uri), label_delay_days
+        Path(parsed.path if parsed.scheme == "file" else output_uri), label_delay_days, layout
     )
 
 
@@ -241,7 +267,8 @@ def run_feature_job(
     configure_session(spark)
     transactions = _read_parquet(spark, input_uri)
     labels = _read_parquet(spark, labels_uri) if labels_uri else None
-    features = compute_features(transactions, label_delay_days, labels)
+    layout = curated_layout(transactions)
+    features = compute_features(transactions, label_delay_days, labels, layout)
     (
         # One task per day: one file per dt partition rather than one per task and day.
         features.repartition(PARTITION_COLUMN)
@@ -250,10 +277,13 @@ def run_feature_job(
         .partitionBy(PARTITION_COLUMN)
         .parquet(output_uri)
     )
-    write_manifest(output_uri, label_delay_days)
+    write_manifest(output_uri, label_delay_days, layout)
     return {
         "input": input_uri,
         "output": output_uri,
         "label_delay_days": label_delay_days,
-        "features": len(FEATURE_COLUMNS),
+        "features": len(layout.feature_columns),
+        "inputs": sorted(layout.inputs),
+        "user_features": dict(layout.user_features),
+        "left_out_groups": layout.left_out_groups(),
     }

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from pipelines.core.fileio import write_text_atomically
-from pipelines.data.features.definitions import feature_set_manifest
+from pipelines.data.features.definitions import FULL_LAYOUT, FeatureLayout, feature_set_manifest
 
 MANIFEST_NAME = "_feature_set.json"
 
@@ -33,10 +33,13 @@ def staging_dir(target: Path) -> Path:
     return target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:12]}"
 
 
-def write_manifest(directory: Path, label_delay_days: int) -> Path:
+def write_manifest(
+    directory: Path, label_delay_days: int, layout: FeatureLayout = FULL_LAYOUT
+) -> Path:
     """Write ``_feature_set.json`` atomically into ``directory``."""
     path = directory / MANIFEST_NAME
-    write_text_atomically(path, json.dumps(feature_set_manifest(label_delay_days), indent=2) + "\n")
+    manifest = feature_set_manifest(label_delay_days, layout)
+    write_text_atomically(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

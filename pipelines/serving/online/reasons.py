@@ -129,13 +129,14 @@ def _templates() -> dict[str, Template]:
 TEMPLATES: dict[str, Template] = _templates()
 
 
-def render(feature: str, value: float | None, context: Mapping[str, Any]) -> str:
-    """One feature's sentence; a feature without a template is shown as ``name = value``."""
+def render(feature: str, value: float | str | None, context: Mapping[str, Any]) -> str:
+    """One feature's sentence; a feature without a template (the user's own columns) is
+    shown as ``name = value``, a categorical one with its text."""
     if value is None:
         return f"{feature} unknown"
     template = TEMPLATES.get(feature)
     if template is None:
-        return f"{feature} = {value:g}"
+        return f"{feature} = {value}" if isinstance(value, str) else f"{feature} = {value:g}"
     return template(float(value), context)
 
 

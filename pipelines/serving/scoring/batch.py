@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -185,12 +186,17 @@ def _day_of(value: str) -> str:
 # --- scoring ----------------------------------------------------------------------
 
 
-def feature_matrix(table: pa.Table, feature_columns: list[str]) -> np.ndarray:
+def feature_matrix(table: pa.Table, feature_columns: list[str]) -> np.ndarray | pd.DataFrame:
     """Features as one float64 matrix in the model's order (null -> NaN, XGBoost's missing).
 
     ``predict_fn`` accepts a matrix as it does a parsed request; building it
-    straight from Arrow avoids a pandas copy per mini-batch.
+    straight from Arrow avoids a pandas copy per mini-batch. A model with
+    categorical user features gets a DataFrame instead: their text values are
+    encoded by the model's own categories in ``predict_fn``.
     """
+    if any(pa.types.is_string(table.schema.field(name).type)
+           or pa.types.is_large_string(table.schema.field(name).type) for name in feature_columns):
+        return table.select(feature_columns).to_pandas()
     matrix = np.empty((table.num_rows, len(feature_columns)), dtype=np.float64)
     for index, name in enumerate(feature_columns):
         try:

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
+from pipelines.data.features.definitions import CANONICAL_CURATED_COLUMNS
 from pipelines.data.ingest.columns import forbidden_columns
 from pipelines.data.ingest.run import card_text
 from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, canonical_table
@@ -160,29 +161,51 @@ def _refused_rows(refused: Sequence[RawRecord], source: str, run_id: str, day: s
 
 # --- features and scores ----------------------------------------------------------------------
 def curated_rows(curated: pa.Table) -> list[dict[str, Any]]:
-    """The columns the online engine reads, as Python rows (``ts_us`` in microseconds)."""
+    """The columns the online engine reads and the user's feature columns (any column
+    outside the canonical curated schema), as Python rows (``ts_us`` in microseconds)."""
     ts = pc.cast(curated.column("timestamp"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
     names = ("transaction_id", "customer_id", "terminal_id", "amount", "channel", "country",
              "is_cash", "is_fraud", "currency")
-    columns = {n: curated.column(n).to_pylist() for n in names}
+    user = [n for n in curated.column_names if n not in CANONICAL_CURATED_COLUMNS]
+    columns = {n: curated.column(n).to_pylist() for n in (*names, *user)}
     columns["ts_us"] = ts.to_pylist()
     keys = list(columns)
     return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def model_matrix(features: list[list[float | None]], engine: OnlineFeatureEngine,
-                 model_columns: Sequence[str]) -> np.ndarray:
-    """Online features in the model's column order (NULL -> NaN, XGBoost's missing value)."""
+                 model_columns: Sequence[str],
+                 rows: Sequence[Mapping[str, Any]] = ()) -> np.ndarray:
+    """Online features in the model's column order (NULL -> NaN, XGBoost's missing value).
+
+    A model column the definitions do not declare is one of the user's feature
+    columns, read from each transaction (``rows``) as the feature table holds it;
+    with text among them (categorical features) the matrix is of objects, which
+    the model's ``inference.py`` encodes.
+    """
     position = {name: i for i, name in enumerate(engine.feature_columns)}
-    missing = [c for c in model_columns if c not in position]
+    user = [c for c in model_columns if c not in position]
+    missing = [c for c in user if not rows or c not in rows[0]]
     if missing:
         raise ValueError(
             f"the model needs feature(s) {missing} that pipelines.data.features.definitions does "
-            "not declare; deploy a model trained on the current feature set"
+            "not declare and the transactions do not carry; deploy a model trained on the "
+            "current feature set, or send the user feature columns it was trained with"
         )
     # numpy turns None (a NULL feature) into NaN for a float64 array.
     full = np.array(features, dtype=np.float64).reshape(len(features), len(position))
-    return full[:, [position[c] for c in model_columns]]
+    if not user:
+        return full[:, [position[c] for c in model_columns]]
+    values = {c: [row[c] for row in rows] for c in user}
+    text = any(isinstance(v, str) for c in user for v in values[c])
+    matrix = np.empty((len(rows), len(model_columns)), dtype=object if text else np.float64)
+    for j, name in enumerate(model_columns):
+        if name in position:
+            matrix[:, j] = full[:, position[name]]
+        else:
+            column = values[name]
+            matrix[:, j] = column if text else np.array(column, dtype=np.float64)
+    return matrix
 
 
 def scored_table(rows: Sequence[Mapping[str, Any]], scores: np.ndarray, model: StreamModel,
@@ -306,7 +329,7 @@ def process_batch(
             dead.append(_dead_rows(raw, cards, [first_row[r] for r in late], OUT_OF_ORDER,
                                    source, run_id, day))
     features = [row.pop("_features") for row in rows]
-    matrix = model_matrix(features, engine, model.feature_columns)
+    matrix = model_matrix(features, engine, model.feature_columns, rows)
     scores = model.score(matrix) if rows else np.empty(0)
     dead_table = (pa.concat_tables(dead) if dead else schema.QUARANTINE_SCHEMA.empty_table())
     outcome = BatchOutcome(

@@ -24,9 +24,16 @@ class EndpointError(Exception):
     """The endpoint did not return scores; the message says which and why."""
 
 
+def _json_value(value: Any) -> Any:
+    """A feature value for a JSON record: None for missing, text as is (categorical)."""
+    if value is None or isinstance(value, str):
+        return value
+    return None if math.isnan(value) else float(value)
+
+
 def _instances(matrix: np.ndarray, columns: list[str]) -> bytes:
     rows = [
-        {name: (None if math.isnan(v) else float(v)) for name, v in zip(columns, row, strict=True)}
+        {name: _json_value(v) for name, v in zip(columns, row, strict=True)}
         for row in matrix.tolist()
     ]
     return json.dumps({"instances": rows}).encode()
