@@ -61,7 +61,8 @@ def test_entries_form_an_authenticated_hash_chain(workspace: Workspace):
     _trail(workspace, 3)
     entries = audit.list_entries(workspace)
     key = _key(workspace)
-    assert [e["seq"] for e in entries] == [1, 2, 3]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4]
+    assert entries[0]["action"] == audit.OPEN_ACTION  # written as the records key is created
     assert entries[0]["prev_hash"] == audit.GENESIS_HASH
     for before, after in zip(entries, entries[1:], strict=False):
         assert after["prev_hash"] == before["hash"]
@@ -72,7 +73,7 @@ def test_entries_form_an_authenticated_hash_chain(workspace: Workspace):
             "seq", "ts", "actor", "action", "subject", "details", "prev_hash", "key_id", "hash",
         }  # fmt: skip
     report = audit.verify(workspace)
-    assert report.ok and report.entries == 3 and report.legacy_entries == 0
+    assert report.ok and report.entries == 4 and report.legacy_entries == 0
 
 
 def test_the_records_key_lives_apart_from_the_records_with_mode_0600(workspace: Workspace):
@@ -124,7 +125,7 @@ def test_a_chain_fully_rehashed_with_another_key_is_caught(workspace: Workspace)
         entry["prev_hash"] = prev
         entry["hash"] = prev = audit.entry_mac(entry, forger)
     _write_entries(path, entries)
-    head = {"seq": 6, "hash": prev, "key_id": _key(workspace).key_id}
+    head = {"seq": 7, "hash": prev, "key_id": _key(workspace).key_id}
     head["mac"] = forger.mac(audit.HEAD_PURPOSE, audit.canonical_json(head))
     audit.head_path(workspace).write_bytes(audit.canonical_json(head))
 
@@ -144,11 +145,11 @@ def test_a_chain_rehashed_without_authentication_is_not_ok_and_not_extended(
         entry["prev_hash"] = prev
         entry["hash"] = prev = audit.entry_hash(entry)
     _write_entries(path, entries)
-    audit.head_path(workspace).write_bytes(audit.canonical_json({"seq": 6, "hash": prev}))
+    audit.head_path(workspace).write_bytes(audit.canonical_json({"seq": 7, "hash": prev}))
 
     report = audit.verify(workspace)
 
-    assert not report.ok and report.unauthenticated and report.legacy_entries == 6
+    assert not report.ok and report.unauthenticated and report.legacy_entries == 7
     code, out = _verify_cli(workspace, capsys)
     assert code == 1 and "UNAUTHENTICATED" in out
     with pytest.raises(audit.AuditError, match="records key already exists"):
@@ -177,17 +178,17 @@ def test_a_reordered_entry_is_named(workspace: Workspace):
 def test_an_appended_forged_entry_is_named(workspace: Workspace, form):
     path = _trail(workspace)
     entries = _entries(path)
-    forged = {**entries[-1], "seq": 7, "action": "model.approve", "actor": "mallory",
+    forged = {**entries[-1], "seq": 8, "action": "model.approve", "actor": "mallory",
               "prev_hash": entries[-1]["hash"]}  # fmt: skip
     if form == "legacy":
         del forged["key_id"]
     forged["hash"] = audit.entry_hash(forged)  # correctly chained, as well as a forger can
     _write_entries(path, [*entries, forged])
-    audit.head_path(workspace).write_bytes(audit.canonical_json({"seq": 7, "hash": forged["hash"]}))
+    audit.head_path(workspace).write_bytes(audit.canonical_json({"seq": 8, "hash": forged["hash"]}))
 
     report = audit.verify(workspace)
 
-    assert report.first_bad_seq == 7
+    assert report.first_bad_seq == 8
     assert ("MAC does not match" if form == "authenticated" else "follows authenticated") in (
         report.problem
     )
@@ -199,7 +200,7 @@ def test_entries_cut_off_the_end_are_detected(workspace: Workspace):
     path = _trail(workspace)
     _write(path, _lines(path)[:-2])
     report = audit.verify(workspace)
-    assert report.first_bad_seq == 5 and "removed" in report.problem
+    assert report.first_bad_seq == 6 and "removed" in report.problem
 
 
 @pytest.mark.parametrize("head", ["plain", "other-key"])
@@ -207,7 +208,7 @@ def test_truncation_with_the_head_file_rewritten_is_detected(workspace: Workspac
     path = _trail(workspace)
     entries = _entries(path)[:-1]  # the last entry deleted ...
     _write_entries(path, entries)
-    new_head = {"seq": 5, "hash": entries[-1]["hash"]}  # ... and the head made to agree
+    new_head = {"seq": 6, "hash": entries[-1]["hash"]}  # ... and the head made to agree
     if head == "other-key":
         new_head["key_id"] = entries[-1]["key_id"]
         new_head["mac"] = RecordsKey(b"x" * 32).mac(audit.HEAD_PURPOSE,
@@ -221,26 +222,31 @@ def test_truncation_with_the_head_file_rewritten_is_detected(workspace: Workspac
 
 def test_truncation_behind_a_replayed_head_is_caught_by_an_anchor(workspace: Workspace):
     path = _trail(workspace, 5)
-    old_head = audit.head_path(workspace).read_bytes()  # saved by the forger at seq 5
-    anchored = audit.record(workspace, "backup.create", "ops", "snap")  # seq 6, anchored
+    old_head = audit.head_path(workspace).read_bytes()  # saved by the forger at seq 6
+    anchored = audit.record(workspace, "backup.create", "ops", "snap")  # seq 7, anchored
     _trail(workspace, 1)
-    _write(path, _lines(path)[:5])
+    _write(path, _lines(path)[:6])
     audit.head_path(workspace).write_bytes(old_head)
     assert audit.verify(workspace).ok  # the head file alone cannot tell ...
 
     report = audit.verify(
-        workspace, [audit.Anchor(6, anchored["hash"], "snapshot 20260101T000000Z-abcdef")]
+        workspace, [audit.Anchor(7, anchored["hash"], "snapshot 20260101T000000Z-abcdef")]
     )
 
-    assert not report.ok and report.first_bad_seq == 6  # ... the anchor can
-    assert "snapshot 20260101T000000Z-abcdef recorded the trail at seq 6" in report.problem
+    assert not report.ok and report.first_bad_seq == 7  # ... the anchor can
+    assert "snapshot 20260101T000000Z-abcdef recorded the trail at seq 7" in report.problem
 
 
-def test_a_wiped_trail_with_its_head_left_is_detected(workspace: Workspace):
+@pytest.mark.parametrize("wiped", ["entries", "trail and head"])
+def test_a_wiped_trail_is_detected_and_not_restarted(workspace: Workspace, wiped):
     path = _trail(workspace)
     path.write_bytes(b"")
-    assert audit.verify(workspace).first_bad_seq == 1
-    with pytest.raises(audit.AuditError, match="entries were removed"):
+    if wiped == "trail and head":
+        path.unlink()
+        audit.head_path(workspace).unlink()
+    report = audit.verify(workspace)
+    assert not report.ok and report.first_bad_seq == 1 and "removed" in report.problem
+    with pytest.raises(audit.AuditError, match="removed"):
         audit.record(workspace, "after.wipe", "alice")
 
 
@@ -332,9 +338,9 @@ def test_a_legacy_entry_inserted_before_the_seal_breaks_the_chain(workspace: Wor
 def test_a_torn_last_line_is_cut_and_the_chain_continues(workspace: Workspace):
     path = _trail(workspace, 2)
     with open(path, "ab") as handle:
-        handle.write(b'{"seq": 3, "ts": "20')  # a crash mid-write
+        handle.write(b'{"seq": 4, "ts": "20')  # a crash mid-write
     entry = audit.record(workspace, "after.crash", "alice")
-    assert entry["seq"] == 3
+    assert entry["seq"] == 4
     assert audit.verify(workspace).ok
 
 
@@ -357,7 +363,7 @@ def test_concurrent_appends_from_several_processes_keep_one_chain(workspace: Wor
         assert process.exitcode == 0
 
     entries = audit.list_entries(workspace)
-    assert [e["seq"] for e in entries] == list(range(1, 101))
+    assert [e["seq"] for e in entries] == list(range(1, 102))  # audit.open + 100
     assert audit.verify(workspace).ok
 
 
@@ -439,11 +445,11 @@ def test_commands_refuse_to_act_on_a_forged_trail_with_a_one_line_error(
 
     hold = ["backup", "hold", "add", "--zone", "records", "--reason", "case 9"]
     assert cli_main([*hold, *root]) == 2
-    assert "seq 2" in capsys.readouterr().err
+    assert "seq 3" in capsys.readouterr().err
     assert not (workspace.records / "legal_holds").exists()  # not placed unaudited
 
     drop = write_csv(tmp_path / "drop.csv", [row("t1")])
     assert cli_main(["ingest", str(drop), *root]) == 3
     err = capsys.readouterr().err
-    assert "audit trail:" in err and "seq 2" in err and "Traceback" not in err
+    assert "audit trail:" in err and "seq 3" in err and "Traceback" not in err
     assert not workspace.curated.exists()  # nothing committed on top of it

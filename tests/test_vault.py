@@ -118,6 +118,7 @@ def test_backup_then_restore_gives_a_byte_identical_tree(populated: Workspace, t
     restored_trail = Workspace(target)
     assert audit.verify(restored_trail).ok
     assert [e["action"] for e in audit.list_entries(restored_trail)] == [
+        "audit.open",
         "ingest.run",
         "backup.restored",
     ]
@@ -602,7 +603,7 @@ def test_snapshots_anchor_the_audit_head_and_a_truncated_trail_fails_both_verifi
     old_lines = audit.audit_log_path(ws).read_bytes()
     audit.record(ws, "model.approve", "risk", "arn:pkg/1")
     snapshot = vault.create_snapshot(ws, zones=("curated",)).snapshot
-    assert snapshot.audit_head["seq"] == 2  # the trail as it was when the snapshot was taken
+    assert snapshot.audit_head["seq"] == 3  # the trail as it was when the snapshot was taken
     assert vault.verify_snapshots(ws).ok
 
     # The forger cuts the approval and what followed, and puts back the head of back then.
@@ -612,7 +613,7 @@ def test_snapshots_anchor_the_audit_head_and_a_truncated_trail_fails_both_verifi
 
     assert cli_main(["audit", "verify", "--workdir", str(ws.root)]) == 1
     out = capsys.readouterr().out
-    assert "BROKEN" in out and f"snapshot {snapshot.snapshot_id} recorded the trail at seq 2" in out
+    assert "BROKEN" in out and f"snapshot {snapshot.snapshot_id} recorded the trail at seq 3" in out
     report = vault.verify_snapshots(ws)
     assert any("audit trail broken" in p for p in report.problems)
 

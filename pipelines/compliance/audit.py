@@ -81,6 +81,12 @@ ENTRY_PURPOSE = "audit-entry"
 HEAD_PURPOSE = "audit-head"
 INTENT_PURPOSE = "audit-intent"
 SEAL_ACTION = "audit.seal"
+OPEN_ACTION = "audit.open"
+_REMOVED_TRAIL = (
+    "the audit trail is missing but this workspace's records key {key} exists: the trail "
+    "was removed (a new trail opens as its key is created); restore records/audit from a "
+    "snapshot. Nothing is appended to a removed trail"
+)
 # A temp intent this old whose writer holds no lock was left by a killed process.
 _STALE_TEMP_SECONDS = 60.0
 
@@ -224,9 +230,16 @@ def _appending(
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(_lock_path(ws), purpose="appending to the audit trail"):
         last = _last_entry_repairing_torn_tail(path)
-        key, must_seal = _writable_key(ws, last, allow_seal)
+        key, opening = _writable_key(ws, last, allow_seal)
         appender = _Appender(ws, key, last)
-        if must_seal:
+        if opening == OPEN_ACTION:
+            appender.append(
+                OPEN_ACTION,
+                actor or default_actor(),
+                "audit",
+                {"note": "records key created: the trail is authenticated from here on"},
+            )
+        elif opening == SEAL_ACTION:
             assert last is not None
             appender.sealed = appender.append(
                 SEAL_ACTION,
@@ -246,14 +259,16 @@ def _appending(
 
 def _writable_key(
     ws: Workspace, last: dict[str, Any] | None, allow_seal: bool = False
-) -> tuple[RecordsKey, bool]:
-    """(key to extend the trail with, whether a legacy tail must be sealed first).
+) -> tuple[RecordsKey, str]:
+    """(key to extend the trail with, the entry to open it with first: open, seal or "").
 
     Checks the tail authenticates first: nothing is appended to a trail that
-    does not (fail closed). A legacy tail is sealed automatically only when the
-    records key is being created now (the first run of this version on an old
-    workspace); if the key already existed, an unauthenticated tail means the
-    trail was re-written, unless an operator says otherwise (``seal``).
+    does not (fail closed). A new trail opens with ``audit.open`` as its key is
+    created, so an empty trail beside an existing key file means a removed one.
+    A legacy tail is sealed automatically only when the records key is being
+    created now (the first run of this version on an old workspace); if the key
+    already existed, an unauthenticated tail means the trail was re-written,
+    unless an operator says otherwise (``seal``).
     """
     head = _read_head(ws)
     if last is None and head.get("seq"):
@@ -269,6 +284,8 @@ def _writable_key(
                 "key; run 'fraudops audit verify'. Nothing is appended to it."
             )
         new_key = not os.environ.get(RECORDS_KEY_ENV) and not key_path(ws).exists()
+        if last is None and not new_key and not os.environ.get(RECORDS_KEY_ENV):
+            raise AuditError(_REMOVED_TRAIL.format(key=key_path(ws)))
         if last is not None and not (new_key or allow_seal):
             raise AuditError(
                 f"the audit trail ends with an unauthenticated (legacy) entry, seq "
@@ -281,7 +298,7 @@ def _writable_key(
         except RecordsKeyError as exc:
             raise AuditError(str(exc)) from exc
         assert key is not None  # create=True
-        return key, last is not None
+        return key, OPEN_ACTION if last is None else SEAL_ACTION
     what = f"the audit trail's last entry (seq {last.get('seq')})"
     try:
         key = require_records_key(ws, str(last["key_id"]), what)
@@ -294,7 +311,7 @@ def _writable_key(
             f"{what} fails authentication: it was altered or forged; run 'fraudops audit "
             "verify'. Nothing is appended to a trail that cannot be authenticated."
         )
-    return key, False
+    return key, ""
 
 
 def ensure_writable(ws: Workspace) -> None:
@@ -844,6 +861,8 @@ def _head_problem(
     """Entries cut off the end leave a shorter but valid chain; the MAC'd head catches that."""
     name = head_path(ws).name
     if not head:
+        if not count and key_path(ws).exists() and not os.environ.get(RECORDS_KEY_ENV):
+            return 1, _REMOVED_TRAIL.format(key=key_path(ws))
         return (count, f"{name} is missing (trail tampered?)") if count else None
     head_seq, head_hash = int(head["seq"]), str(head["hash"])
     if "mac" in head:

@@ -193,10 +193,12 @@ def _checked_token_key(
     return key
 
 
-def _install_secrets(ws: Workspace, root: Path, token_key: bytes | None) -> None:
-    """The records key of ``ws`` and the tokenisation key, 0600 under ``root/secrets``."""
+def _install_secrets(
+    ws: Workspace, root: Path, token_key: bytes | None, with_records: bool
+) -> None:
+    """The tokenisation key and, with the records zone, the records key of ``ws`` (0600)."""
     restored = Workspace(root)
-    records = records_key(ws, create=False)
+    records = records_key(ws, create=False) if with_records else None
     if records is not None and not key_path(restored).exists():
         keys.install_key_file(key_path(restored), records.key)
     token_file = restored.secrets / keys.TOKEN_KEY_FILENAME
@@ -233,7 +235,7 @@ def _restore_new(
     staging = target.parent / f".{target.name}.restore-{secrets.token_hex(4)}"
     try:
         result = _copy_entries(ws, snapshot, entries, staging, progress)
-        _install_secrets(ws, staging, token_key)
+        _install_secrets(ws, staging, token_key, any(e.zone == "records" for e in entries))
         if target.exists():
             target.rmdir()
         os.replace(staging, target)
@@ -263,7 +265,7 @@ def _restore_over(
             result = _copy_entries(ws, snapshot, entries, staging, progress)
             for zone in zones:
                 _swap_zone(live, zone, staging, aside)
-            _install_secrets(live, live.root, token_key)
+            _install_secrets(live, live.root, token_key, with_records=False)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(aside, ignore_errors=True)
