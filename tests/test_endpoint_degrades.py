@@ -198,6 +198,17 @@ def test_headers_that_never_finish_get_408_and_idle_connections_close(server, mo
     assert_healthy(server, model_dir)
 
 
+def test_expect_continue_gets_its_interim_answer_at_once(server):
+    body = ",".join(["0.5"] * WIDTH).encode()
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nExpect: 100-continue\r\n\r\n")
+    with socket.create_connection(server.server_address[:2], timeout=1) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 # --- bursts --------------------------------------------------------------------------------
 def test_a_burst_of_64_connections_is_queued_not_dropped(handler, model_dir):
     # The server is listening but not accepting yet: with the stdlib's backlog of 5,
