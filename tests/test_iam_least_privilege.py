@@ -41,11 +41,13 @@ LOCAL_ONLY = {
     "pipelines.serving.endpoint.server",
     "pipelines.compliance.vault", "pipelines.cli.commands", "pipelines.model.executor",
     "pipelines.fraud.definition",  # renders under moto; the aws path never calls it
+    "pipelines.fraud.local_run",  # the local executor's run store, not SageMaker
 }
 # Same-named methods that are not AWS calls: (module, action) -> what it really is.
 NOT_AWS_CALLS = {
     ("pipelines.data.ingest.run", "sns:Publish"): "writer.publish renames staged files into place",
     ("pipelines.model.executor.status_events", "sns:Publish"): "the local event bus",
+    ("pipelines.data.ingest.sources", "sagemaker:Search"): "re.Pattern.search",
 }
 # API operations whose IAM action has another name.
 IAM_ACTION_OF = {

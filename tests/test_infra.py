@@ -21,6 +21,8 @@ WILDCARD_RESOURCE_ALLOWED = {
     # result; these APIs take a job id, not a resource ARN.
     "codepipeline:PutJobSuccessResult",
     "codepipeline:PutJobFailureResult",
+    # The workflow polls its backup job by id (no resource-level permissions).
+    "backup:DescribeBackupJob",
 }
 
 

@@ -38,6 +38,8 @@ from pipelines.workflow.artifacts import (
     build_artifacts,
     copy_installed,
 )
+from pipelines.workflow.declaration import FRAUD_WORKFLOW
+from pipelines.workflow.render import to_state_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION, ACCOUNT = "us-east-1", "123456789012"
@@ -85,11 +87,11 @@ def _template(name: str) -> dict[str, Any]:
 
 
 def _referenced_keys() -> set[str]:
-    """Every ``code/${CodeVersion}/<key>`` any template names."""
-    keys = set()
-    for path in sorted((ROOT / "infra").glob("*.yaml")):
-        keys |= set(re.findall(r"code/\$\{CodeVersion\}/([\w./-]+)", path.read_text()))
-    return keys
+    """Every ``code/${CodeVersion}/<key>`` a template or the state machine names."""
+    texts = [path.read_text() for path in sorted((ROOT / "infra").glob("*.yaml"))]
+    texts.append(json.dumps(to_state_machine(FRAUD_WORKFLOW)))
+    return {key for text in texts
+            for key in re.findall(r"code/\$\{CodeVersion\}/([\w./-]+\w)", text)}
 
 
 # --- what is built ---------------------------------------------------------------------------
@@ -97,7 +99,8 @@ def _referenced_keys() -> set[str]:
 
 def test_every_artifact_a_stack_references_is_built(built):
     referenced = _referenced_keys()
-    assert {"lambda.zip", "workflow.asl.json", "fraudops_glue.zip", "source.zip"} <= referenced
+    assert {"lambda.zip", "workflow.asl.json", "fraudops_glue.zip", "source.zip",
+            "fraudops_features.zip", "companions/emr/feature_job.py"} <= referenced
     assert referenced <= set(built), f"not built: {referenced - set(built)}"
     for key in referenced:
         assert built[key].stat().st_size > 0, key

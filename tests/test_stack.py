@@ -106,4 +106,4 @@ def test_backup_stack_needs_a_copy_region(capsys):
 
 def test_render_prints_the_state_machine(capsys):
     assert main(["infra", "render"]) == 0
-    assert json.loads(capsys.readouterr().out)["StartAt"] == "ingest"
+    assert json.loads(capsys.readouterr().out) == to_state_machine(FRAUD_WORKFLOW)

@@ -1,31 +1,39 @@
-"""One declaration, three renderings: the ASL and Data Pipeline exports are valid."""
+"""One declaration, two renderings: the Step Functions state machine is well formed."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
-import boto3
-from botocore.stub import Stubber
+from cfnlint.decode import decode
 
-from pipelines.workflow.declaration import FRAUD_WORKFLOW
+from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
+from pipelines.data.features.emr import ARCHIVE_NAME as EMR_ARCHIVE
+from pipelines.data.features.emr import ENTRY_POINT as EMR_ENTRY
+from pipelines.data.features.emr import JobCode, serverless_job_driver
+from pipelines.workflow.artifacts import STATE_MACHINE
+from pipelines.workflow.declaration import FRAUD_WORKFLOW, PARQUET
 from pipelines.workflow.render import (
     FAILED_STATE,
     aws_steps,
+    placeholders,
     substitute,
-    to_data_pipeline,
     to_state_machine,
 )
 
 PLACEHOLDERS = {
     "GlueJobName": "fraud-etl",
-    "EmrClusterId": "j-ABC",
-    "FeatureJobScript": "s3://code/feature_job.py",
+    "EmrApplicationId": "00abc",
+    "EmrJobRoleArn": "arn:aws:iam::1:role/feature-job",
+    "ArtifactsBucket": "artifacts",
+    "CodeVersion": "abc123",
+    "LabelDelayDays": "7",
+    "LakeBucket": "lake",
+    "DataKeyArn": "arn:aws:kms:us-east-1:1:key/k",
     "PipelineName": "fraud-detection",
-    "ModelName": "fraud-model",
-    "ScoringInputUri": "s3://lake/features/",
-    "ScoredOutputUri": "s3://lake/scored/",
+    "EndpointName": "fraudops-dev-fraud",
     "BackupVaultName": "fraud-vault",
-    "LakeBucketArn": "arn:aws:s3:::lake",
     "BackupRoleArn": "arn:aws:iam::1:role/backup",
     "FailureNotificationFunctionArn": "arn:aws:lambda:us-east-1:1:function:notify",
 }
@@ -48,14 +56,14 @@ def _reachable(machine: dict) -> set[str]:
 def test_state_machine_is_well_formed():
     machine = to_state_machine(FRAUD_WORKFLOW)
     states = machine["States"]
-    assert machine["StartAt"] == "ingest"
+    assert machine["StartAt"] == "run-day-given?"
     for name, state in states.items():
-        assert state["Type"] in {"Task", "Wait", "Choice", "Fail", "Succeed"}, name
+        assert state["Type"] in {"Task", "Wait", "Choice", "Fail", "Succeed", "Pass"}, name
         for target in [state.get("Next"), state.get("Default")] + [
             c["Next"] for c in state.get("Catch", []) + state.get("Choices", [])
         ]:
             assert target is None or target in states, f"{name} -> {target}"
-        if state["Type"] in {"Task", "Wait"}:
+        if state["Type"] in {"Task", "Wait", "Pass"}:
             assert ("Next" in state) != bool(state.get("End")), name
     assert _reachable(machine) == set(states), "every state is reachable"
 
@@ -81,7 +89,7 @@ def test_pipeline_step_polls_until_the_execution_finishes():
     assert start["Parameters"]["ClientRequestToken.$"] == "States.UUID()"
     choice = states["pipeline-done?"]
     assert {c["StringEquals"]: c["Next"] for c in choice["Choices"]} == {
-        "Succeeded": "score",
+        "Succeeded": "score-find-endpoint",
         "Failed": "notify-pipeline-failed",
         "Stopped": "notify-pipeline-failed",
     }
@@ -109,33 +117,110 @@ def test_failure_payload_is_understood_by_the_failure_handler():
     assert describe_failure(event)["step"] == "ingest"
 
 
-def test_data_pipeline_export_is_accepted_by_put_pipeline_definition():
-    objects = to_data_pipeline(
-        FRAUD_WORKFLOW,
-        log_uri="s3://logs/datapipeline/",
-        role="DataPipelineDefaultRole",
-        resource_role="DataPipelineDefaultResourceRole",
-        failure_topic_arn="arn:aws:sns:us-east-1:1:failures",
-    )
-    ids = [o["id"] for o in objects]
-    for step in aws_steps(FRAUD_WORKFLOW):
-        assert step.name in ids
-    by_id = {o["id"]: {f["key"]: f for f in o["fields"]} for o in objects}
-    assert by_id["features"]["type"]["stringValue"] == "EmrActivity"
-    assert by_id["features"]["dependsOn"]["refValue"] == "ingest"
-    assert by_id["ingest"]["command"]["stringValue"].startswith("aws glue start-job-run")
-    assert by_id["ingest"]["maximumRetries"]["stringValue"] == "2"
+# --- the rendered definition against the templates -------------------------------------------
 
-    client = boto3.client("datapipeline", region_name="us-east-1")
-    with Stubber(client) as stub:
-        stub.add_response("create_pipeline", {"pipelineId": "df-1"},
-                          {"name": "fraud", "uniqueId": "fraud-1"})
-        stub.add_response(
-            "put_pipeline_definition",
-            {"errored": False, "validationErrors": [], "validationWarnings": []},
-            {"pipelineId": "df-1", "pipelineObjects": objects},
-        )
-        pipeline_id = client.create_pipeline(name="fraud", uniqueId="fraud-1")["pipelineId"]
-        result = client.put_pipeline_definition(pipelineId=pipeline_id, pipelineObjects=objects)
-        assert result["errored"] is False
-        stub.assert_no_pending_responses()
+INFRA = Path(__file__).resolve().parent.parent / "infra"
+
+
+def _template(name: str) -> dict:
+    parsed, matches = decode(str(INFRA / name))
+    assert not matches
+    return parsed
+
+
+def _exports() -> set[str]:
+    """Every export name any stack declares, as a Sub pattern."""
+    names = set()
+    for path in INFRA.glob("*.yaml"):
+        for output in _template(path.name).get("Outputs", {}).values():
+            if "Export" in output:
+                names.add(output["Export"]["Name"]["Fn::Sub"])
+    return names
+
+
+def _declared(value, workflow: dict) -> list[str]:
+    """Problems with one DefinitionSubstitutions value: what it names must exist."""
+    if isinstance(value, dict) and "Fn::ImportValue" in value:
+        name = value["Fn::ImportValue"]["Fn::Sub"]
+        return [] if name in _exports() else [f"no stack exports {name}"]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        resource = value["Fn::GetAtt"][0]
+        return [] if resource in workflow["Resources"] else [f"no resource {resource}"]
+    if isinstance(value, dict) and "Ref" in value:
+        ref = value["Ref"]
+        known = set(workflow["Parameters"]) | set(workflow["Resources"])
+        return [] if ref in known else [f"nothing named {ref}"]
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        names = re.findall(r"\$\{([\w:]+)\}", value["Fn::Sub"])
+        return [f"unknown {n}" for n in names
+                if not n.startswith("AWS::") and n not in workflow["Parameters"]]
+    return [f"unexpected value {value!r}"]
+
+
+def test_every_name_a_task_uses_is_declared_by_a_stack():
+    workflow = _template("workflow.yaml")
+    machine = workflow["Resources"]["StateMachine"]["Properties"]
+    substitutions = machine["DefinitionSubstitutions"]
+    assert placeholders(to_state_machine(FRAUD_WORKFLOW)) == set(substitutions)
+    problems = {k: p for k, v in substitutions.items() if (p := _declared(v, workflow))}
+    assert not problems, problems
+    # The definition the stack loads is the one `infra build` uploads.
+    assert machine["DefinitionS3Location"]["Key"] == {"Fn::Sub": "code/${CodeVersion}/"
+                                                                 + STATE_MACHINE}
+
+
+def test_every_task_retries_and_catches_into_the_failure_notification():
+    states = to_state_machine(FRAUD_WORKFLOW)["States"]
+    for name, state in states.items():
+        if state["Type"] != "Task" or name.startswith("notify-"):
+            continue
+        assert state["Retry"][0]["ErrorEquals"] == ["States.ALL"], name
+        (catch,) = state["Catch"]
+        notify = states[catch["Next"]]
+        assert catch["ErrorEquals"] == ["States.ALL"] and catch["Next"].startswith("notify-")
+        assert notify["Parameters"]["FunctionName"] == "${FailureNotificationFunctionArn}"
+        assert notify["Next"] == FAILED_STATE
+
+
+def test_the_feature_job_runs_the_uploaded_code_on_the_stacks_application():
+    task = to_state_machine(FRAUD_WORKFLOW)["States"]["features"]
+    assert task["Resource"] == "arn:aws:states:::emr-serverless:startJobRun.sync"
+    code = JobCode(f"s3://${{ArtifactsBucket}}/code/${{CodeVersion}}/{EMR_ARCHIVE}",
+                   f"s3://${{ArtifactsBucket}}/code/${{CodeVersion}}/{EMR_ENTRY}")
+    assert task["Parameters"]["JobDriver"] == serverless_job_driver(
+        code, "s3://${LakeBucket}/curated/transactions/", "s3://${LakeBucket}/features/transactions/",
+        "${LabelDelayDays}")
+    arguments = task["Parameters"]["JobDriver"]["SparkSubmit"]["EntryPointArguments"]
+    assert arguments[arguments.index("--label-delay-days") + 1] == "${LabelDelayDays}"
+    workflow = _template("workflow.yaml")
+    assert workflow["Parameters"]["LabelDelayDays"]["Default"] == DEFAULT_LABEL_DELAY_DAYS
+    application = workflow["Resources"]["FeatureApplication"]
+    assert application["Type"] == "AWS::EMRServerless::Application"
+    assert application["Properties"]["Type"] == "SPARK"
+
+
+def test_the_backup_job_keeps_its_recovery_point_inside_the_vault_lock_and_is_polled():
+    states = to_state_machine(FRAUD_WORKFLOW)["States"]
+    days = states["backup"]["Parameters"]["Lifecycle"]["DeleteAfterDays"]
+    backup = _template("backup.yaml")
+    lock = backup["Resources"]["Vault"]["Properties"]["LockConfiguration"]
+    assert lock["MinRetentionDays"] <= days <= lock["MaxRetentionDays"]
+    assert days == backup["Parameters"]["RetentionDays"]["Default"]
+    assert states["backup"]["Next"] == "backup-wait"
+    choice = {c["StringEquals"]: c["Next"] for c in states["backup-done?"]["Choices"]}
+    assert choice["COMPLETED"] == "backup-succeeded"
+    assert {choice[s] for s in ("FAILED", "ABORTED", "EXPIRED", "PARTIAL")} == {
+        "notify-backup-failed"}
+
+
+def test_the_score_task_uses_the_served_model_and_the_inference_content_type():
+    states = to_state_machine(FRAUD_WORKFLOW)["States"]
+    task = states["score"]
+    assert task["Parameters"]["ModelName.$"] == "$.results.score.config.ModelName"
+    chain = ["score-find-endpoint", "score-find-config", "score-find-model",
+             "score-find-package", "score"]
+    for state, following in zip(chain, chain[1:], strict=False):
+        assert states[state]["Next"] == following
+    assert task["Parameters"]["TransformInput"]["ContentType"] == PARQUET
+    assert task["Parameters"]["TransformOutput"]["Accept"] == PARQUET
+    assert "scored/transactions/dt={}" in task["Parameters"]["TransformOutput"]["S3OutputPath.$"]

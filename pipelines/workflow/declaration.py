@@ -1,15 +1,19 @@
 """The end-to-end workflow, declared once.
 
 The same declaration is executed locally by :mod:`pipelines.workflow.runner`
-(``fraudops run``), rendered as a Step Functions state machine and exported
-as an AWS Data Pipeline definition (:mod:`pipelines.workflow.render`). Each
-step names its retry policy, what it rolls back on failure, and the AWS
-service integration that runs it in production.
+(``fraudops run``) and rendered as a Step Functions state machine
+(:mod:`pipelines.workflow.render`). Each step names its retry policy, what it
+rolls back on failure, and the AWS service integration that runs it in
+production, with the names (``${Name}``) the workflow stack fills in.
+There is no AWS Data Pipeline rendering: that service is closed to new
+customers, and Step Functions is its successor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from pipelines.data.features.emr import ARCHIVE_NAME, ENTRY_POINT, JobCode, serverless_job_driver
 
 
 @dataclass(frozen=True)
@@ -26,19 +30,51 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """A read that runs before a step's task, e.g. which model the endpoint serves.
+
+    ``selector`` is the Step Functions ResultSelector; the selection lands at
+    ``$.results.<step>.<name>`` for the task's ``.$`` parameters to use.
+    """
+
+    name: str
+    resource: str
+    parameters: dict[str, object]
+    selector: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Wait for a task with no ``.sync`` integration: describe until a final status.
+
+    ``parameters`` may refer to the start call's selected result as
+    ``$.results.<step>``; ``selector`` must select a ``Status``.
+    """
+
+    resource: str
+    parameters: dict[str, object]
+    selector: dict[str, str]
+    succeeded: str
+    failed: tuple[str, ...]
+    wait_seconds: int = 60
+    token: str | None = None  # the start call's idempotency token parameter, if any
+
+
+@dataclass(frozen=True)
 class AwsTask:
     """How a step runs on AWS: a Step Functions service integration.
 
     ``resource`` is the Step Functions resource ARN (``arn:aws:states:::...``);
     ``parameters`` its Parameters block, with ``${Name}`` placeholders that the
-    templates substitute (job names, ARNs). ``poll`` marks integrations with no
-    ``.sync`` pattern that the state machine must poll for completion.
+    workflow stack substitutes (job names, ARNs). ``lookups`` run first;
+    ``poll`` marks an integration with no ``.sync`` pattern.
     """
 
     resource: str
     parameters: dict[str, object]
-    poll: dict[str, object] | None = None
-    data_pipeline_type: str = "ShellCommandActivity"
+    lookups: tuple[Lookup, ...] = ()
+    poll: Poll | None = None
+    selector: dict[str, str] | None = None  # ResultSelector of the task itself
 
 
 @dataclass(frozen=True)
@@ -80,6 +116,22 @@ class Workflow:
 
 TRANSIENT = RetryPolicy(max_attempts=3, interval_seconds=2.0, backoff_rate=2.0)
 
+# Where the AWS tasks read and write: the lake bucket's tables, the uploaded job code.
+LAKE = "s3://${LakeBucket}"
+CODE = "s3://${ArtifactsBucket}/code/${CodeVersion}"
+FEATURE_JOB_CODE = JobCode(py_files_uri=f"{CODE}/{ARCHIVE_NAME}", entry_uri=f"{CODE}/{ENTRY_POINT}")
+# The day a run scores: the execution input's run.day, else the day it started
+# (render.py's configure state).
+RUN_DAY = "$.run.day"
+# What batch transform sends the inference handler and asks back: a features
+# Parquet file in, the scored table's rows as Parquet out (inference/inference.py).
+PARQUET = "application/x-parquet"
+# Recovery points of the workflow's on-demand backup, in days: the daily plan's
+# retention (infra/backup.yaml RetentionDays), inside the vault lock's 35..3650.
+BACKUP_RETENTION_DAYS = 1827
+_DESCRIBE = "arn:aws:states:::aws-sdk:sagemaker:"
+_RESULTS = "$.results.score"
+
 FRAUD_WORKFLOW = Workflow(
     name="fraud-detection-workflow",
     steps=(
@@ -100,24 +152,24 @@ FRAUD_WORKFLOW = Workflow(
         ),
         Step(
             "features",
-            "Feature job: point-in-time features (DuckDB locally, Spark on EMR).",
+            "Feature job: point-in-time features (DuckDB locally, Spark on EMR Serverless).",
             depends_on=("ingest",),
             retry=TRANSIENT,
             rollback="the previous feature table stays in place until the new one is complete",
             aws=AwsTask(
-                resource="arn:aws:states:::elasticmapreduce:addStep.sync",
+                resource="arn:aws:states:::emr-serverless:startJobRun.sync",
                 parameters={
-                    "ClusterId": "${EmrClusterId}",
-                    "Step": {
-                        "Name": "fraud-features",
-                        "ActionOnFailure": "CONTINUE",
-                        "HadoopJarStep": {
-                            "Jar": "command-runner.jar",
-                            "Args": ["spark-submit", "${FeatureJobScript}"],
-                        },
-                    },
+                    "ApplicationId": "${EmrApplicationId}",
+                    "ExecutionRoleArn": "${EmrJobRoleArn}",
+                    "Name": "fraudops-features",
+                    "ClientToken.$": "States.UUID()",
+                    "JobDriver": serverless_job_driver(
+                        FEATURE_JOB_CODE,
+                        f"{LAKE}/curated/transactions/",
+                        f"{LAKE}/features/transactions/",
+                        "${LabelDelayDays}",
+                    ),
                 },
-                data_pipeline_type="EmrActivity",
             ),
         ),
         Step(
@@ -129,19 +181,23 @@ FRAUD_WORKFLOW = Workflow(
             aws=AwsTask(
                 resource="arn:aws:states:::aws-sdk:sagemaker:startPipelineExecution",
                 parameters={"PipelineName": "${PipelineName}"},
-                poll={
-                    "resource": "arn:aws:states:::aws-sdk:sagemaker:describePipelineExecution",
-                    "status_path": "$.PipelineExecutionStatus",
-                    "succeeded": "Succeeded",
-                    "failed": ["Failed", "Stopped"],
-                    "wait_seconds": 60,
-                },
+                selector={"PipelineExecutionArn.$": "$.PipelineExecutionArn"},
+                poll=Poll(
+                    resource=f"{_DESCRIBE}describePipelineExecution",
+                    parameters={
+                        "PipelineExecutionArn.$": "$.results.pipeline.PipelineExecutionArn"},
+                    selector={"PipelineExecutionArn.$": "$.PipelineExecutionArn",
+                              "Status.$": "$.PipelineExecutionStatus"},
+                    succeeded="Succeeded",
+                    failed=("Failed", "Stopped"),
+                    token="ClientRequestToken",
+                ),
             ),
         ),
         Step(
             "approve",
-            "Demo approval of the registered model by your own account, recorded as a demo "
-            "(on AWS a model-risk officer, not the model's creator, approves in the registry).",
+            "Demo approver (a second person) approves the registered model "
+            "(on AWS a model-risk officer approves in the registry).",
             depends_on=("pipeline",),
         ),
         Step(
@@ -153,26 +209,56 @@ FRAUD_WORKFLOW = Workflow(
         ),
         Step(
             "score",
-            "Batch-score the latest day (batch transform) and raise alerts.",
+            "Batch-score the run's day with the model the endpoint serves (batch transform) "
+            "into the scored table (on AWS, alerts come from the stream).",
             depends_on=("deploy",),
             retry=TRANSIENT,
             rollback="the day's scored partition is replaced atomically or not at all",
             aws=AwsTask(
+                # The approved package the deploy Lambda put on the endpoint, found at run
+                # time: endpoint -> its config -> its model -> the model package.
+                lookups=(
+                    Lookup("endpoint", f"{_DESCRIBE}describeEndpoint",
+                           {"EndpointName": "${EndpointName}"},
+                           {"EndpointConfigName.$": "$.EndpointConfigName"}),
+                    Lookup("config", f"{_DESCRIBE}describeEndpointConfig",
+                           {"EndpointConfigName.$": f"{_RESULTS}.endpoint.EndpointConfigName"},
+                           {"ModelName.$": "$.ProductionVariants[0].ModelName"}),
+                    Lookup("model", f"{_DESCRIBE}describeModel",
+                           {"ModelName.$": f"{_RESULTS}.config.ModelName"},
+                           {"ModelPackageName.$": "$.PrimaryContainer.ModelPackageName"}),
+                    Lookup("package", f"{_DESCRIBE}describeModelPackage",
+                           {"ModelPackageName.$": f"{_RESULTS}.model.ModelPackageName"},
+                           {"Version.$": "States.Format('{}', $.ModelPackageVersion)",
+                            "Threshold.$": "$.CustomerMetadataProperties.alert_threshold"}),
+                ),
                 resource="arn:aws:states:::sagemaker:createTransformJob.sync",
                 parameters={
-                    "TransformJobName.$": "States.Format('fraud-score-{}', $$.Execution.Name)",
-                    "ModelName": "${ModelName}",
+                    "TransformJobName.$": "States.Format('fraud-score-{}', States.UUID())",
+                    "ModelName.$": f"{_RESULTS}.config.ModelName",
+                    "Environment": {
+                        "FRAUD_MODEL_VERSION.$": f"{_RESULTS}.package.Version",
+                        "FRAUD_ALERT_THRESHOLD.$": f"{_RESULTS}.package.Threshold",
+                    },
+                    "BatchStrategy": "SingleRecord",
+                    "MaxPayloadInMB": 100,
                     "TransformInput": {
                         "DataSource": {
                             "S3DataSource": {
                                 "S3DataType": "S3Prefix",
-                                "S3Uri": "${ScoringInputUri}",
+                                "S3Uri.$": f"States.Format('{LAKE}/features/transactions/"
+                                           f"dt={{}}/', {RUN_DAY})",
                             }
                         },
-                        "ContentType": "text/csv",
-                        "SplitType": "Line",
+                        "ContentType": PARQUET,
+                        "SplitType": "None",
                     },
-                    "TransformOutput": {"S3OutputPath": "${ScoredOutputUri}"},
+                    "TransformOutput": {
+                        "S3OutputPath.$": f"States.Format('{LAKE}/scored/transactions/"
+                                          f"dt={{}}/', {RUN_DAY})",
+                        "Accept": PARQUET,
+                        "KmsKeyId": "${DataKeyArn}",
+                    },
                     "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
                 },
             ),
@@ -187,9 +273,19 @@ FRAUD_WORKFLOW = Workflow(
                 resource="arn:aws:states:::aws-sdk:backup:startBackupJob",
                 parameters={
                     "BackupVaultName": "${BackupVaultName}",
-                    "ResourceArn": "${LakeBucketArn}",
+                    "ResourceArn": "arn:aws:s3:::${LakeBucket}",
                     "IamRoleArn": "${BackupRoleArn}",
+                    "Lifecycle": {"DeleteAfterDays": BACKUP_RETENTION_DAYS},
                 },
+                selector={"BackupJobId.$": "$.BackupJobId"},
+                poll=Poll(
+                    resource="arn:aws:states:::aws-sdk:backup:describeBackupJob",
+                    parameters={"BackupJobId.$": "$.results.backup.BackupJobId"},
+                    selector={"BackupJobId.$": "$.BackupJobId", "Status.$": "$.State"},
+                    succeeded="COMPLETED",
+                    failed=("FAILED", "ABORTED", "EXPIRED", "PARTIAL"),
+                    token="IdempotencyToken",
+                ),
             ),
         ),
     ),

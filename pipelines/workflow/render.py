@@ -1,11 +1,13 @@
-"""Render the declared workflow for AWS: Step Functions ASL and AWS Data Pipeline.
+"""Render the declared workflow for AWS as a Step Functions state machine.
 
-One declaration (:data:`pipelines.workflow.declaration.FRAUD_WORKFLOW`), three
-renderings: the local runner, a Step Functions state machine, and a Data
-Pipeline definition for accounts still on that service (closed to new
-customers). Steps without an AWS task (demo data, the demo approver) happen
-elsewhere on AWS and are left out. Placeholders ``${Name}`` are filled by the
-CloudFormation ``DefinitionSubstitutions`` or the caller.
+One declaration (:data:`pipelines.workflow.declaration.FRAUD_WORKFLOW`), two
+renderings: the local runner and this state machine. Steps without an AWS
+task (demo data, the demo approver) happen elsewhere on AWS and are left out.
+Placeholders ``${Name}`` are filled by the workflow stack's
+``DefinitionSubstitutions`` (or :func:`substitute`).
+
+Every Task state retries per its step's policy and catches every error into
+that step's failure notification, which ends the execution as failed.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import json
 import re
 from typing import Any
 
-from pipelines.workflow.declaration import AwsTask, Step, Workflow
+from pipelines.workflow.declaration import RUN_DAY, AwsTask, Poll, RetryPolicy, Step, Workflow
 
 NOTIFY_FUNCTION = "${FailureNotificationFunctionArn}"
 FAILED_STATE = "WorkflowFailed"
+CONFIGURE_CHOICE, CONFIGURE = "run-day-given?", "configure-run-day"
+# Reads (lookups, status polls) are cheap and idempotent: retry throttling freely.
+READ_RETRY = RetryPolicy(max_attempts=4, interval_seconds=5.0, backoff_rate=2.0)
 
 
 def aws_steps(workflow: Workflow) -> list[Step]:
@@ -28,11 +33,11 @@ def aws_steps(workflow: Workflow) -> list[Step]:
 def to_state_machine(workflow: Workflow) -> dict[str, Any]:
     """Amazon States Language for ``workflow``: retries, catches, failure notification."""
     steps = aws_steps(workflow)
-    states: dict[str, Any] = {}
+    states: dict[str, Any] = _configure_states(_first_state(steps[0]))
     for index, step in enumerate(steps):
-        after = steps[index + 1].name if index + 1 < len(steps) else None
+        after = _first_state(steps[index + 1]) if index + 1 < len(steps) else None
         assert step.aws is not None
-        states.update(_task_states(step, step.aws, after))
+        states.update(_step_states(step, step.aws, after))
         states[_notify_name(step)] = _notify_state(workflow, step)
     states[FAILED_STATE] = {
         "Type": "Fail",
@@ -41,74 +46,110 @@ def to_state_machine(workflow: Workflow) -> dict[str, Any]:
     }
     return {
         "Comment": f"{workflow.name}: rendered from pipelines/workflow/declaration.py",
-        "StartAt": steps[0].name,
+        "StartAt": CONFIGURE_CHOICE,
         "States": states,
     }
 
 
-def _task_states(step: Step, task: AwsTask, after: str | None) -> dict[str, Any]:
+def _configure_states(first: str) -> dict[str, Any]:
+    """``$.run.day``: the execution input's, else the UTC day the execution started."""
+    path = RUN_DAY
+    return {
+        CONFIGURE_CHOICE: {
+            "Type": "Choice",
+            "Choices": [{"Variable": path, "IsPresent": True, "Next": first}],
+            "Default": CONFIGURE,
+        },
+        CONFIGURE: {
+            "Type": "Pass",
+            "Parameters": {
+                "day.$": "States.ArrayGetItem(States.StringSplit($$.Execution.StartTime, 'T'), 0)"
+            },
+            "ResultPath": path.rsplit(".", 1)[0],
+            "Next": first,
+        },
+    }
+
+
+def _first_state(step: Step) -> str:
+    assert step.aws is not None
+    return _lookup_name(step, step.aws.lookups[0].name) if step.aws.lookups else step.name
+
+
+def _result_path(step: Step) -> str:
+    return f"$.results.{_identifier(step.name)}"
+
+
+def _task(step: Step, resource: str, parameters: dict[str, Any], result_path: str,
+          retry: RetryPolicy, selector: dict[str, str] | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "Type": "Task",
         "Comment": step.description,
-        "Resource": task.resource,
-        "Parameters": task.parameters,
-        "ResultPath": f"$.results.{_identifier(step.name)}",
+        "Resource": resource,
+        "Parameters": parameters,
+        "ResultPath": result_path,
         "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
                    "Next": _notify_name(step)}],
     }
-    if step.retry.max_attempts > 1:
-        state["Retry"] = [
-            {
-                "ErrorEquals": ["States.ALL"],
-                "IntervalSeconds": max(1, int(step.retry.interval_seconds)),
-                "MaxAttempts": step.retry.max_attempts - 1,
-                "BackoffRate": step.retry.backoff_rate,
-            }
-        ]
-    if task.poll is None:
-        _link(state, after)
-        return {step.name: state}
+    if selector:
+        state["ResultSelector"] = selector
+    if retry.max_attempts > 1:
+        state["Retry"] = [{
+            "ErrorEquals": ["States.ALL"],
+            "IntervalSeconds": max(1, int(retry.interval_seconds)),
+            "MaxAttempts": retry.max_attempts - 1,
+            "BackoffRate": retry.backoff_rate,
+        }]
+    return state
 
-    # No .sync integration: start, then wait / describe / choose until done.
-    if "ClientRequestToken" not in task.parameters:
-        state["Parameters"] = {**task.parameters, "ClientRequestToken.$": "States.UUID()"}
+
+def _step_states(step: Step, task: AwsTask, after: str | None) -> dict[str, Any]:
+    states: dict[str, Any] = {}
+    result = _result_path(step)
+    for index, lookup in enumerate(task.lookups):
+        following = (_lookup_name(step, task.lookups[index + 1].name)
+                     if index + 1 < len(task.lookups) else step.name)
+        states[_lookup_name(step, lookup.name)] = {
+            **_task(step, lookup.resource, lookup.parameters, f"{result}.{lookup.name}",
+                    READ_RETRY, lookup.selector),
+            "Next": following,
+        }
+    # Lookups and the task share $.results.<step>: the task's result goes beside them.
+    task_path = f"{result}.task" if task.lookups else result
+    main = _task(step, task.resource, task.parameters, task_path, step.retry, task.selector)
+    if task.poll is None:
+        _link(main, after)
+        return {**states, step.name: main}
+    return {**states, **_poll_states(step, main, task.poll, after)}
+
+
+def _poll_states(step: Step, start: dict[str, Any], poll: Poll,
+                 after: str | None) -> dict[str, Any]:
+    """Start, then wait / describe / choose until the status is final."""
+    if poll.token:
+        start["Parameters"] = {**start["Parameters"], f"{poll.token}.$": "States.UUID()"}
     wait, check, choose = (f"{step.name}-wait", f"{step.name}-check", f"{step.name}-done?")
-    result = f"$.results.{_identifier(step.name)}"
-    state["Next"] = wait
-    poll = task.poll
-    return {
-        step.name: state,
-        wait: {"Type": "Wait", "Seconds": poll["wait_seconds"], "Next": check},
-        check: {
-            "Type": "Task",
-            "Resource": poll["resource"],
-            "Parameters": {"PipelineExecutionArn.$": f"{result}.PipelineExecutionArn"},
-            "ResultSelector": {
-                "PipelineExecutionArn.$": "$.PipelineExecutionArn",
-                "Status.$": poll["status_path"],
-            },
-            "ResultPath": result,
-            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 5,
-                       "MaxAttempts": 3, "BackoffRate": 2.0}],
-            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
-                       "Next": _notify_name(step)}],
-            "Next": choose,
-        },
+    result = _result_path(step)
+    start["Next"] = wait
+    done = after or f"{step.name}-succeeded"
+    states = {
+        step.name: start,
+        wait: {"Type": "Wait", "Seconds": poll.wait_seconds, "Next": check},
+        check: {**_task(step, poll.resource, poll.parameters, result, READ_RETRY, poll.selector),
+                "Next": choose},
         choose: {
             "Type": "Choice",
             "Choices": [
-                {"Variable": f"{result}.Status", "StringEquals": poll["succeeded"],
-                 **({"Next": after} if after else {"Next": f"{step.name}-succeeded"})},
-                *[
-                    {"Variable": f"{result}.Status", "StringEquals": status,
-                     "Next": _notify_name(step)}
-                    for status in poll["failed"]
-                ],
+                {"Variable": f"{result}.Status", "StringEquals": poll.succeeded, "Next": done},
+                *[{"Variable": f"{result}.Status", "StringEquals": status,
+                   "Next": _notify_name(step)} for status in poll.failed],
             ],
             "Default": wait,
         },
-        **({} if after else {f"{step.name}-succeeded": {"Type": "Succeed"}}),
     }
+    if after is None:
+        states[done] = {"Type": "Succeed"}
+    return states
 
 
 def _notify_state(workflow: Workflow, step: Step) -> dict[str, Any]:
@@ -125,12 +166,15 @@ def _notify_state(workflow: Workflow, step: Step) -> dict[str, Any]:
                     "workflow": workflow.name,
                     "execution.$": "$$.Execution.Id",
                     "step": step.name,
-                    "error.$": "States.JsonToString($.error)",
+                    # A failed poll has no $.error: the last status it read says why.
+                    "error.$": "States.JsonToString($)",
                     "rollback": step.rollback,
                     "log": "Step Functions execution history",
                 },
             },
         },
+        "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 3,
+                   "BackoffRate": 2.0}],
         "ResultPath": None,
         "Next": FAILED_STATE,
     }
@@ -147,79 +191,23 @@ def _notify_name(step: Step) -> str:
     return f"notify-{step.name}-failed"
 
 
+def _lookup_name(step: Step, lookup: str) -> str:
+    return f"{step.name}-find-{lookup}"
+
+
 def _identifier(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def to_data_pipeline(workflow: Workflow, *, log_uri: str, role: str, resource_role: str,
-                     failure_topic_arn: str) -> list[dict[str, Any]]:
-    """AWS Data Pipeline objects (``put_pipeline_definition`` shape) for ``workflow``."""
-    objects: list[dict[str, Any]] = [
-        _dp_object("Default", "Default", {
-            "scheduleType": "ondemand",
-            "failureAndRerunMode": "CASCADE",
-            "role": role,
-            "resourceRole": resource_role,
-            "pipelineLogUri": log_uri,
-        }),
-        _dp_object("Worker", "Ec2Resource", {"terminateAfter": "6 Hours"}),
-        _dp_object("FailureAlarm", "SnsAlarm", {
-            "topicArn": failure_topic_arn,
-            "subject": f"[fraudops] {workflow.name} failed at #{{node.name}}",
-            "message": "#{node.errorMessage} (log: #{node.pipelineLogUri})",
-            "role": role,
-        }),
-    ]
-    previous: str | None = None
-    for step in aws_steps(workflow):
-        assert step.aws is not None
-        fields: dict[str, Any] = {
-            "maximumRetries": str(step.retry.max_attempts - 1),
-            "onFail": {"ref": "FailureAlarm"},
-        }
-        if previous:
-            fields["dependsOn"] = {"ref": previous}
-        if step.aws.data_pipeline_type == "EmrActivity":
-            jar_step: dict[str, Any] = step.aws.parameters["Step"]["HadoopJarStep"]  # type: ignore[index]
-            fields["step"] = ",".join([jar_step["Jar"], *jar_step["Args"]])
-            fields["runsOn"] = {"ref": "FeatureCluster"}
-        else:
-            fields["command"] = _cli_command(step.aws)
-            fields["runsOn"] = {"ref": "Worker"}
-        objects.append(_dp_object(step.name, step.aws.data_pipeline_type, fields))
-        previous = step.name
-    if any(s.aws and s.aws.data_pipeline_type == "EmrActivity" for s in workflow.steps):
-        objects.append(_dp_object("FeatureCluster", "EmrCluster", {
-            "releaseLabel": "emr-7.5.0", "applications": "spark", "terminateAfter": "4 Hours"}))
-    return objects
-
-
-def _cli_command(task: AwsTask) -> str:
-    """The AWS CLI call equivalent to a Step Functions integration."""
-    match = re.match(r"arn:aws:states:::(?:aws-sdk:)?(\w+):(\w+)", task.resource)
-    if not match:
-        raise ValueError(f"cannot derive a CLI command from resource {task.resource!r}")
-    service, action = match.groups()
-    operation = re.sub(r"(?<!^)(?=[A-Z])", "-", action).lower()
-    parameters = {k: v for k, v in task.parameters.items() if not k.endswith(".$")}
-    payload = json.dumps(parameters, separators=(",", ":"))
-    return f"aws {service} {operation} --cli-input-json '{payload}'"
-
-
-def _dp_object(object_id: str, object_type: str, fields: dict[str, Any]) -> dict[str, Any]:
-    dp_fields = [{"key": "type", "stringValue": object_type}]
-    for key, value in fields.items():
-        if isinstance(value, dict) and "ref" in value:
-            dp_fields.append({"key": key, "refValue": value["ref"]})
-        else:
-            dp_fields.append({"key": key, "stringValue": str(value)})
-    return {"id": object_id, "name": object_id, "fields": dp_fields}
+def placeholders(definition: dict[str, Any]) -> set[str]:
+    """Every ``${Name}`` the definition leaves for the stack to fill."""
+    return set(re.findall(r"\$\{(\w+)\}", json.dumps(definition)))
 
 
 def substitute(definition: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     """Fill ``${Name}`` placeholders (as CloudFormation DefinitionSubstitutions does)."""
     text = json.dumps(definition)
-    missing = sorted(set(re.findall(r"\$\{(\w+)\}", text)) - set(values))
+    missing = sorted(placeholders(definition) - set(values))
     if missing:
         raise KeyError(f"no value for placeholders: {', '.join(missing)}")
     for name, value in values.items():

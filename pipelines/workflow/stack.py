@@ -16,8 +16,9 @@ from typing import Any
 
 from pipelines.core.code import unit_dir
 
-# Stacks in the order they must exist (later ones import earlier outputs).
-STACK_ORDER: tuple[str, ...] = ("storage", "catalog", "ml", "workflow", "backup", "cicd")
+# Stacks in the order they must exist (later ones import earlier outputs: the
+# workflow's backup step uses the backup stack's vault and role).
+STACK_ORDER: tuple[str, ...] = ("storage", "catalog", "ml", "backup", "workflow", "cicd")
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="infra_action", required=True)
 
     render = actions.add_parser("render", help="print the workflow as Step Functions ASL")
-    render.add_argument("--data-pipeline", action="store_true",
-                        help="print the AWS Data Pipeline objects instead")
     render.set_defaults(handler=_render)
 
     build = actions.add_parser(
@@ -43,19 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from pipelines.workflow.declaration import FRAUD_WORKFLOW
-    from pipelines.workflow.render import to_data_pipeline, to_state_machine
+    from pipelines.workflow.render import to_state_machine
 
-    if args.data_pipeline:
-        document: object = to_data_pipeline(
-            FRAUD_WORKFLOW,
-            log_uri="s3://${ArtifactsBucket}/datapipeline-logs/",
-            role="DataPipelineDefaultRole",
-            resource_role="DataPipelineDefaultResourceRole",
-            failure_topic_arn="${FailuresTopicArn}",
-        )
-    else:
-        document = to_state_machine(FRAUD_WORKFLOW)
-    print(json.dumps(document, indent=2))
+    print(json.dumps(to_state_machine(FRAUD_WORKFLOW), indent=2))
     return 0
 
 

@@ -8,6 +8,7 @@ definitions, the Spark engine, the schema), so EMR runs the same code that
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ PACKAGE_MODULES: tuple[str, ...] = (
 ENTRY_POINT = "companions/emr/feature_job.py"
 ARCHIVE_NAME = "fraudops_features.zip"
 STEP_NAME = "fraudops-features"
+SPARK_CONF = "spark.sql.session.timeZone=UTC"
+_PLACEHOLDER = re.compile(r"\$\{\w+\}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,29 @@ def upload_job_code(s3_client: Any, code_uri: str, workdir: Path) -> JobCode:
     return JobCode(f"s3://{bucket}/{keys['archive']}", f"s3://{bucket}/{keys['entry']}")
 
 
+def job_arguments(
+    input_uri: str,
+    output_uri: str,
+    label_delay_days: int | str = DEFAULT_LABEL_DELAY_DAYS,
+    labels_uri: str | None = None,
+) -> list[str]:
+    """``feature_job.py``'s arguments for one feature build.
+
+    ``label_delay_days`` is a whole number of days, or a ``${Name}`` placeholder a
+    template fills at deploy time (the workflow's ``LabelDelayDays`` parameter).
+    """
+    if not (isinstance(label_delay_days, str) and _PLACEHOLDER.fullmatch(label_delay_days)):
+        label_delay_micros(label_delay_days)  # type: ignore[arg-type]
+    _require_s3(input_uri, "--input")
+    _require_s3(output_uri, "--output")
+    args = ["--input", input_uri, "--output", output_uri,
+            "--label-delay-days", str(label_delay_days)]
+    if labels_uri:
+        _require_s3(labels_uri, "--labels")
+        args += ["--labels", labels_uri]
+    return args
+
+
 def feature_step(
     code: JobCode,
     input_uri: str,
@@ -80,33 +106,34 @@ def feature_step(
     name: str = STEP_NAME,
     action_on_failure: str = "CONTINUE",
 ) -> dict[str, Any]:
-    """The ``Steps`` entry of ``add_job_flow_steps`` for one feature build."""
-    label_delay_micros(label_delay_days)
-    _require_s3(input_uri, "--input")
-    _require_s3(output_uri, "--output")
+    """The ``Steps`` entry of ``add_job_flow_steps`` for one feature build (EMR on EC2)."""
     args = [
-        "spark-submit",
-        "--deploy-mode",
-        "cluster",
-        "--conf",
-        "spark.sql.session.timeZone=UTC",
-        "--py-files",
-        code.py_files_uri,
-        code.entry_uri,
-        "--input",
-        input_uri,
-        "--output",
-        output_uri,
-        "--label-delay-days",
-        str(label_delay_days),
+        "spark-submit", "--deploy-mode", "cluster", "--conf", SPARK_CONF,
+        "--py-files", code.py_files_uri, code.entry_uri,
+        *job_arguments(input_uri, output_uri, label_delay_days, labels_uri),
     ]
-    if labels_uri:
-        _require_s3(labels_uri, "--labels")
-        args += ["--labels", labels_uri]
     return {
         "Name": name,
         "ActionOnFailure": action_on_failure,
         "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args},
+    }
+
+
+def serverless_job_driver(
+    code: JobCode,
+    input_uri: str,
+    output_uri: str,
+    label_delay_days: int | str = DEFAULT_LABEL_DELAY_DAYS,
+    labels_uri: str | None = None,
+) -> dict[str, Any]:
+    """The ``JobDriver`` of an EMR Serverless ``StartJobRun`` for one feature build."""
+    return {
+        "SparkSubmit": {
+            "EntryPoint": code.entry_uri,
+            "EntryPointArguments": job_arguments(input_uri, output_uri, label_delay_days,
+                                                 labels_uri),
+            "SparkSubmitParameters": f"--conf {SPARK_CONF} --py-files {code.py_files_uri}",
+        }
     }
 
 
