@@ -104,6 +104,12 @@ def test_parquet_of_another_workspace_or_of_this_lake_is_read_only_through_table
     assert rows == [{"n": 3}]
 
 
+def test_a_link_in_the_lake_to_another_workspace_is_not_followed(lake, other):
+    foreign = next(other.curated.rglob("*.parquet"))
+    (next(lake.curated.glob("dt=*")) / "part-link.parquet").symlink_to(foreign)
+    assert run_query(lake, "SELECT count(*) AS n FROM transactions").to_pylist() == [{"n": 3}]
+
+
 def test_the_tokenisation_key_never_comes_back(lake):
     key = key_file(lake).read_text().strip()
     for sql in (f"SELECT * FROM read_text('{key_file(lake)}')",

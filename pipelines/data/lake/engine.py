@@ -118,7 +118,8 @@ def published_tables(ws: Workspace) -> tuple[list[PublishedTable], pa.Table, dic
 
 def parquet_files(root: Path) -> list[str]:
     """Every ``*.parquet`` under ``root`` (or ``root`` itself), skipping hidden ``.``/``_``
-    entries below it, where writers stage files they have not published yet."""
+    entries below it, where writers stage files they have not published yet, and links
+    that lead out of ``root``."""
     if root.is_file():
         return [str(root)] if root.suffix == ".parquet" else []
     if not root.is_dir():
@@ -126,6 +127,7 @@ def parquet_files(root: Path) -> list[str]:
     return sorted(
         str(p) for p in root.rglob("*.parquet")
         if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+        and _inside(p.resolve(), root)
     )
 
 
