@@ -52,6 +52,7 @@ METADATA_FILE = "training_metadata.json"
 DATA_FILE = "data.parquet"
 EVALUATION_FILE = "evaluation.json"
 SCORES_FILE = "test_scores.parquet"
+KNOWN_FRAUDS_FILE = "known_frauds.parquet"  # written beside the test split by preprocess
 SCORE_COLUMNS = ("transaction_id", "customer_id", "timestamp")
 MAX_CURVE_POINTS = 200
 
@@ -147,6 +148,7 @@ def card_precision_at_k(
     scores: pd.Series,
     k: int,
     remove_detected: bool = True,
+    known_at: pd.Series | None = None,
 ) -> tuple[float, list[dict]]:
     """Mean over days of the share of fraudulent cards among the day's top-k cards.
 
@@ -155,7 +157,9 @@ def card_precision_at_k(
     the investigators' capacity, even on days with fewer cards (unused capacity
     is not a success). As in the handbook, cards found compromised on an
     earlier day are blocked and leave the ranking of later days
-    (``remove_detected``).
+    (``remove_detected``). ``known_at`` (card -> when its fraud became known)
+    also removes, each day, the cards already known to be compromised by then:
+    their frauds were labelled before the day, so they are blocked, not found.
     """
     frame = pd.DataFrame(
         {"day": days.to_numpy(), "card": cards.to_numpy(), "y": labels.to_numpy(), "s": scores}
@@ -165,6 +169,8 @@ def card_precision_at_k(
     for day, group in frame.groupby("day", sort=True):
         if remove_detected and detected:
             group = group[~group["card"].isin(detected)]
+        if known_at is not None:
+            group = group[~group["card"].isin(known_at.index[known_at <= day])]
         by_card = group.groupby("card").agg(s=("s", "max"), y=("y", "max"))
         top = by_card.sort_values("s", ascending=False, kind="stable").head(k)
         found = top.index[top["y"] == 1]
@@ -212,10 +218,26 @@ def downsample_curve(labels: np.ndarray, scores: np.ndarray, limit: int) -> dict
     }
 
 
+def card_precision_block(per_day: list[dict], mean: float, k: int, remove_detected: bool) -> dict:
+    return {
+        "value": mean,
+        "k": k,
+        "remove_detected_cards": remove_detected,
+        "best_possible": float(np.mean([d["best_possible"] for d in per_day])),
+        "standard_deviation": float(np.std([d["precision"] for d in per_day])),
+    }
+
+
 def compute_metrics(
-    scored: pd.DataFrame, label: str, threshold: float, k: int, remove_detected: bool
+    scored: pd.DataFrame, label: str, threshold: float, k: int, remove_detected: bool,
+    known_at: pd.Series | None = None,
 ) -> dict:
-    """The ``binary_classification_metrics`` block plus supporting detail."""
+    """The ``binary_classification_metrics`` block plus supporting detail.
+
+    Card precision@k needs card ids: without any (a file with no customer or
+    card column) its value is null. ``known_at`` adds the variant without
+    the cards known to be compromised (``card_precision_at_k_known_removed``).
+    """
     labels = scored[label].to_numpy().astype(int)
     scores = scored["score"].to_numpy()
     n_fraud = int(labels.sum())
@@ -225,9 +247,21 @@ def compute_metrics(
             "need both classes. Widen --test-days in preprocess."
         )
     days = pd.to_datetime(scored["timestamp"], utc=True).dt.tz_convert(None).dt.floor("D")
-    cp_k, per_day = card_precision_at_k(
-        days, scored["customer_id"], scored[label], scores, k, remove_detected
-    )
+    with_cards = scored["customer_id"].notna().to_numpy()
+    cards: dict[str, dict | None] = {"card_precision_at_k": None,
+                                     "card_precision_at_k_known_removed": None}
+    per_day: list[dict] = []
+    if with_cards.any():
+        rows = (days[with_cards], scored["customer_id"][with_cards], scored[label][with_cards],
+                scores[with_cards], k, remove_detected)
+        cp_k, per_day = card_precision_at_k(*rows)
+        cards["card_precision_at_k"] = card_precision_block(per_day, cp_k, k, remove_detected)
+        if known_at is not None:
+            known, known_days = card_precision_at_k(*rows, known_at=known_at)
+            cards["card_precision_at_k_known_removed"] = {
+                **card_precision_block(known_days, known, k, remove_detected),
+                "known_compromised_cards": int(len(known_at)),
+            }
     at_threshold = threshold_metrics(labels, scores, threshold)
     return {
         "binary_classification_metrics": {
@@ -236,13 +270,11 @@ def compute_metrics(
                 "standard_deviation": "NaN",
             },
             "roc_auc": {"value": float(roc_auc_score(labels, scores)), "standard_deviation": "NaN"},
-            "card_precision_at_k": {
-                "value": cp_k,
-                "k": k,
-                "remove_detected_cards": remove_detected,
-                "best_possible": float(np.mean([d["best_possible"] for d in per_day])),
-                "standard_deviation": float(np.std([d["precision"] for d in per_day])),
-            },
+            "card_precision_at_k": cards["card_precision_at_k"] or {
+                "value": None, "k": k, "best_possible": None,
+                "note": "no card ids (customer_id) in the data"},
+            **({"card_precision_at_k_known_removed": cards["card_precision_at_k_known_removed"]}
+               if cards["card_precision_at_k_known_removed"] else {}),
             "precision_at_threshold": {
                 "value": at_threshold["precision"],
                 "threshold": threshold,
@@ -296,6 +328,19 @@ def run_parameters(model_features: dict, test_features: dict) -> dict:
     return {"feature_set_version": version, "label_delay_days": delay}
 
 
+def known_compromised(test_dir: Path, split: dict) -> pd.Series | None:
+    """Card -> when it became known to be compromised: its first fraud plus the label
+    delay the split left out (preprocess's ``known_frauds.parquet``); None without it."""
+    path = test_dir / KNOWN_FRAUDS_FILE
+    if not path.is_file():
+        return None
+    frauds = pd.read_parquet(path)
+    gap = pd.Timedelta(hours=float(split.get("label_delay_gap_hours",
+                                             24 * split.get("label_delay_days", 0))))
+    first = pd.to_datetime(frauds["first_fraud"], utc=True).dt.tz_convert(None)
+    return pd.Series((first + gap).to_numpy(), index=frauds["customer_id"].to_numpy())
+
+
 def describe_test_window(frame: pd.DataFrame, feature_set: dict) -> dict:
     """The window preprocess recorded, else the span of the test timestamps."""
     window = feature_set.get("split", {}).get("window")
@@ -339,12 +384,16 @@ def run(args: argparse.Namespace) -> dict:
     scored = frame[[*SCORE_COLUMNS, label]].copy()
     scored["score"] = score(booster, frame, features)
     scored = scored.rename(columns={label: "is_fraud"})
+    split = test_features.get("split", {})
     report = {
         **compute_metrics(
-            scored, "is_fraud", args.alert_threshold, args.k, not args.keep_detected_cards
+            scored, "is_fraud", args.alert_threshold, args.k, not args.keep_detected_cards,
+            known_compromised(processing / "test", split),
         ),
         "alert_threshold": args.alert_threshold,
         "test_window": describe_test_window(frame, test_features),
+        "split": {key: split[key] for key in ("windows", "method", "note", "label_delay_days",
+                                              "label_delay_gap_hours") if key in split},
         "model": {
             **carried,
             "xgboost_version": metadata.get("xgboost_version"),
@@ -368,7 +417,8 @@ def print_report(report: dict) -> None:
         f"{report['n_fraud']} fraud"
     )
     for name, entry in metrics.items():
-        print(f"{name.replace('_', '-')}: {entry['value']:.6f}")
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.6f}"
+        print(f"{name.replace('_', '-')}: {value}")
     print(f"alerts-at-threshold: {report['alerts_at_threshold']}")
 
 

@@ -77,6 +77,10 @@ import pyarrow.parquet as pq
 FEATURE_SET_FILE = "_feature_set.json"
 OUTPUT_FEATURE_SET_FILE = "feature_set.json"
 DATA_FILE = "data.parquet"
+# Beside the test split: when each card's first fraud happened (evaluation removes cards
+# already known to be compromised from card precision@k).
+KNOWN_FRAUDS_FILE = "known_frauds.parquet"
+CARD_COLUMN = "customer_id"
 SPLIT_NAMES = ("train", "validation", "test")
 # Columns evaluation and scoring need besides the features and the label.
 REQUIRED_ID_COLUMNS = ("transaction_id", "customer_id", "timestamp")
@@ -550,6 +554,16 @@ def write_split(out_dir: Path, frame: pd.DataFrame, feature_set: dict, split: di
     write_atomically(out_dir / OUTPUT_FEATURE_SET_FILE, lambda tmp: tmp.write_text(payload))
 
 
+def write_known_frauds(out_dir: Path, frame: pd.DataFrame, label: str, before: datetime) -> None:
+    """Each card's first fraud before ``before`` (the end of the test window), for evaluation
+    to tell which cards were already known to be compromised on each test day."""
+    frauds = frame.loc[(frame[label] == 1) & (frame["_ts"] < pd.Timestamp(before))
+                       & frame[CARD_COLUMN].notna(), [CARD_COLUMN, "_ts"]]
+    first = frauds.groupby(CARD_COLUMN, sort=True)["_ts"].min().rename("first_fraud")
+    table = pa.Table.from_pandas(first.reset_index(), preserve_index=False)
+    write_atomically(out_dir / KNOWN_FRAUDS_FILE, lambda tmp: pq.write_table(table, tmp))
+
+
 # --- entry point -------------------------------------------------------------
 
 
@@ -663,6 +677,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     for name in SPLIT_NAMES:
         split = {"name": name, "window": stats[name], "windows": windows, **gaps}
         write_split(processing / name, frames[name], feature_set, split)
+    write_known_frauds(processing / "test", frame, label, plan.test.end)
     return stats
 
 

@@ -12,6 +12,22 @@ from typing import Any
 from pipelines.core.notifications import FAILURES_TOPIC, Notifier
 
 
+class PermanentFailure(Exception):
+    """A failure that trying again cannot fix; its message is the one line to show.
+
+    Workflow runners fail the step at once (no retry, no traceback): the user
+    must change the configuration or the data, or accept the outcome.
+    """
+
+
+class ConfigurationError(PermanentFailure):
+    """The input or its configuration is wrong (column map, parameters, the data itself)."""
+
+
+class ModelRejected(PermanentFailure):
+    """The quality gate rejected the trained model; nothing was registered."""
+
+
 def describe_failure(event: dict[str, Any]) -> dict[str, Any]:
     """Normalise a failure event into execution, step, error and log location."""
     detail = event.get("detail", {})

@@ -10,8 +10,10 @@ next to the pipeline that names those steps.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,41 @@ from pipelines.core.identity import current_user
 from pipelines.core.workspace import Workspace
 from pipelines.fraud.definition import DEFAULT_MODULE, RenderedPipeline, render_pipeline_cached
 from pipelines.model.executor import ExecutionSummary, run_pipeline_definition
+from pipelines.model.executor.errors import CLIENT_ERROR, RETRYABLE_EXCEPTION_TYPES
+from pipelines.model.executor.runner import summarize
+from pipelines.model.executor.store import FAILED, ExecutionStore
 
-EVALUATE_STEP, REGISTER_STEP = "Evaluate", "Register"  # step names in pipeline.py
+# Step names in pipeline.py.
+EVALUATE_STEP, REGISTER_STEP, GATE_FAIL_STEP = "Evaluate", "Register", "QualityGateFailed"
+SCORES_FILE = "test_scores.parquet"  # processing/evaluate.py writes it beside evaluation.json
+QUALITY_PARAMETER, QUALITY_FLAG = "QualityThresholdAP", "--quality-threshold"
+# What the container scripts print before exiting with code 2 (a user-fixable problem).
+_SCRIPT_ERROR = re.compile(r"^(?:preprocess|train|evaluate): error: (.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The quality gate's verdict on an execution's model: the metric below the bar."""
+
+    execution_id: str
+    metric: str
+    value: float
+    threshold: float
+
+    def line(self) -> str:
+        return (f"model rejected by the quality gate: test {self.metric} {self.value:.3f} is "
+                f"below the threshold {self.threshold:.3f} ({QUALITY_PARAMETER}); nothing was "
+                f"registered. To accept it, run again with {QUALITY_FLAG} "
+                f"{_floor(self.value):.3f} or lower")
+
+
+@dataclass(frozen=True)
+class PipelineFailure:
+    """Why a pipeline execution failed, in one line; ``retryable`` when a resume may help."""
+
+    message: str
+    retryable: bool
+    rejection: Rejection | None = None
 
 
 @dataclass(frozen=True)
@@ -35,24 +70,34 @@ class LocalPipelineRun:
     def succeeded(self) -> bool:
         return self.execution.succeeded
 
-    def failure(self) -> str:
-        """One line saying how the execution ended and where to look (for errors)."""
-        return (f"pipeline execution {self.execution.execution_id} {self.execution.status}: "
-                f"{self.execution.failure_reason} (logs: {self.logs}; "
-                f"`fraudops pipeline resume` retries)")
+    def failure(self, workspace: Workspace) -> PipelineFailure:
+        """Why the execution failed, in one line, and whether running it again may help."""
+        return explain_failure(workspace, self.execution, self.logs)
 
 
 @dataclass(frozen=True)
 class EvaluationMetrics:
-    """The headline numbers of the Evaluate step's evaluation.json."""
+    """The headline numbers of the Evaluate step's evaluation.json.
+
+    ``card_precision_at_k`` is None without card ids; ``card_precision_known_removed``
+    leaves out the cards already known to be compromised each day (None if not computed).
+    """
 
     average_precision: float
     roc_auc: float
-    card_precision_at_k: float
+    card_precision_at_k: float | None
     k: int
     precision_at_threshold: float
     recall_at_threshold: float
     path: Path
+    card_precision_known_removed: float | None = None
+    split: dict[str, Any] = field(default_factory=dict)  # windows, method, gap, note
+    tuning: dict[str, Any] = field(default_factory=dict)  # the chosen hyperparameters
+
+    @property
+    def scores_path(self) -> Path:
+        """The per-transaction test scores written beside evaluation.json."""
+        return self.path.parent / SCORES_FILE
 
 
 def run_pipeline_locally(
@@ -96,7 +141,9 @@ def read_evaluation(workspace: Workspace, execution: ExecutionSummary) -> Evalua
     outputs = execution.step(EVALUATE_STEP).properties["ProcessingOutputConfig"]["Outputs"]
     uri = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "evaluation")
     path = workspace.local_path(uri.rstrip("/") + "/evaluation.json")
-    metrics = json.loads(path.read_text(encoding="utf-8"))["binary_classification_metrics"]
+    report = json.loads(path.read_text(encoding="utf-8"))
+    metrics = report["binary_classification_metrics"]
+    known = metrics.get("card_precision_at_k_known_removed") or {}
     return EvaluationMetrics(
         average_precision=metrics["average_precision"]["value"],
         roc_auc=metrics["roc_auc"]["value"],
@@ -105,4 +152,80 @@ def read_evaluation(workspace: Workspace, execution: ExecutionSummary) -> Evalua
         precision_at_threshold=metrics["precision_at_threshold"]["value"],
         recall_at_threshold=metrics["recall_at_threshold"]["value"],
         path=path,
+        card_precision_known_removed=known.get("value"),
+        split=report.get("split") or {},
+        tuning=(report.get("model") or {}).get("tuning") or {},
     )
+
+
+def _floor(value: float) -> float:
+    """``value`` rounded down to the three decimals shown, so the suggested flag passes."""
+    return math.floor(value * 1000) / 1000
+
+
+def rejection_of(workspace: Workspace, execution: ExecutionSummary) -> Rejection | None:
+    """The quality gate's rejection if this execution ended at its Fail step, else None."""
+    try:
+        gate = execution.step(GATE_FAIL_STEP)
+    except KeyError:
+        return None
+    if gate.status != FAILED:
+        return None
+    evaluation = read_evaluation(workspace, execution)
+    store = ExecutionStore(workspace.executions)
+    try:
+        parameters = json.loads(store.execution_row(execution.execution_id)["parameters"])
+    finally:
+        store.close()
+    return Rejection(execution.execution_id, "average precision",
+                     evaluation.average_precision, float(parameters[QUALITY_PARAMETER]))
+
+
+def explain_failure(
+    workspace: Workspace, execution: ExecutionSummary, logs: Path
+) -> PipelineFailure:
+    """One line for a failed execution: the gate's verdict, the script's own error
+    message (a problem with the data or parameters), or the step's failure with
+    where to look; only failures SageMaker would retry say that a resume may help."""
+    rejection = rejection_of(workspace, execution)
+    if rejection is not None:
+        return PipelineFailure(rejection.line(), retryable=False, rejection=rejection)
+    failed = [step for step in execution.steps if step.status == FAILED]
+    step = failed[-1] if failed else None
+    reason = (step.failure_reason if step else None) or execution.failure_reason or "unknown"
+    where = f"pipeline execution {execution.execution_id} failed at {step.name if step else '?'}"
+    log = Path(step.log_path) if step and step.log_path else None
+    script_errors = _SCRIPT_ERROR.findall(log.read_text(errors="replace")) if (
+        log and log.is_file()) else []
+    if script_errors:
+        return PipelineFailure(f"{where}: {script_errors[-1]} (log: {log})", retryable=False)
+    first_line = reason.splitlines()[0]
+    if reason.startswith(tuple(RETRYABLE_EXCEPTION_TYPES)):
+        return PipelineFailure(
+            f"{where}: {first_line} (logs: {logs}; `fraudops pipeline resume "
+            f"{execution.execution_id}` retries it)", retryable=True)
+    permanent = reason.startswith(CLIENT_ERROR)
+    return PipelineFailure(f"{where}: {first_line} (logs: {log or logs})",
+                           retryable=not permanent)
+
+
+def last_rejection(
+    workspace: Workspace, pipeline_name: str = "fraud-detection"
+) -> Rejection | None:
+    """The rejection of the most recent execution of ``pipeline_name``, if it was rejected.
+
+    ``fraudops model list`` and ``fraudops score`` say so, rather than only
+    "nothing registered" or "nothing deployed".
+    """
+    if not workspace.executions.is_dir():
+        return None  # nothing ever ran; opening the store would create it
+    store = ExecutionStore(workspace.executions)
+    try:
+        latest = store.list_pipeline_executions(pipeline_name, limit=1)
+        summaries = latest["PipelineExecutionSummaries"]
+        if not summaries or summaries[0]["PipelineExecutionStatus"] != FAILED:
+            return None
+        execution = summarize(store, summaries[0]["PipelineExecutionId"])
+    finally:
+        store.close()
+    return rejection_of(workspace, execution)

@@ -5,7 +5,9 @@ where the result is the step's own dataclass; later steps read it back by
 type (``ctx.results.get(PipelineResult)``), never through a string key. A
 step that still fails after its retries stops the run, has its failure sent
 through the same failure-notification handler the Lambda runs on AWS, and
-leaves earlier steps' outputs intact.
+leaves earlier steps' outputs intact. A ``PermanentFailure`` (a configuration
+error, a model the quality gate rejected) is never retried, whatever the
+step's policy: the same input would fail the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 
+from pipelines.core.failures import PermanentFailure
 from pipelines.core.workspace import Workspace
 from pipelines.workflow.declaration import Step, Workflow
 
@@ -82,6 +85,7 @@ class StepOutcome:
     seconds: float
     result: object | None  # the step's result dataclass; None unless it succeeded
     error: str = ""
+    permanent: bool = False  # failed with a PermanentFailure: retrying could not help
 
 
 class WorkflowFailed(RuntimeError):
@@ -128,7 +132,12 @@ def _run_step(
     for attempt in range(1, step.retry.max_attempts + 1):
         try:
             result = function(context)
-        except Exception as exc:  # a step failure of any kind is handled by policy
+        except PermanentFailure as exc:
+            # Configuration errors and a rejected model: the same input fails the same way.
+            context.console.print(f"[red]{step.name} failed (not retried):[/] {exc}")
+            return StepOutcome(step.name, "Failed", attempt, time.perf_counter() - start, None,
+                               str(exc), permanent=True)
+        except Exception as exc:  # a step failure of any other kind is handled by policy
             error = f"{type(exc).__name__}: {exc}"
             context.console.print(f"[red]{step.name} attempt {attempt} failed:[/] {error}")
             context.console.print(traceback.format_exc(), style="dim", markup=False)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,15 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.compliance import vault
+from pipelines.core.failures import ConfigurationError, ModelRejected
 from pipelines.core.identity import current_actor
+from pipelines.core.params import ParameterError
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.data.datagen import GeneratorConfig, generate_transactions, write_landing_drops
 from pipelines.data.features.build import FeatureBuildSummary, build_feature_table
 from pipelines.data.features.store import MANIFEST_NAME
 from pipelines.data.ingest.columns import load_column_map
+from pipelines.data.ingest.errors import IngestError
 from pipelines.data.ingest.reconcile import IngestReport, render
 from pipelines.data.ingest.run import ingest as run_ingest
 from pipelines.fraud.local_run import (
@@ -35,9 +39,12 @@ from pipelines.fraud.local_run import (
     registered_model_package_arn,
     run_pipeline_locally,
 )
+from pipelines.model.executor.errors import ExecutorError
 from pipelines.model.registry import DEMO_NOTICE, LocalModelRegistry
 from pipelines.serving.deploy.local import read_endpoint_state
+from pipelines.serving.deploy.selection import SelectionError
 from pipelines.serving.score_and_alert import ScoredAndAlerted, latest_feature_day, score_and_alert
+from pipelines.serving.scoring.batch import ScoringError
 from pipelines.workflow.runner import RunContext, StepFunction
 
 
@@ -122,25 +129,46 @@ def generate(ctx: FraudRunContext) -> GenerateResult:
                           drops.malformed_total)
 
 
+@contextmanager
+def configuration_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise ``kinds`` as a ConfigurationError: the input or its configuration is
+    wrong, so the workflow fails the step at once instead of retrying it."""
+    try:
+        yield
+    except kinds as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
 def ingest(ctx: FraudRunContext) -> IngestReport:
     options = ctx.options
-    column_map = load_column_map(options.column_map) if options.column_map else None
-    paths = [options.input_path] if options.input_path else None
-    report = run_ingest(ctx.workspace, paths, column_map=column_map)
+    with configuration_errors(IngestError, ParameterError):
+        column_map = load_column_map(options.column_map) if options.column_map else None
+        paths = [options.input_path] if options.input_path else None
+        report = run_ingest(ctx.workspace, paths, column_map=column_map)
     render(report, ctx.console)
     return report
 
 
 def features(ctx: FraudRunContext) -> FeatureBuildSummary:
-    return build_feature_table(
-        ctx.workspace, label_delay_days=ctx.options.label_delay_days, engine=ctx.options.engine,
-    )
+    # ValueError: a check on the curated data failed (it names the rows); FileNotFoundError:
+    # nothing was curated.
+    with configuration_errors(ValueError, FileNotFoundError):
+        return build_feature_table(
+            ctx.workspace, label_delay_days=ctx.options.label_delay_days,
+            engine=ctx.options.engine,
+        )
 
 
 def pipeline(ctx: FraudRunContext) -> PipelineResult:
-    run = run_pipeline_locally(ctx.workspace, ctx.options.pipeline_parameters)
+    with configuration_errors(ExecutorError):
+        run = run_pipeline_locally(ctx.workspace, ctx.options.pipeline_parameters)
     if not run.succeeded:
-        raise RuntimeError(run.failure())
+        failure = run.failure(ctx.workspace)
+        if failure.rejection is not None:
+            raise ModelRejected(failure.message)
+        if not failure.retryable:
+            raise ConfigurationError(failure.message)
+        raise RuntimeError(failure.message)
     return PipelineResult(
         run.execution.execution_id,
         registered_model_package_arn(run.execution),
@@ -194,8 +222,9 @@ def _invoke_sample(url: str, ctx: FraudRunContext) -> str:
 
 def score(ctx: FraudRunContext) -> ScoredAndAlerted:
     """Batch-score the latest day and raise alerts from its scores (as `fraudops score`)."""
-    return score_and_alert(ctx.workspace, day=latest_feature_day(ctx.workspace),
-                           webhook_url=ctx.options.webhook_url)
+    with configuration_errors(ScoringError, SelectionError):
+        return score_and_alert(ctx.workspace, day=latest_feature_day(ctx.workspace),
+                               webhook_url=ctx.options.webhook_url)
 
 
 def backup(ctx: FraudRunContext) -> BackupSummary:

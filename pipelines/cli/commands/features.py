@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         ("engine", summary.engine),
         ("rows", f"{summary.rows:,}"),
         ("features", str(summary.features)),
+        ("groups used", ", ".join(f"{g} ({n})" for g, n in summary.feature_groups.items())),
+        *([("left out", ", ".join(f"{g} ({why})" for g, why in summary.left_out_groups.items()))]
+          if summary.left_out_groups else []),
         ("day partitions", str(summary.partitions)),
         ("fraud rate", fraud_rate),
         ("label delay", f"{summary.label_delay_days} days"),

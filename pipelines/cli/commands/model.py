@@ -98,10 +98,15 @@ def _describe(registry: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from pipelines.fraud.local_run import last_rejection
+
     registry = _registry(args)
     summaries = registry.list_model_packages(args.group, args.status)["ModelPackageSummaryList"]
+    rejection = last_rejection(open_workspace(args))
+    rejected = (f"the last pipeline run ({rejection.execution_id}) registered nothing: "
+                f"{rejection.line()}") if rejection else ""
     if not summaries:
-        print("no model packages registered yet: run the pipeline ('fraudops run')")
+        print(rejected or "no model packages registered yet: run the pipeline ('fraudops run')")
         return 0
     table = Table(title="model packages")
     for column in ("group", "version", "approval", "created", "description"):
@@ -115,6 +120,8 @@ def run_list(args: argparse.Namespace) -> int:
             item["ModelPackageDescription"],
         )
     Console().print(table)
+    if rejected:
+        print(rejected)
     return 0
 
 

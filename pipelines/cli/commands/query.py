@@ -6,13 +6,16 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
 from pipelines.core import csvsafe
+from pipelines.core.fileio import atomic_path
 from pipelines.data.lake.catalog import CatalogBusyError
 from pipelines.data.lake.query import QueryError, execute
 
@@ -37,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--athena", action="store_true",
                         help="the SQL is Athena (Presto/Trino) SQL: transpile it to DuckDB "
                         "(without this flag it is tried as DuckDB first, then as Athena)")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--format", choices=("table", "csv", "json", "parquet"),
+                        default="table",
+                        help="parquet writes the whole result to --output (types kept)")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="write the result to FILE instead of printing it (needed for "
+                        "--format parquet)")
     parser.add_argument("--max-rows", type=int, default=200,
                         help="rows shown in table format (default 200; csv/json print all)")
     add_workdir_argument(parser)
@@ -68,6 +76,10 @@ def parse_params(named: list[str], positional: list[str]) -> dict[str, object] |
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "parquet" and args.output is None:
+        raise UserError("--format parquet writes a file: add --output FILE.parquet")
+    if args.format == "table" and args.output is not None:
+        raise UserError("--output writes csv, json or parquet: add --format parquet (or csv, json)")
     ws = open_workspace(args)
     params = parse_params(args.param, args.arg)
     try:
@@ -76,8 +88,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     if result.transpiled and not args.athena:
         print(f"note: ran as Athena SQL, transpiled to DuckDB: {result.sql}", file=sys.stderr)
+    if args.output is not None:
+        export(result.table, args.format, args.output)
+        print(f"{result.table.num_rows:,} row(s) written to {args.output.resolve()}",
+              file=sys.stderr)
+        return 0
     emit(result.table, args.format, args.max_rows)
     return 0
+
+
+def export(table: pa.Table, fmt: str, path: Path) -> None:
+    """The whole result as a file, written atomically (a failed write leaves none)."""
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd")
+        elif fmt == "csv":
+            with tmp.open("wb") as handle:
+                csvsafe.write_table(table, handle)
+        else:
+            with tmp.open("w", encoding="utf-8") as handle:
+                json.dump(table.to_pylist(), handle, default=str, indent=1)
+                handle.write("\n")
 
 
 def emit(table: pa.Table, fmt: str, max_rows: int) -> None:

@@ -22,6 +22,7 @@ from pipelines.cli.commands._common import UserError, add_workdir_argument, open
 from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
 
 if TYPE_CHECKING:  # the workflow is imported when a run starts, not for `fraudops --help`
+    from pipelines.fraud.local_run import EvaluationMetrics
     from pipelines.workflow.runner import RunContext, StepOutcome
     from pipelines.workflow.steps import RunOptions
 
@@ -115,9 +116,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     except WorkflowFailed as failure:
         _print_steps(console, failure.outcomes)
-        console.print(f"[red bold]workflow failed at {failure.step}[/]: "
-                      f"{failure.outcomes[-1].error}")
-        console.print(f"failure notification written to {ws.outbox}/pipeline-failures.jsonl")
+        last = failure.outcomes[-1]
+        # One line, not wrapped into the table: what failed, the value, what to change.
+        console.print(f"[red bold]{failure.step} failed[/]"
+                      f"{' (not retried)' if last.permanent else ''}: {last.error}",
+                      soft_wrap=True, markup=True, highlight=False)
+        console.print(f"failure notification written to {ws.outbox}/pipeline-failures.jsonl",
+                      soft_wrap=True)
         return 1
     _print_steps(console, outcomes)
     _print_summary(console, context, time.perf_counter() - started)
@@ -155,15 +160,22 @@ def _print_summary(console: Console, context: RunContext[RunOptions], seconds: f
     scored = results.get(ScoredAndAlerted)
     table = Table(title=f"fraudops run finished in {seconds:.0f} s", show_header=False)
     table.add_column("what")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # paths are printed whole, never cut
     rows = [
         ("ingested", f"{ingest.rows_read:,} read = {ingest.rows_curated:,} curated"
                      f" + {ingest.rows_quarantined:,} quarantined"
                      f" + {ingest.duplicates_skipped:,} duplicates"),
         ("features", f"{features.rows:,} rows x {features.features}"),
-        ("average precision", f"{evaluation.average_precision:.3f}"),
-        ("ROC AUC", f"{evaluation.roc_auc:.3f}"),
-        (f"card precision@{evaluation.k}", f"{evaluation.card_precision_at_k:.3f}"),
+        ("feature groups used", ", ".join(f"{group} ({n})"
+                                          for group, n in features.feature_groups.items())),
+        *([("left out", ", ".join(f"{group} ({why})"
+                                  for group, why in features.left_out_groups.items()))]
+          if features.left_out_groups else []),
+        *_split_rows(evaluation.split),
+        *_tuning_rows(evaluation.tuning),
+        ("test average precision", f"{evaluation.average_precision:.3f}"),
+        ("test ROC AUC", f"{evaluation.roc_auc:.3f}"),
+        *_card_precision_rows(evaluation),
         ("precision / recall at threshold",
          f"{evaluation.precision_at_threshold:.3f} / {evaluation.recall_at_threshold:.3f}"),
         ("model version", f"{deployed.version} ({approved.model_package_arn})"),
@@ -174,9 +186,44 @@ def _print_summary(console: Console, context: RunContext[RunOptions], seconds: f
                           "`fraudops alerts list`"),
         ("backup", results.get(BackupSummary).snapshot),
         ("evaluation", str(evaluation.path)),
+        ("test scores", f"{evaluation.scores_path} (transaction_id, customer_id, timestamp, "
+                        "is_fraud, score)"),
         ("workspace", str(context.workspace.root)),
         ("try", 'fraudops query "SELECT decision, count(*) FROM scored GROUP BY 1"'),
     ]
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
+
+
+def _split_rows(split: dict) -> list[tuple[str, str]]:
+    """The windows the model was fitted and tested on, and the label-delay gap."""
+    windows = split.get("windows") or {}
+    rows = [(f"{name} window", window.get("span") or f"{window['start']}..{window['end']}")
+            for name, window in windows.items()]
+    if "label_delay_gap_hours" in split:
+        hours = float(split["label_delay_gap_hours"])
+        gap = f"{hours / 24:g} days" if hours % 24 == 0 else f"{hours:g} hours"
+        how = ("chronological 60/20/20 split by time (short history)"
+               if split.get("method") == "fractions" else "day windows")
+        rows.append(("label-delay gap", f"{gap} before the test window; {how}"))
+    return rows
+
+
+def _tuning_rows(tuning: dict) -> list[tuple[str, str]]:
+    """The hyperparameters model selection chose on the validation window."""
+    if not tuning:
+        return []
+    chosen = ", ".join(f"{name}={value}" for name, value in (tuning.get("chosen") or {}).items())
+    return [("model selection", f"{tuning.get('summary', '')} {chosen}".strip())]
+
+
+def _card_precision_rows(evaluation: EvaluationMetrics) -> list[tuple[str, str]]:
+    k = evaluation.k
+    if evaluation.card_precision_at_k is None:
+        return [(f"card precision@{k}", "n/a: the data has no card (customer) ids")]
+    rows = [(f"card precision@{k}, all cards", f"{evaluation.card_precision_at_k:.3f}")]
+    if evaluation.card_precision_known_removed is not None:
+        rows.append((f"card precision@{k}, known-compromised cards removed",
+                     f"{evaluation.card_precision_known_removed:.3f}"))
+    return rows

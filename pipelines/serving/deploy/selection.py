@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.core.workspace import Workspace
+from pipelines.fraud.local_run import last_rejection
 from pipelines.model.registry import APPROVED, LocalModelRegistry, RegistryError
 from pipelines.serving.deploy.local import read_endpoint_state
 
@@ -29,9 +30,12 @@ def select_package(
         else:
             state = read_endpoint_state(workspace)
             if state is None:
+                rejection = last_rejection(workspace)
+                why = f". The last pipeline run registered nothing: {rejection.line()}" if (
+                    rejection) else ""
                 raise SelectionError(
                     "no model is deployed: approve one ('fraudops model approve VERSION') "
-                    "or pass --version"
+                    f"or pass --version{why}"
                 )
             package = registry.describe_model_package(state["model_package_arn"])
     except RegistryError as exc:
