@@ -203,3 +203,22 @@ def test_masking_finds_grouped_numbers_next_to_other_digits_but_not_inside_token
     lengths = {len(card) for card in CARDS.values()}
     assert min(lengths) == 13 and max(lengths) == 19
     assert all(np.array([luhn_valid(c) for c in ALL]))
+
+
+@pytest.mark.parametrize("where", [0, 777, 1499])
+def test_a_card_among_many_values_is_found_wherever_it_is(workspace, tmp_path, where):
+    card = CARDS["customer_id"]
+    # Values long enough to be screened (13+ bytes), with digits that are not cards.
+    rows = [base_row(f"t{i}") | {"customer_id": f"customer-{i:010d}",
+                                 "merchant_category": f"category {i:08d} 1234 5678"}
+            for i in range(1500)]
+    rows[where]["customer_id"] = card
+    rows[(where + 1) % 1500]["merchant_category"] = f"{grouped(card, ' ')}"
+    drop = tmp_path / "many.csv"
+    drop.write_text(csv_text(rows))
+
+    report = ingest(workspace, [drop])
+
+    assert report.quarantine_reasons == {"card_number_in_text": 1}
+    assert mask(card) in curated(workspace).column("merchant_category").to_pylist()
+    assert clear_card_numbers(workspace.root, [card]) == []

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
+from pipelines.data.ingest import shapes
 from pipelines.data.ingest.cardtext import CARD_IN_TEXT_REASON, mask_card_numbers_in_columns
 from pipelines.data.ingest.columns import check_header, resolve_columns
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
@@ -57,6 +58,9 @@ LINE_COLUMN = "_line"
 LINE_END_COLUMN = "_line_end"
 # A reason found while reading (the row is quarantined for it before any other rule).
 READ_REASON_COLUMN = "_read_reason"
+# True where ``timestamp`` is exactly YYYY-MM-DDTHH:MM:SSZ (``shapes``): it then holds no
+# card number and validation needs no regular expression for it.
+ISO_SHAPED_COLUMN = "_iso_shaped"
 MALFORMED_REASON = "malformed_row"
 
 
@@ -223,12 +227,14 @@ def canonical_table(
     for name in schema.LANDING_COLUMNS:
         header = by_target.get(name)
         arrays[name] = _as_text(columns[header]) if header is not None else pa.nulls(n, pa.string())
-    arrays, card_in_text = mask_card_numbers_in_columns(arrays)
+    iso_shaped = shapes.common_iso_timestamp(arrays["timestamp"])
+    arrays, card_in_text = mask_card_numbers_in_columns(arrays, {"timestamp": iso_shaped})
     arrays[LINE_COLUMN] = pa.array(lines, pa.int64())
     arrays[LINE_END_COLUMN] = pa.array(lines if line_ends is None else line_ends, pa.int64())
     reasons = np.full(n, None, dtype=object)
     reasons[card_in_text] = CARD_IN_TEXT_REASON
     reasons[np.asarray(malformed, dtype=bool)] = MALFORMED_REASON  # first rule wins
+    arrays[ISO_SHAPED_COLUMN] = pa.array(iso_shaped, pa.bool_())
     arrays[READ_REASON_COLUMN] = (
         pa.array(reasons, pa.string()) if card_in_text.any() or np.any(malformed)
         else pa.nulls(n, pa.string())
@@ -292,6 +298,7 @@ def physical_lines(data: bytes | str, start: int = 0, end: int | None = None) ->
 
 # --- CSV -----------------------------------------------------------------------------------
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # one physical line, terminator kept
+_NOT_SPACE = re.compile(rb"\S")
 
 
 def _read_csv(data: bytes, source: SourceFile, column_map: Mapping[str, str]) -> _Parsed:
@@ -305,15 +312,17 @@ def _read_csv(data: bytes, source: SourceFile, column_map: Mapping[str, str]) ->
     check_header(headers, column_map, source.display)
     # Refuse forbidden or incomplete files before spending time parsing rows.
     resolve_columns(headers, column_map, source.display)
-    if not data[text_end:].strip():  # header only, with or without a final newline
+    if not _NOT_SPACE.search(data, text_end):  # header only, with or without a final newline
         return _no_rows(headers, total)
     fast = _read_csv_fast(data, headers, total)
     return fast if fast is not None else _read_csv_exact(data.decode("utf-8"), headers, total)
 
 
 def _first_terminator(data: bytes) -> int:
-    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
-    return min(ends) if ends else len(data)
+    newline = data.find(b"\n")
+    newline = len(data) if newline < 0 else newline
+    carriage = data.find(b"\r", 0, newline)  # only a CR before the first LF matters
+    return newline if carriage < 0 else carriage
 
 
 def _no_rows(headers: list[str], total: int) -> _Parsed:
@@ -352,7 +361,8 @@ def _read_csv_fast(data: bytes, headers: list[str], total: int) -> _Parsed | Non
     end = len(data)
     while end and data[end - 1] in b"\r\n":  # trailing blank lines are not rows (no copy)
         end -= 1
-    if invalid or physical_lines(data, 0, end) != table.num_rows + 1 or _spans_lines(table):
+    trailing_blank = physical_lines(data, end) - 1 if end < len(data) else 0
+    if invalid or total - trailing_blank != table.num_rows + 1 or _spans_lines(table):
         return None
     lines = np.arange(2, table.num_rows + 2, dtype=np.int64)
     columns = {name: table.column(i) for i, name in enumerate(table.column_names)}

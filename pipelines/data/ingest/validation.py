@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.core import schema
-from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, READ_REASON_COLUMN
+from pipelines.data.ingest import shapes
+from pipelines.data.ingest.sources import (
+    ISO_SHAPED_COLUMN,
+    LINE_COLUMN,
+    LINE_END_COLUMN,
+    READ_REASON_COLUMN,
+)
 
 MAX_AMOUNT = 10_000_000
 EARLIEST_TIMESTAMP = "1990-01-01"
@@ -60,24 +66,15 @@ _CODE = {name: np.int8(code) for code, name in enumerate(STATUSES)}
 _TRUE = "'true', 't', '1', 'yes', 'y'"
 _FALSE = "'false', 'f', '0', 'no', 'n'"
 
-# Plain decimal notation (RE2, whole value): what DuckDB's lenient cast must not go beyond.
-PLAIN_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-# ISO-8601: a date, optionally a time, optionally Z or an offset within +-14:00.
+# ISO-8601: a date, optionally a time, optionally Z or an offset within +-14:00 (RE2).
 _OFFSET = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3])(?::?[0-5][0-9])?|14(?::?00)?))"
 ISO_TIMESTAMP = (
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
     rf"(?:[T ][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\.[0-9]{{1,9}})?)?{_OFFSET}?)?"
 )
-# The shape nearly every file uses, checked with a cheap LIKE before the regular expression.
-_COMMON_ISO = "____-__-__T__:__:__Z"
-
-
-def _plain(column: str) -> str:
-    return f"regexp_full_match({column}, '{PLAIN_NUMBER}')"
-
-
-def _iso(column: str) -> str:
-    return f"({column} LIKE '{_COMMON_ISO}' OR regexp_full_match({column}, '{ISO_TIMESTAMP}'))"
+# Numbers: DuckDB's cast also reads 1_000, 1e3 and +-1; ``shapes.plain_number_text``
+# (numpy, computed before the query as ``_plain_<column>``) allows plain decimals only.
+_PLAIN_CHECKED = ("amount", "timestamp", "is_fraud")
 
 
 # Text is trimmed (and upper/lower-cased) in Arrow, which is several times faster than
@@ -86,21 +83,23 @@ def _iso(column: str) -> str:
 _PARSE = f"""
 WITH typed AS (
     SELECT
-        _row, _read_reason, _card_bad,
+        _row, _read_reason, _card_bad, _plain_timestamp,
         nullif(transaction_id, '') AS transaction_id,
         nullif(customer_id, '') AS customer_id,
         nullif(terminal_id, '') AS terminal_id,
         nullif(timestamp, '') AS timestamp_text,
         nullif(amount, '') AS amount_text,
-        CASE WHEN {_iso("timestamp")} THEN try_cast(timestamp AS TIMESTAMPTZ) END AS iso_ts,
-        CASE WHEN {_plain("amount")} THEN try_cast(amount AS DOUBLE) END AS amount,
+        -- The usual shape (checked in numpy) skips the regular expression.
+        CASE WHEN _common_iso OR regexp_full_match(timestamp, '{ISO_TIMESTAMP}')
+             THEN try_cast(timestamp AS TIMESTAMPTZ) END AS iso_ts,
+        CASE WHEN _plain_amount THEN try_cast(amount AS DOUBLE) END AS amount,
         nullif(currency, '') AS currency,
         nullif(is_cash, '') AS is_cash_text,
         CASE WHEN is_cash IN ({_TRUE}) THEN true
              WHEN is_cash IN ({_FALSE}) THEN false END AS is_cash,
         nullif(is_fraud, '') AS is_fraud_text,
         CASE WHEN is_fraud = '0' THEN 0::TINYINT WHEN is_fraud = '1' THEN 1::TINYINT
-             WHEN {_plain("is_fraud")} AND try_cast(is_fraud AS DOUBLE) IN (0, 1)
+             WHEN _plain_is_fraud AND try_cast(is_fraud AS DOUBLE) IN (0, 1)
              THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud
     FROM raw
 ),
@@ -108,7 +107,7 @@ timed AS (
     -- CASE evaluates the epoch branch only for rows that are not ISO-8601 text.
     SELECT *, CASE
         WHEN iso_ts IS NOT NULL THEN iso_ts
-        WHEN {_plain("timestamp_text")}
+        WHEN _plain_timestamp
              AND try_cast(timestamp_text AS DOUBLE) BETWEEN 0 AND {EPOCH_LIMIT}
             THEN to_timestamp(try_cast(timestamp_text AS DOUBLE))
     END AS ts
@@ -138,7 +137,8 @@ FROM timed
 
 _PARSE_INPUTS = (
     "transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
-    "is_cash", "is_fraud", "_read_reason", "_card_bad", "_row",
+    "is_cash", "is_fraud", "_read_reason", "_card_bad", "_row", "_common_iso",
+    *(f"_plain_{name}" for name in _PLAIN_CHECKED),
 )
 # Text columns stored in curated, with how each is normalised.
 _UPPER = ("currency", "country")
@@ -220,13 +220,29 @@ def normalise_text(raw: pa.Table) -> dict[str, pa.ChunkedArray]:
     return text
 
 
+def _shape_columns(raw: pa.Table, text: dict[str, pa.ChunkedArray]) -> dict[str, pa.Array]:
+    """``_common_iso`` and ``_plain_<column>``: the numpy checks the query relies on."""
+    iso = raw.column(ISO_SHAPED_COLUMN)  # from the raw text: trimming cannot create the shape
+    shape = {"_common_iso": iso}
+    for name in _PLAIN_CHECKED:
+        if name == "timestamp":  # only times that are not ISO text may be epoch numbers
+            plain = np.zeros(raw.num_rows, dtype=bool)
+            rows = np.flatnonzero(~iso.to_numpy())
+            plain[rows] = shapes.plain_number_text(text[name].take(pa.array(rows)))
+        else:
+            plain = shapes.plain_number_text(text[name])
+        shape[f"_plain_{name}"] = pa.array(plain)
+    return shape
+
+
 def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         inputs = pa.table({**text, "_read_reason": raw.column(READ_REASON_COLUMN),
                            "_card_bad": cards.bad,
-                           "_row": pa.array(np.arange(raw.num_rows), pa.int64())})
+                           "_row": pa.array(np.arange(raw.num_rows), pa.int64()),
+                           **_shape_columns(raw, text)})
         con.register("raw", inputs.select(list(_PARSE_INPUTS)))
         # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
         parsed = con.sql(_PARSE).to_arrow_table()
