@@ -26,8 +26,16 @@ row. Infinite values, and numbers beyond float32 range (the model computes in
 float32, where they would become infinite), are rejected; CSV numbers are plain
 decimal notation (``1_000`` and ``0x10`` are not numbers).
 
+    application/x-parquet  a features Parquet file (batch transform of a day's
+                      partition): the model's features plus the identity columns
+                      ``SCORED_ID_COLUMNS``.
+
 Responses (``output_fn``): ``application/json`` ``{"predictions": [{"score": 0.12}, ...]}``
-(default for a missing or ``*/*`` Accept) or ``text/csv``, one score per line.
+(default for a missing or ``*/*`` Accept) or ``text/csv``, one score per line. A JSON
+request with ``"explain": N`` gets each row's ``bias`` and ``top`` N per-feature
+contributions (SHAP, log-odds) beside its score, for reason codes. A Parquet request
+answered as ``application/x-parquet`` is the scored table's rows (version and threshold
+from ``FRAUD_MODEL_VERSION``/``FRAUD_ALERT_THRESHOLD``, set on the transform job).
 The scores are XGBoost probabilities of the re-weighted training problem; see
 processing/evaluate.py for the alert threshold.
 
@@ -59,7 +67,14 @@ MODEL_FILE = "xgboost-model.json"
 FEATURE_SET_FILE = "feature_set.json"
 CSV_TYPE = "text/csv"
 JSON_TYPE = "application/json"
-SUPPORTED_CONTENT_TYPES = (CSV_TYPE, JSON_TYPE)
+# Batch transform: a features Parquet file in, the scored table's rows out.
+PARQUET_TYPE = "application/x-parquet"
+SUPPORTED_CONTENT_TYPES = (CSV_TYPE, JSON_TYPE, PARQUET_TYPE)
+# The scored table (pipelines/data/lake/tables.py SCORED_SCHEMA; tests compare them):
+# identity columns copied from the features, then the model's verdict.
+SCORED_ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "timestamp", "amount")
+# Set by the workflow's transform job from the served model package.
+VERSION_ENV, THRESHOLD_ENV = "FRAUD_MODEL_VERSION", "FRAUD_ALERT_THRESHOLD"
 JSON_FORMS = (
     '{"instances": [{"<feature>": <number>, ...}]}, {"instances": [[<number>, ...]]} '
     'or {"<feature>": <number>, ...}'
@@ -115,8 +130,12 @@ class Instances:
     source: str = "request"
     cells: list[list] | None = None
     deferred: BadRequest | None = None
+    frame: pd.DataFrame | None = None  # a Parquet request: features and identity columns
+    explain: int = 0  # JSON "explain": N asks for each row's top N contributions
 
     def __len__(self) -> int:
+        if self.frame is not None:
+            return len(self.frame)
         if self.records is not None:
             return len(self.records)
         return len(self.cells) if self.cells is not None else len(self.values)
@@ -307,8 +326,9 @@ def parse_json(text: str) -> Instances:
     except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
         raise BadRequest(f"the JSON holds a number that cannot be read ({exc}).") from None
     instances = json_instances(payload)
+    explain = explain_count(payload)
     if all(isinstance(item, dict) for item in instances):
-        return Instances(records=instances, source="JSON")
+        return Instances(records=instances, source="JSON", explain=explain)
     if not all(isinstance(item, list) for item in instances):
         kinds = sorted({type(item).__name__ for item in instances})
         raise BadRequest(
@@ -322,7 +342,32 @@ def parse_json(text: str) -> Instances:
                 f"JSON instance {i} has {len(row)} values but instance 0 has {width}; every "
                 "array must hold one value per model feature."
             )
-    return positional("JSON", instances)
+    parsed = positional("JSON", instances)
+    return Instances(**{**parsed.__dict__, "explain": explain}) if explain else parsed
+
+
+def explain_count(payload: object) -> int:
+    """``{"instances": ..., "explain": N}``: how many top contributions each row gets."""
+    if not isinstance(payload, dict) or "explain" not in payload:
+        return 0
+    count = payload["explain"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+        raise BadRequest(f'"explain" must be a whole number from 1 to 100, got {count!r}.')
+    return count
+
+
+def parse_parquet(body: bytes | bytearray | str) -> Instances:
+    """A features Parquet file (one batch-transform record) as a frame."""
+    if isinstance(body, str):
+        raise BadRequest("a Parquet request must be sent as bytes.")
+    try:
+        frame = pd.read_parquet(io.BytesIO(bytes(body)))
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"the body is not a readable Parquet file ({exc}).") from None
+    missing = [name for name in SCORED_ID_COLUMNS if name not in frame.columns]
+    if missing:
+        raise BadRequest(f"the Parquet file lacks {missing}; send the features table's rows.")
+    return Instances(frame=frame, source="Parquet")
 
 
 def cell_number(source: str, value: object, row: int, column: int) -> float:
@@ -355,6 +400,8 @@ def input_fn(request_body: bytes | str, request_content_type: str | None) -> Ins
             f"Content-Type {request_content_type!r} is not supported; send "
             f"{' or '.join(SUPPORTED_CONTENT_TYPES)}."
         )
+    if kind == PARQUET_TYPE:
+        return parse_parquet(request_body)
     text = decode_body(request_body)
     return parse_csv(text) if kind == CSV_TYPE else parse_json(text)
 
@@ -442,6 +489,8 @@ def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudMode
     (object dtype); those columns are encoded like a request's.
     """
     features = model.feature_columns
+    if isinstance(data, Instances) and data.frame is not None:
+        return frame_matrix(data.frame, model)
     if isinstance(data, pd.DataFrame):
         return frame_matrix(data, model)
     if isinstance(data, Instances) and data.records is not None:
@@ -468,15 +517,33 @@ def feature_matrix(data: Instances | np.ndarray | pd.DataFrame, model: FraudMode
     return cells_matrix(values, model, source)
 
 
-def predict_fn(data: Instances | np.ndarray | pd.DataFrame, model: FraudModel) -> np.ndarray:
+@dataclass(frozen=True)
+class Prediction:
+    """Scores with what the response needs beyond them: contributions, the request's rows."""
+
+    scores: np.ndarray
+    explained: list[dict] | None = None
+    frame: pd.DataFrame | None = None
+
+
+def predict_fn(
+    data: Instances | np.ndarray | pd.DataFrame, model: FraudModel
+) -> np.ndarray | Prediction:
     """Fraud scores (probabilities) for every row, as float64.
 
     ``inplace_predict`` skips building a DMatrix: measured 0.4 ms against ~100 ms
     for one row on a busy 2-core host (DMatrix construction spins OpenMP threads),
     and it is thread-safe. ``feature_matrix`` has already put the columns in the
     model's order, which is what the DMatrix feature-name check would verify.
+    A request asking for contributions, or a Parquet request (whose identity
+    columns the response repeats), gets a :class:`Prediction`.
     """
-    return np.asarray(model.booster.inplace_predict(feature_matrix(data, model)), np.float64)
+    matrix = feature_matrix(data, model)
+    scores = np.asarray(model.booster.inplace_predict(matrix), np.float64)
+    if not isinstance(data, Instances) or not (data.explain or data.frame is not None):
+        return scores
+    explained = contributions(matrix, model, top_n=data.explain) if data.explain else None
+    return Prediction(scores, explained, data.frame)
 
 
 # --- output_fn ---------------------------------------------------------------
@@ -495,12 +562,63 @@ def response_type(accept: str | None) -> str:
     )
 
 
-def output_fn(prediction: np.ndarray, accept: str | None) -> str:
-    """Serialise scores as JSON ``{"predictions": [{"score": s}]}`` or CSV lines."""
-    scores = [float(value) for value in np.asarray(prediction, dtype=np.float64).ravel()]
-    if response_type(accept) == CSV_TYPE:
+def output_fn(prediction: np.ndarray | Prediction, accept: str | None) -> str | bytes:
+    """Scores as JSON ``{"predictions": [{"score": s}]}`` (with ``bias`` and ``top``
+    contributions when asked), CSV lines, or the scored table's rows as Parquet."""
+    kind = response_type(accept)
+    result = prediction if isinstance(prediction, Prediction) else Prediction(prediction)
+    scores = [float(value) for value in np.asarray(result.scores, dtype=np.float64).ravel()]
+    if kind == PARQUET_TYPE:
+        return scored_parquet(result)
+    if kind == CSV_TYPE:
         return "".join(f"{value!r}\n" for value in scores)
-    return json.dumps({"predictions": [{"score": value} for value in scores]})
+    rows = [{"score": value} for value in scores]
+    for row, explained in zip(rows, result.explained or [], strict=False):
+        row.update({"bias": explained["bias"], "top": explained["top"]})
+    return json.dumps({"predictions": rows})
+
+
+def scored_parquet(prediction: Prediction) -> bytes:
+    """The scored table's rows for a Parquet request (version and threshold from the
+    transform job's environment, which the workflow reads off the served package)."""
+    import os
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if prediction.frame is None:
+        raise UnsupportedMediaType(f"{PARQUET_TYPE} answers only a {PARQUET_TYPE} request.")
+    try:
+        version, threshold = int(os.environ[VERSION_ENV]), float(os.environ[THRESHOLD_ENV])
+    except (KeyError, ValueError):
+        raise UnsupportedMediaType(
+            f"{PARQUET_TYPE} output needs {VERSION_ENV} and {THRESHOLD_ENV} in the "
+            "environment (the workflow's transform job sets them from the model package)."
+        ) from None
+    n = len(prediction.scores)
+    frame = prediction.frame
+    schema = pa.schema([
+        ("transaction_id", pa.string()), ("customer_id", pa.string()),
+        ("terminal_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("amount", pa.float64()), ("score", pa.float64()), ("decision", pa.string()),
+        ("model_version", pa.int64()), ("scored_at", pa.timestamp("us", tz="UTC")),
+    ])
+    columns = {name: frame[name].tolist() for name in SCORED_ID_COLUMNS}
+    scores = np.asarray(prediction.scores, np.float64)
+    columns.update({
+        "score": scores.tolist(),
+        "decision": np.where(scores >= threshold, "alert", "clear").tolist(),
+        "model_version": [version] * n,
+        "scored_at": [datetime.now(UTC)] * n,
+    })
+    try:
+        table = pa.Table.from_pydict(columns, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise BadRequest(f"the Parquet rows cannot form the scored table ({exc}).") from None
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
 
 
 # --- reason codes ------------------------------------------------------------

@@ -203,7 +203,7 @@ def test_non_numeric_feature_value_in_an_object_is_named(model):
         invoke(body, "application/json", model)
 
 
-@pytest.mark.parametrize("content_type", ["application/x-parquet", "text/plain", None])
+@pytest.mark.parametrize("content_type", ["application/x-recordio-protobuf", "text/plain", None])
 def test_unsupported_content_type(model, content_type):
     with pytest.raises(inference.UnsupportedMediaType, match="text/csv or application/json"):
         inference.input_fn("1,2,3", content_type)

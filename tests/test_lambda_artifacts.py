@@ -357,9 +357,13 @@ def test_stream_handler_runs_from_the_artifacts(unpacked, aws_env, moto_server):
         records.append({"eventID": f"shardId-000000000000:{i}", "eventSource": "aws:kinesis",
                         "kinesis": {"data": data, "sequenceNumber": str(i), "partitionKey": "k"}})
     scores = [0.1, 0.97, 0.2, 0.3]
-    _moto_api(moto_server, "static/sagemaker/endpoint-results", {"results": [{
-        "Body": json.dumps({"predictions": [{"score": s} for s in scores]}),
-        "ContentType": "application/json"}], "region": REGION})
+    top = [{"feature": "amount", "value": 950.0, "contribution": 1.2}]
+    _moto_api(moto_server, "static/sagemaker/endpoint-results", {"results": [
+        {"Body": json.dumps({"predictions": [{"score": s} for s in scores]}),
+         "ContentType": "application/json"},
+        # the alerted row's contributions (inference.py's "explain"), for its reasons
+        {"Body": json.dumps({"predictions": [{"score": 0.97, "bias": -2.0, "top": top}]}),
+         "ContentType": "application/json"}], "region": REGION})
     env = {**aws_env, "ENDPOINT_NAME": "fraudops-dev-fraud", "STATE_TABLE": "online",
            "ALERT_FUNCTION": "alert-fn", "DEAD_LETTER_QUEUE_URL": queue,
            "TOKEN_KEY_SECRET": secret["ARN"], "SCORED_BUCKET": "lake"}

@@ -428,6 +428,15 @@ def _scores_response(scores: list[float]) -> dict:
     return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
 
 
+def _explain_response(n: int) -> dict:
+    """inference.py's answer to an explain request: each alerted row's top contributions."""
+    from botocore.response import StreamingBody
+
+    top = [{"feature": "amount", "value": 950.0, "contribution": 1.5}]
+    body = json.dumps({"predictions": [{"score": 0.9, "bias": -2.0, "top": top}] * n}).encode()
+    return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+
+
 def _transactions(n: int) -> list[dict]:
     table = generate_transactions(GeneratorConfig(transactions=300, days=2, customers=4, seed=9))
     rows = []
@@ -451,6 +460,7 @@ def test_the_lambda_scores_a_kinesis_batch_and_dead_letters_bad_records(aws_stre
         {"EndpointName": "fraud-endpoint", "ContentType": "application/json",
          "Accept": "application/json", "Body": ANY},
     )
+    aws_stream["endpoint"].add_response("invoke_endpoint", _explain_response(2))
     aws_stream["alerts"].add_response(
         "invoke", {"StatusCode": 202},
         {"FunctionName": "alert-fn", "InvocationType": "Event", "Payload": ANY},
@@ -459,6 +469,11 @@ def test_the_lambda_scores_a_kinesis_batch_and_dead_letters_bad_records(aws_stre
 
     sent = aws_stream["sent"][0]["instances"]
     assert len(sent) == 6 and set(sent[0]) == set(FEATURE_COLUMNS)
+    # The two alerted rows go back for their contributions; the alerts carry reasons.
+    explained = aws_stream["sent"][1]
+    assert explained["explain"] > 0 and len(explained["instances"]) == 2
+    (alerted,) = aws_stream["invoked"]
+    assert all(row["reasons"] for row in alerted["scored"])
     messages = aws_stream["sqs"].receive_message(QueueUrl=aws_stream["queue_url"],
                                                  MaxNumberOfMessages=10)["Messages"]
     reasons = sorted(json.loads(m["Body"])["reason"] for m in messages)
@@ -476,8 +491,9 @@ def test_the_lambda_takes_threshold_and_version_from_the_deployed_model(aws_stre
     from lambdas.stream_scoring.handler import handler
 
     scores = [0.1, 0.95, 0.2, 0.3, 0.1, 0.7]
-    for _ in range(2):  # two batches
+    for alerted in (2, 1):  # two batches; the second model's threshold alerts on one
         aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response(scores))
+        aws_stream["endpoint"].add_response("invoke_endpoint", _explain_response(alerted))
         aws_stream["alerts"].add_response(
             "invoke", {"StatusCode": 202},
             {"FunctionName": "alert-fn", "InvocationType": "Event", "Payload": ANY},

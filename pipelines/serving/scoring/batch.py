@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,6 +34,9 @@ from pipelines.data.lake.tables import SCORED_SCHEMA
 from pipelines.serving.deploy.artifacts import ModelBundle, materialize
 from pipelines.serving.deploy.selection import select_package
 from pipelines.serving.endpoint.handler import InferenceHandler
+
+if TYPE_CHECKING:  # only categorical features need pandas (Arrow's to_pandas), at run time
+    import pandas as pd
 
 ID_COLUMNS: tuple[str, ...] = (
     "transaction_id",

@@ -31,12 +31,13 @@ def _json_value(value: Any) -> Any:
     return None if math.isnan(value) else float(value)
 
 
-def _instances(matrix: np.ndarray, columns: list[str]) -> bytes:
+def _instances(matrix: np.ndarray, columns: list[str], explain: int = 0) -> bytes:
+    """inference.py's JSON request; ``explain`` asks for each row's top contributions."""
     rows = [
         {name: _json_value(v) for name, v in zip(columns, row, strict=True)}
         for row in matrix.tolist()
     ]
-    return json.dumps({"instances": rows}).encode()
+    return json.dumps({"instances": rows, **({"explain": explain} if explain else {})}).encode()
 
 
 def _scores(body: bytes, expected: int, where: str) -> np.ndarray:
@@ -132,17 +133,28 @@ class SageMakerEndpointModel:
     def score(self, matrix: np.ndarray) -> np.ndarray:
         if matrix.shape[0] == 0:
             return np.empty(0)
-        response = self.client.invoke_endpoint(
-            EndpointName=self.endpoint_name,
-            ContentType="application/json",
-            Accept="application/json",
-            Body=_instances(matrix, self.feature_columns),
-        )
-        return _scores(response["Body"].read(), matrix.shape[0],
-                       f"endpoint {self.endpoint_name}")
+        return _scores(self._invoke(matrix), matrix.shape[0], f"endpoint {self.endpoint_name}")
 
     def explain(self, matrix: np.ndarray) -> list[dict] | None:
-        return None  # the endpoint returns scores only; alerts then carry no reason codes
+        """The alerted rows' top contributions (``inference.py``'s ``"explain": N``)."""
+        from pipelines.serving.stream.core import explain_top_n  # core imports this module
+
+        if matrix.shape[0] == 0:
+            return []
+        body = json.loads(self._invoke(matrix, explain=explain_top_n()))
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if not isinstance(predictions, list) or len(predictions) != matrix.shape[0] or not all(
+                isinstance(p, dict) and isinstance(p.get("top"), list) for p in predictions):
+            raise EndpointError(f"endpoint {self.endpoint_name} answered an explain request "
+                                "without each row's top contributions")
+        return [{"bias": p.get("bias"), "top": p["top"]} for p in predictions]
+
+    def _invoke(self, matrix: np.ndarray, explain: int = 0) -> bytes:
+        response = self.client.invoke_endpoint(
+            EndpointName=self.endpoint_name, ContentType="application/json",
+            Accept="application/json", Body=_instances(matrix, self.feature_columns, explain),
+        )
+        return response["Body"].read()
 
 
 @dataclass(frozen=True)
