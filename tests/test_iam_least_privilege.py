@@ -54,6 +54,8 @@ IAM_ACTION_OF = {
     "lambda:Invoke": "lambda:InvokeFunction",
     "elasticmapreduce:AddStep": "elasticmapreduce:AddJobFlowSteps",  # Step Functions' name
     "sqs:SendMessageBatch": "sqs:SendMessage",  # batch calls need the single-call action
+    # A transaction is authorised per item; the stream commits Puts only.
+    "dynamodb:TransactWriteItems": "dynamodb:PutItem",
 }
 
 

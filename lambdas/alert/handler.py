@@ -6,7 +6,9 @@ deployed model package carries (its CustomerMetadataProperties), sent with the
 scores it applies to, so this function has no threshold of its own to drift.
 New alerts are also written as Parquet under ``s3://$LAKE_BUCKET/alerts/dt=.../``,
 so Athena's ``alerts`` table and the QuickSight datasets see them as the
-local export does.
+local export does: exactly once, also when Lambda retries an invocation that
+failed after raising an alert but before writing it (one object per alert,
+named by its transaction, then marked written in DynamoDB).
 """
 
 from __future__ import annotations
@@ -34,28 +36,28 @@ def handler(event: dict[str, Any], context: object) -> dict[str, int]:
     store = DynamoAlertStore(boto3.resource("dynamodb").Table(os.environ["STATE_TABLE"]))
     notifier = SnsNotifier({ALERTS_TOPIC: os.environ["ALERTS_TOPIC_ARN"]})
     counts = raise_alerts(event.get("scored", []), policy, store, notifier)
-    if store.added and os.environ.get("LAKE_BUCKET"):
+    if store.unwritten and os.environ.get("LAKE_BUCKET"):
         counts["written"] = write_to_lake(boto3.client("s3"), os.environ["LAKE_BUCKET"],
-                                          store.added)
+                                          store.unwritten)
+        store.mark_in_lake(store.unwritten)
     print(json.dumps(counts))
     return counts
 
 
 def write_to_lake(s3: Any, bucket: str, alerts: list[dict[str, Any]]) -> int:
-    """One Parquet object per day, named by its content (a retried batch rewrites it)."""
+    """One Parquet object per alert, named by its transaction: a rewrite replaces it."""
     import pyarrow.parquet as pq
 
     from pipelines.analytics.exports import alerts_table
 
     table = alerts_table(alerts)
-    written = 0
-    for day in sorted(set(table.column("dt").to_pylist())):
-        rows = table.filter(table.column("dt").to_numpy(zero_copy_only=False) == day)
-        ids = ",".join(sorted(rows.column("transaction_id").to_pylist()))
-        name = hashlib.sha256(ids.encode()).hexdigest()[:16]
+    for index in range(table.num_rows):
+        row = table.slice(index, 1)
+        day = row.column("dt")[0].as_py()
+        transaction = row.column("transaction_id")[0].as_py()
+        name = hashlib.sha256(transaction.encode()).hexdigest()[:24]
         buffer = io.BytesIO()
-        pq.write_table(rows.drop_columns(["dt"]), buffer, compression="zstd")
-        s3.put_object(Bucket=bucket, Key=f"alerts/dt={day}/alerts-{name}.parquet",
+        pq.write_table(row.drop_columns(["dt"]), buffer, compression="zstd")
+        s3.put_object(Bucket=bucket, Key=f"alerts/dt={day}/alert-{name}.parquet",
                       Body=buffer.getvalue())
-        written += rows.num_rows
-    return written
+    return table.num_rows

@@ -13,19 +13,27 @@ see ``pipelines.serving.stream.models.DeployedModelLookup``), looked up on each
 invocation, so a new deployment takes effect without redeploying this function.
 The threshold travels to the alert Lambda with the alerts it judged.
 
-Retries are safe: each scored transaction is recorded (``processed#<id>``) with
-the state, so a batch Kinesis delivers again skips what was already scored.
-When the batch cannot be scored (endpoint down, throttling) every record is
-reported in ``batchItemFailures`` so Lambda retries it (bisecting on repeat).
+Retries and concurrency are safe: a batch is scored in chunks small enough for
+one DynamoDB transaction, and each chunk's state changes are written together
+with its transactions' ``processed#<id>`` items, conditional on the versions
+read (``DynamoStateStore.commit``). A redelivered batch skips what was already
+scored; an invocation that lost a race with another (same customer on two
+shards) recomputes its chunk from the state the other wrote. Processed ids
+expire (DynamoDB TTL on ``expires_at``) after :data:`PROCESSED_TTL_SECONDS`,
+well past the stream's 48-hour retention. When a chunk cannot be scored
+(endpoint down, throttling) its records and all later ones are reported in
+``batchItemFailures`` so Lambda retries them (bisecting on repeat).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +42,12 @@ import pyarrow.parquet as pq
 from pipelines.data.features.definitions import FEATURE_COLUMNS, require_current_feature_set
 from pipelines.data.ingest.sources import json_text  # the ingest job's JSON -> text rule
 from pipelines.data.ingest.tokenise import Tokeniser, key_from_text
-from pipelines.serving.online.store import DynamoStateStore
+from pipelines.serving.online.engine import build_entity_plans
+from pipelines.serving.online.store import (
+    MAX_TRANSACTION_ITEMS,
+    DynamoStateStore,
+    StateConflict,
+)
 from pipelines.serving.stream.core import BatchOutcome, process_batch
 from pipelines.serving.stream.models import (
     DeployedModel,
@@ -44,6 +57,10 @@ from pipelines.serving.stream.models import (
 from pipelines.serving.stream.source import RawRecord
 
 PROCESSED_PREFIX = "processed#"
+# Kinesis keeps records 48 hours (infra/ml.yaml); a redelivery is never older.
+PROCESSED_TTL_SECONDS = 7 * 86_400
+# Recompute a chunk this many times when concurrent invocations keep winning.
+COMMIT_ATTEMPTS = 5
 
 
 @dataclass
@@ -127,9 +144,24 @@ class ProcessedIds:
     def __contains__(self, transaction_id: object) -> bool:
         return transaction_id in self.ids
 
-    def record(self, processed: dict[str, int]) -> None:
-        for transaction_id, ts_us in processed.items():
-            self.table.put_item(Item={"entity": PROCESSED_PREFIX + transaction_id, "ts_us": ts_us})
+    @staticmethod
+    def items(processed: dict[str, int], now: float | None = None) -> list[dict[str, Any]]:
+        """``processed#<id>`` items for :meth:`DynamoStateStore.commit`, expiring by TTL."""
+        expires = int((time.time() if now is None else now) + PROCESSED_TTL_SECONDS)
+        return [{"entity": PROCESSED_PREFIX + transaction_id, "ts_us": ts_us,
+                 "expires_at": expires} for transaction_id, ts_us in processed.items()]
+
+
+@functools.cache
+def entity_plans() -> tuple:
+    """The online engine's entity plans (each transaction writes one item per plan)."""
+    return build_entity_plans(0)
+
+
+def chunk_size(plans: int) -> int:
+    """Transactions per chunk so one chunk's writes fit one DynamoDB transaction:
+    each touches ``plans`` entity items and adds its processed id; plus the meta item."""
+    return max(1, (MAX_TRANSACTION_ITEMS - 1) // (plans + 1))
 
 
 def _source(records: list[dict[str, Any]]) -> str:
@@ -182,40 +214,49 @@ def _write_scored(resources: Resources, outcome: BatchOutcome, source: str) -> N
         )
 
 
-def score_records(records: list[dict[str, Any]], resources: Resources) -> BatchOutcome:
-    """One Kinesis batch through the shared micro-batch code, then the AWS sinks."""
+def score_chunk(records: list[dict[str, Any]], resources: Resources,
+                deployed: DeployedModel) -> BatchOutcome:
+    """One chunk through the shared micro-batch code, committed atomically.
+
+    The sinks (scored rows, dead letters, alerts) run before the commit and are
+    idempotent: the scored object is named by the chunk, the alert Lambda drops a
+    transaction it has already alerted on. A lost race recomputes the chunk.
+    """
     raw = decode(records)
-    deployed = resources.deployed.current()
-    require_current_feature_set(deployed.parameters.feature_set_version,
-                                f"model package {deployed.package_arn}")
-    store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days)
-    seen = ProcessedIds(resources.table)
-    seen.load([(r.values or {}).get("transaction_id", "") or "" for r in raw])
-    model = SageMakerEndpointModel(
-        endpoint_name=resources.endpoint_name,
-        feature_columns=list(FEATURE_COLUMNS),
-        threshold=deployed.parameters.alert_threshold,
-        version=deployed.version,
-        client=resources.runtime,
-    )
     source = _source(records)
-    outcome = process_batch(
-        raw,
-        engine=store.engine,
-        model=model,
-        tokeniser=resources.tokeniser,
-        seen_ids=seen,
-        seen_dead_keys=[],
-        source=source,
-        run_id=source,
-        before_features=store.prefetch,
-    )
-    _write_scored(resources, outcome, source)
-    _send_dead_letters(resources, outcome)
-    _raise_alerts(resources, outcome, deployed)
-    store.flush()
-    seen.record(outcome.processed)
-    return outcome
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days)
+        seen = ProcessedIds(resources.table)
+        seen.load([(r.values or {}).get("transaction_id", "") or "" for r in raw])
+        model = SageMakerEndpointModel(
+            endpoint_name=resources.endpoint_name,
+            feature_columns=list(FEATURE_COLUMNS),
+            threshold=deployed.parameters.alert_threshold,
+            version=deployed.version,
+            client=resources.runtime,
+        )
+        outcome = process_batch(
+            raw,
+            engine=store.engine,
+            model=model,
+            tokeniser=resources.tokeniser,
+            seen_ids=seen,
+            seen_dead_keys=[],
+            source=source,
+            run_id=source,
+            before_features=store.prefetch,
+        )
+        _write_scored(resources, outcome, source)
+        _send_dead_letters(resources, outcome)
+        _raise_alerts(resources, outcome, deployed)
+        try:
+            store.commit(ProcessedIds.items(outcome.processed))
+            return outcome
+        except StateConflict:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            print(json.dumps({"conflict": source, "attempt": attempt}))
+    raise AssertionError("unreachable")
 
 
 def handler(event: dict[str, Any], context: object, resources: Resources | None = None) -> dict:
@@ -225,14 +266,25 @@ def handler(event: dict[str, Any], context: object, resources: Resources | None 
     if resources is None:
         _RESOURCES = _RESOURCES or Resources.from_environment()
         resources = _RESOURCES
+    done = 0  # records in chunks already committed
+    counts: dict[str, int] = {}
     try:
-        outcome = score_records(records, resources)
+        deployed = resources.deployed.current()
+        require_current_feature_set(deployed.parameters.feature_set_version,
+                                    f"model package {deployed.package_arn}")
+        size = chunk_size(len(entity_plans()))
+        for start in range(0, len(records), size):
+            outcome = score_chunk(records[start:start + size], resources, deployed)
+            done = min(len(records), start + size)
+            for name, value in outcome.counts.items():
+                counts[name] = counts.get(name, 0) + value
     except Exception as exc:  # noqa: BLE001 - reported to Lambda as a batch failure, then logged
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "records": len(records)}))
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "records": len(records),
+                          "committed": done}))
         return {
             "batchItemFailures": [
-                {"itemIdentifier": r["kinesis"]["sequenceNumber"]} for r in records
+                {"itemIdentifier": r["kinesis"]["sequenceNumber"]} for r in records[done:]
             ]
         }
-    print(json.dumps(outcome.counts))
+    print(json.dumps(counts))
     return {"batchItemFailures": []}

@@ -372,8 +372,25 @@ class DynamoEntityCache(MutableMapping):
         return len(self.loaded)
 
 
+class StateConflict(Exception):
+    """Another invocation changed an item this one read: nothing was written; recompute."""
+
+
+# DynamoDB's limit on the items one TransactWriteItems call may write.
+MAX_TRANSACTION_ITEMS = 100
+
+
 class DynamoStateStore:
-    """Online state in DynamoDB: an item per entity key plus one for the engine meta."""
+    """Online state in DynamoDB: an item per entity key plus one for the engine meta.
+
+    Every item carries a ``version``. :meth:`commit` writes the changed entities,
+    the meta item and the caller's extra items (the processed ids) in one
+    ``TransactWriteItems`` whose conditions say each item is still at the version
+    read (or still absent): if a concurrent invocation committed in between,
+    nothing is written and :class:`StateConflict` tells the caller to recompute
+    from fresh state. So concurrent invocations never lose an update, and state
+    and processed ids always change together.
+    """
 
     def __init__(self, table: Any, label_delay_days: int) -> None:
         self.table = table
@@ -382,6 +399,7 @@ class DynamoStateStore:
         self.engine = OnlineFeatureEngine(label_delay_days, track_labels=False)
         self.caches = [DynamoEntityCache(table, plan.name) for plan in self.engine.plans]
         self.engine.entities = list(self.caches)
+        self.versions: dict[str, int] = {}  # item key -> version read (absent: not stored)
 
     def prefetch(self, rows: Iterable[dict]) -> None:
         """Read the state of every entity the rows touch (BatchGetItem, 100 keys a call)."""
@@ -394,47 +412,80 @@ class DynamoStateStore:
         names = list(wanted)
         client = self.table.meta.client
         for start in range(0, len(names), 100):
-            request = {self.table.name: {"Keys": [{"entity": n} for n in names[start:start + 100]]}}
+            request = {self.table.name: {"Keys": [{"entity": n} for n in names[start:start + 100]],
+                                         "ConsistentRead": True}}
             while request:
                 response = client.batch_get_item(RequestItems=request)
                 for item in response["Responses"].get(self.table.name, []):
                     index, key = wanted[item["entity"]]
                     state = EntityState.from_json(json.loads(item["state"]))
                     self.caches[index].loaded[key] = state
+                    self.versions[item["entity"]] = int(item.get("version", 0))
                 request = response.get("UnprocessedKeys") or None
 
-    def flush(self) -> int:
-        """Write back every changed entity and the meta item; returns items written."""
-        written = 0
+    def changes(self) -> list[dict[str, Any]]:
+        """The items :meth:`commit` would write (entities that changed, then the meta)."""
+        items = []
         for cache, touched in zip(self.caches, self.engine.touched, strict=True):
             for key in sorted(touched | cache.dirty, key=repr):
-                state = cache.loaded[key]
-                self.table.put_item(
-                    Item={
-                        "entity": entity_item_key(cache.plan_name, key),
-                        "state": json.dumps(state.to_json(), separators=(",", ":")),
-                    }
-                )
-                written += 1
-            cache.dirty.clear()
-            touched.clear()
+                items.append({
+                    "entity": entity_item_key(cache.plan_name, key),
+                    "state": json.dumps(cache.loaded[key].to_json(), separators=(",", ":")),
+                })
         self.engine.prune()
         meta = self.engine.meta
-        self.table.put_item(
-            Item={
-                "entity": META_KEY,
-                "state": json.dumps(
-                    {"watermark": meta.watermark, "pending_labels": meta.pending_labels},
-                    separators=(",", ":"),
-                ),
-            }
-        )
-        return written + 1
+        items.append({
+            "entity": META_KEY,
+            "state": json.dumps({"watermark": meta.watermark,
+                                 "pending_labels": meta.pending_labels}, separators=(",", ":")),
+        })
+        return items
+
+    def commit(self, new_items: Iterable[dict[str, Any]] = ()) -> int:
+        """Write the changes and ``new_items`` (which must not exist yet) in one transaction.
+
+        Raises :class:`StateConflict` when another writer got there first, and
+        ``ValueError`` when the batch is too big for one transaction.
+        """
+        from botocore.exceptions import ClientError
+
+        puts = []
+        for item in self.changes():
+            version = self.versions.get(item["entity"])
+            condition: dict[str, Any] = (
+                {"ConditionExpression": "attribute_not_exists(entity)"} if version is None else
+                {"ConditionExpression": "version = :read",
+                 "ExpressionAttributeValues": {":read": version}})
+            puts.append({**condition, "Item": {**item, "version": (version or 0) + 1}})
+        puts += [{"ConditionExpression": "attribute_not_exists(entity)", "Item": item}
+                 for item in new_items]
+        if len(puts) > MAX_TRANSACTION_ITEMS:
+            raise ValueError(f"{len(puts)} items in one commit; DynamoDB takes at most "
+                             f"{MAX_TRANSACTION_ITEMS}: commit smaller batches")
+        # The Table resource's client (de)serialises attribute values itself.
+        transaction = [{"Put": {"TableName": self.table.name, **put}} for put in puts]
+        try:
+            self.table.meta.client.transact_write_items(TransactItems=transaction)
+        except ClientError as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if exc.response["Error"]["Code"] == "TransactionCanceledException" and (
+                    {"ConditionalCheckFailed", "TransactionConflict"} & set(reasons)):
+                raise StateConflict(f"{self.table.name}: another invocation updated the "
+                                    "state this batch read") from exc
+            raise
+        for item in puts:  # now at the versions just written
+            self.versions[item["Item"]["entity"]] = item["Item"].get("version", 0)
+        for cache, touched in zip(self.caches, self.engine.touched, strict=True):
+            cache.dirty.clear()
+            touched.clear()
+        return len(puts)
 
     def _load_meta(self) -> EngineMeta:
-        item = self.table.get_item(Key={"entity": META_KEY}).get("Item")
+        item = self.table.get_item(Key={"entity": META_KEY}, ConsistentRead=True).get("Item")
         if not item:
+            self.versions.pop(META_KEY, None)
             return EngineMeta()
+        self.versions[META_KEY] = int(item.get("version", 0))
         data = json.loads(item["state"])
         return EngineMeta(
             watermark=data["watermark"],

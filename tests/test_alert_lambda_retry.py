@@ -1,0 +1,55 @@
+"""The alert Lambda writes each alert's lake row exactly once, across Lambda's retries
+(moto DynamoDB, SNS and S3)."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+from moto import mock_aws
+
+ROW = {"transaction_id": "tx-1", "card_id": "card-1", "customer_id": "c1", "terminal_id": "t1",
+       "timestamp": "2026-03-01T10:00:00+00:00", "amount": 120.0, "score": 0.93,
+       "model_version": 3, "reasons": ["large amount"]}
+EVENT = {"scored": [ROW], "alert_threshold": 0.5, "model_package_arn": "arn:pkg/3"}
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    with mock_aws():
+        boto3.client("dynamodb", region_name="us-east-1").create_table(
+            TableName="state", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "entity", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "entity", "KeyType": "HASH"}])
+        topic = boto3.client("sns", region_name="us-east-1").create_topic(Name="alerts")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("STATE_TABLE", "state")
+        monkeypatch.setenv("ALERTS_TOPIC_ARN", topic["TopicArn"])
+        monkeypatch.setenv("LAKE_BUCKET", "lake")
+        yield boto3.client("s3", region_name="us-east-1")
+
+
+def _lake_rows(s3) -> list[dict]:
+    rows = []
+    for listed in s3.list_objects_v2(Bucket="lake").get("Contents", []):
+        body = s3.get_object(Bucket="lake", Key=listed["Key"])["Body"].read()
+        rows += pq.read_table(io.BytesIO(body)).to_pylist()
+    return rows
+
+
+def test_a_retried_invocation_still_writes_the_lake_row_once(aws):
+    from lambdas.alert.handler import handler
+
+    # The first attempt raises the alert, then fails writing the lake (no bucket yet).
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        handler(EVENT, None)
+    aws.create_bucket(Bucket="lake")
+    retried = handler(EVENT, None)  # Lambda's retry: deduplicated, but written
+    assert retried["written"] == 1
+    again = handler(EVENT, None)  # a redelivery after success writes nothing
+    assert "written" not in again
+    rows = _lake_rows(aws)
+    assert [r["transaction_id"] for r in rows] == ["tx-1"]
+    assert rows[0]["score"] == 0.93
