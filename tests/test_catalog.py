@@ -44,7 +44,7 @@ def test_ingest_registers_views_for_the_zones_that_exist(lake):
     assert table.to_pylist() == [{"dt": "2024-03-01", "n": 2}, {"dt": "2024-03-02", "n": 2}]
     assert table.schema.field("dt").type == pa.string()  # Athena's partition type, not DATE
     reasons = run_query(lake, "SELECT transaction_id, reason FROM quarantine").to_pylist()
-    assert reasons == [{"transaction_id": "t5", "reason": "non_positive_amount"}]
+    assert reasons == [{"transaction_id": "t5", "reason": "negative_amount"}]
 
 
 def test_register_table_adds_a_zone_now_or_when_its_files_appear(lake):
@@ -157,6 +157,6 @@ def test_cli_rejects_malformed_param(lake, capsys):
 
 def test_ingestion_runs_table_is_queryable(lake):
     runs = run_query(lake, "SELECT rows_read, rows_curated, rows_quarantined, "
-                           "quarantine_reasons->>'non_positive_amount' AS neg FROM ingestion_runs")
+                           "quarantine_reasons->>'negative_amount' AS neg FROM ingestion_runs")
     assert runs.to_pylist() == [
         {"rows_read": 5, "rows_curated": 4, "rows_quarantined": 1, "neg": "1"}]

@@ -269,7 +269,7 @@ def classify_malformed(drop: pd.DataFrame) -> dict[str, int]:
     return {
         "missing_required": int(missing.sum()),
         "unparseable_amount": int((drop.amount.notna() & amount.isna()).sum()),
-        "non_positive_amount": int((amount <= 0).sum()),
+        "negative_amount": int((amount < 0).sum()),
         "absurd_amount": int((amount > 1e7).sum()),
         "bad_timestamp": int((drop.timestamp.notna() & ~ts_ok).sum()),
         "bad_currency": int((~drop.currency.fillna("").str.fullmatch(r"[A-Z]{3}")).sum()),

@@ -129,7 +129,7 @@ def test_reconciliation_fails_loudly_when_the_parser_drops_a_row(workspace, tmp_
     "2024-03-01T10:00:00z", "2024-3-1T10:00:00Z", "1_709_287_200", "1.7e9", "01/03/2024 10:00",
 ])
 def test_timestamps_outside_the_documented_formats_are_quarantined(workspace, tmp_path, stamp):
-    drop = write_csv(tmp_path / "t.csv", [row("a", timestamp=stamp)])
+    drop = write_csv(tmp_path / "t.csv", [row("a", timestamp=stamp), row("b")])
     report = ingest(workspace, [drop])
     assert report.quarantine_reasons == {"bad_timestamp": 1}
 

@@ -7,6 +7,7 @@ Glue runs this script with job arguments such as::
     --lake_uri s3://lake-bucket/
     --token_key_secret fraudops/dev/card-tokenisation-key
     [--column_map_uri s3://.../column_map.json] [--format auto|csv|jsonl|parquet]
+    [--time_origin 2013-09-01T00:00:00Z (numeric times count seconds from it)]
     [--state_uri s3://lake-bucket/_state/ingest] [--logs_uri s3://lake-bucket/_logs/ingest]
     [--glue_database fraudops_dev] [--endpoint_url http://127.0.0.1:5000 (tests, LocalStack)]
 
@@ -32,13 +33,13 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from pipelines.data.ingest import IngestError, LakeLayout, Tokeniser, run_ingestion
-from pipelines.data.ingest.columns import check_column_map
+from pipelines.data.ingest.columns import ColumnMap, check_column_map, parse_time_origin
 from pipelines.data.ingest.tokenise import KEY_ENV, key_from_text
 
 REQUIRED = ("JOB_NAME", "landing_uri", "lake_uri")
 OPTIONAL = (
-    "token_key_secret", "column_map_uri", "format", "state_uri", "logs_uri", "glue_database",
-    "endpoint_url", "region",
+    "token_key_secret", "column_map_uri", "format", "time_origin", "state_uri", "logs_uri",
+    "glue_database", "endpoint_url", "region",
 )
 # Glue table name -> (zone in the run report, lake prefix relative to --lake_uri).
 GLUE_TABLES = {
@@ -115,9 +116,9 @@ def _boto3_client(service: str, options: dict[str, str], session=None):
                           region_name=options.get("region"))
 
 
-def load_column_map(fs: pafs.FileSystem, uri: str | None) -> dict[str, str]:
+def load_column_map(fs: pafs.FileSystem, uri: str | None) -> ColumnMap:
     if not uri:
-        return {}
+        return ColumnMap()
     with fs.open_input_stream(s3_path(uri)) as stream:
         return check_column_map(json.loads(stream.read()), origin=uri)
 
@@ -169,6 +170,8 @@ def main(argv: Sequence[str] | None = None, session=None) -> int:
             load_tokeniser(options, session),
             column_map=load_column_map(fs, options.get("column_map_uri")),
             fmt=options.get("format", "auto"),
+            time_origin=(parse_time_origin(options["time_origin"], "--time_origin")
+                         if options.get("time_origin") else None),
         )
     except IngestError as exc:
         print(f"{options['JOB_NAME']}: error: {exc}", file=sys.stderr)

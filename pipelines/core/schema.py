@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# Required in every landing file (after the column map is applied).
-REQUIRED_COLUMNS: tuple[str, ...] = (
+# Every canonical landing column, in the order tables and quarantine records use.
+LANDING_COLUMNS: tuple[str, ...] = (
     "transaction_id",
     "timestamp",
     "customer_id",
     "terminal_id",
     "amount",
-)
-
-# Optional in landing files. ``card_number`` exists only in landing: it is
-# tokenised during ingestion and never stored in clear downstream.
-OPTIONAL_COLUMNS: tuple[str, ...] = (
+    # ``card_number`` exists only in landing: it is tokenised during ingestion and
+    # never stored in clear downstream.
     "card_number",
     "currency",
     "merchant_category",
@@ -31,7 +28,16 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "fraud_scenario",
 )
 
-LANDING_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+# Required in every landing file (after the column map is applied); ``is_fraud`` too
+# for training, which the training side checks.
+REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", "amount")
+
+# Strongly expected but optional. Without ``transaction_id`` ingestion derives a stable
+# id from each row's content; without customer or terminal ids they are stored null and
+# the entity features that need them are left out.
+ID_COLUMNS: tuple[str, ...] = ("transaction_id", "customer_id", "terminal_id")
+
+OPTIONAL_COLUMNS: tuple[str, ...] = tuple(c for c in LANDING_COLUMNS if c not in REQUIRED_COLUMNS)
 
 # Fields that must never be accepted anywhere (PCI DSS: no sensitive
 # authentication data after authorisation), as normalised names: lower case,
@@ -54,8 +60,8 @@ CURATED_SCHEMA = pa.schema(
     [
         pa.field("transaction_id", pa.string(), nullable=False),
         pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("customer_id", pa.string(), nullable=False),
-        pa.field("terminal_id", pa.string(), nullable=False),
+        pa.field("customer_id", pa.string()),  # null when the data has no customer ids
+        pa.field("terminal_id", pa.string()),  # null when the data has no terminal ids
         pa.field("amount", pa.float64(), nullable=False),
         pa.field("card_token", pa.string()),
         pa.field("card_masked", pa.string()),
@@ -74,8 +80,7 @@ CURATED_SCHEMA = pa.schema(
 
 # Rejected rows keep every original value as text, plus why and where.
 QUARANTINE_SCHEMA = pa.schema(
-    [pa.field(name, pa.string()) for name in REQUIRED_COLUMNS]
-    + [pa.field(name, pa.string()) for name in OPTIONAL_COLUMNS if name != "card_number"]
+    [pa.field(name, pa.string()) for name in LANDING_COLUMNS if name != "card_number"]
     + [
         pa.field("card_masked", pa.string()),
         pa.field("reason", pa.string(), nullable=False),

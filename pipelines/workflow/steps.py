@@ -65,6 +65,8 @@ class RunOptions:
     webhook_url: str | None
     # SageMaker pipeline parameters by their declared names; None keeps the default.
     pipeline_parameters: Mapping[str, Any]
+    # Numeric times in the user's data count seconds from this instant (None: epoch).
+    time_origin: dt.datetime | None = None
 
 
 FraudRunContext = RunContext[RunOptions]
@@ -144,7 +146,8 @@ def ingest(ctx: FraudRunContext) -> IngestReport:
     with configuration_errors(IngestError, ParameterError):
         column_map = load_column_map(options.column_map) if options.column_map else None
         paths = [options.input_path] if options.input_path else None
-        report = run_ingest(ctx.workspace, paths, column_map=column_map)
+        report = run_ingest(ctx.workspace, paths, column_map=column_map,
+                            time_origin=options.time_origin)
     render(report, ctx.console)
     return report
 

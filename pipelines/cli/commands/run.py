@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--input", type=Path, help="your landing file or folder (skips generate)")
     data.add_argument("--column-map", type=Path, help="JSON {your_column: canonical_column}")
+    data.add_argument("--time-origin", metavar="ISO8601", default=None,
+                      help="your numeric times count seconds from this instant "
+                      "(e.g. 2013-09-01T00:00:00Z); also \"time_origin\" in the column map")
     data.add_argument("--transactions", type=int, default=500_000,
                       help="synthetic transactions to generate (default 500,000)")
     data.add_argument("--days", type=int, default=90, help="days of synthetic data (default 90)")
@@ -73,9 +76,12 @@ def _options(args: argparse.Namespace) -> RunOptions:
         raise UserError(f"--input {args.input}: no such file or folder")
     if args.column_map and not args.input:
         raise UserError("--column-map applies to your own data: pass --input PATH too")
+    if args.time_origin and not args.input:
+        raise UserError("--time-origin applies to your own data: pass --input PATH too")
     return RunOptions(
         input_path=args.input,
         column_map=args.column_map,
+        time_origin=_time_origin(args.time_origin),
         transactions=args.transactions,
         days=args.days,
         seed=args.seed,
@@ -95,6 +101,16 @@ def _options(args: argparse.Namespace) -> RunOptions:
             "CardPrecisionK": args.k,
         },
     )
+
+
+def _time_origin(text: str | None) -> dt.datetime | None:
+    from pipelines.data.ingest import IngestError
+    from pipelines.data.ingest.columns import parse_time_origin
+
+    try:
+        return parse_time_origin(text) if text else None
+    except IngestError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def _run(args: argparse.Namespace) -> int:

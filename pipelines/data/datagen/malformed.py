@@ -20,7 +20,7 @@ from pipelines.data.datagen.timefmt import iso_utc
 
 MISSING_REQUIRED = "missing_required"
 UNPARSEABLE_AMOUNT = "unparseable_amount"
-NON_POSITIVE_AMOUNT = "non_positive_amount"
+NEGATIVE_AMOUNT = "negative_amount"
 ABSURD_AMOUNT = "absurd_amount"
 BAD_TIMESTAMP = "bad_timestamp"
 BAD_CURRENCY = "bad_currency"
@@ -30,7 +30,7 @@ INVALID_CARD_NUMBER = "invalid_card_number"
 MALFORMED_CLASSES: tuple[str, ...] = (
     MISSING_REQUIRED,
     UNPARSEABLE_AMOUNT,
-    NON_POSITIVE_AMOUNT,
+    NEGATIVE_AMOUNT,
     ABSURD_AMOUNT,
     BAD_TIMESTAMP,
     BAD_CURRENCY,
@@ -131,7 +131,11 @@ def _replace(table: pa.Table, column: str, rows: np.ndarray, values: np.ndarray)
 
 
 def _missing_required(table: pa.Table, rows: np.ndarray, rng: np.random.Generator) -> pa.Table:
-    """Blank one required field per row (a different field from row to row)."""
+    """Blank one required field per row (a different field from row to row).
+
+    Only ``REQUIRED_COLUMNS`` (timestamp, amount): a blank customer or terminal
+    id is valid data (stored null), not a malformed row.
+    """
     field = rng.integers(0, len(REQUIRED_COLUMNS), rows.size)
     for k, column in enumerate(REQUIRED_COLUMNS):
         these = rows[field == k]
@@ -140,11 +144,10 @@ def _missing_required(table: pa.Table, rows: np.ndarray, rng: np.random.Generato
     return table
 
 
-def _non_positive(table: pa.Table, rows: np.ndarray, rng: np.random.Generator) -> Bad:
-    """Zero or a negated amount (refunds sent down the purchase feed)."""
+def _negative(table: pa.Table, rows: np.ndarray, rng: np.random.Generator) -> Bad:
+    """A negated amount (refunds sent down the purchase feed); zero is valid, not spoiled."""
     current = table["amount"].take(pa.array(rows)).to_numpy(zero_copy_only=False).astype(str)
-    negated = np.char.add("-", current)
-    return "amount", np.where(rng.random(rows.size) < 0.3, "0.00", negated)
+    return "amount", np.char.add("-", current)
 
 
 def _broken_cards(table: pa.Table, rows: np.ndarray, rng: np.random.Generator) -> Bad:
@@ -161,7 +164,7 @@ def _broken_cards(table: pa.Table, rows: np.ndarray, rng: np.random.Generator) -
 # duplicates change rows differently).
 _SPOILERS: dict[str, Callable[[pa.Table, np.ndarray, np.random.Generator], Bad]] = {
     UNPARSEABLE_AMOUNT: _unparseable,
-    NON_POSITIVE_AMOUNT: _non_positive,
+    NEGATIVE_AMOUNT: _negative,
     ABSURD_AMOUNT: _absurd,
     BAD_TIMESTAMP: _bad_timestamp,
     BAD_CURRENCY: _bad_currency,

@@ -1,25 +1,43 @@
 """Mapping a user's own column names onto the canonical schema.
 
-A column map is a JSON object ``{"their_column": "canonical_column"}``. Columns
-already named canonically need no entry; headers that differ from a canonical
-name only by case or surrounding spaces are matched too. Columns that map to
-nothing are ignored (never stored), except sensitive authentication data,
-which refuses the whole file.
+A column map is a JSON object ``{"their_column": "canonical_column"}``, or, to
+say more about the data, ``{"columns": {...}, "time_origin": "ISO-8601"}``
+(``time_origin``: numeric times count seconds from that instant, as
+``--time-origin`` does). Columns already named canonically need no entry;
+headers that differ from a canonical name only by case or surrounding spaces
+are matched too. Columns that map to nothing are ignored (never stored),
+except sensitive authentication data, which refuses the whole file.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.compliance.carddata import is_sensitive_auth_field
 from pipelines.core import schema
 from pipelines.data.ingest.errors import IngestError
 
+_SETTINGS = ("columns", "time_origin")  # the keys of the structured form
 
-def load_column_map(path: str | Path) -> dict[str, str]:
+
+class ColumnMap(dict[str, str]):
+    """``{their column: canonical column}``, plus the file's ``time_origin`` if it set one.
+
+    A plain dict everywhere a mapping is expected, so callers that only map
+    columns need not know about the settings.
+    """
+
+    def __init__(self, columns: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+                 time_origin: datetime | None = None) -> None:
+        super().__init__(columns)
+        self.time_origin = time_origin
+
+
+def load_column_map(path: str | Path) -> ColumnMap:
     """Read and check a column-map JSON file; raise ``IngestError`` naming the problem."""
     file = Path(path)
     try:
@@ -34,13 +52,33 @@ def load_column_map(path: str | Path) -> dict[str, str]:
     return check_column_map(raw, origin=str(file))
 
 
-def check_column_map(raw: object, origin: str = "column map") -> dict[str, str]:
-    """Validate a ``{their: canonical}`` mapping: canonical targets, no target used twice."""
+def parse_time_origin(text: str, origin: str = "--time-origin") -> datetime:
+    """An ISO-8601 instant (``Z`` or an offset; none means UTC) for relative numeric times."""
+    try:
+        instant = datetime.fromisoformat(text.strip())
+    except (AttributeError, ValueError):
+        raise IngestError(
+            f"{origin}: {text!r} is not an ISO-8601 time; give e.g. 2013-09-01T00:00:00Z"
+        ) from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+
+
+def check_column_map(raw: object, origin: str = "column map") -> ColumnMap:
+    """Validate a column map (either form): canonical targets, no target used twice."""
     if not isinstance(raw, Mapping):
         raise IngestError(
             f'{origin}: expected a JSON object like {{"their_col": "transaction_id"}}'
         )
-    mapping: dict[str, str] = {}
+    time_origin = None
+    if isinstance(raw.get("columns"), Mapping):  # the structured form
+        unknown = [key for key in raw if key not in _SETTINGS]
+        if unknown:
+            raise IngestError(f"{origin}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                              f"expected {', '.join(_SETTINGS)}")
+        if raw.get("time_origin") is not None:
+            time_origin = parse_time_origin(raw["time_origin"], f"{origin}: time_origin")
+        raw = raw["columns"]
+    mapping = ColumnMap(time_origin=time_origin)
     used: dict[str, str] = {}
     for source, target in raw.items():
         if not isinstance(source, str) or not isinstance(target, str):
@@ -126,6 +164,6 @@ def resolve_columns(
         raise IngestError(
             f"{source}: missing required column(s) {', '.join(missing)} "
             f"(file has: {', '.join(headers) or 'no columns'}). Map your own names with "
-            '--column-map FILE.json, e.g. {"txn_id": "transaction_id"}'
+            '--column-map FILE.json, e.g. {"txn_time": "timestamp", "value": "amount"}'
         )
     return resolved

@@ -61,15 +61,20 @@ def run_ingestion(
     fmt: str = "auto",
     progress: Progress = _no_progress,
     commit_guard: CommitGuard = _no_guard,
+    time_origin: datetime | None = None,
 ) -> IngestReport:
     """Ingest landing files into the curated and quarantine zones; return the reconciliation.
 
     The caller must hold the ingestion lock (one run at a time per lake). Every
     file is read and checked before anything is written, so a refused file
-    (``IngestError``) leaves the lake untouched.
+    (``IngestError``) leaves the lake untouched. ``time_origin`` (else the
+    column map's, see ``columns.ColumnMap``): numeric times count seconds from it.
     """
+    column_map = column_map or {}
+    time_origin = time_origin or getattr(column_map, "time_origin", None)
     with card_numbers_masked():  # no exception leaves ingestion with a card number in it
-        return _run(layout, paths, tokeniser, column_map or {}, fmt, progress, commit_guard)
+        return _run(layout, paths, tokeniser, column_map, fmt, progress, commit_guard,
+                    time_origin)
 
 
 def _run(
@@ -80,6 +85,7 @@ def _run(
     fmt: str,
     progress: Progress,
     commit_guard: CommitGuard,
+    time_origin: datetime | None,
 ) -> IngestReport:
     ledger = Ledger(layout.fs, layout.state)
     recovered = writer.recover(layout, ledger, lambda report: _write_log(layout, report))
@@ -104,7 +110,9 @@ def _run(
         ingestion_id=ingestion_id,
         ingestion_day=f"{started:%Y-%m-%d}",
         file_keys=[raw_file.sha256 for raw_file in raw_files],
+        time_origin=time_origin,
     )
+    _refuse_files_without_times(raw_files, classified.counts, time_origin)
     report = IngestReport(
         ingestion_id=ingestion_id,
         started_at=started.isoformat(),
@@ -160,6 +168,32 @@ def _read_all(
     return raw_files
 
 
+_TIME_REASONS = frozenset({"bad_timestamp", "missing_timestamp"})
+
+
+def _refuse_files_without_times(raw_files: list[RawFile], counts: list[tuple[int, str, str, int]],
+                                time_origin: datetime | None) -> None:
+    """A file none of whose rows has a usable time is misread, not dirty: refuse the run.
+
+    Quarantining every row and "succeeding" with nothing curated would only move
+    the failure to the next step; the usual cause is relative times without an origin.
+    """
+    rows = np.zeros(len(raw_files), dtype=np.int64)
+    timeless = np.zeros(len(raw_files), dtype=np.int64)
+    for file_index, _, reason, n in counts:
+        rows[file_index] += n
+        timeless[file_index] += n if reason in _TIME_REASONS else 0
+    for index in np.flatnonzero((rows > 0) & (timeless == rows)):
+        hint = (f"its times are neither ISO-8601 nor seconds from {time_origin.isoformat()}"
+                if time_origin else "give ISO-8601 times or epoch seconds; if the numbers count "
+                "seconds from a start, pass --time-origin ISO8601 (or \"time_origin\" in the "
+                "column map)")
+        raise IngestError(
+            f"{raw_files[index].source.display}: none of its {rows[index]:,} rows has a usable "
+            f"timestamp, so nothing from this run was stored: {hint}"
+        )
+
+
 def card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Trimmed card values; blank means no card (an optional column), not a bad one."""
     trimmed = pc.utf8_trim_whitespace(column)
@@ -201,11 +235,13 @@ def ingest(
     fmt: str = "auto",
     key_file: Path | None = None,
     progress: Progress = _no_progress,
+    time_origin: datetime | None = None,
 ) -> IngestReport:
     """Ingest local files or directories (default: the workspace landing zone).
 
     Records the reconciliation in the catalog's ``ingestion_runs`` table and
-    refreshes the ``transactions`` and ``quarantine`` views.
+    refreshes the ``transactions`` and ``quarantine`` views. ``time_origin``:
+    numeric times count seconds from it (else the column map's, else epoch).
     """
     from pipelines.compliance import audit
     from pipelines.compliance.locks import workspace_lock
@@ -227,7 +263,7 @@ def ingest(
         # Shared workspace lock: a backup (exclusive) never sees a half-published run.
         with ingestion_lock(ws), workspace_lock(ws, exclusive=False):
             report = run_ingestion(layout, targets, tokeniser, column_map, fmt, progress,
-                                   commit_guard=audited)
+                                   commit_guard=audited, time_origin=time_origin)
     except IngestError as exc:
         audit.record(ws, "ingest.refused", subject=", ".join(targets), details={"error": str(exc)})
         raise

@@ -61,6 +61,8 @@ READ_REASON_COLUMN = "_read_reason"
 # True where ``timestamp`` is exactly YYYY-MM-DDTHH:MM:SSZ (``shapes``): it then holds no
 # card number and validation needs no regular expression for it.
 ISO_SHAPED_COLUMN = "_iso_shaped"
+# True for rows of a file without a transaction id column: validation derives their id.
+DERIVE_ID_COLUMN = "_derive_id"
 MALFORMED_REASON = "malformed_row"
 
 
@@ -235,6 +237,7 @@ def canonical_table(
     reasons[card_in_text] = CARD_IN_TEXT_REASON
     reasons[np.asarray(malformed, dtype=bool)] = MALFORMED_REASON  # first rule wins
     arrays[ISO_SHAPED_COLUMN] = pa.array(iso_shaped, pa.bool_())
+    arrays[DERIVE_ID_COLUMN] = pa.repeat(pa.scalar("transaction_id" not in by_target), n)
     arrays[READ_REASON_COLUMN] = (
         pa.array(reasons, pa.string()) if card_in_text.any() or np.any(malformed)
         else pa.nulls(n, pa.string())

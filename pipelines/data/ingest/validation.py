@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 import duckdb
 import numpy as np
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
 from pipelines.data.ingest.sources import (
+    DERIVE_ID_COLUMN,
     ISO_SHAPED_COLUMN,
     LINE_COLUMN,
     LINE_END_COLUMN,
@@ -40,14 +42,12 @@ EPOCH_LIMIT = 4_102_444_800  # 2100-01-01 in epoch seconds; larger numbers are n
 REASONS: tuple[str, ...] = (
     "malformed_row",
     "card_number_in_text",
-    "missing_transaction_id",
+    "missing_transaction_id",  # blank in a file that has transaction ids
     "missing_timestamp",
-    "missing_customer_id",
-    "missing_terminal_id",
     "missing_amount",
     "bad_timestamp",
     "bad_amount",
-    "non_positive_amount",
+    "negative_amount",  # zero is a valid amount (card verifications)
     "absurd_amount",
     "bad_currency",
     "bad_card_number",
@@ -80,13 +80,13 @@ _PLAIN_CHECKED = ("amount", "timestamp", "is_fraud")
 # Text is trimmed (and upper/lower-cased) in Arrow, which is several times faster than
 # DuckDB's trim; DuckDB does what Arrow cannot do row by row: try_cast without failing.
 # Only typed columns and the reason leave DuckDB; text stays in Arrow (no extra copies).
+# ``{epoch_from}``: the lowest number read as seconds (0 for epoch seconds; with a time
+# origin, relative times may be negative); ``{origin_us}``: that origin in epoch micros.
 _PARSE = f"""
 WITH typed AS (
     SELECT
-        _row, _read_reason, _card_bad, _plain_timestamp,
+        _row, _read_reason, _card_bad, _plain_timestamp, _derive_id,
         nullif(transaction_id, '') AS transaction_id,
-        nullif(customer_id, '') AS customer_id,
-        nullif(terminal_id, '') AS terminal_id,
         nullif(timestamp, '') AS timestamp_text,
         nullif(amount, '') AS amount_text,
         -- The usual shape (checked in numpy) skips the regular expression.
@@ -108,23 +108,22 @@ timed AS (
     SELECT *, CASE
         WHEN iso_ts IS NOT NULL THEN iso_ts
         WHEN _plain_timestamp
-             AND try_cast(timestamp_text AS DOUBLE) BETWEEN 0 AND {EPOCH_LIMIT}
-            THEN to_timestamp(try_cast(timestamp_text AS DOUBLE))
+             AND try_cast(timestamp_text AS DOUBLE) BETWEEN {{epoch_from}} AND {EPOCH_LIMIT}
+            THEN make_timestamp({{origin_us}}
+                 + round(try_cast(timestamp_text AS DOUBLE) * 1000000)::BIGINT)::TIMESTAMPTZ
     END AS ts
     FROM typed
 )
 SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
     CASE
         WHEN _read_reason IS NOT NULL THEN _read_reason
-        WHEN transaction_id IS NULL THEN 'missing_transaction_id'
+        WHEN transaction_id IS NULL AND NOT _derive_id THEN 'missing_transaction_id'
         WHEN timestamp_text IS NULL THEN 'missing_timestamp'
-        WHEN customer_id IS NULL THEN 'missing_customer_id'
-        WHEN terminal_id IS NULL THEN 'missing_terminal_id'
         WHEN amount_text IS NULL THEN 'missing_amount'
         WHEN ts IS NULL OR ts < TIMESTAMPTZ '{EARLIEST_TIMESTAMP}'
              OR ts >= TIMESTAMPTZ '{LATEST_TIMESTAMP}' THEN 'bad_timestamp'
         WHEN amount IS NULL OR NOT isfinite(amount) THEN 'bad_amount'
-        WHEN amount <= 0 THEN 'non_positive_amount'
+        WHEN amount < 0 THEN 'negative_amount'
         WHEN amount > {MAX_AMOUNT} THEN 'absurd_amount'
         WHEN currency IS NOT NULL AND NOT regexp_full_match(currency, '[A-Z]{{3}}')
              THEN 'bad_currency'
@@ -136,8 +135,8 @@ FROM timed
 """
 
 _PARSE_INPUTS = (
-    "transaction_id", "customer_id", "terminal_id", "timestamp", "amount", "currency",
-    "is_cash", "is_fraud", "_read_reason", "_card_bad", "_row", "_common_iso",
+    "transaction_id", "timestamp", "amount", "currency", "is_cash", "is_fraud",
+    "_read_reason", "_card_bad", "_derive_id", "_row", "_common_iso",
     *(f"_plain_{name}" for name in _PLAIN_CHECKED),
 )
 # Text columns stored in curated, with how each is normalised.
@@ -235,20 +234,83 @@ def _shape_columns(raw: pa.Table, text: dict[str, pa.ChunkedArray]) -> dict[str,
     return shape
 
 
-def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns) -> pa.Table:
+def _parse_sql(time_origin: datetime | None) -> str:
+    """The parse query; with ``time_origin``, numbers are seconds from it (maybe negative)."""
+    if time_origin is None:
+        return _PARSE.replace("{epoch_from}", "0").replace("{origin_us}", "0")
+    origin_us = round(time_origin.timestamp() * 1_000_000)
+    return (_PARSE.replace("{epoch_from}", str(-EPOCH_LIMIT))
+            .replace("{origin_us}", f"{origin_us}::BIGINT"))
+
+
+def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns,
+           time_origin: datetime | None) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         inputs = pa.table({**text, "_read_reason": raw.column(READ_REASON_COLUMN),
-                           "_card_bad": cards.bad,
+                           "_card_bad": cards.bad, "_derive_id": raw.column(DERIVE_ID_COLUMN),
                            "_row": pa.array(np.arange(raw.num_rows), pa.int64()),
                            **_shape_columns(raw, text)})
         con.register("raw", inputs.select(list(_PARSE_INPUTS)))
         # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
-        parsed = con.sql(_PARSE).to_arrow_table()
+        parsed = con.sql(_parse_sql(time_origin)).to_arrow_table()
     finally:
         con.close()
     return _in_row_order(parsed)
+
+
+# A transaction without an id in the file is identified by what describes it: its instant,
+# amount, parties, card (as its token, never the number) and context; not its label,
+# which feedback may correct later. The n-th repeat of the same content in one file gets
+# "-n" (n >= 1), so identical rows stay distinct and the same file always gives the
+# same ids. Ids: DERIVED_ID_PREFIX + 32 hex digits of SHA-256 [+ "-n"].
+DERIVED_ID_PREFIX = "drv-"
+_IDENTITY_TEXT = ("customer_id", "terminal_id", "currency", "merchant_category", "channel",
+                  "country", "is_cash")
+_DERIVE = f"""
+SELECT _row, '{DERIVED_ID_PREFIX}' || left(sha256(content), 32)
+       || CASE WHEN repeat > 0 THEN '-' || repeat ELSE '' END AS id
+FROM (
+    SELECT _row, content,
+           row_number() OVER (PARTITION BY _file, content ORDER BY _row) - 1 AS repeat
+    FROM (
+        SELECT _row, _file, concat_ws(chr(31),
+            coalesce(epoch_us(timestamp)::VARCHAR, ''), coalesce(amount::VARCHAR, ''),
+            {", ".join(f"coalesce({name}, '')" for name in _IDENTITY_TEXT)},
+            coalesce(card_token, '')) AS content
+        FROM derive
+    )
+)
+"""
+
+
+def _transaction_ids(raw: pa.Table, text: dict[str, pa.ChunkedArray], parsed: pa.Table,
+                     cards: CardColumns) -> pa.ChunkedArray:
+    """The file's transaction ids, and derived ones for rows of files that have none."""
+    given = text["transaction_id"]
+    derive = raw.column(DERIVE_ID_COLUMN)
+    if not pc.any(derive).as_py():
+        return given
+    rows = np.flatnonzero(derive.to_numpy(zero_copy_only=False))
+    take = pa.array(rows)
+    inputs = pa.table({
+        "_row": take, "_file": raw.column("_file").take(take),
+        "timestamp": parsed.column("timestamp").take(take),
+        "amount": parsed.column("amount").take(take),
+        **{name: text[name].take(take) for name in _IDENTITY_TEXT},
+        "card_token": cards.tokens().take(take).cast(pa.string()),
+    })
+    con = duckdb.connect()
+    try:
+        con.register("derive", inputs)
+        derived = _in_row_order(con.sql(_DERIVE).to_arrow_table()).column("id")
+    finally:
+        con.close()
+    mask = np.zeros(raw.num_rows, dtype=bool)
+    mask[rows] = True
+    return pa.chunked_array([pc.replace_with_mask(given.combine_chunks(), pa.array(mask),
+                                                  derived.combine_chunks())])
 
 
 def _in_row_order(parsed: pa.Table) -> pa.Table:
@@ -304,18 +366,20 @@ def classify(
     ingestion_id: str,
     ingestion_day: str,
     file_keys: list[str] | None = None,
+    time_origin: datetime | None = None,
 ) -> Classified:
     """Validate, type and de-duplicate ``raw`` (text columns plus ``_file``, ``_line``).
 
     ``source_files[i]`` names file ``_file == i`` and ``file_keys[i]`` identifies
     its content (default: its name, for sources without a file such as a
     stream); ``seen_ids`` and ``seen_quarantine`` are the ledger's keys (column
-    ``key``) from earlier runs.
+    ``key``) from earlier runs. ``time_origin``: numeric times count seconds from it
+    (default: they are epoch seconds).
     """
     text = normalise_text(raw)
-    parsed = _parse(raw, text, cards)
+    parsed = _parse(raw, text, cards, time_origin)
     valid = pc.is_null(parsed.column("reason")).to_numpy(zero_copy_only=False)
-    ids = text["transaction_id"]
+    ids = _transaction_ids(raw, text, parsed, cards)
     seen = pc.fill_null(pc.is_in(ids, value_set=seen_ids.column("key")), False)
     seen = seen.to_numpy(zero_copy_only=False) & valid
     first = _first_occurrences(ids, valid & ~seen)
@@ -333,7 +397,8 @@ def classify(
     curated_mask = pa.array(status == _CODE[STATUS_CURATED])
     quarantine_rows = rejected[~already]
     return Classified(
-        curated=_curated(raw, text, parsed, cards, curated_mask, source_files, ingestion_id),
+        curated=_curated(raw, {**text, "transaction_id": ids}, parsed, cards, curated_mask,
+                         source_files, ingestion_id),
         quarantine=_quarantine(raw, parsed, cards, quarantine_rows, source_files,
                                ingestion_id, ingestion_day),
         quarantine_keys=pa.array([k for k, a in zip(keys, already, strict=True) if not a],
@@ -361,6 +426,8 @@ CURATED_WRITE_SCHEMA = pa.schema(
 
 
 def _blank_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if len(column) == 0 or (pc.min(pc.binary_length(column)).as_py() or 0) > 0:
+        return column  # no blank value: skip the copy (one pass over the offsets)
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
@@ -368,7 +435,7 @@ def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id) -> pa.T
     """Curated rows in ``CURATED_WRITE_SCHEMA``, grouped by day."""
     n = raw.num_rows
     columns = {
-        **{name: text[name] for name in ("transaction_id", "customer_id", "terminal_id")},
+        "transaction_id": text["transaction_id"],
         **{name: parsed.column(name) for name in ("timestamp", "amount", "is_cash", "is_fraud")},
         "card_token": cards.tokens(),
         "card_masked": cards.valid_masked(),
@@ -379,7 +446,8 @@ def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id) -> pa.T
     }
     table = pa.table(columns).filter(mask)
     # Optional text: filtered first, so blank -> null runs on curated rows only.
-    for name in ("currency", "merchant_category", "channel", "country", "fraud_scenario"):
+    for name in ("customer_id", "terminal_id", "currency", "merchant_category", "channel",
+                 "country", "fraud_scenario"):
         table = table.append_column(name, _blank_to_null(text[name].filter(mask)))
     day = pc.cast(parsed.column("timestamp").filter(mask), pa.date32())  # timestamps are UTC
     table = table.append_column("dt", pc.cast(day, pa.string()))
