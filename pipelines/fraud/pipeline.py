@@ -316,6 +316,40 @@ def _s3_output(name: str, destination, local_path: str):
     )
 
 
+# SageMaker's transient failures: throttled or faulted service calls, no capacity
+# for the instance type, an account limit reached, an internal job error (a lost
+# host). A script's own failure (AlgorithmError, ClientError) and the quality
+# gate's Fail step are deterministic and never retried, here or locally.
+JOB_RETRY_INTERVAL_SECONDS = 60
+JOB_RETRY_MAX_ATTEMPTS = 3
+
+
+def job_retry_policies() -> list[Any]:
+    """The RetryPolicies of every processing, tuning and training step."""
+    from sagemaker.mlops.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
+
+    return [
+        StepRetryPolicy(
+            exception_types=[StepExceptionTypeEnum.SERVICE_FAULT,
+                             StepExceptionTypeEnum.THROTTLING],
+            interval_seconds=JOB_RETRY_INTERVAL_SECONDS, backoff_rate=2.0,
+            max_attempts=JOB_RETRY_MAX_ATTEMPTS,
+        ),
+        SageMakerJobStepRetryPolicy(
+            exception_types=[SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
+                             SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
+                             SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT],
+            interval_seconds=JOB_RETRY_INTERVAL_SECONDS, backoff_rate=2.0,
+            max_attempts=JOB_RETRY_MAX_ATTEMPTS,
+        ),
+    ]
+
+
 @dataclass(frozen=True)
 class _Context:
     """What every step builder needs."""
@@ -384,7 +418,8 @@ def preprocess_step(ctx: _Context, code: StagedCode):
             "--test-days", p.test_days,
         ],  # fmt: skip
     )
-    return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=ctx.cache_config)
+    return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=ctx.cache_config,
+                          retry_policies=job_retry_policies())
 
 
 def train_step(ctx: _Context, code: StagedCode, preprocess, hyperparameters: dict[str, Any]):
@@ -419,7 +454,8 @@ def train_step(ctx: _Context, code: StagedCode, preprocess, hyperparameters: dic
             for channel in ("train", "validation")
         ],
     )
-    return TrainingStep(name="Train", step_args=trainer.train(), cache_config=ctx.cache_config)
+    return TrainingStep(name="Train", step_args=trainer.train(), cache_config=ctx.cache_config,
+                        retry_policies=job_retry_policies())
 
 
 def evaluate_step(ctx: _Context, code: StagedCode, preprocess, train):
@@ -457,6 +493,7 @@ def evaluate_step(ctx: _Context, code: StagedCode, preprocess, train):
         step_args=step_args,
         property_files=[report],
         cache_config=ctx.cache_config,
+        retry_policies=job_retry_policies(),
     )
     return step, report
 
