@@ -19,9 +19,16 @@ import pytest
 
 from pipelines.cli.main import main as cli_main
 from pipelines.core.schema import CHANNELS, CURATED_SCHEMA
-from pipelines.data.features import FEATURE_COLUMNS, FEATURE_SET_VERSION, compute_features
+from pipelines.data.features import (
+    FEATURE_COLUMNS,
+    FEATURE_SET_VERSION,
+    compute_features,
+    duckdb_engine,
+    frames,
+    store,
+)
 from pipelines.data.features.build import build_feature_table
-from pipelines.data.features.definitions import NO_PREVIOUS_TX_SECONDS
+from pipelines.data.features.definitions import NO_PREVIOUS_TX_SECONDS, Aggregate, Window
 from pipelines.data.features.duckdb_engine import compile_sql
 from pipelines.data.features.emr import JobCode, feature_step, submit_feature_step, upload_job_code
 
@@ -362,6 +369,122 @@ def test_generated_sql_reads_like_the_spec():
     ) in sql
     assert "count(*) FILTER (WHERE fraud_label = 1) OVER terminal_id_30d_delayed" in sql
     assert "late_label" not in sql  # without a labels table no correction is needed
+
+
+# --- the fast frames against the readable window SQL ------------------------------------
+def skewed_transactions(n: int = 3000, seed: int = 8) -> list[Tx]:
+    """Half the rows on one customer and one terminal, ties, unknown channels/countries."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        hot = rng.random() < 0.5
+        channel = rng.choice([*CHANNELS, None])
+        rows.append(
+            Tx(
+                transaction_id=f"s{i:05d}",
+                timestamp=T0 + timedelta(minutes=rng.randrange(0, 60 * 24 * 60, 3)),
+                customer_id="HOT" if hot else f"C{rng.randrange(60)}",
+                terminal_id="HOT" if hot else f"T{rng.randrange(40)}",
+                amount=round(rng.uniform(0.01, 2000), 2),
+                channel=channel,
+                country=rng.choice(["US", "GB", None]),
+                is_cash=None if channel is None else channel == "atm",
+                is_fraud=rng.choice([0, 0, 0, 1, None]),
+            )
+        )
+    return rows
+
+
+def window_sql_features(
+    table: pa.Table, delay_days: int = 7, labels: pa.Table | None = None
+) -> pa.Table:
+    """The same features from compile_sql: every frame as a DuckDB RANGE window."""
+    con = duckdb_engine.connect()
+    con.register(duckdb_engine.TRANSACTIONS_VIEW, table)
+    missing = duckdb_engine.check_transactions(con)
+    if labels is not None:
+        duckdb_engine.register_labels(con, labels)
+    sql = compile_sql(delay_days, with_labels=labels is not None, missing_columns=missing)
+    return con.sql(sql).to_arrow_table().cast(duckdb_engine.output_schema())
+
+
+@pytest.mark.parametrize("delay_days", [0, 7])
+def test_fast_frames_equal_the_window_sql_bit_for_bit_on_skewed_keys(delay_days):
+    rows = skewed_transactions()
+    rng = random.Random(4)
+    labels = labels_table(
+        [
+            (r.transaction_id, rng.choice([0, 1]), r.timestamp + rng.randrange(400) * HOUR)
+            for r in rng.sample(rows, 300)
+        ]
+    )
+    table = to_table(rows)
+    assert compute_features(table, delay_days).equals(window_sql_features(table, delay_days))
+    assert compute_features(table, delay_days, labels).equals(
+        window_sql_features(table, delay_days, labels)
+    )
+
+
+def test_frame_max_and_filtered_sums_match_sql_windows():
+    """Aggregates the feature set does not use yet: a max that falls, sums with a filter."""
+    rows = skewed_transactions(800, seed=2)
+    day, week = Window("1d", 86_400_000_000), Window("7d", 7 * 86_400_000_000)
+    aggregates = (
+        Aggregate("max_cents_1d", "max", ("customer_id",), day, value="round(amount * 100)"),
+        Aggregate("max_cash_7d", "max", ("terminal_id",), week, value="amount", filter="is_cash"),
+        Aggregate(
+            "cash_cents_7d_delayed", "sum", ("terminal_id",), week,
+            value="round(amount * 100)", filter="is_cash", lag="label_delay",
+        ),
+        Aggregate("max_amount_ever", "max", ("customer_id", "channel"), None, value="amount"),
+    )
+    delay = 3 * 86_400_000_000
+    con = duckdb_engine.connect()
+    con.register("t", to_table(rows))
+    inputs = "".join(f", {e} AS {c}" for e, c in frames.input_columns(aggregates).items())
+    base = con.sql(
+        f"SELECT transaction_id, customer_id, terminal_id, channel, amount, is_cash, "
+        f"epoch_us(timestamp) AS ts_us, make_timestamp(epoch_us(timestamp)) AS ts_utc{inputs} "
+        "FROM t ORDER BY transaction_id"
+    ).to_arrow_table()
+    fast = frames.evaluate(base, aggregates, delay, threads=2)
+    con.register("base", base)
+    windows = ", ".join(
+        f"{duckdb_engine.aggregate_call(a)} OVER "
+        f"({duckdb_engine.window_sql(a, delay)}) AS {a.name}"
+        for a in aggregates
+    )
+    expected = con.sql(f"SELECT {windows} FROM base ORDER BY transaction_id").to_arrow_table()
+    for a in aggregates:
+        got = fast[a.name].to_pylist()
+        want = expected[a.name].to_pylist()
+        if a.function == "sum":
+            want = [float(v or 0) for v in want]
+        assert got == want, a.name
+    assert any(v is None for v in fast["max_cash_7d"].to_pylist())  # empty frames are NULL
+
+
+def test_sums_of_fractions_are_refused_by_name():
+    table = pa.table(
+        {"ts_us": [1, 2], "customer_id": ["a", "a"], "frame_input_0": [1.5, 2.0]}
+    )
+    aggregate = Aggregate("cust_amount", "sum", ("customer_id",), None, value="amount")
+    with pytest.raises(ValueError, match="cust_amount: sums must be whole numbers"):
+        frames.evaluate(table, (aggregate,), 0)
+
+
+def test_partitions_are_written_per_day_whatever_the_row_order(tmp_path):
+    table = compute_features(to_table(crafted_transactions()))
+    # Shuffled and streamed in small batches: days come back again and again.
+    shuffled = table.take(random.Random(3).sample(range(table.num_rows), table.num_rows))
+    days = store.write_partitions(shuffled.to_batches(max_chunksize=7), tmp_path / "out")
+    assert days == len(set(table["dt"].to_pylist()))
+    import pyarrow.dataset as ds
+
+    back = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive").to_table()
+    back = back.sort_by([("timestamp", "ascending"), ("transaction_id", "ascending")])
+    assert back.drop_columns(["dt"]).equals(table.drop_columns(["dt"]))
+    assert [str(d) for d in back["dt"].to_pylist()] == table["dt"].to_pylist()
 
 
 # --- the feature table in a workspace --------------------------------------------------

@@ -31,6 +31,8 @@ from pipelines.data.features.definitions import (
 from pipelines.data.lake.catalog import register_table
 
 ENGINES = ("duckdb", "spark")
+# Feature rows stream from DuckDB to the Parquet writer in batches of this size.
+ROWS_PER_BATCH = 122_880
 FEATURES_TABLE_NAME = "features"
 
 Progress = Callable[[str], None]
@@ -132,10 +134,8 @@ def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> F
     )
     layout = curated_layout(con, source)
     sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
-    con.execute(
-        f"COPY ({with_layout(sql, layout, source)}) TO '{staging}' "
-        f"(FORMAT parquet, PARTITION_BY ({PARTITION_COLUMN}), COMPRESSION zstd)"
-    )
+    rows = con.sql(with_layout(sql, layout, source)).fetch_record_batch(ROWS_PER_BATCH)
+    store.write_partitions(rows, staging)
     con.close()
     return layout
 

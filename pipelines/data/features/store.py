@@ -12,10 +12,21 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.core.fileio import write_text_atomically
-from pipelines.data.features.definitions import FULL_LAYOUT, FeatureLayout, feature_set_manifest
+from pipelines.data.features.definitions import (
+    FULL_LAYOUT,
+    PARTITION_COLUMN,
+    FeatureLayout,
+    feature_set_manifest,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST_NAME = "_feature_set.json"
 
@@ -64,3 +75,65 @@ def publish(staging: Path, target: Path) -> None:
 def discard(staging: Path) -> None:
     """Remove a staging directory left by a failed build."""
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
+    """Write a stream of feature rows as ``directory/dt=<day>/part-0.parquet``; returns days.
+
+    Streamed so memory holds one day and one batch, not the table. A day's rows
+    that arrive together become one row group, written by a background thread
+    while the next batches are computed; rows of a day that arrive again later
+    (a join reordered the stream) are appended to its file as another row group.
+    pyarrow with dictionaries only for text columns other than the transaction
+    id (elsewhere they are tried and dropped) and snappy like Spark's writer:
+    1.1 CPU-s at 1.75M rows x 41 columns where DuckDB's partitioned COPY took 5
+    (zstd: files 30% smaller, +0.65 s).
+    """
+    # Imported here: the Spark job shipped to EMR imports this module without pyarrow.
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def write(day: str, parts: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(parts)
+        if day not in writers:
+            text = [
+                f.name
+                for f in table.schema
+                if pa.types.is_string(f.type) and f.name != "transaction_id"
+            ]
+            target = directory / f"{PARTITION_COLUMN}={day}"
+            target.mkdir(parents=True, exist_ok=True)
+            writers[day] = pq.ParquetWriter(
+                target / "part-0.parquet", table.schema, compression="snappy", use_dictionary=text
+            )
+        writers[day].write_table(table)
+
+    day: str | None = None
+    parts: list[pa.RecordBatch] = []
+    pending = []
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for batch in batches:
+                days = pc.run_end_encode(batch.column(PARTITION_COLUMN))
+                body = batch.drop_columns([PARTITION_COLUMN])
+                start = 0
+                for value, end in zip(
+                    days.values.to_pylist(), days.run_ends.to_pylist(), strict=True
+                ):
+                    if value != day:
+                        if parts:
+                            pending.append(pool.submit(write, day, parts))
+                        day, parts = value, []
+                    parts.append(body.slice(start, end - start))
+                    start = end
+            if parts:
+                pending.append(pool.submit(write, day, parts))
+        for future in pending:
+            future.result()  # re-raise a failed write
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return len(writers)
