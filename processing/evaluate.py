@@ -328,6 +328,16 @@ def run_parameters(model_features: dict, test_features: dict) -> dict:
     return {"feature_set_version": version, "label_delay_days": delay}
 
 
+def tuning_record(metadata: dict) -> dict | None:
+    """What model selection chose and how (the training metadata's ``tuning``), with the
+    rows the final model was refitted on; None for a model trained without it."""
+    tuning = metadata.get("tuning")
+    if not tuning:
+        return None
+    return {**tuning, "refit": metadata.get("refit"),
+            "hyperparameters": metadata.get("hyperparameters")}
+
+
 def known_compromised(test_dir: Path, split: dict) -> pd.Series | None:
     """Card -> when it became known to be compromised: its first fraud plus the label
     delay the split left out (preprocess's ``known_frauds.parquet``); None without it."""
@@ -399,6 +409,9 @@ def run(args: argparse.Namespace) -> dict:
             "xgboost_version": metadata.get("xgboost_version"),
             "best_iteration": metadata.get("best_iteration"),
             "validation_aucpr": metadata.get("validation_aucpr"),
+            "validation_average_precision": metadata.get("validation_average_precision"),
+            # Model selection: the chosen hyperparameters, the trials, the refit's rows.
+            "tuning": tuning_record(metadata),
         },
     }
     out_dir = processing / "evaluation"

@@ -37,10 +37,13 @@ CONTAINER_PACKAGES = {"numpy", "pandas", "pyarrow", "sklearn", "xgboost"}
 
 
 def load_script(path: Path):
-    """Import a standalone script as a module (the folders are not packages)."""
+    """Import a standalone script as a module (the folders are not packages); its folder
+    goes on sys.path, as in the container, so sibling modules (training/search.py) import."""
     name = f"container_{path.stem}"
     if name in sys.modules:
         return sys.modules[name]
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -551,7 +554,8 @@ def test_evaluate_rejects_an_archive_without_a_model(tmp_path, pipeline_run, cap
 
 
 @pytest.mark.parametrize(
-    "script", [PREPROCESS, TRAIN, EVALUATE, REPO / "inference" / "inference.py"]
+    "script", [PREPROCESS, TRAIN, REPO / "training" / "search.py", EVALUATE,
+               REPO / "inference" / "inference.py"]
 )
 def test_container_scripts_import_only_what_the_container_provides(script):
     tree = ast.parse(script.read_text())
@@ -561,7 +565,8 @@ def test_container_scripts_import_only_what_the_container_provides(script):
             modules.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             modules.add(node.module.split(".")[0])
-    foreign = modules - set(sys.stdlib_module_names) - CONTAINER_PACKAGES
+    shipped = {path.stem for path in script.parent.glob("*.py")}  # the same folder ships
+    foreign = modules - set(sys.stdlib_module_names) - CONTAINER_PACKAGES - shipped
     assert not foreign, f"{script.name} imports {foreign}, which the SageMaker container lacks"
 
 

@@ -104,10 +104,11 @@ def processing_inputs(step_json: dict) -> dict[str, str]:
 # --- shape -------------------------------------------------------------------------
 
 
-def test_steps_are_preprocess_train_evaluate_gate_register_or_fail(definition):
+def test_steps_are_preprocess_tune_train_evaluate_gate_register_or_fail(definition):
     top = [(s["Name"], s["Type"]) for s in definition["Steps"]]
     assert top == [
         ("Preprocess", "Processing"),
+        ("Tune", "Tuning"),
         ("Train", "Training"),
         ("Evaluate", "Processing"),
         ("QualityGate", "Condition"),
@@ -118,8 +119,66 @@ def test_steps_are_preprocess_train_evaluate_gate_register_or_fail(definition):
     # No SDK-generated repack training job: the handler ships as SAGEMAKER_SUBMIT_DIRECTORY.
     types = sorted(s["Type"] for s in all_steps(definition["Steps"]))
     assert types == sorted(
-        ["Processing", "Training", "Processing", "Condition", "RegisterModel", "Fail"]
+        ["Processing", "Tuning", "Training", "Processing", "Condition", "RegisterModel", "Fail"]
     )
+
+
+def test_tuning_selects_on_validation_average_precision_with_a_hyperparameter_tuner(definition):
+    from pipelines.fraud.pipeline import DEFAULT_TUNING_MAX_JOBS, TUNING_OBJECTIVE, search_space
+
+    tune = step(definition, "Tune")["Arguments"]
+    config = tune["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {
+        "Type": "Maximize", "MetricName": TUNING_OBJECTIVE}
+    assert config["ResourceLimits"]["MaxNumberOfTrainingJobs"] == DEFAULT_TUNING_MAX_JOBS
+    assert config["ResourceLimits"]["MaxRuntimeInSeconds"] >= 120  # SageMaker's minimum
+    ranges = config["ParameterRanges"]
+    names = {r["Name"] for kind in ranges.values() for r in kind}
+    assert names == set(search_space())
+    job = tune["TrainingJobDefinition"]
+    [metric] = job["AlgorithmSpecification"]["MetricDefinitions"]
+    assert metric["Name"] == TUNING_OBJECTIVE
+    # train.py prints the objective in the form the metric regex reads.
+    import re
+
+    assert re.search(metric["Regex"], "validation-average-precision: 0.4321").group(1) == "0.4321"
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in job["InputDataConfig"]}
+    assert channels == {
+        "train": {"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri"},
+        "validation": {"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['validation']"
+                              ".S3Output.S3Uri"},
+    }
+
+
+def test_train_refits_the_best_trial_on_train_and_validation(definition):
+    from pipelines.fraud.pipeline import search_space
+
+    train = step(definition, "Train")["Arguments"]
+    hyper = train["HyperParameters"]
+    assert hyper["refit"] == "true"
+    for name in search_space():
+        assert hyper[name] == {"Get": f"Steps.Tune.BestTrainingJob.TunedHyperParameters['{name}']"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in train["InputDataConfig"]}
+    assert set(channels) == {"train", "validation", "tuned"}
+    tuned = channels["tuned"]["Std:Join"]["Values"]
+    assert {"Get": "Steps.Tune.TrainingJobSummaries[0].TrainingJobName"} in tuned
+    assert tuned[-1] == "output/model.tar.gz"
+
+
+def test_the_tuning_budget_is_a_pipeline_argument():
+    from pipelines.fraud.pipeline import TuningBudget
+
+    with pytest.raises(ValueError, match="at least 1"):
+        TuningBudget(max_jobs=0)
+
+
+def test_the_executor_and_train_py_name_the_search_hyperparameter_alike():
+    from pipelines.model.executor.tuning import SEARCH_HYPERPARAMETER
+
+    search = REPO_ROOT / "training" / "search.py"
+    assert script_constant(search, "SEARCH_HYPERPARAMETER") == SEARCH_HYPERPARAMETER
 
 
 def test_register_is_pending_manual_approval_by_default(definition):

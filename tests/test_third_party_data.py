@@ -82,15 +82,9 @@ def test_time_offsets_from_a_private_reference_are_quarantined_not_misdated(work
 
 def _train_script():
     """training/train.py imported as the container runs it (the folder is not a package)."""
-    import importlib.util
-    import sys
+    from test_container_scripts import TRAIN, load_script
 
-    name = "container_train"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "training" / "train.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+    return load_script(TRAIN)
 
 
 def test_early_stopping_keeps_at_least_min_rounds_when_validation_peaks_at_once():

@@ -168,6 +168,12 @@ def signal_only_in_user_columns(n: int, days: int, seed: int = 8) -> pa.Table:
                             pa.array(fraud.astype(np.int8)))
 
 
+def model_archive(ws, run):
+    """The model the pipeline registers: the Train step's (the refit) model.tar.gz."""
+    return ws.local_path(run.execution.step("Train").properties["ModelArtifacts"][
+        "S3ModelArtifacts"])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Features and a local pipeline run on data whose signal is only in user columns."""
@@ -200,9 +206,8 @@ def test_the_model_package_records_user_features_and_their_categories(trained, t
     from pipelines.serving.endpoint.handler import load_inference_module
 
     handler = load_inference_module(unit_dir("inference"))
-    ws, _, _, _ = trained
-    [archive] = ws.object_store.rglob("model.tar.gz")
-    with tarfile.open(archive) as tar:
+    ws, run, _, _ = trained
+    with tarfile.open(model_archive(ws, run)) as tar:
         tar.extractall(tmp_path, filter="data")
     feature_set = json.loads((tmp_path / "feature_set.json").read_text())
     assert feature_set["user_features"] == {"V1": "numeric", "device_type": "categorical"}
@@ -238,9 +243,8 @@ def test_batch_and_stream_scoring_feed_user_columns_to_the_model(trained, tmp_pa
     from pipelines.serving.stream.core import curated_rows, model_matrix
 
     handler = load_inference_module(unit_dir("inference"))
-    ws, _, _, table = trained
-    [archive] = ws.object_store.rglob("model.tar.gz")
-    with tarfile.open(archive) as tar:
+    ws, run, _, table = trained
+    with tarfile.open(model_archive(ws, run)) as tar:
         tar.extractall(tmp_path, filter="data")
     model = handler.model_fn(tmp_path)
     last_day = max(table["dt"].to_pylist())

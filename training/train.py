@@ -38,14 +38,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import xgboost as xgb
+# Threads that wait for work sleep instead of spinning: on a shared 2-core host a
+# spinning OpenMP team made boosting ~10x slower (must be set before xgboost loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xgboost as xgb  # noqa: E402
+from search import (  # noqa: E402  (training/search.py, shipped in this folder)
+    OBJECTIVE_LINE,
+    SEARCH_HYPERPARAMETER,
+    SEARCH_ROWS,
+    Search,
+    SearchData,
+    average_precision,
+    candidates,
+    parse_ranges,
+    weighted_sample,
+)
 
 MODEL_FILE = "xgboost-model.json"
 FEATURE_SET_FILE = "feature_set.json"
@@ -114,6 +132,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "1",
         "weight of the fraud class: a number, 'balanced' (train negatives/positives) or 'sqrt'",
     )
+    add_hyperparameter(
+        parser, "refit", _true, False,
+        "fit on train + validation with the rounds of the tuned trial (the 'tuned' channel)",
+    )
+    add_hyperparameter(
+        parser, SEARCH_HYPERPARAMETER, str, "",
+        "model selection in this process (JSON; the local executor's TuningStep)",
+    )
     add_hyperparameter(parser, "nthread", int, default_nthread(), "threads")
     add_hyperparameter(parser, "seed", int, 42, "random seed")
     add_hyperparameter(parser, "verbose-eval", int, 25, "print metrics every N rounds")
@@ -124,6 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if typos:
         parser.error(f"unknown hyperparameters {typos}; known: {known_hyperparameters(parser)}")
     return args
+
+
+def _true(text: str) -> bool:
+    """A boolean hyperparameter (SageMaker passes every value as text)."""
+    if text.strip().lower() in ("true", "1", "yes"):
+        return True
+    if text.strip().lower() in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def known_hyperparameters(parser: argparse.ArgumentParser) -> list[str]:
@@ -137,6 +172,7 @@ def channel_dirs(base_dir: Path) -> dict[str, Path]:
         "validation": Path(
             os.environ.get("SM_CHANNEL_VALIDATION", base_dir / "input/data/validation")
         ),
+        "tuned": Path(os.environ.get("SM_CHANNEL_TUNED", base_dir / "input/data/tuned")),
         "model": Path(os.environ.get("SM_MODEL_DIR", base_dir / "model")),
         "output": Path(os.environ.get("SM_OUTPUT_DATA_DIR", base_dir / "output/data")),
     }
@@ -374,6 +410,149 @@ def build_metadata(
     }
 
 
+# --- model selection and refit ------------------------------------------------
+
+
+def read_pair(dirs: dict[str, Path]) -> tuple[Channel, Channel, list[str], str]:
+    """The train and validation channels, their feature list and label."""
+    train = read_channel("train", dirs["train"])
+    valid = read_channel("validation", dirs["validation"])
+    check_same_features(train, valid)
+    return train, valid, list(train.feature_set["feature_columns"]), train.feature_set[
+        "label_column"]
+
+
+def with_values(args: argparse.Namespace, values: dict) -> argparse.Namespace:
+    """``args`` with some hyperparameters replaced (names as in the tuning ranges)."""
+    return argparse.Namespace(**{**vars(args), **{k.replace("-", "_"): v
+                                                  for k, v in values.items()}})
+
+
+def run_search(args: argparse.Namespace, spec: dict) -> dict:
+    """Model selection on the validation window in this process (``search.py``)."""
+    started = time.monotonic()
+    dirs = channel_dirs(args.base_dir)
+    train, valid, features, label = read_pair(dirs)
+    labels = train.frame[label].to_numpy()
+    rows, share = weighted_sample(labels, SEARCH_ROWS, args.seed)
+    sample = Channel("train", train.frame.iloc[rows].reset_index(drop=True), train.feature_set)
+    dtrain = feature_matrix(sample, features, label)
+    dtrain.set_weight(np.where(labels[rows] == 1, 1.0, 1.0 / share))
+    dvalid = feature_matrix(valid, features, label)
+    if not (labels == 1).any() or not (dvalid.get_label() == 1).any():
+        raise TrainingError("model selection needs frauds in the train and validation windows; "
+                            "widen them in preprocess.")
+    note = (f"{len(rows)} of {len(labels)} train rows (every fraud, {share:.1%} of the rest, "
+            "weighted)" if share < 1 else f"all {len(labels)} train rows")
+    ranges = parse_ranges(spec.get("ranges") or {})
+    defaults = {r.name: vars(args)[r.name.replace("-", "_")] for r in ranges}
+    budget = float(spec.get("max_seconds") or math.inf)
+    spw = resolve_scale_pos_weight(args.scale_pos_weight, *class_counts(labels))
+    print(f"model selection: up to {spec.get('max_jobs')} trials in {budget:g} s on {note}, "
+          f"objective {spec.get('objective')} on {len(valid.frame)} validation rows", flush=True)
+    search = Search(SearchData(dtrain, dvalid, dvalid.get_label(), note),
+                    lambda values: booster_params(with_values(args, values), spw),
+                    args.num_round, args.min_rounds, args.early_stopping_rounds, budget)
+    trials = search.run(candidates(ranges, defaults, int(spec.get("max_jobs") or 1),
+                                   int(spec.get("seed") or args.seed)))
+    best = trials[0]
+    defaults_trial = next(t for t in trials if t.index == 1)
+    seconds = time.monotonic() - started
+    tuning = {
+        "objective": spec.get("objective"),
+        "method": "successive halving, one process (local executor)",
+        "requested_strategy": spec.get("strategy"),
+        "max_jobs": spec.get("max_jobs"),
+        "budget_seconds": budget if math.isfinite(budget) else None,
+        "budget_spent": search.budget_spent,
+        "seconds": round(seconds, 1),
+        "search_rows": note,
+        "trials_run": len(trials),
+        "chosen": best.values,
+        "chosen_trial": best.index,
+        "rounds": best.best_rounds,
+        "validation_average_precision": round(best.objective, 6),
+        "defaults_validation_average_precision": round(defaults_trial.objective, 6),
+        "summary": (f"{len(trials)} trial(s) in {seconds:.0f} s: validation AP "
+                    f"{best.objective:.3f} (defaults {defaults_trial.objective:.3f})"),
+        "trials": [t.summary() for t in trials],
+    }
+    booster = best.booster[: best.best_rounds]
+    metadata = {
+        "hyperparameters": booster_params(with_values(args, best.values), spw),
+        "best_iteration": best.best_rounds - 1,
+        "best_ntree_limit": best.best_rounds,
+        "rounds_run": best.rounds,
+        "validation_average_precision": best.objective,
+        "tuning": tuning,
+        "windows": {name: c.feature_set.get("split", {}).get("window")
+                    for name, c in (("train", train), ("validation", valid))},
+        "label_delay_days": train.feature_set.get("split", {}).get("label_delay_days"),
+        "xgboost_version": xgb.__version__,
+        "feature_set_version": train.feature_set.get("version"),
+        "feature_columns": features,
+    }
+    write_model(dirs, booster, train.feature_set, metadata)
+    return metadata
+
+
+def read_tuned(directory: Path) -> dict:
+    """The training metadata of the tuned trial: its model.tar.gz (the TuningStep's best
+    training job) or a training_metadata.json in the ``tuned`` channel."""
+    if (directory / METADATA_FILE).is_file():
+        return json.loads((directory / METADATA_FILE).read_text())
+    for archive in sorted(directory.glob("*.tar.gz")):
+        with tarfile.open(archive, "r:gz") as tar:
+            member = next((m for m in tar.getmembers()
+                           if m.isfile() and Path(m.name).name == METADATA_FILE), None)
+            if member is not None:
+                return json.loads(tar.extractfile(member).read())
+    raise TrainingError(
+        f"--refit needs the tuned trial's model in the 'tuned' channel ({directory}): a "
+        f"model.tar.gz holding {METADATA_FILE}, as the TuningStep's best training job writes."
+    )
+
+
+def run_refit(args: argparse.Namespace) -> dict:
+    """Fit the tuned hyperparameters on train + validation, for the tuned number of rounds."""
+    dirs = channel_dirs(args.base_dir)
+    train, valid, features, label = read_pair(dirs)
+    tuned = read_tuned(dirs["tuned"])
+    rounds = int(tuned["best_iteration"]) + 1
+    both = Channel("train and validation", pd.concat([train.frame, valid.frame],
+                                                     ignore_index=True), train.feature_set)
+    dall = feature_matrix(both, features, label)
+    neg, pos = class_counts(dall.get_label())
+    if pos == 0 or neg == 0:
+        raise TrainingError(f"train and validation hold {pos} fraud and {neg} genuine rows; "
+                            "both classes are needed. Widen the windows in preprocess.")
+    params = booster_params(args, resolve_scale_pos_weight(args.scale_pos_weight, neg, pos))
+    print(f"refit on train + validation: {len(both.frame)} rows ({pos} fraud), "
+          f"{len(features)} features, {rounds} rounds (the tuned trial's early stopping)",
+          flush=True)
+    booster = xgb.train(params, dall, num_boost_round=rounds)
+    metadata = {
+        "hyperparameters": {**params, "scale_pos_weight_mode": args.scale_pos_weight},
+        "best_iteration": rounds - 1,
+        "best_ntree_limit": rounds,
+        "rounds_run": rounds,
+        "stopped_early": False,
+        "refit": {"rows": len(both.frame), "frauds": pos, "windows": ["train", "validation"]},
+        "validation_aucpr": tuned.get("validation_aucpr"),
+        "validation_average_precision": tuned.get("validation_average_precision"),
+        "tuning": tuned.get("tuning"),
+        "windows": {name: c.feature_set.get("split", {}).get("window")
+                    for name, c in (("train", train), ("validation", valid))},
+        "label_delay_days": train.feature_set.get("split", {}).get("label_delay_days"),
+        "rows": {"train": {"rows": len(train.frame)}, "validation": {"rows": len(valid.frame)}},
+        "xgboost_version": xgb.__version__,
+        "feature_set_version": train.feature_set.get("version"),
+        "feature_columns": features,
+    }
+    write_model(dirs, booster, train.feature_set, metadata)
+    return metadata
+
+
 # --- entry point -------------------------------------------------------------
 
 
@@ -386,8 +565,17 @@ def check_same_features(train: Channel, valid: Channel) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train, save the model artefacts and return the metadata."""
+    """Train, save the model artefacts and return the metadata.
+
+    Three modes: one trial (train on the train window, early stopping on the
+    validation window: what each SageMaker tuning trial runs), the local model
+    selection (``--fraudops-tuning-search``) and the refit (``--refit true``).
+    """
     check_hyperparameters(args)
+    if args.fraudops_tuning_search:
+        return run_search(args, json.loads(args.fraudops_tuning_search))
+    if args.refit:
+        return run_refit(args)
     dirs = channel_dirs(args.base_dir)
     train = read_channel("train", dirs["train"])
     valid = read_channel("validation", dirs["validation"])
@@ -425,20 +613,32 @@ def run(args: argparse.Namespace) -> dict:
     }
     train_aucpr = metric_of(booster, dtrain, "train")
     metadata = build_metadata(args, params, booster, history, train, valid, counts, train_aucpr)
-    model_dir = dirs["model"]
-    write_atomically(model_dir / MODEL_FILE, lambda tmp: booster.save_model(str(tmp)))
-    write_json(model_dir / FEATURE_SET_FILE, model_feature_set(train.feature_set))
-    write_json(model_dir / METADATA_FILE, metadata)
+    # The tuning objective (what a HyperparameterTuner trial reports): AP at the best round.
+    metadata["validation_average_precision"] = average_precision(
+        dvalid.get_label(), booster.predict(dvalid))
+    write_model(dirs, booster, train.feature_set, metadata)
     write_json(dirs["output"] / HISTORY_FILE, history)
     return metadata
+
+
+def write_model(dirs: dict[str, Path], booster: xgb.Booster, feature_set: dict,
+                metadata: dict) -> None:
+    """The model directory: booster, the feature set it reads, the training metadata."""
+    model_dir = dirs["model"]
+    write_atomically(model_dir / MODEL_FILE, lambda tmp: booster.save_model(str(tmp)))
+    write_json(model_dir / FEATURE_SET_FILE, model_feature_set(feature_set))
+    write_json(model_dir / METADATA_FILE, metadata)
 
 
 def report(metadata: dict) -> None:
     """Print metrics in the ``name: value`` form SageMaker metric regexes parse."""
     print(f"best-iteration: {metadata['best_iteration']}")
     print(f"rounds-run: {metadata['rounds_run']}")
-    print(f"train-aucpr: {metadata['train_aucpr_at_best']:.6f}")
-    print(f"validation-aucpr: {metadata['validation_aucpr']:.6f}")
+    for key, line in (("train_aucpr_at_best", "train-aucpr"),
+                      ("validation_aucpr", "validation-aucpr"),
+                      ("validation_average_precision", OBJECTIVE_LINE)):
+        if metadata.get(key) is not None:
+            print(f"{line}: {metadata[key]:.6f}")
 
 
 def write_failure_reason(base_dir: Path, message: str) -> None:

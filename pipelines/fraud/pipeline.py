@@ -3,11 +3,20 @@
 Shaped like the SageMaker MLOps project template's ``pipelines/abalone/pipeline.py``::
 
                                                       . -> Register (PendingManualApproval)
-    Preprocess -> Train -> Evaluate -> QualityGate  .
+    Preprocess -> Tune -> Train -> Evaluate -> QualityGate  .
                                                       . -> Fail (AP below the threshold)
 
 * Preprocess: ``processing/preprocess.py``, chronological split with a label delay.
-* Train: SageMaker XGBoost framework container in script mode, ``training/train.py``.
+* Tune: model selection on the validation window, a TuningStep whose
+  HyperparameterTuner runs ``training/train.py`` over ``SEARCH_SPACE``, maximising
+  validation average precision (the metric the gate uses), at most
+  ``TuningMaxJobs`` trials in ``TuningMaxSeconds``. The local executor interprets
+  it with a successive-halving search in one training process (trial 1: the
+  defaults), see ``pipelines.model.executor.tuning``.
+* Train: the refit. SageMaker XGBoost framework container in script mode,
+  ``training/train.py --refit true``: the best trial's hyperparameters
+  (``BestTrainingJob.TunedHyperParameters``) and number of rounds (its model's
+  training_metadata.json), fitted on train + validation before the test window.
 * Evaluate: ``processing/evaluate.py``, writes ``evaluation.json`` (PropertyFile
   ``EvaluationReport``) and the per-transaction test scores.
 * QualityGate: average precision >= ``QualityThresholdAP``.
@@ -55,6 +64,14 @@ XGBOOST_FRAMEWORK_VERSION = "3.2-0"
 # The gate reads this metric from evaluation.json (docs/CONTRACTS.md).
 QUALITY_METRIC_PATH = "binary_classification_metrics.average_precision.value"
 EVALUATION_REPORT = "EvaluationReport"
+# Model selection: the objective is the metric the gate uses, measured on the
+# validation window; train.py prints it as ``validation-average-precision: 0.123``.
+TUNING_OBJECTIVE = "validation:average_precision"
+TUNING_METRIC_DEFINITIONS = [
+    {"Name": TUNING_OBJECTIVE, "Regex": r"validation-average-precision: ([0-9.eE+-]+)"},
+]
+DEFAULT_TUNING_MAX_JOBS = 9  # the defaults and 8 candidates
+DEFAULT_TUNING_MAX_SECONDS = 120  # SageMaker's minimum MaxRuntimeInSeconds
 EVALUATION_FILE = "evaluation.json"
 # Where in evaluation.json the Register step finds each run parameter the model
 # package carries (pipelines.core.params.ModelParameters, CustomerMetadataProperties).
@@ -316,6 +333,22 @@ def _s3_output(name: str, destination, local_path: str):
     )
 
 
+@dataclass(frozen=True)
+class TuningBudget:
+    """How much model selection may do: trials (1 = the defaults only, no search) and
+    seconds. The SDK takes these as numbers, not pipeline parameters, so they are
+    ``get_pipeline`` arguments; on AWS ``max_seconds`` is at least 120."""
+
+    max_jobs: int = DEFAULT_TUNING_MAX_JOBS
+    max_seconds: int = DEFAULT_TUNING_MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1 or self.max_seconds < 1:
+            raise ValueError(
+                f"tuning budget {self.max_jobs} trials in {self.max_seconds} s: both must be "
+                "at least 1 (1 trial trains the defaults only)")
+
+
 # SageMaker's transient failures: throttled or faulted service calls, no capacity
 # for the instance type, an account limit reached, an internal job error (a lost
 # host). A script's own failure (AlgorithmError, ClientError) and the quality
@@ -363,6 +396,7 @@ class _Context:
     params: FraudParameters
     image_uri: str
     cache_config: Any
+    tuning: TuningBudget
 
 
 def _processor(ctx: _Context, step_slug: str):
@@ -422,23 +456,37 @@ def preprocess_step(ctx: _Context, code: StagedCode):
                           retry_policies=job_retry_policies())
 
 
-def train_step(ctx: _Context, code: StagedCode, preprocess, hyperparameters: dict[str, Any]):
-    """XGBoost framework container in script mode: the container's training toolkit
-    downloads ``sagemaker_submit_directory`` and runs ``sagemaker_program``."""
-    from sagemaker.mlops.workflow.steps import TrainingStep
+def search_space() -> dict[str, Any]:
+    """The hyperparameters model selection tunes, with their ranges (XGBoost on fraud data:
+    tree size, learning rate, leaf weight, sampling, regularisation)."""
+    from sagemaker.core.parameter import ContinuousParameter, IntegerParameter
+
+    return {
+        "max_depth": IntegerParameter(3, 8),
+        "eta": ContinuousParameter(0.05, 0.3, scaling_type="Logarithmic"),
+        # A leaf needs this much hessian: ~p(1-p) per row, ~0.01 at a 1% fraud rate, so
+        # 10 already asks for ~1,000 rows; more starves small portfolios of splits.
+        "min_child_weight": ContinuousParameter(0.5, 10.0, scaling_type="Logarithmic"),
+        "subsample": ContinuousParameter(0.6, 1.0),
+        "colsample_bytree": ContinuousParameter(0.5, 1.0),
+        "lambda": ContinuousParameter(0.1, 10.0, scaling_type="Logarithmic"),
+    }
+
+
+def _trainer(ctx: _Context, code: StagedCode, hyperparameters: dict[str, Any], channels: dict):
+    """A ModelTrainer running ``train.py`` in the XGBoost framework container (script mode:
+    the container's training toolkit downloads ``sagemaker_submit_directory`` and runs
+    ``sagemaker_program``), reading ``channels`` ``{name: S3 URI}``."""
     from sagemaker.train.configs import Compute, InputData, OutputDataConfig
     from sagemaker.train.model_trainer import ModelTrainer
 
-    outputs = preprocess.properties.ProcessingOutputConfig.Outputs
-    trainer = ModelTrainer(
+    return ModelTrainer(
         training_image=ctx.image_uri,
         compute=Compute(instance_type=ctx.params.training_instance_type, instance_count=1),
         base_job_name=f"{ctx.base_job_prefix}-train",
         role=ctx.role,
         sagemaker_session=ctx.session,
-        output_data_config=OutputDataConfig(
-            s3_output_path=f"s3://{ctx.bucket}/{ctx.pipeline_name}/models"
-        ),
+        output_data_config=OutputDataConfig(s3_output_path=_models_uri(ctx)),
         hyperparameters={
             **hyperparameters,
             "sagemaker_program": "train.py",
@@ -446,14 +494,67 @@ def train_step(ctx: _Context, code: StagedCode, preprocess, hyperparameters: dic
             "sagemaker_region": ctx.region,
         },
         input_data_config=[
-            InputData(
-                channel_name=channel,
-                data_source=outputs[channel].S3Output.S3Uri,
-                content_type="application/x-parquet",
-            )
-            for channel in ("train", "validation")
+            InputData(channel_name=name, data_source=uri, content_type="application/x-parquet")
+            for name, uri in channels.items()
         ],
     )
+
+
+def _models_uri(ctx: _Context) -> str:
+    return f"s3://{ctx.bucket}/{ctx.pipeline_name}/models"
+
+
+def _split_channels(preprocess) -> dict[str, Any]:
+    outputs = preprocess.properties.ProcessingOutputConfig.Outputs
+    return {name: outputs[name].S3Output.S3Uri for name in ("train", "validation")}
+
+
+def tune_step(ctx: _Context, code: StagedCode, preprocess, hyperparameters: dict[str, Any]):
+    """Model selection on the validation window: a HyperparameterTuner over ``train.py``.
+
+    Each trial trains on the train window with early stopping on the validation
+    window and reports validation average precision, the objective.
+    """
+    from sagemaker.mlops.workflow.steps import TuningStep
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    trainer = _trainer(ctx, code, hyperparameters, _split_channels(preprocess))
+    tuner = HyperparameterTuner(
+        model_trainer=trainer,
+        objective_metric_name=TUNING_OBJECTIVE,
+        objective_type="Maximize",
+        hyperparameter_ranges=search_space(),
+        metric_definitions=TUNING_METRIC_DEFINITIONS,
+        strategy="Bayesian",
+        max_jobs=ctx.tuning.max_jobs,
+        max_parallel_jobs=1,
+        max_runtime_in_seconds=ctx.tuning.max_seconds,
+        base_tuning_job_name=f"{ctx.base_job_prefix}-tune",
+    )
+    # The channels go to tune() too: the SDK turns only those into the definition's channels.
+    step_args = tuner.tune(inputs=list(trainer.input_data_config))
+    return TuningStep(name="Tune", step_args=step_args, cache_config=ctx.cache_config,
+                      retry_policies=job_retry_policies())
+
+
+def train_step(ctx: _Context, code: StagedCode, preprocess, tune, hyperparameters: dict[str, Any]):
+    """The refit: the tuned hyperparameters, fitted on train + validation.
+
+    The number of boosting rounds comes from the best trial's model
+    (``tuned`` channel: its training_metadata.json), which early stopping on the
+    validation window chose; the test window stays unseen.
+    """
+    from sagemaker.mlops.workflow.steps import TrainingStep
+
+    best = tune.properties.BestTrainingJob.TunedHyperParameters
+    channels = {
+        **_split_channels(preprocess),
+        "tuned": tune.get_top_model_s3_uri(
+            top_k=0, s3_bucket=ctx.bucket, prefix=f"{ctx.pipeline_name}/models"
+        ),
+    }
+    tuned = {name: best[name] for name in search_space()}
+    trainer = _trainer(ctx, code, {**hyperparameters, **tuned, "refit": "true"}, channels)
     return TrainingStep(name="Train", step_args=trainer.train(), cache_config=ctx.cache_config,
                         retry_policies=job_retry_policies())
 
@@ -625,6 +726,8 @@ def get_pipeline(
     lake_bucket: str = LAKE_BUCKET,
     hyperparameters: dict[str, Any] | None = None,
     enable_caching: bool = True,
+    tuning_max_jobs: int = DEFAULT_TUNING_MAX_JOBS,
+    tuning_max_seconds: int = DEFAULT_TUNING_MAX_SECONDS,
 ) -> Pipeline:
     """Build the fraud-detection pipeline.
 
@@ -644,6 +747,8 @@ def get_pipeline(
             ``lake`` by default; on AWS the data-lake stack output.
         hyperparameters: XGBoost hyperparameters passed to ``training/train.py``.
         enable_caching: cache step results for 30 days (same code, same inputs).
+        tuning_max_jobs: model selection trials (1: the defaults only, no search).
+        tuning_max_seconds: model selection time budget (on AWS at least 120).
     """
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.mlops.workflow.steps import CacheConfig
@@ -667,19 +772,21 @@ def get_pipeline(
         params=params,
         image_uri=xgboost_image_uri(region, "training"),
         cache_config=CacheConfig(enable_caching=enable_caching, expire_after="30d"),
+        tuning=TuningBudget(tuning_max_jobs, tuning_max_seconds),
     )
     processing = stage_source_dir(session, unit_dir("processing"), bucket, pipeline_name)
     training = stage_source_dir(session, unit_dir("training"), bucket, pipeline_name)
     inference = stage_source_dir(session, unit_dir("inference"), bucket, pipeline_name)
 
     preprocess = preprocess_step(ctx, processing)
-    train = train_step(ctx, training, preprocess, dict(hyperparameters or {}))
+    tune = tune_step(ctx, training, preprocess, dict(hyperparameters or {}))
+    train = train_step(ctx, training, preprocess, tune, dict(hyperparameters or {}))
     evaluate, report = evaluate_step(ctx, processing, preprocess, train)
     register = register_step(ctx, inference, train, evaluate, report, model_package_group_name)
     gate, _fail = quality_gate_steps(ctx, evaluate, report, register)
     return Pipeline(
         name=pipeline_name,
         parameters=params.as_list(),
-        steps=[preprocess, train, evaluate, gate],
+        steps=[preprocess, tune, train, evaluate, gate],
         sagemaker_session=session,
     )

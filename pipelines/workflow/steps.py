@@ -15,7 +15,7 @@ import json
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class RunOptions:
     pipeline_parameters: Mapping[str, Any]
     # Numeric times in the user's data count seconds from this instant (None: epoch).
     time_origin: dt.datetime | None = None
+    # get_pipeline() arguments (the model-selection budget); {} keeps the defaults.
+    pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 FraudRunContext = RunContext[RunOptions]
@@ -164,7 +166,8 @@ def features(ctx: FraudRunContext) -> FeatureBuildSummary:
 
 def pipeline(ctx: FraudRunContext) -> PipelineResult:
     with configuration_errors(ExecutorError):
-        run = run_pipeline_locally(ctx.workspace, ctx.options.pipeline_parameters)
+        run = run_pipeline_locally(ctx.workspace, ctx.options.pipeline_parameters,
+                                   pipeline_kwargs=ctx.options.pipeline_kwargs)
     if not run.succeeded:
         failure = run.failure(ctx.workspace)
         if failure.rejection is not None:

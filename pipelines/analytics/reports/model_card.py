@@ -31,7 +31,7 @@ from pipelines.model.registry import APPROVED, DEMO, DEMO_NOTICE, FOUR_EYES
 SECTION_TITLES = (
     "Model summary", "Purpose and intended use", "Data windows", "Features",
     "Performance: training and test", "Alert threshold", "Input drift (PSI)", "Limitations",
-    "Approval history", "Lineage",
+    "Approval history", "Lineage", "Model selection",
 )
 MAX_CURVE_POINTS = 200
 
@@ -133,17 +133,44 @@ def _performance_section(lineage: dict[str, Any], training: dict[str, Any]) -> S
     metrics = lineage["evaluation"].get("metrics", {})
     rows = [["train", "AUC-PR (average precision) at best iteration",
              training.get("train_aucpr_at_best")],
-            ["validation", "AUC-PR (early-stopping metric)", training.get("validation_aucpr")]]
+            ["validation", "AUC-PR (early-stopping metric)", training.get("validation_aucpr")],
+            ["validation", "average precision (model selection objective)",
+             training.get("validation_average_precision")]]
+    rows = [row for row in rows if row[2] is not None]
     rows += [["test", name.replace("_", " "), value] for name, value in metrics.items()]
     params = training.get("hyperparameters", {})
-    text = (f"XGBoost {training.get('xgboost_version', '?')}, best iteration "
-            f"{training.get('best_iteration', '?')} of {training.get('rounds_run', '?')} rounds"
-            f" (early stopping); objective {params.get('objective', '?')}, max depth "
+    refit = training.get("refit")
+    rounds = (f"refitted on train + validation ({refit['rows']} rows) for "
+              f"{training.get('rounds_run', '?')} rounds, the selected trial's early-stopped count"
+              if refit else f"best iteration {training.get('best_iteration', '?')} of "
+              f"{training.get('rounds_run', '?')} rounds (early stopping)")
+    text = (f"XGBoost {training.get('xgboost_version', '?')}, {rounds}; "
+            f"objective {params.get('objective', '?')}, max depth "
             f"{params.get('max_depth', '?')}, learning rate {params.get('eta', '?')}. Test set: "
             f"{lineage['evaluation'].get('n_test')} transactions, "
             f"{lineage['evaluation'].get('n_fraud')} frauds.")
     return Section(SECTION_TITLES[4], [text], [Table(
         "metrics", "Metrics", ["split", "metric", "value"], rows)])
+
+
+def _selection_section(training: dict[str, Any]) -> Section:
+    """What model selection on the validation window chose, and the trials it compared."""
+    tuning = training.get("tuning")
+    if not tuning:
+        return Section(SECTION_TITLES[10], [
+            "Trained with fixed hyperparameters: no model selection ran for this model."])
+    text = (f"{tuning.get('summary', '')}. Method: {tuning.get('method')}; objective "
+            f"{tuning.get('objective')}; searched on {tuning.get('search_rows')}. The chosen "
+            "values were then refitted on train + validation before the test window.")
+    chosen = [[name, value] for name, value in (tuning.get("chosen") or {}).items()]
+    trials = [[t["trial"], t["validation_average_precision"], t["rounds"],
+               ", ".join(f"{k}={v}" for k, v in t["hyperparameters"].items())]
+              for t in tuning.get("trials") or []]
+    return Section(SECTION_TITLES[10], [text], [
+        Table("chosen_hyperparameters", "Chosen hyperparameters", ["hyperparameter", "value"],
+              chosen),
+        Table("trials", "Trials (best first; trial 1 is the defaults)",
+              ["trial", "validation average precision", "rounds", "hyperparameters"], trials)])
 
 
 def _threshold_section(ws: Workspace, lineage: dict[str, Any]) -> Section:
@@ -277,6 +304,7 @@ def build_model_card(ws: Workspace, start: date, end: date, model_version: str |
         _windows_section(lineage),
         _features_section(lineage),
         _performance_section(lineage, training),
+        _selection_section(training),
         _threshold_section(ws, lineage),
         drift_section,
         _limitations(lineage, drift),

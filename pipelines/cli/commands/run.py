@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
 from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
+from pipelines.fraud.pipeline import DEFAULT_TUNING_MAX_JOBS, DEFAULT_TUNING_MAX_SECONDS
 
 if TYPE_CHECKING:  # the workflow is imported when a run starts, not for `fraudops --help`
     from pipelines.fraud.local_run import EvaluationMetrics
@@ -61,6 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="minimum test average precision to register (the gate)")
     model.add_argument("--alert-threshold", type=float, default=None)
     model.add_argument("--k", type=int, default=None, help="card precision@k (default 100)")
+    model.add_argument("--tuning-budget", type=int, default=DEFAULT_TUNING_MAX_JOBS - 1,
+                       metavar="TRIALS",
+                       help="hyperparameter candidates model selection tries besides the "
+                       f"defaults on the validation window (default {DEFAULT_TUNING_MAX_JOBS - 1}"
+                       "; 0 skips the search)")
+    model.add_argument("--tuning-seconds", type=int, default=DEFAULT_TUNING_MAX_SECONDS,
+                       help="time budget of model selection (default "
+                       f"{DEFAULT_TUNING_MAX_SECONDS}; on AWS at least 120)")
     parser.add_argument("--approver", default=os.environ.get("FRAUDOPS_DEMO_APPROVER",
                                                              DEMO_APPROVER),
                         help="display name of the demo approval (recorded beside your own "
@@ -78,6 +87,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
         raise UserError("--column-map applies to your own data: pass --input PATH too")
     if args.time_origin and not args.input:
         raise UserError("--time-origin applies to your own data: pass --input PATH too")
+    if args.tuning_budget < 0 or args.tuning_seconds < 1:
+        raise UserError("--tuning-budget must be 0 or more and --tuning-seconds at least 1")
     return RunOptions(
         input_path=args.input,
         column_map=args.column_map,
@@ -100,6 +111,9 @@ def _options(args: argparse.Namespace) -> RunOptions:
             "AlertThreshold": args.alert_threshold,
             "CardPrecisionK": args.k,
         },
+        # Model selection limits are numbers in the definition, not execution parameters.
+        pipeline_kwargs={"tuning_max_jobs": args.tuning_budget + 1,
+                         "tuning_max_seconds": args.tuning_seconds},
     )
 
 

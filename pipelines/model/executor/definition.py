@@ -18,7 +18,9 @@ from typing import Any
 
 from pipelines.model.executor.errors import DefinitionError, UnsupportedFeatureError
 
-SUPPORTED_STEP_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
+SUPPORTED_STEP_TYPES = (
+    "Processing", "Training", "Tuning", "Condition", "Fail", "RegisterModel", "Model"
+)
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
 _STEP_REF = re.compile(r"^Steps\.([^.\[]+)")
 

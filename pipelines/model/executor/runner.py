@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.core.workspace import Workspace
-from pipelines.model.executor import containers, objects
+from pipelines.model.executor import containers, objects, tuning
 from pipelines.model.executor.definition import PipelineDefinition, StepDef, parse_definition
 from pipelines.model.executor.errors import (
     CLIENT_ERROR,
@@ -68,7 +68,10 @@ CACHE_KEY_ATTRIBUTES = {
         "HyperParameters",
         "InputDataConfig",
     ),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition"),
 }
+# Steps that run a program in a job and keep its log.
+JOB_STEPS = ("Processing", "Training", "Tuning")
 
 
 class ModelRegistry(Protocol):
@@ -392,13 +395,13 @@ class _Runner:
         except ExecutorError as exc:
             return self._fail_unstarted(step, str(exc))
         # Only container steps run a program and write a log.
-        has_log = step.type in ("Processing", "Training")
+        has_log = step.type in JOB_STEPS
         self.store.start_step(
             self.execution_id, step.name, step.type, inputs, str(log_path) if has_log else None
         )
         self.events.step(step.name, step.type, "Starting", EXECUTING)
         try:
-            if step.type in ("Processing", "Training") and step.cache_enabled:
+            if step.type in JOB_STEPS and step.cache_enabled:
                 cache_key = self._cache_key(step, inputs)
                 self.store.update_step(self.execution_id, step.name, cache_key=cache_key)
                 if self._try_cache(step, cache_key):
@@ -449,6 +452,8 @@ class _Runner:
             return self._job(step, inputs, attempt, log_path, containers.run_processing_job)
         if step.type == "Training":
             return self._job(step, inputs, attempt, log_path, containers.run_training_job)
+        if step.type == "Tuning":
+            return self._job(step, inputs, attempt, log_path, tuning.run_tuning_job)
         if step.type == "Condition":
             outcome = evaluate_conditions(inputs["Conditions"], self.ctx)
             self.outcomes[step.name] = outcome
@@ -642,6 +647,8 @@ def _input_uris(step_type: str, args: dict[str, Any]) -> list[str]:
     """Every object-store location a job reads: data inputs, channels and code."""
     if step_type == "Processing":
         return [str(i["S3Input"]["S3Uri"]) for i in args.get("ProcessingInputs") or []]
+    if step_type == "Tuning":
+        args = tuning.training_request(args)
     uris = [
         str(c["DataSource"]["S3DataSource"]["S3Uri"]) for c in args.get("InputDataConfig") or []
     ]

@@ -21,6 +21,7 @@ from pipelines.model.executor.expressions import (
     property_path_tokens,
 )
 from pipelines.model.executor.policies import parse_duration
+from pipelines.model.executor.tuning import TUNING_PROPERTIES, check_tuning_shape
 
 # Properties each step type exposes besides its (resolved) request arguments.
 RUNTIME_PROPERTIES: dict[str, set[str]] = {
@@ -41,6 +42,7 @@ RUNTIME_PROPERTIES: dict[str, set[str]] = {
         "ModelApprovalStatus",
         "CreationTime",
     },
+    "Tuning": TUNING_PROPERTIES,
     "Model": {"ModelName", "ModelArn"},
     "Condition": {"Outcome"},
     "Fail": set(),
@@ -66,6 +68,8 @@ def _check_step(step: StepDef, definition: PipelineDefinition, seen: set[str]) -
         check_processing_shape(step.arguments, step.name)
     elif step.type == "Training":
         check_training_shape(step.arguments, step.name)
+    elif step.type == "Tuning":
+        check_tuning_shape(step.arguments, step.name)
     elif step.type == "Condition":
         conditions = step.arguments.get("Conditions")
         if not isinstance(conditions, list) or not conditions:
