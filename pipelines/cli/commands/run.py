@@ -215,15 +215,17 @@ def _print_summary(console: Console, context: RunContext[RunOptions], seconds: f
         ("alerts raised", f"{scored.alerts:,} (+{scored.grouped} grouped); "
                           "`fraudops alerts list`"),
         ("backup", results.get(BackupSummary).snapshot),
-        ("evaluation", str(evaluation.path)),
-        ("test scores", f"{evaluation.scores_path} (transaction_id, customer_id, timestamp, "
-                        "is_fraud, score)"),
-        ("workspace", str(context.workspace.root)),
         ("try", 'fraudops query "SELECT decision, count(*) FROM scored GROUP BY 1"'),
     ]
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
+    # Paths on lines of their own, never wrapped, so they can be copied whole.
+    for what, path in (("evaluation", evaluation.path),
+                       ("test scores (transaction_id, customer_id, timestamp, is_fraud, score)",
+                        evaluation.scores_path),
+                       ("workspace", context.workspace.root)):
+        console.print(f"{what}: {path}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _split_rows(split: dict) -> list[tuple[str, str]]:
