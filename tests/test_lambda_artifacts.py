@@ -402,3 +402,45 @@ def test_deploy_handler_runs_from_the_artifacts(unpacked, aws_env, sagemaker_dec
     result = run_handler(unpacked, "lambdas.deploy.handler", event, env)
     assert result["model_package_arn"] == arn, result
     assert sm.describe_endpoint(EndpointName="fraudops-dev-fraud")["EndpointConfigName"]
+
+
+# --- the Glue job, from its archive and module list alone -------------------------------------
+
+GLUE_DRIVER = """
+import json, sys
+sys.path[:0] = json.loads(sys.argv[1])
+from companions.glue import transactions_etl
+sys.exit(transactions_etl.main(sys.argv[2:]))
+"""
+
+
+def test_the_glue_job_runs_from_its_archive_and_module_list(built, aws_env, tmp_path):
+    """What Glue 5.0 has: the script, --extra-py-files and --additional-python-modules
+    (pip installs their dependencies too), and boto3."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    unpacked = tmp_path / "glue"
+    modules = list(build.GLUE_PYTHON_MODULES)
+    needed = [Requirement(r) for name in modules for r in (requires(name) or [])]
+    dependencies = [r.name for r in needed if r.marker is None or r.marker.evaluate({"extra": ""})]
+    copy_installed(sorted(set(modules + dependencies) - set(RUNTIME_PROVIDED)), unpacked / "mods")
+    copy_installed(RUNTIME_PROVIDED, unpacked / "runtime")
+    s3 = boto3.client("s3")
+    for bucket in ("landing", "lake"):
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket="landing", Key="transactions/day.csv", Body=(
+        b"transaction_id,timestamp,customer_id,terminal_id,amount,is_fraud\n"
+        b"t1,2026-03-01T10:00:00Z,c1,T1,12.50,0\nt2,2026-03-01T11:00:00Z,c2,T2,-3,0\n"))
+    boto3.client("secretsmanager").create_secret(Name="key", SecretString="k" * 64)
+    paths = [str(built[build.GLUE_ARCHIVE]), str(unpacked / "mods"), str(unpacked / "runtime")]
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", GLUE_DRIVER, json.dumps(paths), "--JOB_NAME", "etl",
+         "--landing_uri", "s3://landing/transactions/", "--lake_uri", "s3://lake/",
+         "--token_key_secret", "key", "--endpoint_url", aws_env["AWS_ENDPOINT_URL"],
+         "--region", REGION],
+        capture_output=True, text=True, env=aws_env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[0])
+    assert (report["rows_curated"], report["rows_quarantined"]) == (1, 1)
