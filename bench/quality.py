@@ -12,7 +12,9 @@ Datasets: ``ours`` (``fraudops generate``) and the layouts of
 each given to ``fraudops run --input ... --column-map ...``.
 
 ``python -m bench --only quality --size 40000`` runs seed 1 of each dataset;
-``python -m bench.quality --size 40000 --seeds 1 2 3`` reports medians over seeds.
+``python -m bench.quality --size 40000 --seeds 1 2 3`` reports medians over seeds;
+``--tuning-budgets 0 8`` compares model selection off (the defaults, refitted)
+with 8 candidates, and reports the seconds the Tune step and the whole run took.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -39,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_FILE = REPO_ROOT / "tests" / "fixtures" / "third_party.py"
 OURS = "ours"
 METRICS = ("average precision", "ROC AUC", "card precision@k", "card precision@k best possible",
-           "test fraud rate")
+           "test fraud rate", "tuning seconds", "run seconds")
 
 
 def fixtures() -> ModuleType:
@@ -62,11 +66,14 @@ def days_for(size: int) -> int:
     return 50 if size <= 200_000 else 90
 
 
-def run_dataset(name: str, size: int, seed: int, workdir: Path) -> dict[str, float]:
-    """One ``fraudops run`` in a fresh workspace; returns the test metrics."""
+def run_dataset(name: str, size: int, seed: int, workdir: Path,
+                tuning_budget: int | None = None) -> dict[str, float]:
+    """One ``fraudops run`` in a fresh workspace; returns the test metrics and timings."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     command = [sys.executable, "-m", "pipelines.cli.main", "run", "--workdir", str(workdir / "ws")]
+    if tuning_budget is not None:
+        command += ["--tuning-budget", str(tuning_budget)]
     if name == OURS:
         command += ["--transactions", str(size), "--days", str(days_for(size)),
                     "--seed", str(seed), "--malformed-rate", "0"]
@@ -74,16 +81,37 @@ def run_dataset(name: str, size: int, seed: int, workdir: Path) -> dict[str, flo
         layout = fixtures().LAYOUTS[name]
         path, _ = layout.write(workdir / "input", rows=size, days=days_for(size), seed=seed)
         command += ["--input", str(path), "--column-map", str(layout.column_map_path)]
+    started = time.perf_counter()
     try:
         completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                    cwd=REPO_ROOT)
     finally:
         _stop_endpoint(workdir / "ws")
+    seconds = time.perf_counter() - started
     evaluations = sorted((workdir / "ws").rglob("evaluation.json"))
     if not evaluations:  # a gate failure still leaves the evaluation; anything else is fatal
         raise RuntimeError(f"fraudops run on {name} (seed {seed}) failed:\n"
                            f"{completed.stdout[-3000:]}{completed.stderr[-2000:]}")
-    return metrics_of(json.loads(evaluations[-1].read_text()))
+    return {**metrics_of(json.loads(evaluations[-1].read_text())),
+            "tuning seconds": _step_seconds(workdir / "ws", "Tune"), "run seconds": seconds}
+
+
+def _step_seconds(workspace_root: Path, step: str) -> float:
+    """How long a step of the (only) pipeline execution took, from the executor's records."""
+    from datetime import datetime
+
+    from pipelines.core.workspace import Workspace
+    from pipelines.model.executor.store import ExecutionStore
+
+    store = ExecutionStore(Workspace.open(workspace_root).executions)
+    try:
+        [summary] = store.list_pipeline_executions()["PipelineExecutionSummaries"]
+        row = next(r for r in store.step_rows(summary["PipelineExecutionId"])
+                   if r["step_name"] == step)
+    finally:
+        store.close()
+    return (datetime.fromisoformat(row["end_time"])
+            - datetime.fromisoformat(row["start_time"])).total_seconds()
 
 
 def metrics_of(evaluation: dict) -> dict[str, float]:
@@ -93,8 +121,8 @@ def metrics_of(evaluation: dict) -> dict[str, float]:
     return {
         "average precision": metrics["average_precision"]["value"],
         "ROC AUC": metrics["roc_auc"]["value"],
-        "card precision@k": card["value"],
-        "card precision@k best possible": card["best_possible"],
+        "card precision@k": card["value"] if card["value"] is not None else math.nan,
+        "card precision@k best possible": card.get("best_possible") or math.nan,
         "test fraud rate": evaluation["n_fraud"] / evaluation["n_test"],
     }
 
@@ -110,20 +138,25 @@ def _stop_endpoint(workspace_root: Path) -> None:
         stop_endpoint_process(int(state["pid"]))
 
 
-def measure(size: int, workdir: Path, seeds: list[int], names: list[str]) -> list[Result]:
-    """Median of each metric over ``seeds``, per dataset."""
+def measure(size: int, workdir: Path, seeds: list[int], names: list[str],
+            budgets: tuple[int | None, ...] = (None,)) -> list[Result]:
+    """Median of each metric over ``seeds``, per dataset (and tuning budget, if given)."""
     results: list[Result] = []
     with Progress(transient=True) as progress:
-        task = progress.add_task("fraudops run per dataset and seed", total=len(names) * len(seeds))
+        task = progress.add_task("fraudops run per dataset and seed",
+                                 total=len(names) * len(seeds) * len(budgets))
         for name in names:
-            runs = []
-            for seed in seeds:
-                runs.append(run_dataset(name, size, seed, workdir / f"{name}-{seed}"))
-                progress.advance(task)
-            for metric in METRICS:
-                value = statistics.median(run[metric] for run in runs)
-                results.append(Result(AREA, f"{name}: {metric}", value,
-                                      f"median of {len(seeds)} seed(s)"))
+            for budget in budgets:
+                label = name if budget is None else f"{name} (tuning budget {budget})"
+                runs = []
+                for seed in seeds:
+                    runs.append(run_dataset(name, size, seed, workdir / f"{name}-{seed}",
+                                            budget))
+                    progress.advance(task)
+                for metric in METRICS:
+                    value = statistics.median(run[metric] for run in runs)
+                    results.append(Result(AREA, f"{label}: {metric}", value,
+                                          f"median of {len(seeds)} seed(s)"))
     return results
 
 
@@ -138,10 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--datasets", nargs="+", choices=dataset_names(), default=None)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--tuning-budgets", type=int, nargs="+", default=None,
+                        help="compare these model-selection budgets (0: the defaults only)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fraudops-quality-") as tmp:
         results = measure(args.size, args.workdir or Path(tmp), args.seeds,
-                          args.datasets or dataset_names())
+                          args.datasets or dataset_names(),
+                          tuple(args.tuning_budgets) if args.tuning_budgets else (None,))
     table = Table(title=f"model quality at {args.size:,} transactions, seeds {args.seeds}")
     for column in ("dataset", "metric", "median"):
         table.add_column(column)
