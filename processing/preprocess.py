@@ -52,9 +52,9 @@ Window defaults (all days are UTC calendar days):
 
 Short histories: when no window is given and the data spans too little time
 for these day windows (e.g. two days of data with a 7-day label delay), the
-split falls back to a chronological split by time fractions, 60/20/20
-train/validation/test, with the label-delay gap scaled down by the factor the
-data falls short of the default layout (``plan_by_fractions``). The fallback
+split falls back to a chronological split by shares of the transactions,
+60/20/20 train/validation/test, with the label-delay gap scaled down by the
+factor the data falls short of the default layout (``plan_by_fractions``). The fallback
 is printed and recorded in the split (``method``, ``note``,
 ``label_delay_gap_hours``); explicit windows that do not fit still fail,
 naming the dates and the flag to change.
@@ -139,7 +139,7 @@ class Window:
         """``2026-01-01..2026-01-05 (5 days)``, or exact times for windows not in whole days."""
         if self.whole_days:
             return f"{self.first_day}..{self.last_day} ({self.days} days)"
-        return f"{self.start:%Y-%m-%d %H:%M}..{self.end:%Y-%m-%d %H:%M} ({self.hours:g} hours)"
+        return f"{self.start:%Y-%m-%d %H:%M}..{self.end:%Y-%m-%d %H:%M} ({self.hours:.3g} hours)"
 
     def describe(self) -> str:
         return f"{self.name} {self.span()}"
@@ -386,30 +386,41 @@ def check_plan_fits(plan: WindowPlan, first: datetime, last: datetime, data_end:
         )
 
 
-def plan_by_fractions(first: datetime, last: datetime, args: WindowArgs) -> WindowPlan:
-    """The short-history fallback: a chronological split of the time span by fractions.
+def plan_by_fractions(times: pd.Series, args: WindowArgs) -> WindowPlan:
+    """The short-history fallback: a chronological split by shares of the transactions.
 
     Used only when no window was given and the default day windows do not fit.
     The label-delay gap (and any validation gap) shrink by the factor the data
     falls short of what the default layout needs (three week-long windows plus
-    the delay), so the protocol keeps its shape at a smaller scale; the rest is
-    cut 60/20/20 into train, validation and test, at whole minutes.
+    the delay), so the protocol keeps its shape at a smaller scale. The test
+    window holds the last 20% of the transactions; of those before the gap,
+    the first three quarters train and the last quarter validates (60/20/20
+    overall, outside the gap). Cutting by transactions rather than by clock
+    time keeps windows that fall on quiet night hours from being empty.
+    Boundaries are whole minutes; ``times`` are the UTC times, sorted.
     """
-    data_end = last.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    first, last = times.iloc[0].to_pydatetime(), times.iloc[-1].to_pydatetime()
+    data_end = _minute(last) + timedelta(minutes=1)
     span = data_end - first
     needed = timedelta(days=3 * DEFAULT_WINDOW_DAYS + args.label_delay_days
                        + args.validation_gap_days)
     scale = min(1.0, span / needed)
     delay = _whole_hours(timedelta(days=args.label_delay_days) * scale)
     validation_gap = _whole_hours(timedelta(days=args.validation_gap_days) * scale)
-    usable = span - delay - validation_gap
-    train_end = _minute(first + usable * FALLBACK_FRACTIONS["train"])
+    test_start = _minute(_quantile(times, 1 - FALLBACK_FRACTIONS["test"]))
+    before_gap = times[times < pd.Timestamp(test_start - delay)]
+    if len(before_gap) < 2:
+        raise SplitError(
+            f"the data spans {span / timedelta(hours=1):.1f} hours: too little for train, "
+            f"validation and test with a {delay / timedelta(hours=1):g}-hour label-delay gap. "
+            f"Provide more data or rebuild the features with `{rebuild_hint(0)}`.")
+    fitted = FALLBACK_FRACTIONS["train"] + FALLBACK_FRACTIONS["validation"]
+    train_end = _minute(_quantile(before_gap, FALLBACK_FRACTIONS["train"] / fitted))
     val_start = train_end + validation_gap
-    val_end = _minute(val_start + usable * FALLBACK_FRACTIONS["validation"])
-    plan = WindowPlan(
+    return WindowPlan(
         Window("train", first, train_end),
-        Window("validation", val_start, val_end),
-        Window("test", val_end + delay, data_end),
+        Window("validation", val_start, test_start - delay),
+        Window("test", test_start, data_end),
         args.validation_gap_days,
         args.label_delay_days,
         delay,
@@ -418,15 +429,20 @@ def plan_by_fractions(first: datetime, last: datetime, args: WindowArgs) -> Wind
             f"short history: the data spans {span / timedelta(hours=1):.1f} hours "
             f"({first:%Y-%m-%d %H:%M}..{last:%Y-%m-%d %H:%M}), less than the default windows "
             f"need ({needed.days} days: three {DEFAULT_WINDOW_DAYS}-day windows and the "
-            f"{args.label_delay_days}-day label delay), so the split is chronological by time "
-            "fractions: " + "/".join(f"{int(f * 100)}" for f in FALLBACK_FRACTIONS.values())
+            f"{args.label_delay_days}-day label delay), so the split is chronological by "
+            "shares of the transactions: "
+            + "/".join(f"{int(f * 100)}" for f in FALLBACK_FRACTIONS.values())
             + f" train/validation/test, with the label-delay gap scaled to "
             f"{delay / timedelta(hours=1):g} hours. Give --train-days/--validation-days/"
             "--test-days (days, or hours such as 12h) to choose the windows, or rebuild the "
             f"features with `{rebuild_hint(0)}` for no gap."
         ),
     )
-    return plan
+
+
+def _quantile(times: pd.Series, share: float) -> datetime:
+    """The time below which ``share`` of the (sorted) ``times`` lie."""
+    return times.iloc[min(len(times) - 1, int(len(times) * share))].to_pydatetime()
 
 
 def _whole_hours(span: timedelta) -> timedelta:
@@ -437,14 +453,17 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def choose_plan(first: datetime, last: datetime, args: WindowArgs) -> WindowPlan:
-    """The day (or hour) windows; when none was given and they do not fit, the fallback."""
+def choose_plan(times: pd.Series, args: WindowArgs) -> WindowPlan:
+    """The day (or hour) windows; when none was given and they do not fit, the fallback.
+
+    ``times``: every transaction's UTC time, sorted.
+    """
     try:
-        return plan_windows(first, last, args)
+        return plan_windows(times.iloc[0].to_pydatetime(), times.iloc[-1].to_pydatetime(), args)
     except SplitError:
         if not args.derived:
             raise
-        return plan_by_fractions(first, last, args)
+        return plan_by_fractions(times, args)
 
 
 # --- splitting ---------------------------------------------------------------
@@ -654,8 +673,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         raise SplitError(f"the feature table under {features_dir} has no rows.")
     check_labels(frame, label)
     frame["_ts"] = utc_times(frame["timestamp"])
-    first, last = (frame["_ts"].agg(bound).floor("us").to_pydatetime() for bound in ("min", "max"))
-    plan = choose_plan(first, last, windows_args)
+    plan = choose_plan(frame["_ts"].dt.floor("us").sort_values(ignore_index=True), windows_args)
     if plan.note:
         print(plan.note, flush=True)
     frames, stats = split_frame(frame, plan, label)

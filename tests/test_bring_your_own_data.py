@@ -24,6 +24,32 @@ from pipelines.data.ingest.errors import IngestError
 from pipelines.serving.deploy.local import read_endpoint_state, stop_endpoint_process
 
 
+def test_an_id_less_relative_time_two_day_file_runs_without_user_features(tmp_path):
+    """Items 2 and 3 without the user's columns: derived ids, --time-origin, zero amounts,
+    the short-history split; the model has only amount and time to go on."""
+    layout = USER_FEATURE_LAYOUTS["anonymised"]
+    frame = layout.generate(rows=20_000, days=2, seed=5)[["Time", "Amount", "Class"]]
+    source = tmp_path / "creditcard_min.csv"
+    frame.to_csv(source, index=False)
+    column_map = tmp_path / "map.json"
+    column_map.write_text(json.dumps({"Time": "timestamp", "Amount": "amount",
+                                      "Class": "is_fraud"}))
+    ws = Workspace.open(tmp_path / "ws")
+    try:
+        code = main(["run", "--workdir", str(ws.root), "--input", str(source),
+                     "--column-map", str(column_map), "--time-origin", "2013-09-01T00:00:00Z",
+                     "--quality-threshold", "0", "--tuning-budget", "2"])
+        assert code == 0
+        [path] = list(ws.object_store.rglob("evaluation.json"))
+        evaluation = json.loads(path.read_text())
+        assert evaluation["split"]["method"] == "fractions"
+        assert evaluation["binary_classification_metrics"]["card_precision_at_k"]["value"] is None
+        manifest = json.loads((ws.features / "_feature_set.json").read_text())
+        assert set(manifest["feature_groups"]) == {"amount and time"}
+    finally:
+        _stop(ws)
+
+
 def ingest_stores_user_features() -> bool:
     try:
         load_column_map(USER_FEATURE_LAYOUTS["categorical"].column_map_path)
@@ -32,12 +58,11 @@ def ingest_stores_user_features() -> bool:
     return True
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not ingest_stores_user_features(),
-                       reason="ingest does not accept feature:numeric/categorical column-map "
-                              "targets yet (issue 13, ingest part)"),
-]
+pytestmark = pytest.mark.slow
+needs_user_features = pytest.mark.skipif(
+    not ingest_stores_user_features(),
+    reason="ingest does not accept feature:numeric/categorical column-map targets yet "
+           "(issue 13, ingest part)")
 
 
 def run_layout(name: str, root, rows: int, days: int) -> tuple[int, Workspace, dict]:
@@ -72,6 +97,7 @@ def _stop(ws: Workspace) -> None:
         stop_endpoint_process(int(state["pid"]))
 
 
+@needs_user_features
 def test_an_id_less_relative_time_two_day_file_runs_end_to_end(anonymised):
     code, ws, out = anonymised
     assert code == 0
@@ -86,6 +112,7 @@ def test_an_id_less_relative_time_two_day_file_runs_end_to_end(anonymised):
     assert evaluation["model"]["tuning"]["chosen"]
 
 
+@needs_user_features
 def test_the_endpoint_refuses_a_request_without_a_user_feature(anonymised):
     _, ws, _ = anonymised
     url = read_endpoint_state(ws)["url"]
@@ -99,6 +126,7 @@ def test_the_endpoint_refuses_a_request_without_a_user_feature(anonymised):
     assert "V1" in refused.value.read().decode()
 
 
+@needs_user_features
 def test_categorical_user_columns_reach_the_model(categorical):
     code, ws, out = categorical
     assert code == 0

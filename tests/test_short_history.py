@@ -70,30 +70,45 @@ def test_two_days_with_a_week_of_label_delay_fall_back_to_time_fractions(tmp_pat
     assert "short history" in out and "60/20/20" in out and "12 hours" in out
     windows = {name: {k: datetime.fromisoformat(w[k]) for k in ("start_time", "end_time")}
                for name, w in split["windows"].items()}
-    usable = (48 - 12) * 3600
-    train_seconds = (windows["train"]["end_time"] - windows["train"]["start_time"]).total_seconds()
-    val_seconds = (windows["validation"]["end_time"]
-                   - windows["validation"]["start_time"]).total_seconds()
-    assert train_seconds == pytest.approx(0.6 * usable, abs=60)
-    assert val_seconds == pytest.approx(0.2 * usable, abs=60)
     assert windows["validation"]["start_time"] == windows["train"]["end_time"]
     assert windows["test"]["start_time"] - windows["validation"]["end_time"] == timedelta(hours=12)
-    # Chronological, disjoint, and the test window reaches the last transaction.
+    # Chronological, disjoint, the test window reaches the last transaction, and the
+    # shares are of transactions: 20% test, then 3/4 train and 1/4 validation before the gap.
     parts = {name: read_split(tmp_path, name)[0] for name in ("train", "validation", "test")}
     assert parts["train"]["timestamp"].max() < parts["validation"]["timestamp"].min()
     assert parts["validation"]["timestamp"].max() < parts["test"]["timestamp"].min()
     assert parts["test"]["timestamp"].max() == frame["timestamp"].max()
-    assert f"{split['windows']['train']['hours']:g} hours" in out
+    assert len(parts["test"]) == pytest.approx(0.2 * len(frame), rel=0.02)
+    fitted = len(parts["train"]) + len(parts["validation"])
+    assert len(parts["train"]) == pytest.approx(0.75 * fitted, rel=0.02)
+    assert split["windows"]["train"]["span"] in out
+
+
+def test_quiet_hours_do_not_leave_a_window_empty(tmp_path, capsys):
+    """Transactions only in daytime: shares of transactions, not of the clock, so the
+    validation window cannot land on a night without transactions."""
+    frame = write_feature_table(features_dir(tmp_path), hours=48, label_delay=0)
+    keep = frame["timestamp"].dt.hour.between(8, 20)
+    daytime = frame[keep]
+    for part in features_dir(tmp_path).glob("dt=*/part-0.parquet"):
+        table = pq.read_table(part).to_pandas()
+        pq.write_table(pa.Table.from_pandas(
+            table[table["timestamp"].dt.hour.between(8, 20)], preserve_index=False), part)
+    assert load_script(PREPROCESS).main(["--base-dir", str(tmp_path)]) == 0
+    counts = {name: len(read_split(tmp_path, name)[0]) for name in ("train", "validation", "test")}
+    assert counts["validation"] == pytest.approx(0.2 * len(daytime), rel=0.05)
+    assert counts["test"] == pytest.approx(0.2 * len(daytime), rel=0.05)
 
 
 def test_no_label_delay_gives_a_plain_sixty_twenty_twenty_split(tmp_path, capsys):
-    write_feature_table(features_dir(tmp_path), hours=48, label_delay=0)
+    frame = write_feature_table(features_dir(tmp_path), hours=48, label_delay=0)
     assert load_script(PREPROCESS).main(["--base-dir", str(tmp_path)]) == 0
     split = read_split(tmp_path, "test")[1]["split"]
     assert split["method"] == "fractions" and split["label_delay_gap_hours"] == 0
-    test = split["windows"]["test"]
-    assert datetime.fromisoformat(test["end_time"]) - datetime.fromisoformat(
-        test["start_time"]) == pytest.approx(timedelta(hours=48 * 0.2), abs=timedelta(minutes=2))
+    counts = [len(read_split(tmp_path, name)[0]) for name in ("train", "validation", "test")]
+    assert sum(counts) == len(frame)  # no gap: every transaction is used
+    assert counts == pytest.approx([0.6 * len(frame), 0.2 * len(frame), 0.2 * len(frame)],
+                                   rel=0.02)
 
 
 def test_windows_can_be_given_in_hours(tmp_path, capsys):

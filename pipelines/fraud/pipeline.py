@@ -252,7 +252,7 @@ def build_parameters(input_features_uri: str) -> FraudParameters:
 
     Empty TrainStartDate and empty (or 0) TrainDays/ValidationDays/TestDays
     mean "derive from the data" (preprocess.py: first day; 7-day windows shrunk
-    on short histories, a 60/20/20 split by time on very short ones), per
+    on short histories, a chronological 60/20/20 split by transactions on very short ones), per
     docs/CONTRACTS.md. The windows take whole days (``7``, ``7d``) or hours
     (``36h``), hence strings. LabelDelayDays -1 means "the delay
     the features were built with" (their ``_feature_set.json``); any other value

@@ -19,8 +19,9 @@ SCORED_TABLE = "scored"
 SCORED_SCHEMA = pa.schema(
     [
         pa.field("transaction_id", pa.string(), nullable=False),
-        pa.field("customer_id", pa.string(), nullable=False),
-        pa.field("terminal_id", pa.string(), nullable=False),
+        # Null for data without card or terminal ids (ingest stores them null).
+        pa.field("customer_id", pa.string()),
+        pa.field("terminal_id", pa.string()),
         pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("amount", pa.float64(), nullable=False),
         pa.field("score", pa.float64(), nullable=False),

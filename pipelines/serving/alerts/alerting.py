@@ -48,6 +48,9 @@ def severity_of(score: float, amount: float | None, policy: AlertPolicy) -> str:
     return "medium"
 
 
+NO_CARD_PREFIX = "no-card:"  # the card_id of an alert on a transaction without a card id
+
+
 def raise_alerts(
     scored: Iterable[Mapping[str, Any]],
     policy: AlertPolicy,
@@ -92,7 +95,9 @@ def _alert(row: Mapping[str, Any], policy: AlertPolicy) -> dict[str, Any]:
     amount = None if row.get("amount") is None else float(row["amount"])
     return {
         "transaction_id": str(row["transaction_id"]),
-        "card_id": str(row["customer_id"]),
+        # Without a card id each alert stands alone (grouping by card would merge them all).
+        "card_id": (str(row["customer_id"]) if row.get("customer_id") is not None
+                    else f"{NO_CARD_PREFIX}{row['transaction_id']}"),
         "terminal_id": None if row.get("terminal_id") is None else str(row["terminal_id"]),
         "amount": amount,
         "tx_timestamp": _timestamp(row["timestamp"]).isoformat(),
