@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import boto3
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_alerts  # noqa: E402
+
+alert_lambda_aws = test_alerts.alert_lambda_aws  # the shared fixture
 
 ROW = {"transaction_id": "tx-1", "card_id": "card-1", "customer_id": "c1", "terminal_id": "t1",
        "timestamp": "2026-03-01T10:00:00+00:00", "amount": 120.0, "score": 0.93,
@@ -17,18 +23,10 @@ EVENT = {"scored": [ROW], "alert_threshold": 0.5, "model_package_arn": "arn:pkg/
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    with mock_aws():
-        boto3.client("dynamodb", region_name="us-east-1").create_table(
-            TableName="state", BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "entity", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "entity", "KeyType": "HASH"}])
-        topic = boto3.client("sns", region_name="us-east-1").create_topic(Name="alerts")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("STATE_TABLE", "state")
-        monkeypatch.setenv("ALERTS_TOPIC_ARN", topic["TopicArn"])
-        monkeypatch.setenv("LAKE_BUCKET", "lake")
-        yield boto3.client("s3", region_name="us-east-1")
+def aws(alert_lambda_aws, monkeypatch):
+    """test_alerts' moto state table and topic, and a lake bucket name (created later)."""
+    monkeypatch.setenv("LAKE_BUCKET", "lake")
+    return boto3.client("s3", region_name="us-east-1")
 
 
 def _lake_rows(s3) -> list[dict]:

@@ -1,8 +1,11 @@
-"""Run the Spark feature job on EMR: package the code, build the step, submit it.
+"""Run the Spark feature job on EMR: package the code, build the job, submit it.
 
-The step is ``command-runner.jar spark-submit --py-files <zip> feature_job.py``:
-the zip holds exactly the engine-neutral modules the job imports (the feature
-definitions, the Spark engine, the schema), so EMR runs the same code that
+Two shapes of one job (:func:`job_arguments`): an EMR on EC2 step,
+``command-runner.jar spark-submit --py-files <zip> feature_job.py``
+(:func:`feature_step`), and the EMR Serverless job driver the workflow's
+feature task runs (:func:`serverless_job_driver`). The zip holds exactly the
+engine-neutral modules the job imports (the feature definitions, the Spark
+engine, the schema), so EMR runs the same code that
 ``fraudops features --engine spark`` runs locally.
 """
 
