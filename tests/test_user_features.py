@@ -313,3 +313,27 @@ def test_two_id_less_days_train_a_model_far_above_chance(anonymised):
 def test_zero_amounts_reach_the_feature_table(anonymised):
     summary, _, _ = anonymised
     assert summary.rows == 12_000  # none refused for a zero amount
+
+
+@pytest.mark.slow
+def test_the_spark_engine_builds_the_same_layout(tmp_path):
+    pytest.importorskip("pyspark")
+    from pipelines.core.workspace import Workspace
+
+    n = 300
+    rng = np.random.default_rng(4)
+    table = curated_table(n, V1=pa.array(rng.normal(size=n)),
+                          device_type=pa.array(rng.choice(["a", "b"], size=n)))
+    built = {}
+    for engine in ("duckdb", "spark"):
+        ws = Workspace.open(tmp_path / engine)
+        write_curated(ws, table)
+        build_feature_table(ws, engine=engine)
+        built[engine] = (manifest(ws), feature_rows(ws))
+    (duck_manifest, duck_rows), (spark_manifest, spark_rows) = built["duckdb"], built["spark"]
+    assert spark_manifest == duck_manifest
+    for tid, row in duck_rows.items():
+        other = spark_rows[tid]
+        assert other["device_type"] == row["device_type"]
+        assert other["V1"] == pytest.approx(row["V1"])
+        assert other["channel_ecommerce"] is None and row["channel_ecommerce"] is None
