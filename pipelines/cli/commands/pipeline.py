@@ -146,7 +146,7 @@ def _step_detail(step: dict) -> str:
         return f"cache hit from {metadata['CacheHit']}"
     if "Condition" in metadata:
         return f"outcome {metadata['Condition']['Outcome']}"
-    for kind in ("ProcessingJob", "TrainingJob", "RegisterModel", "Model"):
+    for kind in ("ProcessingJob", "TrainingJob", "TuningJob", "RegisterModel", "Model"):
         if kind in metadata:
             return metadata[kind]["Arn"]
     return ""
