@@ -5,8 +5,10 @@ say more about the data, ``{"columns": {...}, "time_origin": "ISO-8601"}``
 (``time_origin``: numeric times count seconds from that instant, as
 ``--time-origin`` does). Columns already named canonically need no entry;
 headers that differ from a canonical name only by case or surrounding spaces
-are matched too. Columns that map to nothing are ignored (never stored),
-except sensitive authentication data, which refuses the whole file.
+are matched too. A column mapped to ``feature:numeric`` or
+``feature:categorical`` is the user's own model feature, stored under its own
+name. Columns that map to nothing are ignored (never stored), except
+sensitive authentication data, which refuses the whole file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from pipelines.core import schema
 from pipelines.data.ingest.errors import IngestError
 
 _SETTINGS = ("columns", "time_origin")  # the keys of the structured form
+FEATURE_NUMERIC = "feature:numeric"
+FEATURE_CATEGORICAL = "feature:categorical"
+FEATURE_KINDS = (FEATURE_NUMERIC, FEATURE_CATEGORICAL)
+# Names a user feature may not take: curated columns (it is stored beside them).
+_TAKEN_NAMES = frozenset(n.lower() for n in (*schema.LANDING_COLUMNS, *schema.CURATED_SCHEMA.names))
 
 
 class ColumnMap(dict[str, str]):
@@ -83,10 +90,15 @@ def check_column_map(raw: object, origin: str = "column map") -> ColumnMap:
     for source, target in raw.items():
         if not isinstance(source, str) or not isinstance(target, str):
             raise IngestError(f"{origin}: keys and values must be strings, got {source!r}")
+        if target in FEATURE_KINDS:
+            _check_feature_name(source, origin)
+            mapping[source] = target
+            continue
         if target not in schema.LANDING_COLUMNS:
             raise IngestError(
-                f"{origin}: {source!r} maps to unknown column {target!r}; "
-                f"valid targets: {', '.join(schema.LANDING_COLUMNS)}"
+                f"{origin}: {source!r} maps to unknown column {target!r}; valid targets: "
+                f"{', '.join(schema.LANDING_COLUMNS)}, or {' / '.join(FEATURE_KINDS)} to make "
+                "it a model feature of its own"
             )
         if target in used:
             raise IngestError(
@@ -95,6 +107,20 @@ def check_column_map(raw: object, origin: str = "column map") -> ColumnMap:
         used[target] = source
         mapping[source] = target
     return mapping
+
+
+def _check_feature_name(name: str, origin: str) -> None:
+    """A user feature keeps its name in curated data: it must not clash with ours."""
+    if name.strip().lower() in _TAKEN_NAMES or name.startswith("_") or not name.strip():
+        raise IngestError(
+            f"{origin}: feature column {name!r} cannot keep that name (it is a built-in "
+            "column, blank or starts with '_'): rename the column in your file and in the map"
+        )
+
+
+def user_features(column_map: Mapping[str, str]) -> dict[str, str]:
+    """``{column: feature kind}`` of the columns the map declares model features."""
+    return {name: kind for name, kind in column_map.items() if kind in FEATURE_KINDS}
 
 
 def forbidden_columns(headers: Sequence[str]) -> list[str]:
@@ -133,7 +159,8 @@ def resolve_columns(
 ) -> dict[str, str]:
     """Map each usable header to its canonical name; check forbidden and required columns.
 
-    Returns ``{header: canonical}`` for headers that are kept. Raises
+    Returns ``{header: canonical}`` for headers that are kept (a user feature's
+    target is its kind, ``feature:numeric``/``feature:categorical``). Raises
     ``IngestError`` if the file carries sensitive authentication data, maps two
     headers to one column, or lacks a required column.
     """
@@ -151,6 +178,9 @@ def resolve_columns(
     for header in headers:
         target = column_map.get(header) or canonical_by_lower.get(header.strip().lower())
         if target is None:
+            continue
+        if target in FEATURE_KINDS:
+            resolved[header] = target
             continue
         if target in taken:
             raise IngestError(

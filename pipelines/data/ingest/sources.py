@@ -38,7 +38,7 @@ from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
 from pipelines.data.ingest.cardtext import CARD_IN_TEXT_REASON, mask_card_numbers_in_columns
-from pipelines.data.ingest.columns import check_header, resolve_columns
+from pipelines.data.ingest.columns import check_header, resolve_columns, user_features
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 
 # A 200 kB quoted value is data, not an attack: the whole file is in memory already,
@@ -63,6 +63,8 @@ READ_REASON_COLUMN = "_read_reason"
 ISO_SHAPED_COLUMN = "_iso_shaped"
 # True for rows of a file without a transaction id column: validation derives their id.
 DERIVE_ID_COLUMN = "_derive_id"
+# Field metadata marking a user feature column of the raw table, and its kind.
+FEATURE_KIND_KEY = b"fraudops.feature"
 MALFORMED_REASON = "malformed_row"
 
 
@@ -187,6 +189,13 @@ def read_source(
                 f"{source.display}: cannot read as {source.format}: {_first_line(exc)}. "
                 "Check the file is complete UTF-8 text (or Parquet) and the --format is right"
             ) from None
+        declared = [name for name in user_features(column_map) if name not in parsed.headers]
+        if declared and parsed.headers:
+            raise IngestError(
+                f"{source.display}: the column map declares feature column(s) "
+                f"{', '.join(map(repr, declared))}, which the file does not have (it has: "
+                f"{', '.join(parsed.headers)}); fix the names in the map or the file"
+            )
         if parsed.accounted_lines != parsed.physical_lines:
             raise IngestError(
                 f"{source.display}: the reader accounted for {parsed.accounted_lines:,} of the "
@@ -218,6 +227,9 @@ def canonical_table(
     Card numbers in any text field are masked here (``cardtext``), so no
     caller, batch or stream, ever holds one outside ``card_number``; a row
     whose key or typed field held one gets read reason ``card_number_in_text``.
+    The user's feature columns follow the canonical ones under their own names,
+    as text, their kind in the field metadata (``FEATURE_KIND_KEY``); one the
+    map declares but ``headers`` lack is null (a stream record without it).
     """
     if not headers and len(lines) == 0:
         resolved = {}  # an empty drop: nothing to map, zero rows read
@@ -229,6 +241,9 @@ def canonical_table(
     for name in schema.LANDING_COLUMNS:
         header = by_target.get(name)
         arrays[name] = _as_text(columns[header]) if header is not None else pa.nulls(n, pa.string())
+    features = user_features(column_map)
+    for name in features:
+        arrays[name] = _as_text(columns[name]) if name in resolved else pa.nulls(n, pa.string())
     iso_shaped = shapes.common_iso_timestamp(arrays["timestamp"])
     arrays, card_in_text = mask_card_numbers_in_columns(arrays, {"timestamp": iso_shaped})
     arrays[LINE_COLUMN] = pa.array(lines, pa.int64())
@@ -242,7 +257,9 @@ def canonical_table(
         pa.array(reasons, pa.string()) if card_in_text.any() or np.any(malformed)
         else pa.nulls(n, pa.string())
     )
-    return pa.table(arrays)
+    fields = [pa.field(name, array.type, metadata={FEATURE_KIND_KEY: features[name].encode()}
+                       if name in features else None) for name, array in arrays.items()]
+    return pa.Table.from_arrays(list(arrays.values()), schema=pa.schema(fields))
 
 
 def _as_text(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

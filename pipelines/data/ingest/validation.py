@@ -25,8 +25,10 @@ import pyarrow.compute as pc
 
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
+from pipelines.data.ingest.columns import FEATURE_NUMERIC
 from pipelines.data.ingest.sources import (
     DERIVE_ID_COLUMN,
+    FEATURE_KIND_KEY,
     ISO_SHAPED_COLUMN,
     LINE_COLUMN,
     LINE_END_COLUMN,
@@ -54,6 +56,8 @@ REASONS: tuple[str, ...] = (
     "bad_is_cash",
     "bad_is_fraud",
 )
+# A user's numeric feature holding something else: BAD_FEATURE_REASON + ":" + its column.
+BAD_FEATURE_REASON = "bad_feature_value"
 
 STATUS_CURATED = "curated"
 STATUS_QUARANTINED = "quarantined"
@@ -100,7 +104,7 @@ WITH typed AS (
         nullif(is_fraud, '') AS is_fraud_text,
         CASE WHEN is_fraud = '0' THEN 0::TINYINT WHEN is_fraud = '1' THEN 1::TINYINT
              WHEN _plain_is_fraud AND try_cast(is_fraud AS DOUBLE) IN (0, 1)
-             THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud
+             THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud{{feature_typed}}
     FROM raw
 ),
 timed AS (
@@ -114,7 +118,7 @@ timed AS (
     END AS ts
     FROM typed
 )
-SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
+SELECT _row, ts AS timestamp, amount, is_cash, is_fraud{{feature_values}},
     CASE
         WHEN _read_reason IS NOT NULL THEN _read_reason
         WHEN transaction_id IS NULL AND NOT _derive_id THEN 'missing_transaction_id'
@@ -129,7 +133,7 @@ SELECT _row, ts AS timestamp, amount, is_cash, is_fraud,
              THEN 'bad_currency'
         WHEN _card_bad THEN 'bad_card_number'
         WHEN is_cash_text IS NOT NULL AND is_cash IS NULL THEN 'bad_is_cash'
-        WHEN is_fraud_text IS NOT NULL AND is_fraud IS NULL THEN 'bad_is_fraud'
+        WHEN is_fraud_text IS NOT NULL AND is_fraud IS NULL THEN 'bad_is_fraud'{{feature_reasons}}
     END AS reason
 FROM timed
 """
@@ -219,6 +223,31 @@ def normalise_text(raw: pa.Table) -> dict[str, pa.ChunkedArray]:
     return text
 
 
+@dataclass(frozen=True)
+class UserFeature:
+    """A column the column map declared a model feature, as the raw table carries it."""
+
+    name: str  # its own name, kept in curated data
+    kind: str  # columns.FEATURE_NUMERIC or columns.FEATURE_CATEGORICAL
+    alias: str  # its name inside the queries (the user's name may be anything)
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind == FEATURE_NUMERIC
+
+    @property
+    def reason(self) -> str:
+        """Quarantine reason for a value that is not a plain number: names the column."""
+        return f"{BAD_FEATURE_REASON}:{self.name}"
+
+
+def user_features(raw: pa.Table) -> list[UserFeature]:
+    """The raw table's user feature columns (marked in their field metadata)."""
+    return [UserFeature(field.name, field.metadata[FEATURE_KIND_KEY].decode(), f"_uf{i}")
+            for i, field in enumerate(f for f in raw.schema
+                                      if f.metadata and FEATURE_KIND_KEY in f.metadata)]
+
+
 def _shape_columns(raw: pa.Table, text: dict[str, pa.ChunkedArray]) -> dict[str, pa.Array]:
     """``_common_iso`` and ``_plain_<column>``: the numpy checks the query relies on."""
     iso = raw.column(ISO_SHAPED_COLUMN)  # from the raw text: trimming cannot create the shape
@@ -234,27 +263,46 @@ def _shape_columns(raw: pa.Table, text: dict[str, pa.ChunkedArray]) -> dict[str,
     return shape
 
 
-def _parse_sql(time_origin: datetime | None) -> str:
-    """The parse query; with ``time_origin``, numbers are seconds from it (maybe negative)."""
+def _parse_sql(time_origin: datetime | None, features: list[UserFeature]) -> str:
+    """The parse query; with ``time_origin``, numbers are seconds from it (maybe negative).
+
+    Each numeric user feature adds its typed value and, after every built-in
+    rule, its own reason; names reach the SQL only as quoted reason text.
+    """
+    numeric = [f for f in features if f.numeric]
+    typed = "".join(
+        f",\n        nullif({f.alias}, '') AS {f.alias}_text, "
+        f"CASE WHEN _plain{f.alias} THEN try_cast({f.alias} AS DOUBLE) END AS {f.alias}_value"
+        for f in numeric)
+    reasons = "".join(
+        f"\n        WHEN {f.alias}_text IS NOT NULL AND ({f.alias}_value IS NULL "
+        f"OR NOT isfinite({f.alias}_value)) THEN '{f.reason.replace(chr(39), chr(39) * 2)}'"
+        for f in numeric)
+    sql = (_PARSE.replace("{feature_typed}", typed).replace("{feature_reasons}", reasons)
+           .replace("{feature_values}", "".join(f", {f.alias}_value" for f in numeric)))
     if time_origin is None:
-        return _PARSE.replace("{epoch_from}", "0").replace("{origin_us}", "0")
+        return sql.replace("{epoch_from}", "0").replace("{origin_us}", "0")
     origin_us = round(time_origin.timestamp() * 1_000_000)
-    return (_PARSE.replace("{epoch_from}", str(-EPOCH_LIMIT))
+    return (sql.replace("{epoch_from}", str(-EPOCH_LIMIT))
             .replace("{origin_us}", f"{origin_us}::BIGINT"))
 
 
 def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns,
-           time_origin: datetime | None) -> pa.Table:
+           time_origin: datetime | None, features: list[UserFeature]) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        numeric = [f.alias for f in features if f.numeric]
         inputs = pa.table({**text, "_read_reason": raw.column(READ_REASON_COLUMN),
                            "_card_bad": cards.bad, "_derive_id": raw.column(DERIVE_ID_COLUMN),
                            "_row": pa.array(np.arange(raw.num_rows), pa.int64()),
-                           **_shape_columns(raw, text)})
-        con.register("raw", inputs.select(list(_PARSE_INPUTS)))
+                           **_shape_columns(raw, text),
+                           **{f"_plain{alias}": pa.array(shapes.plain_number_text(text[alias]))
+                              for alias in numeric}})
+        columns = [*_PARSE_INPUTS, *numeric, *(f"_plain{alias}" for alias in numeric)]
+        con.register("raw", inputs.select(columns))
         # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
-        parsed = con.sql(_parse_sql(time_origin)).to_arrow_table()
+        parsed = con.sql(_parse_sql(time_origin, features)).to_arrow_table()
     finally:
         con.close()
     return _in_row_order(parsed)
@@ -278,7 +326,7 @@ FROM (
         SELECT _row, _file, concat_ws(chr(31),
             coalesce(epoch_us(timestamp)::VARCHAR, ''), coalesce(amount::VARCHAR, ''),
             {", ".join(f"coalesce({name}, '')" for name in _IDENTITY_TEXT)},
-            coalesce(card_token, '')) AS content
+            coalesce(card_token, ''){{features}}) AS content
         FROM derive
     )
 )
@@ -286,8 +334,12 @@ FROM (
 
 
 def _transaction_ids(raw: pa.Table, text: dict[str, pa.ChunkedArray], parsed: pa.Table,
-                     cards: CardColumns) -> pa.ChunkedArray:
-    """The file's transaction ids, and derived ones for rows of files that have none."""
+                     cards: CardColumns, features: list[UserFeature]) -> pa.ChunkedArray:
+    """The file's transaction ids, and derived ones for rows of files that have none.
+
+    The user's feature values (as given) are part of a row's content: in data
+    whose signal is anonymised columns they are what tells transactions apart.
+    """
     given = text["transaction_id"]
     derive = raw.column(DERIVE_ID_COLUMN)
     if not pc.any(derive).as_py():
@@ -300,11 +352,13 @@ def _transaction_ids(raw: pa.Table, text: dict[str, pa.ChunkedArray], parsed: pa
         "amount": parsed.column("amount").take(take),
         **{name: text[name].take(take) for name in _IDENTITY_TEXT},
         "card_token": cards.tokens().take(take).cast(pa.string()),
+        **{f.alias: text[f.alias].take(take) for f in features},
     })
+    sql = _DERIVE.replace("{features}", "".join(f", coalesce({f.alias}, '')" for f in features))
     con = duckdb.connect()
     try:
         con.register("derive", inputs)
-        derived = _in_row_order(con.sql(_DERIVE).to_arrow_table()).column("id")
+        derived = _in_row_order(con.sql(sql).to_arrow_table()).column("id")
     finally:
         con.close()
     mask = np.zeros(raw.num_rows, dtype=bool)
@@ -376,10 +430,12 @@ def classify(
     ``key``) from earlier runs. ``time_origin``: numeric times count seconds from it
     (default: they are epoch seconds).
     """
+    features = user_features(raw)
     text = normalise_text(raw)
-    parsed = _parse(raw, text, cards, time_origin)
+    text.update({f.alias: pc.utf8_trim_whitespace(raw.column(f.name)) for f in features})
+    parsed = _parse(raw, text, cards, time_origin, features)
     valid = pc.is_null(parsed.column("reason")).to_numpy(zero_copy_only=False)
-    ids = _transaction_ids(raw, text, parsed, cards)
+    ids = _transaction_ids(raw, text, parsed, cards, features)
     seen = pc.fill_null(pc.is_in(ids, value_set=seen_ids.column("key")), False)
     seen = seen.to_numpy(zero_copy_only=False) & valid
     first = _first_occurrences(ids, valid & ~seen)
@@ -398,7 +454,7 @@ def classify(
     quarantine_rows = rejected[~already]
     return Classified(
         curated=_curated(raw, {**text, "transaction_id": ids}, parsed, cards, curated_mask,
-                         source_files, ingestion_id),
+                         source_files, ingestion_id, features),
         quarantine=_quarantine(raw, parsed, cards, quarantine_rows, source_files,
                                ingestion_id, ingestion_day),
         quarantine_keys=pa.array([k for k, a in zip(keys, already, strict=True) if not a],
@@ -431,8 +487,8 @@ def _blank_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
-def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id) -> pa.Table:
-    """Curated rows in ``CURATED_WRITE_SCHEMA``, grouped by day."""
+def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id, features) -> pa.Table:
+    """Curated rows in ``CURATED_WRITE_SCHEMA`` then the user's features, grouped by day."""
     n = raw.num_rows
     columns = {
         "transaction_id": text["transaction_id"],
@@ -452,6 +508,10 @@ def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id) -> pa.T
     day = pc.cast(parsed.column("timestamp").filter(mask), pa.date32())  # timestamps are UTC
     table = table.append_column("dt", pc.cast(day, pa.string()))
     table = table.select(CURATED_WRITE_SCHEMA.names).cast(CURATED_WRITE_SCHEMA)
+    for feature in features:  # numeric as float64, categorical as text (blank: missing)
+        values = (parsed.column(f"{feature.alias}_value") if feature.numeric
+                  else _blank_to_null(text[feature.alias]))
+        table = table.append_column(feature.name, values.filter(mask))
     return _sorted_by_day(table)
 
 
