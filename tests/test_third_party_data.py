@@ -22,7 +22,7 @@ from pipelines.cli.main import main
 from pipelines.core import schema
 from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURE_COLUMNS
-from pipelines.data.ingest import ingest
+from pipelines.data.ingest import IngestError, ingest
 from pipelines.data.ingest.columns import load_column_map, resolve_columns
 from pipelines.data.lake.query import run_query
 from pipelines.model.registry import LocalModelRegistry
@@ -68,16 +68,21 @@ def test_handbook_fixture_follows_the_published_scenarios():
     assert 0.003 <= frame["TX_FRAUD"].mean() <= 0.02  # the handbook reports ~0.8%
 
 
-def test_time_offsets_from_a_private_reference_are_quarantined_not_misdated(workspace, tmp_path):
-    """IEEE-CIS publishes TransactionDT as seconds from an undisclosed start: refuse, clearly."""
+def test_time_offsets_from_a_private_reference_fail_the_ingest_not_misdated(workspace, tmp_path):
+    """IEEE-CIS publishes TransactionDT as seconds from an undisclosed start: refuse, clearly.
+
+    A file none of whose times can be read fails the ingest (issue 13) rather than
+    quarantining every row and "succeeding" with nothing curated.
+    """
     layout = LAYOUTS["ieee"]
     frame = layout.generate(rows=2_000, days=5, seed=0).head(50)
     frame["TransactionDT"] -= int(frame["TransactionDT"].min()) - 86_400
     path = tmp_path / "offsets.csv"
     frame.to_csv(path, index=False)
-    report = ingest(workspace, [path], column_map=load_column_map(layout.column_map_path))
-    assert report.rows_curated == 0
-    assert report.quarantine_reasons == {"bad_timestamp": 50}
+    with pytest.raises(IngestError, match=r"offsets\.csv: none of its 50 rows has a usable "
+                                          r"timestamp.*--time-origin"):
+        ingest(workspace, [path], column_map=load_column_map(layout.column_map_path))
+    assert not workspace.curated.exists() and not workspace.quarantine.exists()
 
 
 def _train_script():
@@ -187,8 +192,8 @@ def test_every_row_is_curated_with_its_label_and_utc_time(runs, name):
     quarantined = run_query(run.ws, "SELECT reason FROM quarantine").column("reason") \
         .to_pylist() if (run.ws.quarantine).exists() and any(run.ws.quarantine.rglob(
             "*.parquet")) else []
-    # The handbook simulator can round an amount to 0.00: the only acceptable rejection.
-    assert set(quarantined) <= {"non_positive_amount"}
+    # The handbook simulator rounds some amounts to 0.00: valid (card verifications).
+    assert quarantined == []
     assert curated["n"] + len(quarantined) == len(frame)
     assert curated["frauds"] == int(frame[layout.label_column].sum())
     assert curated["first"].astimezone(dt.UTC) == _first_timestamp(name, frame)
