@@ -52,7 +52,7 @@ def test_creates_then_updates_the_pipeline_and_runs_executions(aws, capsys):
     created = aws.describe_pipeline(PipelineName="fraud-detection")
     assert created["RoleArn"] == ROLE
     steps = json.loads(created["PipelineDefinition"])["Steps"]
-    assert [s["Name"] for s in steps] == ["Preprocess", "Train", "Evaluate", "QualityGate"]
+    assert [s["Name"] for s in steps] == ["Preprocess", "Tune", "Train", "Evaluate", "QualityGate"]
     tags = aws.list_tags(ResourceArn=created["PipelineArn"])["Tags"]
     assert {"Key": "team", "Value": "fraud"} in tags
     (execution,) = aws.list_pipeline_executions(PipelineName="fraud-detection")[
