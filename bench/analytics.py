@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pipelines.data.lake.catalog import refresh_catalog
 from sklearn.metrics import precision_recall_curve
 
 from bench._harness import Result, median_seconds
@@ -27,6 +26,7 @@ from pipelines.analytics.runner import run_named_query
 from pipelines.core.params import DEFAULT_ALERT_THRESHOLD
 from pipelines.core.schema import CHANNELS, CURATED_SCHEMA, QUARANTINE_SCHEMA
 from pipelines.core.workspace import Workspace
+from pipelines.data.lake.catalog import refresh_catalog
 from pipelines.data.lake.named_queries import load_library
 from pipelines.serving.alerts.cases import CaseQueue
 from pipelines.serving.scoring.batch import SCORED_SCHEMA

@@ -395,7 +395,6 @@ def test_pipeline_resolves_every_expression_and_registers_the_trained_model(work
 
 def test_register_uses_the_workspace_registry_and_the_run_is_audited(workspace):
     from pipelines.compliance.audit import list_entries
-
     from pipelines.model.registry import LocalModelRegistry
 
     seed(workspace)

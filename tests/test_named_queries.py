@@ -8,20 +8,20 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipelines.data.lake.catalog import refresh_catalog
-from pipelines.data.lake.query import QueryError
 
 from pipelines.analytics.exports import ALERTS_SCHEMA, CASES_SCHEMA, alerts_dir, export_queue
 from pipelines.analytics.runner import output_schema, run_named_query
 from pipelines.cli.main import main as cli_main
 from pipelines.core.schema import CURATED_SCHEMA, QUARANTINE_SCHEMA
 from pipelines.core.workspace import Workspace
+from pipelines.data.lake.catalog import refresh_catalog
 from pipelines.data.lake.named_queries import (
     NamedQueryError,
     get_query,
     load_library,
     parse_query_file,
 )
+from pipelines.data.lake.query import QueryError
 from pipelines.data.lake.tables import SCORED_SCHEMA
 from pipelines.serving.alerts.cases import CaseQueue
 

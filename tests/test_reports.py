@@ -20,8 +20,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipelines.compliance.audit import list_entries
-from pipelines.compliance.carddata import CardDataError, find_card_numbers
 from test_lineage import build_trained_workspace, curated_row, write_curated
 
 from pipelines.analytics.reports import ReportError, build, generate
@@ -37,6 +35,8 @@ from pipelines.analytics.reports.model_card import SECTION_TITLES
 from pipelines.analytics.reports.output import reports_root
 from pipelines.analytics.reports.sar import filing_due
 from pipelines.cli.main import main
+from pipelines.compliance.audit import list_entries
+from pipelines.compliance.carddata import CardDataError, find_card_numbers
 from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURE_COLUMNS
 from pipelines.serving.alerts import CaseQueue
