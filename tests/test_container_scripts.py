@@ -357,6 +357,45 @@ def test_training_rejects_a_train_window_without_fraud(tmp_path, pipeline_run, c
     assert not (tmp_path / "model").exists()
 
 
+def test_training_on_a_capped_sample_keeps_every_fraud_and_the_weight_totals(
+    tmp_path, pipeline_run, monkeypatch
+):
+    base = pipeline_run["base"]
+    train = load_script(TRAIN)
+    channel = train.read_channel("train", base / "processing" / "train")
+    assert channel.values.dtype == np.float32 and channel.values.shape[1] == len(FEATURES)
+    sample, weights, note = train.fit_rows(channel, 1000, seed=3)
+    frauds = int(channel.labels.sum())
+    assert int(sample.labels.sum()) == frauds  # every fraud
+    assert sample.rows <= 1000 + frauds  # the share is drawn, so about the limit
+    assert weights.sum() == pytest.approx(channel.rows, rel=0.1)  # totals as on all rows
+    assert "weighted" in note
+    assert train.fit_rows(channel, 0, seed=3)[1] is None  # 0: every row, unweighted
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(base / "processing" / "train"))
+    monkeypatch.setenv("SM_CHANNEL_VALIDATION", str(base / "processing" / "validation"))
+    code = train.main(["--base-dir", str(tmp_path), "--max-train-rows", "1000",
+                       "--nthread", "1", "--verbose-eval", "0"])
+    assert code == 0
+    metadata = json.loads((tmp_path / "model" / "training_metadata.json").read_text())
+    assert metadata["rows"]["train"]["rows"] == channel.rows
+    assert metadata["rows"]["train"]["fit_rows"] == train.fit_rows(channel, 1000, seed=42)[2]
+    assert metadata["hyperparameters"]["max_train_rows"] == 1000
+    assert set(metadata["seconds"]) == {"read", "matrix", "boosting"}
+
+
+def test_training_names_the_file_and_row_of_unusable_input(tmp_path, pipeline_run):
+    train = load_script(TRAIN)
+    frame, meta = read_split(pipeline_run["base"], "train")
+    (tmp_path / "feature_set.json").write_text(json.dumps(meta))
+    frame.drop(columns=["f_noise"]).to_parquet(tmp_path / "data.parquet")
+    with pytest.raises(train.TrainingError, match="data.parquet lacks columns \\['f_noise'\\]"):
+        train.read_channel("train", tmp_path)
+    frame.assign(f_noise=np.where(np.arange(len(frame)) == 4, np.inf, frame["f_noise"])) \
+        .to_parquet(tmp_path / "data.parquet")
+    with pytest.raises(train.TrainingError, match="train row 4 feature 'f_noise' is infinite"):
+        train.read_channel("train", tmp_path)
+
+
 def test_scale_pos_weight_modes():
     train = load_script(TRAIN)
     assert train.resolve_scale_pos_weight("balanced", 990, 10) == pytest.approx(99.0)

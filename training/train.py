@@ -51,7 +51,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import xgboost as xgb  # noqa: E402
 from search import (  # noqa: E402  (training/search.py, shipped in this folder)
     OBJECTIVE_LINE,
@@ -72,6 +73,11 @@ HISTORY_FILE = "training_history.json"
 DATA_FILE = "data.parquet"
 EVAL_METRIC = "aucpr"
 WEIGHT_MODES = ("balanced", "sqrt")
+# Rows boosted on by default: every fraud and a weighted share of the genuine rows.
+# Measured on 1.75M transactions (generator: 1.34M train rows, 11k frauds; handbook
+# layout: 1.49M, 11.6k), QuantileDMatrix, 2 threads: all rows 0.16 s per round and
+# test AP 0.682 / 0.757; a 30% genuine share 0.04 s per round, AP 0.668 / 0.753-0.756.
+MAX_TRAIN_ROWS = 400_000
 
 
 class TrainingError(Exception):
@@ -80,11 +86,29 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True)
 class Channel:
-    """One input channel: its frame and the feature set written beside it."""
+    """One input channel: its feature matrix, labels and the feature set written beside it.
+
+    ``values`` is float32 in ``feature_columns`` order with NaN for missing: what
+    XGBoost bins anyway, so nothing is lost and the matrix is built once.
+    """
 
     name: str
-    frame: pd.DataFrame
+    values: np.ndarray
+    labels: np.ndarray
     feature_set: dict
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> Channel:
+        return Channel(self.name, self.values[rows], self.labels[rows], self.feature_set)
+
+
+def concat_channels(name: str, channels: list[Channel]) -> Channel:
+    """Rows of several channels of one feature set, in order."""
+    return Channel(name, np.concatenate([c.values for c in channels]),
+                   np.concatenate([c.labels for c in channels]), channels[0].feature_set)
 
 
 # --- arguments ---------------------------------------------------------------
@@ -121,6 +145,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_hyperparameter(parser, "alpha", float, 0.0, "L1 regularisation")
     add_hyperparameter(parser, "max-bin", int, 256, "histogram bins per feature")
     add_hyperparameter(parser, "num-round", int, 400, "maximum boosting rounds")
+    add_hyperparameter(
+        parser, "max-train-rows", int, MAX_TRAIN_ROWS,
+        "fit on every fraud and a weighted share of the genuine rows up to this many rows "
+        "(0: every row)",
+    )
     add_hyperparameter(parser, "early-stopping-rounds", int, 30, "patience on validation aucpr")
     add_hyperparameter(
         parser, "min-rounds", int, 50, "boosting rounds always kept before early stopping may pick"
@@ -186,6 +215,7 @@ def check_hyperparameters(args: argparse.Namespace) -> None:
         ("subsample", 0 < args.subsample <= 1, "in (0, 1]"),
         ("colsample-bytree", 0 < args.colsample_bytree <= 1, "in (0, 1]"),
         ("num-round", args.num_round >= 1, "at least 1"),
+        ("max-train-rows", args.max_train_rows >= 0, "0 (every row) or more"),
         ("early-stopping-rounds", args.early_stopping_rounds >= 1, "at least 1"),
         ("min-rounds", args.min_rounds >= 1, "at least 1"),
         ("nthread", args.nthread >= 1, "at least 1"),
@@ -206,7 +236,11 @@ def check_hyperparameters(args: argparse.Namespace) -> None:
 
 
 def read_channel(name: str, directory: Path) -> Channel:
-    """Read ``data.parquet`` (or every .parquet file) and ``feature_set.json`` of a channel."""
+    """Read ``feature_set.json`` and the feature and label columns of every .parquet file.
+
+    Straight from Parquet into one float32 matrix (no data frame in between);
+    rejects missing columns, infinite values and labels other than 0/1.
+    """
     meta_path = directory / FEATURE_SET_FILE
     if not meta_path.is_file():
         raise TrainingError(
@@ -217,34 +251,57 @@ def read_channel(name: str, directory: Path) -> Channel:
     files = sorted(directory.glob("*.parquet"))
     if not files:
         raise TrainingError(f"no .parquet file in the {name} channel {directory}.")
-    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
-    if frame.empty:
+    features = list(feature_set["feature_columns"])
+    label = feature_set["label_column"]
+    for path in files:
+        missing = [c for c in [*features, label] if c not in pq.read_schema(path).names]
+        if missing:
+            raise TrainingError(f"the {name} data {path.name} lacks columns {missing}; "
+                                "re-run preprocess.")
+    table = pa.concat_tables([pq.read_table(p, columns=[*features, label]) for p in files])
+    if table.num_rows == 0:
         raise TrainingError(f"the {name} channel {directory} has no rows; widen its window.")
-    return Channel(name, frame, feature_set)
-
-
-def feature_matrix(channel: Channel, features: list[str], label: str) -> xgb.DMatrix:
-    """Build a DMatrix after checking columns, labels and finite values."""
-    frame = channel.frame
-    missing = [name for name in [*features, label] if name not in frame.columns]
-    if missing:
-        raise TrainingError(f"the {channel.name} data lacks columns {missing}; re-run preprocess.")
-    values = frame[features].to_numpy(dtype=np.float64)
+    values = np.empty((table.num_rows, len(features)), np.float32)
+    for index, feature in enumerate(features):
+        values[:, index] = table[feature].to_numpy(zero_copy_only=False)
     infinite = np.isinf(values)
     if infinite.any():
         row, col = np.argwhere(infinite)[0]
         raise TrainingError(
-            f"{channel.name} row {row} feature {features[col]!r} is infinite; the features "
+            f"{name} row {row} feature {features[col]!r} is infinite; the features "
             "job must produce finite values or null (missing)."
         )
-    labels = frame[label].to_numpy()
+    labels = table[label].to_numpy(zero_copy_only=False).astype(np.float32)
     if not np.isin(labels, (0, 1)).all():
-        raise TrainingError(f"the {channel.name} label {label!r} must be 0 or 1 on every row.")
-    # NaN is XGBoost's missing value: each split learns a default direction for it.
-    # Categorical user features arrive as codes (preprocess); XGBoost splits them natively.
-    return xgb.DMatrix(values, label=labels.astype(np.float32), feature_names=features,
-                       feature_types=feature_types(channel.feature_set, features),
-                       enable_categorical=True)
+        raise TrainingError(f"the {name} label {label!r} must be 0 or 1 on every row.")
+    return Channel(name, values, labels, feature_set)
+
+
+def feature_matrix(channel: Channel, args: argparse.Namespace, weights: np.ndarray | None = None,
+                   ref: xgb.QuantileDMatrix | None = None) -> xgb.QuantileDMatrix:
+    """The binned matrix XGBoost's ``hist`` method trains on, built once.
+
+    A validation matrix takes the train matrix as ``ref`` so both share its bins.
+    NaN is XGBoost's missing value: each split learns a default direction for it.
+    Categorical user features arrive as codes (preprocess); XGBoost splits them natively.
+    """
+    features = list(channel.feature_set["feature_columns"])
+    return xgb.QuantileDMatrix(
+        channel.values, label=channel.labels, weight=weights, feature_names=features,
+        feature_types=feature_types(channel.feature_set, features), enable_categorical=True,
+        max_bin=args.max_bin, ref=ref, nthread=args.nthread)
+
+
+def fit_rows(channel: Channel, limit: int, seed: int) -> tuple[Channel, np.ndarray | None, str]:
+    """The rows to boost on: all, or every fraud and a share of the rest weighted by its
+    inverse, so losses, ``min_child_weight`` and early stopping see the same totals."""
+    rows, share = weighted_sample(channel.labels, limit or channel.rows, seed)
+    if share >= 1:
+        return channel, None, f"all {channel.rows} {channel.name} rows"
+    weights = np.where(channel.labels[rows] == 1, 1.0, 1.0 / share).astype(np.float32)
+    note = (f"{len(rows)} of {channel.rows} {channel.name} rows (every fraud, {share:.1%} "
+            "of the rest, weighted)")
+    return channel.take(rows), weights, note
 
 
 def feature_types(feature_set: dict, features: list[str]) -> list[str]:
@@ -390,6 +447,7 @@ def build_metadata(
             "num_round": args.num_round,
             "early_stopping_rounds": args.early_stopping_rounds,
             "min_rounds": args.min_rounds,
+            "max_train_rows": args.max_train_rows,
             "scale_pos_weight_mode": args.scale_pos_weight,
         },
         "best_iteration": best_iteration,
@@ -433,24 +491,20 @@ def run_search(args: argparse.Namespace, spec: dict) -> dict:
     started = time.monotonic()
     dirs = channel_dirs(args.base_dir)
     train, valid, features, label = read_pair(dirs)
-    labels = train.frame[label].to_numpy()
-    rows, share = weighted_sample(labels, SEARCH_ROWS, args.seed)
-    sample = Channel("train", train.frame.iloc[rows].reset_index(drop=True), train.feature_set)
-    dtrain = feature_matrix(sample, features, label)
-    dtrain.set_weight(np.where(labels[rows] == 1, 1.0, 1.0 / share))
-    dvalid = feature_matrix(valid, features, label)
-    if not (labels == 1).any() or not (dvalid.get_label() == 1).any():
+    labels = train.labels
+    sample, weights, note = fit_rows(train, SEARCH_ROWS, args.seed)
+    dtrain = feature_matrix(sample, args, weights)
+    dvalid = feature_matrix(valid, args, ref=dtrain)
+    if not (labels == 1).any() or not (valid.labels == 1).any():
         raise TrainingError("model selection needs frauds in the train and validation windows; "
                             "widen them in preprocess.")
-    note = (f"{len(rows)} of {len(labels)} train rows (every fraud, {share:.1%} of the rest, "
-            "weighted)" if share < 1 else f"all {len(labels)} train rows")
     ranges = parse_ranges(spec.get("ranges") or {})
     defaults = {r.name: vars(args)[r.name.replace("-", "_")] for r in ranges}
     budget = float(spec.get("max_seconds") or math.inf)
     spw = resolve_scale_pos_weight(args.scale_pos_weight, *class_counts(labels))
     print(f"model selection: up to {spec.get('max_jobs')} trials in {budget:g} s on {note}, "
-          f"objective {spec.get('objective')} on {len(valid.frame)} validation rows", flush=True)
-    search = Search(SearchData(dtrain, dvalid, dvalid.get_label(), note),
+          f"objective {spec.get('objective')} on {valid.rows} validation rows", flush=True)
+    search = Search(SearchData(dtrain, dvalid, valid.labels, note),
                     lambda values: booster_params(with_values(args, values), spw),
                     args.num_round, args.min_rounds, args.early_stopping_rounds, budget)
     trials = search.run(candidates(ranges, defaults, int(spec.get("max_jobs") or 1),
@@ -519,32 +573,36 @@ def run_refit(args: argparse.Namespace) -> dict:
     train, valid, features, label = read_pair(dirs)
     tuned = read_tuned(dirs["tuned"])
     rounds = int(tuned["best_iteration"]) + 1
-    both = Channel("train and validation", pd.concat([train.frame, valid.frame],
-                                                     ignore_index=True), train.feature_set)
-    dall = feature_matrix(both, features, label)
-    neg, pos = class_counts(dall.get_label())
+    both = concat_channels("train and validation", [train, valid])
+    neg, pos = class_counts(both.labels)
     if pos == 0 or neg == 0:
         raise TrainingError(f"train and validation hold {pos} fraud and {neg} genuine rows; "
                             "both classes are needed. Widen the windows in preprocess.")
+    started = time.monotonic()
+    sample, weights, note = fit_rows(both, args.max_train_rows, args.seed)
+    dall = feature_matrix(sample, args, weights)
+    binned = time.monotonic()
     params = booster_params(args, resolve_scale_pos_weight(args.scale_pos_weight, neg, pos))
-    print(f"refit on train + validation: {len(both.frame)} rows ({pos} fraud), "
-          f"{len(features)} features, {rounds} rounds (the tuned trial's early stopping)",
-          flush=True)
+    print(f"refit on {note} ({pos} fraud), {len(features)} features, {rounds} rounds "
+          "(the tuned trial's early stopping)", flush=True)
     booster = xgb.train(params, dall, num_boost_round=rounds)
+    seconds = {"matrix": binned - started, "boosting": time.monotonic() - binned}
     metadata = {
         "hyperparameters": {**params, "scale_pos_weight_mode": args.scale_pos_weight},
         "best_iteration": rounds - 1,
         "best_ntree_limit": rounds,
         "rounds_run": rounds,
         "stopped_early": False,
-        "refit": {"rows": len(both.frame), "frauds": pos, "windows": ["train", "validation"]},
+        "refit": {"rows": both.rows, "frauds": pos, "windows": ["train", "validation"],
+                  "fit_rows": note},
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "validation_aucpr": tuned.get("validation_aucpr"),
         "validation_average_precision": tuned.get("validation_average_precision"),
         "tuning": tuned.get("tuning"),
         "windows": {name: c.feature_set.get("split", {}).get("window")
                     for name, c in (("train", train), ("validation", valid))},
         "label_delay_days": train.feature_set.get("split", {}).get("label_delay_days"),
-        "rows": {"train": {"rows": len(train.frame)}, "validation": {"rows": len(valid.frame)}},
+        "rows": {"train": {"rows": train.rows}, "validation": {"rows": valid.rows}},
         "xgboost_version": xgb.__version__,
         "feature_set_version": train.feature_set.get("version"),
         "feature_columns": features,
@@ -577,16 +635,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.refit:
         return run_refit(args)
     dirs = channel_dirs(args.base_dir)
-    train = read_channel("train", dirs["train"])
-    valid = read_channel("validation", dirs["validation"])
-    check_same_features(train, valid)
-    features = list(train.feature_set["feature_columns"])
-    label = train.feature_set["label_column"]
-    dtrain = feature_matrix(train, features, label)
-    dvalid = feature_matrix(valid, features, label)
-
-    neg, pos = class_counts(dtrain.get_label())
-    vneg, vpos = class_counts(dvalid.get_label())
+    started = time.monotonic()
+    train, valid, features, _ = read_pair(dirs)
+    read = time.monotonic()
+    neg, pos = class_counts(train.labels)
+    vneg, vpos = class_counts(valid.labels)
     if pos == 0 or neg == 0:
         raise TrainingError(
             f"the train window has {pos} fraud and {neg} genuine rows; both classes are "
@@ -597,25 +650,32 @@ def run(args: argparse.Namespace) -> dict:
             "the validation window has no fraud rows, so aucpr cannot drive early stopping. "
             "Widen --validation-days in preprocess."
         )
+    sample, weights, note = fit_rows(train, args.max_train_rows, args.seed)
+    dtrain = feature_matrix(sample, args, weights)
+    dvalid = feature_matrix(valid, args, ref=dtrain)
+    binned = time.monotonic()
     scale_pos_weight = resolve_scale_pos_weight(args.scale_pos_weight, neg, pos)
     params = booster_params(args, scale_pos_weight)
     print(
-        f"training on {len(train.frame)} rows ({pos} fraud), validating on "
-        f"{len(valid.frame)} rows ({vpos} fraud), {len(features)} features, "
-        f"scale_pos_weight={scale_pos_weight:.3f}, nthread={args.nthread}",
+        f"training on {note} ({pos} fraud), validating on {valid.rows} rows ({vpos} fraud), "
+        f"{len(features)} features, scale_pos_weight={scale_pos_weight:.3f}, "
+        f"nthread={args.nthread}",
         flush=True,
     )
     booster, history = train_booster(params, dtrain, dvalid, args)
+    boosted = time.monotonic()
 
     counts = {
-        "train": {"rows": len(train.frame), "frauds": pos},
-        "validation": {"rows": len(valid.frame), "frauds": vpos},
+        "train": {"rows": train.rows, "frauds": pos, "fit_rows": note},
+        "validation": {"rows": valid.rows, "frauds": vpos},
     }
     train_aucpr = metric_of(booster, dtrain, "train")
     metadata = build_metadata(args, params, booster, history, train, valid, counts, train_aucpr)
+    metadata["seconds"] = {"read": round(read - started, 2), "matrix": round(binned - read, 2),
+                           "boosting": round(boosted - binned, 2)}
     # The tuning objective (what a HyperparameterTuner trial reports): AP at the best round.
     metadata["validation_average_precision"] = average_precision(
-        dvalid.get_label(), booster.predict(dvalid))
+        valid.labels, booster.predict(dvalid))
     write_model(dirs, booster, train.feature_set, metadata)
     write_json(dirs["output"] / HISTORY_FILE, history)
     return metadata
