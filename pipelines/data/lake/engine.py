@@ -34,6 +34,7 @@ to read or write. Refusals are one line, starting with ``refused:``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,10 @@ def open_engine(relations: Mapping[str, Relation]) -> duckdb.DuckDBPyConnection:
     try:
         # Session options (not accepted in the start-up config), locked with the rest.
         con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
+        # In a Jupyter kernel without ipywidgets DuckDB refuses to touch this setting;
+        # it cannot draw a bar there either, so there is nothing to turn off.
+        with contextlib.suppress(duckdb.InvalidInputException):
+            con.execute("SET enable_progress_bar = false")
         # With external access off DuckDB still allows "<cwd>/:memory:" and its WAL
         # names for an in-memory database; with the local file system disabled
         # nothing at all can be opened by path.
