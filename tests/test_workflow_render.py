@@ -21,6 +21,7 @@ from pipelines.workflow.render import (
     substitute,
     to_state_machine,
 )
+from pipelines.workflow.stack import Environment, stack_parameters
 
 PLACEHOLDERS = {
     "GlueJobName": "fraud-etl",
@@ -193,7 +194,10 @@ def test_the_feature_job_runs_the_uploaded_code_on_the_stacks_application():
     arguments = task["Parameters"]["JobDriver"]["SparkSubmit"]["EntryPointArguments"]
     assert arguments[arguments.index("--label-delay-days") + 1] == "${LabelDelayDays}"
     workflow = _template("workflow.yaml")
-    assert workflow["Parameters"]["LabelDelayDays"]["Default"] == DEFAULT_LABEL_DELAY_DAYS
+    # One source: no template default; the deploy passes params.py's constant.
+    assert "Default" not in workflow["Parameters"]["LabelDelayDays"]
+    assert stack_parameters(Environment("dev"), "workflow", {})["LabelDelayDays"] == str(
+        DEFAULT_LABEL_DELAY_DAYS)
     application = workflow["Resources"]["FeatureApplication"]
     assert application["Type"] == "AWS::EMRServerless::Application"
     assert application["Properties"]["Type"] == "SPARK"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.code import unit_dir
+from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
 
 # Stacks in the order they must exist (later ones import earlier outputs: the
 # workflow's backup step uses the backup stack's vault and role).
@@ -97,9 +98,14 @@ def _stack_exists(cloudformation: Any, name: str) -> bool:
 
 
 def stack_parameters(env: Environment, stack: str, extra: dict[str, str]) -> dict[str, str]:
-    """Parameters a stack declares, taken from the environment and ``extra``."""
+    """Parameters a stack declares, taken from the environment and ``extra``.
+
+    Run parameters with a project-wide default (the label delay) come from
+    ``pipelines.core.params``, never from a template default of their own.
+    """
     declared = _declared_parameters(stack)
-    values = {"CodeVersion": env.code_version, **extra}
+    values = {"CodeVersion": env.code_version,
+              "LabelDelayDays": str(DEFAULT_LABEL_DELAY_DAYS), **extra}
     return {k: v for k, v in values.items() if k in declared}
 
 

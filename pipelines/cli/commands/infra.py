@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deploy.add_argument("--build-dir", type=Path, default=Path("build"))
     deploy.add_argument("--wheels", type=Path, default=None,
                         help="a folder of manylinux wheels for the layers (offline build)")
+    deploy.add_argument("--label-delay-days", type=int, default=None,
+                        help="days until a fraud label is known, for the workflow's feature "
+                        "job (default: pipelines/core/params.py DEFAULT_LABEL_DELAY_DAYS)")
     deploy.add_argument("--only", action="append", choices=STACK_ORDER)
     deploy.set_defaults(handler=_deploy)
 
@@ -84,6 +87,14 @@ def _deploy(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     cloudformation = boto3.client("cloudformation")
     extra = {"CopyRegionVaultArn": args.copy_region_vault_arn}
+    if args.label_delay_days is not None:
+        from pipelines.core.params import ParameterError, check_label_delay_days
+
+        try:
+            extra["LabelDelayDays"] = str(
+                check_label_delay_days(args.label_delay_days, "--label-delay-days"))
+        except ParameterError as exc:
+            raise UserError(str(exc)) from exc
     uploaded = False
     for stack in stacks:
         # Every later stack reads code/<version>/ from the artifacts bucket, which the
