@@ -362,3 +362,52 @@ def test_a_locked_vault_past_its_grace_period_is_reported_not_retried():
         with pytest.raises(ProtectionError, match="cannot be changed"):
             aws_backup.ensure_vault_lock(backup, "fraudops-dev", 35, 3650)
         stub.assert_no_pending_responses()
+
+
+# --- the landing bucket is never backed up -------------------------------------------------
+
+
+@mock_aws
+@pytest.mark.parametrize("landing", ["fraudops-dev-landing", "fraudops-prod-landing-123456789012"])
+def test_a_landing_bucket_named_as_the_stack_names_it_is_refused_before_any_change(landing):
+    s3 = boto3.client("s3", region_name=HOME)
+    s3.create_bucket(Bucket=landing)
+    with pytest.raises(ProtectionError, match=rf"refusing to back up s3://{landing}: its name"):
+        aws_backup.set_up_storage(s3, "fraudops-dev-records", ["fraudops-dev-lake", landing], HOME)
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [landing]  # nothing created
+    assert "Status" not in s3.get_bucket_versioning(Bucket=landing)
+    with pytest.raises(ClientError, match="NoSuchTagSet"):
+        s3.get_bucket_tagging(Bucket=landing)
+
+
+@mock_aws
+def test_a_bucket_tagged_as_raw_cardholder_data_is_refused_whatever_its_name():
+    s3 = boto3.client("s3", region_name=HOME)
+    s3.create_bucket(Bucket="drops")
+    s3.put_bucket_tagging(Bucket="drops", Tagging={"TagSet": [aws_backup.RAW_CARDHOLDER_TAG]})
+    with pytest.raises(ProtectionError, match="drops: it is tagged data-classification="
+                                              "raw-cardholder-data"):
+        aws_backup.set_up_storage(s3, "records", ["drops"], HOME)
+    assert s3.get_bucket_tagging(Bucket="drops")["TagSet"] == [aws_backup.RAW_CARDHOLDER_TAG]
+
+
+def test_the_refused_tag_is_the_one_the_landing_bucket_carries():
+    from test_infra import INFRA, _load
+
+    landing = _load(INFRA / "storage.yaml")["Resources"]["LandingBucket"]["Properties"]
+    assert aws_backup.RAW_CARDHOLDER_TAG in landing["Tags"]
+    name = landing["BucketName"]["Fn::Sub"]
+    assert aws_backup.landing_bucket_pattern("fraudops").match(
+        name.replace("${ProjectName}", "fraudops").replace("${Environment}", "dev")
+        .replace("${AWS::AccountId}", ACCOUNT))
+
+
+@mock_aws
+def test_the_command_line_refuses_the_landing_bucket(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aws_backup.main(["--region", HOME, "--copy-region", COPY, "--kms-key-arn", KEY,
+                         "--copy-kms-key-arn", COPY_KEY, "--role-arn", ROLE,
+                         "--records-bucket", "fraudops-dev-records",
+                         "--data-bucket", "fraudops-dev-landing-123456789012"])
+    assert exit_info.value.code == 2
+    assert "refusing to back up s3://fraudops-dev-landing-123456789012" in capsys.readouterr().err

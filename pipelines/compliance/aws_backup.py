@@ -27,6 +27,7 @@ script and the CloudFormation stack describe the same resources.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ from pipelines.compliance.policy import BSA_RETENTION_DAYS
 RECORDS_RETENTION_YEARS = 5
 MIN_CHANGEABLE_FOR_DAYS = 3  # AWS's floor for the compliance-mode grace period
 TAG_KEY = "backup-plan"
+# The tag infra/storage.yaml puts on the landing bucket: raw drops may hold card
+# numbers in clear, so a bucket carrying it must never be backed up (a recovery
+# point in a compliance-locked vault could not be deleted for years).
+RAW_CARDHOLDER_TAG = {"Key": "data-classification", "Value": "raw-cardholder-data"}
 
 
 class ProtectionError(RuntimeError):
@@ -383,12 +388,7 @@ def ensure_versioning(s3, bucket: str) -> bool:
 
 def ensure_backup_tag(s3, bucket: str, tag_key: str, tag_value: str) -> bool:
     """Add the tag the backup selection matches, keeping other tags; True if changed."""
-    try:
-        tags = s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
-    except ClientError as exc:
-        if _error_code(exc) != "NoSuchTagSet":
-            raise
-        tags = []
+    tags = _bucket_tags(s3, bucket)
     if {"Key": tag_key, "Value": tag_value} in tags:
         return False
     kept = [t for t in tags if t["Key"] != tag_key]
@@ -429,6 +429,35 @@ def ensure_records_bucket(
     return changed
 
 
+def landing_bucket_pattern(project: str) -> re.Pattern[str]:
+    """Names infra/storage.yaml gives landing buckets: ``<project>-<env>-landing[-<account>]``."""
+    return re.compile(rf"^{re.escape(project)}-[a-z0-9]+-landing(-[0-9]{{12}})?$")
+
+
+def refuse_landing_bucket(s3, bucket: str, project: str = "fraudops") -> None:
+    """Raise ``ProtectionError`` if ``bucket`` is a landing bucket (by name or by its tag)."""
+    why = ""
+    if landing_bucket_pattern(project).match(bucket):
+        why = "its name is the landing bucket's (infra/storage.yaml LandingBucket)"
+    elif _bucket_exists(s3, bucket) and RAW_CARDHOLDER_TAG in _bucket_tags(s3, bucket):
+        why = f"it is tagged {RAW_CARDHOLDER_TAG['Key']}={RAW_CARDHOLDER_TAG['Value']}"
+    if why:
+        raise ProtectionError(
+            f"refusing to back up s3://{bucket}: {why}. Raw landing drops may hold card "
+            "numbers in clear and must never reach a locked backup vault; pass the lake, "
+            "artifacts and records buckets only (--data-bucket)"
+        )
+
+
+def _bucket_tags(s3, bucket: str) -> list[dict[str, str]]:
+    try:
+        return s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+    except ClientError as exc:
+        if _error_code(exc) != "NoSuchTagSet":
+            raise
+        return []
+
+
 def set_up_storage(
     s3,
     records_bucket: str,
@@ -437,7 +466,12 @@ def set_up_storage(
     project: str = "fraudops",
     retention_years: int = RECORDS_RETENTION_YEARS,
 ) -> dict[str, bool]:
-    """Object Lock on the records bucket; versioning and the backup tag on every bucket."""
+    """Object Lock on the records bucket; versioning and the backup tag on every bucket.
+
+    A landing bucket among them is refused before anything is changed.
+    """
+    for bucket in (records_bucket, *data_buckets):
+        refuse_landing_bucket(s3, bucket, project)
     changes = {records_bucket: ensure_records_bucket(s3, records_bucket, region, retention_years)}
     changes[records_bucket] |= ensure_backup_tag(s3, records_bucket, TAG_KEY, project)
     for bucket in data_buckets:
@@ -462,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--copy-kms-key-arn", required=True)
     parser.add_argument("--role-arn", required=True, help="role AWS Backup assumes")
     parser.add_argument("--records-bucket", required=True)
-    parser.add_argument("--data-bucket", action="append", default=[], help="repeatable")
+    parser.add_argument("--data-bucket", action="append", default=[],
+                        help="repeatable; never the landing bucket (refused)")
     parser.add_argument("--project", default="fraudops")
     parser.add_argument("--environment", default="dev")
     args = parser.parse_args(argv)
@@ -481,13 +516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         project=args.project,
         environment=args.environment,
     )
-    storage = set_up_storage(
-        boto3.client("s3", region_name=args.region),
-        args.records_bucket,
-        args.data_bucket,
-        args.region,
-        args.project,
-    )
+    try:
+        storage = set_up_storage(
+            boto3.client("s3", region_name=args.region),
+            args.records_bucket,
+            args.data_bucket,
+            args.region,
+            args.project,
+        )
+    except ProtectionError as exc:
+        parser.error(str(exc))
     backup = set_up_backup(
         boto3.client("backup", region_name=args.region),
         boto3.client("backup", region_name=args.copy_region),
