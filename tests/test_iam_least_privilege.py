@@ -170,6 +170,47 @@ def test_state_machine_role_grants_every_task_it_runs():
         assert _allowed(action, granted), f"state machine calls {action} without a grant"
 
 
+_JOB_ACTIONS = {"Processing": "ProcessingJob", "Training": "TrainingJob",
+                "Tuning": "HyperParameterTuningJob"}
+# What SageMaker Pipelines does with the pipeline's execution role for each step
+# type: no repository code makes these calls, the service does, so the scan above
+# cannot see them; the rendered definition says which step types there are.
+STEP_ACTIONS: dict[str, set[str]] = {
+    **{kind: {f"sagemaker:{verb}{job}" for verb in ("Create", "Describe", "Stop")}
+       | {"sagemaker:AddTags"} for kind, job in _JOB_ACTIONS.items()},
+    "RegisterModel": {"sagemaker:CreateModelPackage", "sagemaker:DescribeModelPackage"},
+    "Condition": set(), "Fail": set(),
+}
+# A tuning job's trials are training jobs, and the step reads their summaries.
+STEP_ACTIONS["Tuning"] |= STEP_ACTIONS["Training"] | {
+    "sagemaker:ListTrainingJobsForHyperParameterTuningJob"}
+
+
+def _step_types(steps: list[dict]) -> set[str]:
+    found = set()
+    for step in steps:
+        found.add(step["Type"])
+        arguments = step.get("Arguments", {})
+        found |= _step_types(arguments.get("IfSteps", []) + arguments.get("ElseSteps", []))
+    return found
+
+
+def test_the_pipeline_role_grants_exactly_what_its_step_types_need(tmp_path):
+    import json
+
+    from pipelines.fraud.definition import render_pipeline
+
+    definition = json.loads(render_pipeline({"region": "us-east-1"},
+                                            code_store_dir=tmp_path).definition)
+    types = _step_types(definition["Steps"])
+    assert "Tuning" in types and types <= set(STEP_ACTIONS), types
+    needed = set().union(*(STEP_ACTIONS[t] for t in types))
+    granted = {a for a in _granted("ml.yaml", "SageMakerExecutionRole")
+               if a.startswith("sagemaker:")}
+    assert needed - granted == set(), "the pipeline role lacks these"
+    assert granted - needed == set(), "granted but no step type of the pipeline needs it"
+
+
 def test_the_scan_finds_calls():
     """Guard against a scan that silently sees nothing (it would pass everything)."""
     used = _used_actions(_closure(["lambdas.alert.handler"]))
