@@ -573,13 +573,14 @@ def test_late_and_forbidden_records_become_dead_letters_with_their_reason(ws, tm
     source = tmp_path / "mixed.jsonl"
     source.write_text("\n".join([
         record("tx-1", 2),
-        record("tx-2", 1),  # older than tx-1: its features cannot be computed exactly
+        record("tx-2", 1),  # a day older than tx-1: beyond the allowed lateness (1 h)
         record("tx-3", 3, card_number="4111111111111111", cvv="987"),
     ]) + "\n")
     assert stream(ws, source) == 0
     assert scored(ws).column("transaction_id").to_pylist() == ["tx-1"]
     dead = {r["transaction_id"]: r for r in dead_letters(ws).to_pylist()}
-    assert dead["tx-2"]["reason"] == "out_of_order"
+    assert dead["tx-2"]["reason"].startswith("out_of_order:stream late by 86400 s, more than "
+                                             "the allowed lateness of 3600 s")
     assert dead["tx-2"]["source_line"] == 2
     assert dead["tx-3"]["reason"] == "forbidden_column"
     assert dead["tx-3"]["amount"] is None and dead["tx-3"]["card_masked"] is None

@@ -5,7 +5,10 @@ with AWS adapters: online state in DynamoDB (``STATE_TABLE``), scores from the
 SageMaker endpoint (``ENDPOINT_NAME``), dead letters to SQS
 (``DEAD_LETTER_QUEUE_URL``), alerts to the alert Lambda (``ALERT_FUNCTION``),
 the card-token key from Secrets Manager (``TOKEN_KEY_SECRET``). Optional:
-``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``).
+``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``) and
+``ALLOWED_LATENESS_SECONDS`` (how far behind the stream's newest transaction one may
+arrive, its own entities permitting; empty: the package default,
+``pipelines.core.params.DEFAULT_ALLOWED_LATENESS_SECONDS``).
 
 The alert threshold, model version, label delay and feature set version are
 those of the model package the endpoint serves (its CustomerMetadataProperties,
@@ -34,11 +37,13 @@ import io
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, check_allowed_lateness_seconds
 from pipelines.data.features.definitions import FEATURE_COLUMNS, require_current_feature_set
 from pipelines.data.ingest.sources import json_text  # the ingest job's JSON -> text rule
 from pipelines.data.ingest.tokenise import Tokeniser, key_from_text
@@ -78,6 +83,7 @@ class Resources:
     alert_function: str | None = None
     s3: Any = None
     scored_bucket: str | None = None
+    allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
 
     @classmethod
     def from_environment(cls) -> Resources:
@@ -100,10 +106,20 @@ class Resources:
             alert_function=os.environ.get("ALERT_FUNCTION") or None,
             s3=boto3.client("s3") if bucket else None,
             scored_bucket=bucket,
+            allowed_lateness_seconds=allowed_lateness(os.environ),
         )
 
 
 _RESOURCES: Resources | None = None
+
+
+def allowed_lateness(environ: Mapping[str, str]) -> int:
+    """``ALLOWED_LATENESS_SECONDS`` (infra/ml.yaml's StreamAllowedLatenessSeconds); unset
+    or empty means the package default, so the default is written in one place."""
+    text = environ.get("ALLOWED_LATENESS_SECONDS", "").strip()
+    if not text:
+        return DEFAULT_ALLOWED_LATENESS_SECONDS
+    return check_allowed_lateness_seconds(text, "ALLOWED_LATENESS_SECONDS")
 
 
 def decode(records: list[dict[str, Any]]) -> list[RawRecord]:
@@ -225,7 +241,8 @@ def score_chunk(records: list[dict[str, Any]], resources: Resources,
     raw = decode(records)
     source = _source(records)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days)
+        store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days,
+                                 resources.allowed_lateness_seconds)
         seen = ProcessedIds(resources.table)
         seen.load([(r.values or {}).get("transaction_id", "") or "" for r in raw])
         model = SageMakerEndpointModel(

@@ -47,6 +47,12 @@ DEFAULT_ALERT_THRESHOLD = 0.5
 # LabelDelayDays pipeline parameter value meaning "the delay the features were built
 # with" (processing/preprocess.py reads the manifest then). A real delay is >= 0.
 LABEL_DELAY_FROM_FEATURES = -1
+# Stream setting (not a model parameter; here so the CLI, the stream scorer and the
+# Lambda share it without importing the online engine): how far behind the stream's
+# newest transaction one may arrive and still be scored, its own entities permitting
+# (pipelines.serving.online.engine). Covers shards and producers lagging each other by
+# minutes; raising it only keeps label and dedupe state that much longer.
+DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
 
 
 class ParameterError(ValueError):
@@ -64,6 +70,17 @@ def check_label_delay_days(value: object, source: str = "label_delay_days") -> i
         raise ParameterError(f"{source} must be a whole number of days, got {value!r}")
     if value < 0:
         raise ParameterError(f"{source} must be >= 0, got {value}")
+    return value
+
+
+def check_allowed_lateness_seconds(value: object,
+                                   source: str = "allowed_lateness_seconds") -> int:
+    """The stream's allowed lateness as whole seconds >= 0 (an int or its text, as in an
+    environment variable); ``source`` names where ``value`` came from."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ParameterError(f"{source} must be a whole number of seconds >= 0, got {value!r}")
     return value
 
 

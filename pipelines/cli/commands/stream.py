@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="most seconds a record waits for its micro-batch (default 1)")
     parser.add_argument("--commit-interval", type=float, default=30.0,
                         help="seconds between state commits (default 30; 0: every batch)")
+    parser.add_argument(
+        "--allowed-lateness", type=int, default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+        metavar="SECONDS",
+        help="how far (seconds) a transaction may be behind the newest one streamed and "
+        "still be scored, if no later transaction of its own customer, terminal, ... was "
+        f"scored (default {DEFAULT_ALLOWED_LATENESS_SECONDS}); older ones are dead-lettered "
+        "out_of_order")
     parser.add_argument("--column-map", type=Path, default=None,
                         help='JSON {"their_column": "canonical_column"} as for ingest')
     add_workdir_argument(parser)
@@ -73,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-wait must be a positive number of seconds")
     if args.commit_interval < 0:
         raise UserError("--commit-interval must be 0 or more seconds")
+    if args.allowed_lateness < 0:
+        raise UserError("--allowed-lateness must be 0 or more seconds")
     if args.input != "-" and not Path(args.input).is_file():
         raise UserError(f"--input {args.input} does not exist; pass a CSV/JSONL file or -")
     ws = open_workspace(args)
@@ -89,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         alert_store=CaseQueue(ws.cases_db),
         notifier=OutboxNotifier(ws.outbox),
         settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
-                                commit_interval_seconds=args.commit_interval),
+                                commit_interval_seconds=args.commit_interval,
+                                allowed_lateness_seconds=args.allowed_lateness),
         source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
         column_map=column_map,
     )

@@ -9,8 +9,9 @@ feature, so a new definition is computed online as soon as it is declared.
 State per entity key (a customer, a terminal, a customer+terminal pair, ...),
 per distinct frame: transactions not yet inside the frame (``pending``: newer
 than ``t - end``), transactions inside it (``inside``) and running
-count/sum/max accumulators. Transactions arrive in time order, so both frame
-edges only move forward: each transaction enters and leaves a frame once.
+count/sum/max accumulators. Each entity key sees its transactions in time order
+(``process`` refuses one older than the key's newest), so both frame edges only
+move forward: each transaction enters and leaves a frame once.
 Sums are of whole cents (exact in float64), so adding and subtracting gives
 exactly the batch engines' result.
 
@@ -19,6 +20,16 @@ Labels: a frame aggregate with ``labels_known_at_t`` counts a fraud only once
 wait in ``waiting`` until it is. A late label (``apply_labels``) for a stored
 transaction is re-applied wherever that transaction sits; a label for a
 transaction not seen yet is kept until it arrives.
+
+Order (see docs/CONTRACTS.md, stream scoring): an entity's features depend only
+on that entity's earlier transactions, so transactions of different entities
+may arrive in any order. ``process`` refuses (:class:`OutOfOrder`) a transaction
+older than the newest one already processed for any of its entity keys (its
+features, and those of the newer ones already scored, would differ from the
+batch engines'), and one older than the stream's newest by more than the
+allowed lateness: that bound is what lets :meth:`OnlineFeatureEngine.prune`
+forget label-index entries, pending labels and processed ids while keeping every
+transaction it can still accept exact.
 """
 
 from __future__ import annotations
@@ -26,9 +37,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, check_allowed_lateness_seconds
 from pipelines.data.features.definitions import (
     AGGREGATES,
     DEFAULT_LABEL_DELAY_DAYS,
@@ -54,10 +67,49 @@ BASE_COLUMNS: tuple[str, ...] = (
 )
 NULLABLE_BASE: frozenset[str] = frozenset({"channel", "country", "is_cash"})
 LABEL_BASE: frozenset[str] = frozenset({"fraud_label", "label_known_us"})
+STREAM_ENTITY = "stream"  # what OutOfOrder names when the allowed lateness is exceeded
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _iso(ts_us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=ts_us)).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(us: int) -> str:
+    """Microseconds as exact decimal seconds (``1.5``, ``86400``, ``0.000001``)."""
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}".rstrip("0").rstrip(".")
 
 
 class OutOfOrder(ValueError):
-    """A transaction older than one already processed: its features cannot be exact."""
+    """A transaction too late to get exact features; nothing was changed.
+
+    ``entity`` is the entity kind whose newest transaction it is older than
+    (e.g. ``customer_id``), or :data:`STREAM_ENTITY` when it is beyond the
+    allowed lateness behind the stream's newest; ``late_by_us`` is by how much.
+    """
+
+    def __init__(self, transaction_id: str, ts_us: int, entity: str, key: tuple | None,
+                 newest_us: int, late_by_us: int, allowed_us: int | None = None) -> None:
+        self.transaction_id = transaction_id
+        self.ts_us = ts_us
+        self.entity = entity
+        self.key = key
+        self.newest_us = newest_us
+        self.late_by_us = late_by_us
+        self.allowed_us = allowed_us
+        super().__init__(f"transaction {transaction_id} at {_iso(ts_us)}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """Which entity it is late for and by how much (the dead letter's reason text)."""
+        if self.entity == STREAM_ENTITY:
+            return (f"{STREAM_ENTITY} late by {_seconds(self.late_by_us)} s, more than the "
+                    f"allowed lateness of {_seconds(self.allowed_us or 0)} s behind the "
+                    f"stream's newest transaction ({_iso(self.newest_us)})")
+        key = ",".join("null" if part is None else str(part) for part in self.key or ())
+        return (f"{self.entity}={key} late by {_seconds(self.late_by_us)} s (its newest "
+                f"transaction is at {_iso(self.newest_us)}; features need each entity's "
+                "transactions in time order)")
 
 
 # --- the plan: definitions compiled once per process --------------------------------------
@@ -229,6 +281,12 @@ class EntityState:
     def __reduce__(self):
         return (EntityState, (self.frames, self.next_seq))
 
+    @property
+    def newest_us(self) -> int:
+        """Time of the entity's newest transaction: every step appends the transaction to
+        every frame's ``pending`` after moving older ones on, so it is always last there."""
+        return self.frames[0].pending[-1].ts
+
     def to_json(self) -> dict:
         events: dict[int, Event] = {}
         frames = []
@@ -279,7 +337,10 @@ def new_entity_state(plan: EntityPlan) -> EntityState:
 class EngineMeta:
     """Engine-wide state besides the entities: the clock, labels waiting for transactions."""
 
-    watermark: int | None = None
+    watermark: int | None = None  # the newest transaction processed (µs)
+    # The lowest time still accepted when state was last pruned: what was pruned below it
+    # is gone, so a raised allowed lateness cannot reach under it (None: never pruned).
+    floor: int | None = None
     pending_labels: dict[str, tuple[int, int]] = field(default_factory=dict)
     # transaction id -> (ts, [(entity plan index, key)]) for label-sensitive entities
     label_index: dict[str, tuple[int, list]] = field(default_factory=dict)
@@ -306,8 +367,12 @@ class OnlineFeatureEngine:
         entities: list[EntityMap] | None = None,
         meta: EngineMeta | None = None,
         track_labels: bool = True,
+        allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
     ) -> None:
         self.label_delay_days = label_delay_days
+        self.allowed_lateness_us = (
+            check_allowed_lateness_seconds(allowed_lateness_seconds) * 1_000_000
+        )
         self.delay_micros = label_delay_micros(label_delay_days)
         self.plans = build_entity_plans(self.delay_micros)
         self._features = build_feature_function()
@@ -328,6 +393,7 @@ class OnlineFeatureEngine:
         self.touched: list[set] = [set() for _ in self.plans]
         self.touched_labels: set[str] = set()
         self._pass = build_entity_pass(self.plans, self._steps, self._events, self._sensitive)
+        self._newest = build_newest_check(self.plans)
         self.horizon_micros = max(
             (f.start for p in self.plans for f in p.frames if f.start is not None), default=0
         )
@@ -359,20 +425,44 @@ class OnlineFeatureEngine:
         return [tuple(row.get(c) for c in plan.columns) for plan in self.plans]
 
     def process(self, row: Mapping[str, Any]) -> list[float | None]:
-        """Features of ``row`` (a curated transaction with ``ts_us``), then remember it."""
+        """Features of ``row`` (a curated transaction with ``ts_us``), then remember it.
+
+        Raises :class:`OutOfOrder`, changing nothing (a label waiting for the
+        transaction keeps waiting), when ``row`` is older than the newest
+        transaction of one of its entities or beyond the allowed lateness.
+        """
+        t = int(row["ts_us"])
+        self.check_order(row, t)
         env = self.base_env(row)
-        t = env["ts_us"]
-        watermark = self.meta.watermark
-        if watermark is not None and t < watermark:
-            raise OutOfOrder(
-                f"transaction {row['transaction_id']} at {t} µs is older than one already "
-                f"processed ({watermark} µs); online features need time order"
-            )
-        self.meta.watermark = t
         totals: list[Any] = [None] * len(AGGREGATES)
         self._pass(env, row["transaction_id"], t, totals, self.entities, self.touched,
                    self.meta.label_index, self.touched_labels)
+        if self.meta.watermark is None or t > self.meta.watermark:
+            self.meta.watermark = t
         return self._features(env, totals)
+
+    def check_order(self, row: Mapping[str, Any], t: int) -> None:
+        """Raise :class:`OutOfOrder` if ``row`` at ``t`` cannot get exact features."""
+        floor = self.floor_us()
+        if floor is not None and t < floor:
+            assert self.meta.watermark is not None
+            raise OutOfOrder(row["transaction_id"], t, STREAM_ENTITY, None,
+                             self.meta.watermark, self.meta.watermark - t,
+                             self.allowed_lateness_us)
+        late = self._newest(row, t, self.entities)
+        if late is not None:
+            index, key, newest = late
+            raise OutOfOrder(row["transaction_id"], t, self.plans[index].name, key, newest,
+                             newest - t)
+
+    def floor_us(self) -> int | None:
+        """The oldest time a transaction may have: the allowed lateness behind the newest
+        transaction, never under what the last prune kept (None before the first)."""
+        watermark = self.meta.watermark
+        if watermark is None:
+            return None
+        floor = watermark - self.allowed_lateness_us
+        return floor if self.meta.floor is None else max(floor, self.meta.floor)
 
     def apply_labels(self, labels: Iterable[tuple[str, int, int]]) -> int:
         """Late labels ``(transaction_id, is_fraud, label_known_us)``; returns how many applied.
@@ -398,13 +488,17 @@ class OnlineFeatureEngine:
     def prune(self) -> None:
         """Forget what no future transaction can use: old label index entries and labels.
 
-        A transaction older than ``watermark - horizon`` has left every frame; a
-        label known before then belongs to such a transaction (labels follow their
-        transaction), which could now only arrive out of order.
+        No transaction older than :meth:`floor_us` is accepted, and one at the floor
+        looks back ``horizon``: a transaction older than ``floor - horizon`` has
+        left every frame it can still be read in; a label known before then belongs
+        to such a transaction (labels follow their transaction), which would now be
+        refused. The floor is remembered, so a larger allowed lateness later never
+        accepts a transaction whose state was pruned.
         """
         oldest = self.oldest_useful_us()
         if oldest is None:
             return
+        self.meta.floor = self.floor_us()
         index = self.meta.label_index
         stale = []
         for tx, (ts, _) in index.items():  # insertion order is time order: stop early
@@ -418,10 +512,12 @@ class OnlineFeatureEngine:
             del pending[tx]
 
     def oldest_useful_us(self) -> int | None:
-        """Transactions before this time have left every frame (None before the first)."""
-        if self.meta.watermark is None:
+        """Transactions before this time have left every frame of every transaction
+        still accepted (None before the first)."""
+        floor = self.floor_us()
+        if floor is None:
             return None
-        return self.meta.watermark - self.horizon_micros - 1
+        return floor - self.horizon_micros - 1
 
     # --- internals -------------------------------------------------------------------------
     def _relabel(
@@ -442,8 +538,10 @@ class OnlineFeatureEngine:
             return
         event.env["fraud_label"], event.env["label_known_us"] = value
         event.values = self._events[plan_index](event.env)[1]
+        # Counted as of the entity's own newest transaction: the next one it sees is no
+        # older (other entities' newer transactions say nothing about this one's frames).
         for frame_plan, frame in counted:
-            _enter(frame_plan, frame, event, self.meta.watermark)
+            _enter(frame_plan, frame, event, entity.newest_us)
 
 
 # --- the slow path: re-labelling one stored event ------------------------------------------
@@ -614,6 +712,25 @@ def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events:
                       f"event_{index}": events[index]})
     function.__globals__.update(scope)
     return function
+
+
+def build_newest_check(plans: Sequence[EntityPlan]) -> Any:
+    """Generated ``(row, t, entities) -> None | (plan index, key, newest µs)``: the first
+    entity of ``row`` whose newest transaction is later than ``t``. Unrolled per plan
+    like the pass (it runs for every transaction); reads nothing it would create."""
+    body = []
+    for index, plan in enumerate(plans):
+        key = "(" + "".join(f"row.get({c!r}), " for c in plan.columns) + ")"
+        body += [
+            f"key = {key}",
+            f"entity = entities[{index}].get(key)",
+            "if entity is not None:",
+            "    newest = entity.newest_us",
+            "    if t < newest:",
+            f"        return {index}, key, newest",
+        ]
+    body.append("return None")
+    return build_function("newest_check", ["row", "t", "entities"], body)
 
 
 def build_event_values(plan: EntityPlan, name: str) -> Any:

@@ -18,11 +18,12 @@ import json
 import pickle
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
 from pipelines.core.workspace import Workspace
 from pipelines.data.features.definitions import FEATURE_SET_VERSION
 from pipelines.serving.online.engine import (
@@ -160,16 +161,20 @@ class LocalStateStore:
     def _meta(self, con: sqlite3.Connection) -> dict[str, str]:
         return dict(con.execute("SELECT name, value FROM meta").fetchall())
 
-    def load(self, label_delay_days: int) -> tuple[OnlineFeatureEngine, dict[str, Any]]:
+    def load(
+        self, label_delay_days: int,
+        allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
+    ) -> tuple[OnlineFeatureEngine, dict[str, Any]]:
         """The engine as of the last commit (fresh if none) and that commit's checkpoint."""
         self._pending_processed = {}
         self._processed = None
         if not self.path.exists():
-            return OnlineFeatureEngine(label_delay_days), {}
+            return OnlineFeatureEngine(label_delay_days,
+                                       allowed_lateness_seconds=allowed_lateness_seconds), {}
         try:
             con = self._connect()
             try:
-                return self._load(con, label_delay_days)
+                return self._load(con, label_delay_days, allowed_lateness_seconds)
             finally:
                 con.close()
         except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError) as exc:
@@ -178,10 +183,13 @@ class LocalStateStore:
                 f"{self.directory} to rebuild the state by replaying transactions"
             ) from exc
 
-    def _load(self, con: sqlite3.Connection, label_delay_days: int):
+    def _load(self, con: sqlite3.Connection, label_delay_days: int,
+              allowed_lateness_seconds: int):
+        engine = OnlineFeatureEngine(label_delay_days,
+                                     allowed_lateness_seconds=allowed_lateness_seconds)
         meta = self._meta(con)
         if not meta:
-            return OnlineFeatureEngine(label_delay_days), {}
+            return engine, {}
         if meta.get("format") != STATE_FORMAT:
             raise StateError(
                 f"{self.path} was written by another version of the online engine (format "
@@ -199,11 +207,12 @@ class LocalStateStore:
                 f"{self.path} was built with a {meta['label_delay_days']}-day label delay but "
                 f"the model uses {label_delay_days}; rebuild the state for this model"
             )
-        engine = OnlineFeatureEngine(label_delay_days)
         for plan, key, state in con.execute("SELECT plan, key, state FROM entities"):
             engine.entities[plan][pickle.loads(key)] = decode_entity(pickle.loads(state))  # noqa: S301
+        watermark = json.loads(meta["watermark"])
         engine.meta = EngineMeta(
-            watermark=json.loads(meta["watermark"]),
+            watermark=watermark,
+            floor=stored_floor(meta, watermark),
             pending_labels={
                 tx: (int(f), int(k))
                 for tx, f, k in con.execute("SELECT tx, is_fraud, known_us FROM pending_labels")
@@ -278,6 +287,7 @@ class LocalStateStore:
                 "feature_set_version": FEATURE_SET_VERSION,
                 "label_delay_days": str(engine.label_delay_days),
                 "watermark": json.dumps(engine.meta.watermark),
+                "floor": json.dumps(engine.meta.floor),
                 "checkpoint": json.dumps(checkpoint),
             }
             con.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
@@ -327,6 +337,16 @@ class LocalStateStore:
             "INSERT INTO pending_labels (tx, is_fraud, known_us) VALUES (?, ?, ?)",
             [(tx, f, k) for tx, (f, k) in engine.meta.pending_labels.items()],
         )
+
+
+def stored_floor(stored: Mapping[str, Any], watermark: int | None) -> int | None:
+    """``EngineMeta.floor`` from stored meta (JSON text or a number). State written before
+    the floor was stored was pruned as if nothing older than its watermark could ever be
+    accepted (the engine then refused any older transaction): that is its floor."""
+    if "floor" not in stored:
+        return watermark
+    value = stored["floor"]
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _processed_cutoff(con: sqlite3.Connection) -> int | None:
@@ -392,11 +412,13 @@ class DynamoStateStore:
     and processed ids always change together.
     """
 
-    def __init__(self, table: Any, label_delay_days: int) -> None:
+    def __init__(self, table: Any, label_delay_days: int,
+                 allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS) -> None:
         self.table = table
         # Late labels reach the terminal state through transactions' own labels here;
         # the per-transaction label index would outgrow a DynamoDB item.
-        self.engine = OnlineFeatureEngine(label_delay_days, track_labels=False)
+        self.engine = OnlineFeatureEngine(label_delay_days, track_labels=False,
+                                          allowed_lateness_seconds=allowed_lateness_seconds)
         self.caches = [DynamoEntityCache(table, plan.name) for plan in self.engine.plans]
         self.engine.entities = list(self.caches)
         self.versions: dict[str, int] = {}  # item key -> version read (absent: not stored)
@@ -436,7 +458,7 @@ class DynamoStateStore:
         meta = self.engine.meta
         items.append({
             "entity": META_KEY,
-            "state": json.dumps({"watermark": meta.watermark,
+            "state": json.dumps({"watermark": meta.watermark, "floor": meta.floor,
                                  "pending_labels": meta.pending_labels}, separators=(",", ":")),
         })
         return items
@@ -489,5 +511,6 @@ class DynamoStateStore:
         data = json.loads(item["state"])
         return EngineMeta(
             watermark=data["watermark"],
+            floor=stored_floor(data, data["watermark"]),
             pending_labels={k: tuple(v) for k, v in data["pending_labels"].items()},
         )

@@ -38,6 +38,8 @@ from pipelines.serving.online.reasons import TOP_N, explain
 from pipelines.serving.scoring.batch import ALERT, CLEAR, SCORED_SCHEMA
 from pipelines.serving.stream.source import RawRecord
 
+# A dead letter's reason is ``out_of_order:<entity>=<key> late by <s> s (...)`` or
+# ``out_of_order:stream late by ...`` (OutOfOrder.detail); summaries count the prefix.
 OUT_OF_ORDER = "out_of_order"
 FORBIDDEN = "forbidden_column"
 MALFORMED = "malformed_row"
@@ -120,9 +122,14 @@ def split_forbidden(records: Sequence[RawRecord]) -> tuple[list[RawRecord], list
     return kept, refused
 
 
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason without its per-record detail (what summaries count)."""
+    return OUT_OF_ORDER if reason.startswith(f"{OUT_OF_ORDER}:") else reason
+
+
 def _dead_rows(
-    raw: pa.Table, cards: CardColumns, rows: Sequence[int], reason: str, source: str,
-    run_id: str, day: str,
+    raw: pa.Table, cards: CardColumns, rows: Sequence[int], reasons: Sequence[str],
+    source: str, run_id: str, day: str,
 ) -> pa.Table:
     """Rejected records in QUARANTINE_SCHEMA: original text, card masked, reason and line."""
     take = pa.array(rows, pa.int64())
@@ -132,7 +139,7 @@ def _dead_rows(
     }
     columns.update(
         card_masked=cards.masked_rows(take),
-        reason=pa.repeat(pa.scalar(reason), n),
+        reason=pa.array(reasons, pa.string()),
         source_file=pa.repeat(pa.scalar(source), n),
         source_line=raw.column(LINE_COLUMN).take(take),
         source_line_end=raw.column(LINE_END_COLUMN).take(take),
@@ -326,7 +333,8 @@ def process_batch(
             before_features(valid)
         rows, late = _featurise(valid, engine)
         if late:
-            dead.append(_dead_rows(raw, cards, [first_row[r] for r in late], OUT_OF_ORDER,
+            dead.append(_dead_rows(raw, cards, [first_row[e.transaction_id] for e in late],
+                                   [f"{OUT_OF_ORDER}:{e.detail}" for e in late],
                                    source, run_id, day))
     features = [row.pop("_features") for row in rows]
     matrix = model_matrix(features, engine, model.feature_columns, rows)
@@ -346,14 +354,17 @@ def process_batch(
     return outcome
 
 
-def _featurise(rows: list[dict[str, Any]], engine: OnlineFeatureEngine):
-    """Online features per row in arrival order; rows older than the state go back as late."""
+def _featurise(
+    rows: list[dict[str, Any]], engine: OnlineFeatureEngine
+) -> tuple[list[dict[str, Any]], list[OutOfOrder]]:
+    """Online features per row in arrival order; rows too late for exact features (older
+    than their entities' state, or beyond the allowed lateness) go back as refusals."""
     done, late = [], []
     for row in rows:
         try:
             row["_features"] = engine.process(row)
-        except OutOfOrder:
-            late.append(row["transaction_id"])
+        except OutOfOrder as refused:
+            late.append(refused)
             continue
         done.append(row)
     return done, late

@@ -41,7 +41,11 @@ from pipelines.compliance.locks import workspace_lock
 from pipelines.core.failures import notify_failure
 from pipelines.core.fileio import atomic_path
 from pipelines.core.notifications import Notifier
-from pipelines.core.params import check_label_delay_days
+from pipelines.core.params import (
+    DEFAULT_ALLOWED_LATENESS_SECONDS,
+    check_allowed_lateness_seconds,
+    check_label_delay_days,
+)
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest.tokenise import Tokeniser
@@ -49,7 +53,7 @@ from pipelines.data.labels import LABEL_SCHEMA
 from pipelines.serving.alerts.alerting import AlertPolicy, AlertStore, raise_alerts
 from pipelines.serving.online.engine import OnlineFeatureEngine
 from pipelines.serving.online.store import LocalStateStore
-from pipelines.serving.stream.core import BatchOutcome, StreamModel, process_batch
+from pipelines.serving.stream.core import BatchOutcome, StreamModel, process_batch, reason_kind
 from pipelines.serving.stream.source import RawRecord, RecordQueue
 
 SCORED_PREFIX = "stream-"
@@ -75,6 +79,13 @@ class StreamSettings:
     # State commits at most this often (0: after every micro-batch). Outputs flush per
     # batch regardless; a crash replays the uncommitted batches over their own files.
     commit_interval_seconds: float = 30.0
+    # Transactions may arrive this far behind the stream's newest (their own customer's,
+    # terminal's... newest permitting); older ones are dead-lettered out_of_order.
+    allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
+
+    def __post_init__(self) -> None:
+        check_allowed_lateness_seconds(self.allowed_lateness_seconds,
+                                       "StreamSettings.allowed_lateness_seconds")
 
 
 @dataclass
@@ -190,7 +201,8 @@ class StreamScorer:
         summary = StreamSummary(self.run_id)
         started = time.perf_counter()
         with self.store.exclusive(), _full_collections_at_commits():
-            self.engine, self.checkpoint = self.store.load(self.label_delay_days)
+            self.engine, self.checkpoint = self.store.load(
+                self.label_delay_days, self.settings.allowed_lateness_seconds)
             self.checkpoint.setdefault("seq", 0)
             self.checkpoint.setdefault("dead_keys", [])
             self.checkpoint.setdefault("label_files", [])
@@ -291,7 +303,7 @@ class StreamScorer:
             summary.counts[name] = summary.counts.get(name, 0) + value
         summary.counts["notified"] += alert_counts["notified"]
         summary.counts["batches"] += 1
-        for reason in outcome.dead_letters.column("reason").to_pylist():
+        for reason in map(reason_kind, outcome.dead_letters.column("reason").to_pylist()):
             summary.dead_letter_reasons[reason] = summary.dead_letter_reasons.get(reason, 0) + 1
         if time.monotonic() - self._last_commit >= self.settings.commit_interval_seconds:
             self.commit()
