@@ -2,12 +2,16 @@
 
 Several days of synthetic transactions with terminal fraud, label delay (the
 default delay and explicit late/flipped labels), compared feature by feature
-within 1e-9; the deployed model scores both the same.
+within 1e-9; the deployed model scores both the same. Also in arrival order:
+customers and terminals interleaved up to 20 minutes out of time order (each
+entity's own transactions in order), with labels arriving mid-stream and state
+committed and reloaded along the way.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from datetime import timedelta
 
 import numpy as np
@@ -15,12 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
 from pipelines.data.datagen import GeneratorConfig, generate_transactions
 from pipelines.data.features.definitions import FEATURE_COLUMNS
 from pipelines.data.features.duckdb_engine import compute_features
 from pipelines.model.registry import APPROVED, LocalModelRegistry
 from pipelines.serving.deploy.sample_model import create_request, train_model_files, upload_model
-from pipelines.serving.online.engine import OnlineFeatureEngine, OutOfOrder
+from pipelines.serving.online.engine import STREAM_ENTITY, OnlineFeatureEngine, OutOfOrder
 from pipelines.serving.online.store import LocalStateStore, StateError
 from pipelines.serving.scoring.batch import load_model, score_table
 from pipelines.serving.stream.core import model_matrix
@@ -28,6 +33,7 @@ from pipelines.serving.stream.models import InProcessModel
 
 DELAY_DAYS = 7
 TOLERANCE = 1e-9
+MINUTE_US = 60_000_000
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +167,153 @@ def test_the_snapshot_refuses_another_label_delay(tmp_path):
         store.load(3)
 
 
-def test_an_older_transaction_is_refused_not_mixed_in(transactions):
+def _arrival_order(rows: list[dict], max_delay_us: int, seed: int) -> list[tuple[int, dict]]:
+    """``(arrival time, row)`` in arrival order: each row delayed up to ``max_delay_us``,
+    but never before an earlier row of its customer or terminal (so each entity's rows
+    stay in time order while different entities' rows interleave out of it)."""
+    draw = random.Random(seed)
+    last: dict[tuple, int] = {}
+    arrivals = []
+    for index, row in enumerate(rows):  # rows in time order
+        keys = (("c", row["customer_id"]), ("t", row["terminal_id"]))
+        arrival = max([row["ts_us"] + draw.randrange(max_delay_us),
+                       *(last.get(k, 0) for k in keys)])
+        for k in keys:
+            last[k] = arrival
+        arrivals.append((arrival, index, row))
+    arrivals.sort(key=lambda a: (a[0], a[1]))  # ties: time order, as the entities need
+    return [(arrival, row) for arrival, _, row in arrivals]
+
+
+def test_interleaved_out_of_order_input_gives_the_batch_features(transactions, tmp_path):
+    """Customers and terminals interleaved up to 20 minutes out of time order, late labels
+    delivered at label_known_at on the arrival clock, the state committed and reloaded
+    every 500 transactions: every transaction is scored, with the batch features."""
+    labels = _late_labels(transactions, every=5)
+    batch = compute_features(transactions, DELAY_DAYS, labels)
     rows = _rows(transactions)
+    arriving = _arrival_order(rows, 20 * MINUTE_US, seed=4)
+    newest, behind = 0, 0
+    for _, row in arriving:
+        behind += row["ts_us"] < newest
+        newest = max(newest, row["ts_us"])
+    assert behind > len(rows) // 10, "the input must be out of time order, or this proves nothing"
+
+    feedback = sorted(_label_tuples(labels), key=lambda label: label[2])
+    store = LocalStateStore(tmp_path / "online")
+    engine, _ = store.load(DELAY_DAYS)
+    features: dict[str, list] = {}
+    next_label = 0
+    for position, (arrival, row) in enumerate(arriving):
+        while next_label < len(feedback) and feedback[next_label][2] <= arrival:
+            engine.apply_labels([feedback[next_label]])
+            next_label += 1
+        features[row["transaction_id"]] = engine.process(row)
+        if position % 500 == 499:  # a restart must not change a thing
+            store.commit(engine, {"position": position})
+            engine, _ = store.load(DELAY_DAYS)
+    assert len(features) == len(rows)
+    _assert_equal_features(batch, rows, [features[r["transaction_id"]] for r in rows])
+
+
+def test_a_transaction_older_than_its_customers_newest_is_refused_unchanged(transactions):
+    rows = _rows(transactions)
+    first = rows[0]
+    later = {**next(r for r in rows[1:] if r["customer_id"] == first["customer_id"]),
+             "ts_us": first["ts_us"] + 1_500_000}  # well within the allowed lateness
     engine = OnlineFeatureEngine(DELAY_DAYS)
-    engine.process(rows[10])
-    with pytest.raises(OutOfOrder, match=rows[0]["transaction_id"]):
-        engine.process(rows[0])
+    engine.apply_labels([(first["transaction_id"], 1, later["ts_us"])])  # waits for first
+    engine.process(later)
+    with pytest.raises(OutOfOrder) as refused:
+        engine.process(first)
+    late_by = later["ts_us"] - first["ts_us"]
+    assert (refused.value.entity, refused.value.key) == ("customer_id", (first["customer_id"],))
+    assert refused.value.late_by_us == late_by
+    assert f"customer_id={first['customer_id']} late by " in refused.value.detail
+    assert first["transaction_id"] in str(refused.value)
+    # Nothing changed: the label still waits, the state is the in-order one's.
+    assert first["transaction_id"] in engine.meta.pending_labels
+    reference = OnlineFeatureEngine(DELAY_DAYS)
+    reference.process(later)
+    following = next(r for r in rows if r["ts_us"] > later["ts_us"]
+                     and r["customer_id"] == later["customer_id"])
+    assert engine.process(following) == reference.process(following)
+
+
+def test_another_customers_older_transaction_is_scored_within_the_allowed_lateness(transactions):
+    """One second older, another customer and terminal: scored (was refused), exactly."""
+    rows = _rows(transactions)
+    newer = rows[100]
+    older = {**next(r for r in rows if r["customer_id"] != newer["customer_id"]
+                    and r["terminal_id"] != newer["terminal_id"] and r["ts_us"] < newer["ts_us"]),
+             "ts_us": newer["ts_us"] - 1_000_000}
+    in_order = OnlineFeatureEngine(DELAY_DAYS)
+    expected = {r["transaction_id"]: in_order.process(r) for r in (older, newer)}
+    engine = OnlineFeatureEngine(DELAY_DAYS)
+    assert engine.process(newer) == expected[newer["transaction_id"]]
+    assert engine.process(older) == expected[older["transaction_id"]]
+
+
+def test_a_label_known_after_the_terminals_newest_waits_for_the_terminal(transactions):
+    """A label applied once the stream's clock passed label_known_at, but not yet the
+    terminal's: the terminal's next (older than the stream) transaction must not count it."""
+    template = _rows(transactions)[0]
+    base, day = template["ts_us"], 86_400_000_000
+
+    def row(tx: str, customer: str, terminal: str, ts: int) -> dict:
+        return {**template, "transaction_id": tx, "customer_id": customer,
+                "terminal_id": terminal, "ts_us": ts, "is_fraud": 0}
+
+    x = row("x", "c1", "T", base)
+    y = row("y", "c2", "T", base + 8 * day)  # x is inside T's label-delayed 7d frame
+    label = ("x", 1, base + 8 * day + 20 * MINUTE_US)
+    v = row("v", "c3", "T", label[2] - 10 * MINUTE_US)  # before the label is known
+    w = row("w", "c4", "T", label[2] + 1)  # after
+    z = row("z", "c5", "U", label[2] + 10 * MINUTE_US)  # the stream's newest
+
+    reference = OnlineFeatureEngine(DELAY_DAYS)  # time order, the label when it is known
+    reference.process(x)
+    reference.process(y)
+    expected = {"v": reference.process(v)}
+    reference.apply_labels([label])
+    expected["w"] = reference.process(w)
+
+    engine = OnlineFeatureEngine(DELAY_DAYS)  # arrival: z before v and w, label in between
+    for r in (x, y, z):
+        engine.process(r)
+    engine.apply_labels([label])
+    got = {"v": engine.process(v), "w": engine.process(w)}
+    assert got == expected
+    frauds = FEATURE_COLUMNS.index("term_fraud_count_7d")
+    assert (got["v"][frauds], got["w"][frauds]) == (0, 1)
+
+
+def test_beyond_the_allowed_lateness_is_refused_for_any_entity(transactions, tmp_path):
+    rows = _rows(transactions)
+    newest = rows[-1]["ts_us"]
+    fresh = {**rows[0], "transaction_id": "fresh", "customer_id": "nobody", "terminal_id": "none"}
+    engine = OnlineFeatureEngine(DELAY_DAYS, allowed_lateness_seconds=600)
+    engine.process(rows[-1])
+    engine.process({**fresh, "transaction_id": "at-floor", "ts_us": newest - 600_000_000})
+    with pytest.raises(OutOfOrder) as refused:
+        engine.process({**fresh, "ts_us": newest - 600_000_001})
+    assert refused.value.entity == STREAM_ENTITY
+    assert refused.value.late_by_us == 600_000_001
+    assert refused.value.detail.startswith(
+        "stream late by 600.000001 s, more than the allowed lateness of 600 s")
+    assert DEFAULT_ALLOWED_LATENESS_SECONDS >= 5 * 60  # minutes of cross-key disorder by default
+
+    # Pruning keeps what the floor can read; a larger lateness later never reaches under it.
+    store = LocalStateStore(tmp_path / "online")
+    store.commit(engine, {})
+    assert engine.meta.floor == newest - 600_000_000
+    assert engine.oldest_useful_us() == engine.meta.floor - engine.horizon_micros - 1
+    wider, _ = store.load(DELAY_DAYS, allowed_lateness_seconds=7200)
+    assert wider.floor_us() == newest - 600_000_000
+    with pytest.raises(OutOfOrder):
+        wider.process({**fresh, "ts_us": newest - 600_000_001})
+    narrower, _ = store.load(DELAY_DAYS, allowed_lateness_seconds=60)
+    assert narrower.floor_us() == newest - 60_000_000
 
 
 def test_stream_scores_equal_batch_scores(transactions, workspace, tmp_path):
