@@ -11,13 +11,13 @@ committed and reloaded along the way.
 from __future__ import annotations
 
 import math
-import random
 from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from fixtures.arrival import arrival_order, overtaken
 
 from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
 from pipelines.data.datagen import GeneratorConfig, generate_transactions
@@ -167,24 +167,6 @@ def test_the_snapshot_refuses_another_label_delay(tmp_path):
         store.load(3)
 
 
-def _arrival_order(rows: list[dict], max_delay_us: int, seed: int) -> list[tuple[int, dict]]:
-    """``(arrival time, row)`` in arrival order: each row delayed up to ``max_delay_us``,
-    but never before an earlier row of its customer or terminal (so each entity's rows
-    stay in time order while different entities' rows interleave out of it)."""
-    draw = random.Random(seed)
-    last: dict[tuple, int] = {}
-    arrivals = []
-    for index, row in enumerate(rows):  # rows in time order
-        keys = (("c", row["customer_id"]), ("t", row["terminal_id"]))
-        arrival = max([row["ts_us"] + draw.randrange(max_delay_us),
-                       *(last.get(k, 0) for k in keys)])
-        for k in keys:
-            last[k] = arrival
-        arrivals.append((arrival, index, row))
-    arrivals.sort(key=lambda a: (a[0], a[1]))  # ties: time order, as the entities need
-    return [(arrival, row) for arrival, _, row in arrivals]
-
-
 def test_interleaved_out_of_order_input_gives_the_batch_features(transactions, tmp_path):
     """Customers and terminals interleaved up to 20 minutes out of time order, late labels
     delivered at label_known_at on the arrival clock, the state committed and reloaded
@@ -192,12 +174,9 @@ def test_interleaved_out_of_order_input_gives_the_batch_features(transactions, t
     labels = _late_labels(transactions, every=5)
     batch = compute_features(transactions, DELAY_DAYS, labels)
     rows = _rows(transactions)
-    arriving = _arrival_order(rows, 20 * MINUTE_US, seed=4)
-    newest, behind = 0, 0
-    for _, row in arriving:
-        behind += row["ts_us"] < newest
-        newest = max(newest, row["ts_us"])
-    assert behind > len(rows) // 10, "the input must be out of time order, or this proves nothing"
+    arriving = arrival_order(rows, 20 * MINUTE_US, seed=4)
+    assert overtaken([row for _, row in arriving]) > len(rows) // 10, (
+        "the input must be out of time order, or this proves nothing")
 
     feedback = sorted(_label_tuples(labels), key=lambda label: label[2])
     store = LocalStateStore(tmp_path / "online")

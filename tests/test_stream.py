@@ -586,3 +586,151 @@ def test_late_and_forbidden_records_become_dead_letters_with_their_reason(ws, tm
     assert dead["tx-3"]["amount"] is None and dead["tx-3"]["card_masked"] is None
     for path in dead_letter_dir(ws).rglob("*.parquet"):
         assert b"4111111111111111" not in path.read_bytes()
+
+
+# --- out of time order ------------------------------------------------------------------------
+MINUTE_US = 60_000_000
+
+
+def _time_ordered(table: pa.Table) -> list[dict]:
+    """Landing-text rows (as a producer sends them) in time order, with ``ts_us``."""
+    from pipelines.data.datagen.malformed import landing_text
+
+    seconds = table.column("timestamp").cast(pa.int64()).to_pylist()
+    rows = [{**row, "ts_us": s * 1_000_000}
+            for row, s in zip(landing_text(table).to_pylist(), seconds, strict=True)]
+    return sorted(rows, key=lambda r: (r["ts_us"], r["transaction_id"]))
+
+
+def _in_order_scores(ws: Workspace, rows: list[dict]) -> dict[str, float]:
+    """What the deployed model scores on the online features of ``rows`` in time order."""
+    from pipelines.serving.online.engine import OnlineFeatureEngine
+    from pipelines.serving.scoring.batch import load_model
+    from pipelines.serving.stream.core import model_matrix
+    from pipelines.serving.stream.models import InProcessModel
+
+    engine = OnlineFeatureEngine()
+    features = [engine.process(row) for row in rows]
+    model = InProcessModel(load_model(ws, version="1", threshold=0.5))
+    scores = model.score(model_matrix(features, engine, model.feature_columns))
+    return dict(zip([r["transaction_id"] for r in rows], scores.tolist(), strict=True))
+
+
+def test_interleaved_customers_and_terminals_are_all_scored_as_in_time_order(ws, tmp_path):
+    """Up to 20 minutes of cross-entity disorder, micro-batches of 37: nothing is
+    dead-lettered and every score is the one the time-ordered stream gets."""
+    from fixtures.arrival import arrival_order, overtaken
+
+    rows = _time_ordered(generate_transactions(
+        GeneratorConfig(transactions=600, days=3, customers=40, seed=21)))
+    arriving = [row for _, row in arrival_order(rows, 20 * MINUTE_US, seed=5)]
+    assert overtaken(arriving) > 100, "the input must be out of time order"
+    source = tmp_path / "interleaved.jsonl"
+    source.write_text("".join(
+        json.dumps({k: v for k, v in row.items() if k != "ts_us"}) + "\n" for row in arriving))
+
+    assert stream(ws, source, "--batch-size", "37") == 0
+    assert not list(dead_letter_dir(ws).rglob("*.parquet"))
+    table = scored(ws)
+    got = dict(zip(table.column("transaction_id").to_pylist(),
+                   table.column("score").to_pylist(), strict=True))
+    expected = _in_order_scores(ws, rows)
+    assert got.keys() == expected.keys()
+    assert got == pytest.approx(expected, rel=0, abs=1e-12)
+
+
+def test_records_late_for_their_customer_or_beyond_the_allowed_lateness_are_dead_lettered(
+    ws, tmp_path, capsys
+):
+    def record(tx: str, minute: int, customer: str, terminal: str) -> str:
+        return json.dumps({"transaction_id": tx, "timestamp": f"2026-03-02T10:{minute:02d}:00Z",
+                           "customer_id": customer, "terminal_id": terminal, "amount": "25.00"})
+
+    source = tmp_path / "late.jsonl"
+    source.write_text("\n".join([
+        record("tx-1", 30, "c1", "T1"),
+        record("tx-2", 29, "c2", "T2"),  # another customer and terminal, 1 min older: scored
+        record("tx-3", 25, "c1", "T3"),  # c1's own transaction 5 min older than tx-1
+        record("tx-4", 19, "c3", "T4"),  # new entities, but 11 min behind the stream
+        record("tx-5", 31, "c1", "T1"),
+    ]) + "\n")
+    assert stream(ws, source, "--allowed-lateness", "600") == 0
+    assert scored(ws).column("transaction_id").to_pylist() == ["tx-1", "tx-2", "tx-5"]
+    dead = {r["transaction_id"]: r for r in dead_letters(ws).to_pylist()}
+    assert dead.keys() == {"tx-3", "tx-4"}
+    assert dead["tx-3"]["reason"] == (
+        "out_of_order:customer_id=c1 late by 300 s (its newest transaction is at "
+        "2026-03-02T10:30:00Z; features need each entity's transactions in time order)")
+    assert dead["tx-4"]["reason"] == (
+        "out_of_order:stream late by 660 s, more than the allowed lateness of 600 s behind "
+        "the stream's newest transaction (2026-03-02T10:30:00Z)")
+    assert dead["tx-3"]["source_line"] == 3
+    assert "dead letters: out_of_order │     2" in capsys.readouterr().out
+
+
+def test_a_negative_allowed_lateness_is_refused(ws, tmp_path, capsys):
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    assert stream(ws, source, "--allowed-lateness", "-1") != 0
+    assert "--allowed-lateness must be 0 or more seconds" in capsys.readouterr().err
+
+
+def test_the_lambda_scores_interleaved_customers_and_dead_letters_late_ones(aws_stream):
+    """Within the allowed lateness (the function's ALLOWED_LATENESS_SECONDS) another
+    customer's older transaction is scored with in-order features; one older than its
+    customer's newest, or beyond the lateness, goes to the dead-letter queue with why."""
+    from fixtures.arrival import arrival_order, overtaken
+
+    from lambdas.stream_scoring.handler import allowed_lateness, handler
+    from pipelines.serving.online.engine import OnlineFeatureEngine
+
+    table = generate_transactions(GeneratorConfig(transactions=400, days=1, customers=30,
+                                                  seed=9))
+    rows = _time_ordered(table)[200:212]  # eleven busy minutes
+    arriving = [row for _, row in arrival_order(rows, 30 * MINUTE_US, seed=3)]
+    assert overtaken(arriving) >= 3
+    newest = max(r["ts_us"] for r in rows)
+    last = next(r for r in reversed(arriving) if r["ts_us"] == newest)
+    customer_late = {**last, "transaction_id": "late-for-customer",
+                     "timestamp": _iso(newest - 1_000_000)}
+    stream_late = {**last, "transaction_id": "late-for-stream", "customer_id": "new-c",
+                   "terminal_id": "new-t", "timestamp": _iso(newest - 3 * 3600 * 1_000_000)}
+    resources = replace(aws_stream["resources"],
+                        allowed_lateness_seconds=allowed_lateness({"ALLOWED_LATENESS_SECONDS":
+                                                                   "7200"}))
+    aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 12))
+    event = _kinesis_event([{k: v for k, v in r.items() if k != "ts_us"}
+                            for r in [*arriving, customer_late, stream_late]])
+    assert handler(event, None, resources) == {"batchItemFailures": []}
+
+    reference = OnlineFeatureEngine()  # time order
+    expected = {r["transaction_id"]: dict(zip(FEATURE_COLUMNS, reference.process(r),
+                                              strict=True)) for r in rows}
+    sent = [instance for call in aws_stream["sent"] for instance in call["instances"]]
+    assert len(sent) == 12
+    for got, row in zip(sent, arriving, strict=True):
+        assert got == pytest.approx(expected[row["transaction_id"]], rel=1e-12, abs=1e-12)
+    messages = aws_stream["sqs"].receive_message(QueueUrl=aws_stream["queue_url"],
+                                                 MaxNumberOfMessages=10)["Messages"]
+    reasons = {json.loads(m["Body"])["transaction_id"]: json.loads(m["Body"])["reason"]
+               for m in messages}
+    assert reasons.keys() == {"late-for-customer", "late-for-stream"}
+    assert reasons["late-for-customer"].startswith(
+        f"out_of_order:customer_id={last['customer_id']} late by 1 s")
+    assert reasons["late-for-stream"].startswith(
+        "out_of_order:stream late by 10800 s, more than the allowed lateness of 7200 s")
+
+
+def _iso(ts_us: int) -> str:
+    return str(np.datetime64(ts_us, "us").astype("datetime64[s]")) + "Z"
+
+
+def test_the_lambda_reads_its_allowed_lateness_from_the_environment():
+    from lambdas.stream_scoring.handler import allowed_lateness
+    from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, ParameterError
+
+    assert allowed_lateness({}) == allowed_lateness({"ALLOWED_LATENESS_SECONDS": ""}) \
+        == DEFAULT_ALLOWED_LATENESS_SECONDS
+    assert allowed_lateness({"ALLOWED_LATENESS_SECONDS": "90"}) == 90
+    with pytest.raises(ParameterError, match="ALLOWED_LATENESS_SECONDS must be a whole number"):
+        allowed_lateness({"ALLOWED_LATENESS_SECONDS": "5m"})
