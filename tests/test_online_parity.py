@@ -295,6 +295,24 @@ def test_beyond_the_allowed_lateness_is_refused_for_any_entity(transactions, tmp
     assert narrower.floor_us() == newest - 60_000_000
 
 
+def test_state_saved_before_the_floor_was_stored_keeps_its_watermark_as_floor(
+    transactions, tmp_path
+):
+    """Older state was pruned as if nothing before its watermark could come: so it stays."""
+    import sqlite3
+
+    rows = _rows(transactions)
+    store = LocalStateStore(tmp_path / "online")
+    engine, _ = store.load(DELAY_DAYS)
+    for row in rows[:50]:
+        engine.process(row)
+    store.commit(engine, {})
+    with sqlite3.connect(store.path) as con:
+        con.execute("DELETE FROM meta WHERE name = 'floor'")
+    reloaded, _ = store.load(DELAY_DAYS)
+    assert reloaded.floor_us() == reloaded.meta.watermark == rows[49]["ts_us"]
+
+
 def test_stream_scores_equal_batch_scores(transactions, workspace, tmp_path):
     model_dir = train_model_files(tmp_path / "model", features=FEATURE_COLUMNS)
     uri = upload_model(workspace, model_dir, "models/run-1/model.tar.gz")
