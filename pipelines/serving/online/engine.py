@@ -668,6 +668,12 @@ def build_entity_step(plan: EntityPlan, name: str) -> Any:
     return function
 
 
+def _key_source(plan: EntityPlan, mapping: str) -> str:
+    """Generated source of ``plan``'s state key read from ``mapping`` (a row or an env),
+    as :meth:`OnlineFeatureEngine.entity_keys` reads it."""
+    return "(" + "".join(f"{mapping}.get({c!r}), " for c in plan.columns) + ")"
+
+
 def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events: Sequence[Any],
                       sensitive: Sequence[bool]) -> Any:
     """Generated pass over every entity of one transaction, unrolled per plan.
@@ -678,9 +684,8 @@ def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events:
     """
     body = []
     for index, plan in enumerate(plans):
-        key = "(" + "".join(f"env[{c!r}], " for c in plan.columns) + ")"
         body += [
-            f"key = {key}",
+            f"key = {_key_source(plan, 'env')}",
             f"m = entities[{index}]",
             "entity = m.get(key)",
             "if entity is None:",
@@ -720,9 +725,8 @@ def build_newest_check(plans: Sequence[EntityPlan]) -> Any:
     like the pass (it runs for every transaction); reads nothing it would create."""
     body = []
     for index, plan in enumerate(plans):
-        key = "(" + "".join(f"row.get({c!r}), " for c in plan.columns) + ")"
         body += [
-            f"key = {key}",
+            f"key = {_key_source(plan, 'row')}",
             f"entity = entities[{index}].get(key)",
             "if entity is not None:",
             "    newest = entity.newest_us",
