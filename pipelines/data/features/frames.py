@@ -293,13 +293,14 @@ def evaluate(
     and the :func:`input_columns` of the aggregates. Entities are independent,
     so up to ``threads`` of them are sorted at once (numpy releases the GIL).
     """
-    inputs = Inputs(table, aggregates)
     ts = table[ts_column].to_numpy()
     by_time = np.argsort(ts, kind="stable")
     by_entity: dict[tuple[str, ...], list[Aggregate]] = {}
     for a in aggregates:
         by_entity.setdefault(a.entity, []).append(a)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        # The inputs are read while the keys are encoded (~0.3 s at 1.75M rows).
+        reading = pool.submit(Inputs, table, aggregates)
         key_columns = list(dict.fromkeys(c for entity in by_entity for c in entity))
         encoded = pool.map(lambda c: column_codes(table[c]), key_columns)
         codes = dict(zip(key_columns, encoded, strict=True))
@@ -307,6 +308,7 @@ def evaluate(
         def one_entity(entity: tuple[str, ...]) -> dict[str, pa.Array]:
             reach = max(_reach(a, delay_micros) for a in by_entity[entity])
             s = SortedEntity(combine_codes([codes[c] for c in entity]), ts, by_time, reach)
+            inputs = reading.result()
             return {a.name: _aggregate(s, a, delay_micros, inputs) for a in by_entity[entity]}
 
         results: dict[str, pa.Array] = {}
