@@ -78,7 +78,7 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "companions", "companions.*",
                                     "lambdas", "lambdas.*"]),
     # The named Athena queries are data files read at run time.
-    package_data={"pipelines.data.lake": ["queries/*.sql"]},
+    package_data={"pipelines.data.lake": ["queries/*.sql", "queries/reports/*.sql"]},
     cmdclass={"build_py": BuildPyWithBundledCode},
     install_requires=required_packages,
     extras_require=extras,

@@ -155,8 +155,10 @@ def test_alert_lambda_dedupes_in_dynamodb_and_publishes_to_sns(alert_lambda_aws,
     bodies = [json.loads(m["Body"]) for m in
               sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]]
     assert len(bodies) == 3
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix="alerts/")["Contents"]]
     assert {k.split("/")[1] for k in keys} == {"dt=2026-02-01", "dt=2026-02-03"}
+    cases = s3.list_objects_v2(Bucket="lake", Prefix="cases/")["Contents"]
+    assert len(cases) == first["cases_opened"] == 3  # one per primary alert, none on retry
     import io
 
     import pyarrow.parquet as pq

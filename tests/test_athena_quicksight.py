@@ -336,7 +336,7 @@ def test_cli_runs_a_named_query_on_athena(monkeypatch, capsys):
         "ResultSetMetadata": {"ColumnInfo": columns},
         "Rows": [{"Data": [_cell("day"), _cell("cases_opened")]},
                  {"Data": [_cell("2024-03-02"), _cell("7")]}]}}, None)
-    monkeypatch.setattr(athena_command, "_session",
+    monkeypatch.setattr(athena_command, "aws_session",
                         lambda args: _Session({"cloudformation": cloudformation, "athena": client}))
     with cfn_stub, stub:
         assert cli_main(["athena", "query", "--named", "alert_volume_vs_capacity", "--backend",

@@ -295,7 +295,8 @@ def test_alert_handler_runs_from_the_artifacts_and_writes_the_lake_row(unpacked,
     counts = run_handler(unpacked, "lambdas.alert.handler", event, env)
     assert counts["written"] == 1
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="lake")["Contents"]]
-    assert len(keys) == 1 and keys[0].startswith("alerts/dt=2026-03-01/")
+    assert len(keys) == 2 and keys[0].startswith("alerts/dt=2026-03-01/")
+    assert keys[1].startswith("cases/case-") and counts["cases_opened"] == 1
     assert boto3.client("sqs").receive_message(QueueUrl=queue).get("Messages")
 
 

@@ -8,7 +8,9 @@ New alerts are also written as Parquet under ``s3://$LAKE_BUCKET/alerts/dt=.../`
 so Athena's ``alerts`` table and the QuickSight datasets see them as the
 local export does: exactly once, also when Lambda retries an invocation that
 failed after raising an alert but before writing it (one object per alert,
-named by its transaction, then marked written in DynamoDB).
+named by its transaction, then marked written in DynamoDB). A primary alert
+also opens its case in the lake's ``cases`` table (``cases/case-<alert id>.parquet``,
+created only if absent, so a retry never reopens a case already being worked).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipelines.core.notifications import ALERTS_TOPIC, SnsNotifier
 from pipelines.core.params import check_alert_threshold
 from pipelines.serving.alerts.alerting import AlertPolicy, raise_alerts
 from pipelines.serving.alerts.dynamo import DynamoAlertStore
+from pipelines.serving.alerts.lake_cases import open_case
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, int]:
@@ -37,8 +40,10 @@ def handler(event: dict[str, Any], context: object) -> dict[str, int]:
     notifier = SnsNotifier({ALERTS_TOPIC: os.environ["ALERTS_TOPIC_ARN"]})
     counts = raise_alerts(event.get("scored", []), policy, store, notifier)
     if store.unwritten and os.environ.get("LAKE_BUCKET"):
-        counts["written"] = write_to_lake(boto3.client("s3"), os.environ["LAKE_BUCKET"],
-                                          store.unwritten)
+        s3, bucket = boto3.client("s3"), os.environ["LAKE_BUCKET"]
+        counts["written"] = write_to_lake(s3, bucket, store.unwritten)
+        counts["cases_opened"] = sum(open_case(s3, bucket, alert) for alert in store.unwritten
+                                     if alert.get("grouped_into") is None)
         store.mark_in_lake(store.unwritten)
     print(json.dumps(counts))
     return counts

@@ -36,16 +36,16 @@ from pipelines.data.lake.catalog import register_table
 from pipelines.data.lake.tables import (
     ALERTS_SCHEMA,
     ALERTS_TABLE,
-    CASES_SCHEMA,
+    CASES_SCHEMA,  # noqa: F401  (re-exported: callers read both schemas here)
     CASES_TABLE,
     alerts_dir,
     cases_dir,
 )
-from pipelines.serving.alerts.cases import DISPOSITIONS, CaseQueue
+from pipelines.serving.alerts.cases import CaseQueue
+from pipelines.serving.alerts.lake_cases import cases_table
 
 PART_FILE = "part-00000.parquet"
 _ALERT_TIMES = ("tx_timestamp", "raised_at")
-_CASE_TIMES = ("opened_at", "updated_at", "closed_at")
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,12 @@ def alerts_table(rows: list[dict]) -> pa.Table:
 
 def read_cases(db_path: Path) -> pa.Table:
     """Every case as a ``CASES_SCHEMA`` table, its disposition mapped to a 0/1 label."""
+    closers = {row["case_id"]: row["actor"] for row in _rows(db_path, "case_events")
+               if row["action"] == "closed"}
     rows = _rows(db_path, CASES_TABLE)
     for row in rows:
-        for column in _CASE_TIMES:
-            row[column] = _parse_time(row[column])
-        row["disposition_is_fraud"] = DISPOSITIONS.get(row["disposition"] or "")
-        assert_no_card_data(row)
-    return pa.Table.from_pylist(rows, schema=CASES_SCHEMA)
+        row["closed_by"] = closers.get(row["case_id"])
+    return cases_table(rows)
 
 
 def _write_alerts(staging: Path, alerts: pa.Table) -> int:

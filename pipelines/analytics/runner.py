@@ -9,11 +9,12 @@ DuckDB's ``$name``, so values are never pasted into the SQL.
 
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.lake.ddl import athena_tables
-from pipelines.data.lake.engine import open_engine, run_checked
+from pipelines.data.lake.engine import first_line, lake_engine, open_engine, run_checked
 from pipelines.data.lake.named_queries import NamedQuery, get_query, load_library
 from pipelines.data.lake.query import QueryError, run_query, transpile_athena
 
@@ -48,6 +49,29 @@ def run_named_query(
         return as_athena_types(run_query(ws, query.sql, bound, dialect="athena"))
     except QueryError as exc:
         raise QueryError(_explain(name, str(exc))) from exc
+
+
+def run_as_on_athena(
+    ws: Workspace, query: NamedQuery, params: dict[str, object] | None = None,
+    required: tuple[str, ...] = ("transactions",),
+) -> pa.Table:
+    """Run ``query`` over the workspace's lake the way Athena reads the stack's tables.
+
+    A table the Athena DDL declares that has no files here yet (no labels, no
+    alerts) reads as empty, as on Athena; the ``required`` ones stay an error
+    (``QueryError`` naming the command that creates them).
+    """
+    empty = {name: spec.schema.empty_table() for name, spec in athena_tables().items()
+             if name not in required}
+    con, _ = lake_engine(ws, empty)
+    try:
+        return as_athena_types(run_checked(con, transpile_athena(query.sql), query.bind(params)))
+    except QueryError as exc:
+        raise QueryError(_explain(query.name, str(exc))) from exc
+    except duckdb.Error as exc:
+        raise QueryError(_explain(query.name, first_line(exc))) from exc
+    finally:
+        con.close()
 
 
 def as_athena_types(table: pa.Table) -> pa.Table:

@@ -330,6 +330,24 @@ def seal(ws: Workspace, actor: str | None = None) -> dict[str, Any] | None:
         return trail.sealed
 
 
+def current_head(ws: Workspace) -> dict[str, Any]:
+    """The trail's MAC'd head ``{seq, hash, key_id, mac}`` once the whole chain verifies.
+
+    What a checkpoint stores elsewhere (the records bucket on AWS): a head
+    taken from a trail that does not verify would anchor a forgery, so it is
+    refused with the report's first problem.
+    """
+    report = verify(ws)
+    if not report.ok:
+        why = report.problem or "its entries are unauthenticated"
+        raise AuditError(f"the audit trail does not verify ({why}); run 'fraudops audit "
+                         "verify' and fix it before a checkpoint")
+    head = _read_head(ws)
+    if not head:
+        raise AuditError("the audit trail is empty: nothing to checkpoint yet")
+    return head
+
+
 def _append_line(path: Path, line: bytes) -> None:
     """One write with O_APPEND then fsync: the entry is on disk before we return."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

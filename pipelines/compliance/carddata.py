@@ -92,6 +92,17 @@ def find_card_numbers(text: str) -> list[str]:
     return [mask(digits) for _, _, digits in _card_spans(text)]
 
 
+def card_numbers_in_file(name: str, data: bytes) -> list[str]:
+    """Masked clear card numbers in a written file's bytes (a report, a record).
+
+    A PDF's cross-reference table is zero-padded byte offsets, not content, so
+    it is left out; everything else is read as latin-1 (every byte a character).
+    """
+    if name.endswith(".pdf"):
+        data = data.rsplit(b"\nxref\n", 1)[0]
+    return find_card_numbers(data.decode("latin-1"))
+
+
 def mask_card_numbers(text: str) -> str:
     """``text`` with every clear card number replaced by its masked form; else unchanged."""
     spans = _card_spans(text)

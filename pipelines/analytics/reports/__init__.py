@@ -3,7 +3,8 @@
 ``generate(ws, name, start, end, **options)`` builds one report and writes it
 as JSON, CSV, HTML and PDF under ``records/reports/<name>/<run id>/``, audited
 as ``report.generate``. Reports: ``sar-candidates``, ``ctr``, ``model-card``,
-``fraud-stats``.
+``fraud-stats``. ``publish(...)`` builds one from Athena (the same report
+queries) and writes it to the Object-Lock records bucket on AWS.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pipelines.analytics.reports.document import Report, ReportError
 from pipelines.core.workspace import Workspace
 
 if TYPE_CHECKING:  # the writers pull in reportlab; the CLI parser need not load it
+    from pipelines.analytics.reports.data import LakeReader
     from pipelines.analytics.reports.output import WrittenReport
+    from pipelines.compliance.records_bucket import RecordsBucket
 
 # name -> (module, builder); imported on use so one report's dependencies never
 # slow down or break another.
@@ -35,6 +38,9 @@ def _builder(name: str) -> Callable[..., Report]:
 
 
 REPORT_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# Reports built from the lake alone, so they run on Athena as well. The model card
+# reads the local registry, evaluation and feature files (not the AWS registry).
+LAKE_REPORTS: tuple[str, ...] = ("sar-candidates", "ctr", "fraud-stats")
 
 
 def build(ws: Workspace, name: str, start: date, end: date, **options: Any) -> Report:
@@ -54,4 +60,18 @@ def generate(ws: Workspace, name: str, start: date, end: date, actor: str | None
     return write_report(ws, build(ws, name, start, end, **options), actor=actor)
 
 
-__all__ = ["REPORT_NAMES", "Report", "ReportError", "build", "generate"]
+def publish(ws: Workspace, name: str, start: date, end: date, lake: LakeReader,
+            records: RecordsBucket, actor: str | None = None, **options: Any) -> WrittenReport:
+    """Build report ``name`` from ``lake`` (Athena) and write it to the records bucket, audited."""
+    from pipelines.analytics.reports.output import publish_report
+
+    if name not in LAKE_REPORTS:
+        raise ReportError(f"the {name} report reads the local model registry and files, so it "
+                          f"runs on the local backend only; on AWS choose one of "
+                          f"{', '.join(LAKE_REPORTS)}")
+    return publish_report(ws, build(ws, name, start, end, lake=lake, **options), records,
+                          actor=actor)
+
+
+__all__ = ["LAKE_REPORTS", "REPORT_NAMES", "Report", "ReportError", "build", "generate",
+           "publish"]

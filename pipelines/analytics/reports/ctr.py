@@ -31,7 +31,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.analytics.reports.data import cash_transactions, padded, plain_rows, with_usd
+from pipelines.analytics.reports.data import (
+    LakeReader,
+    cash_transactions,
+    padded,
+    plain_rows,
+    reader,
+    with_usd,
+)
 from pipelines.analytics.reports.document import Report, Section, Table
 from pipelines.core.workspace import Workspace
 
@@ -168,14 +175,18 @@ class CtrResult:
 
 
 def compute_ctr(ws: Workspace, start: date, end: date, rules: CtrRules | None = None,
-                structuring: StructuringRule | None = None) -> CtrResult:
-    """CTR rows with business days in [start, end] and structuring episodes ending in it."""
+                structuring: StructuringRule | None = None,
+                lake: LakeReader | None = None) -> CtrResult:
+    """CTR rows with business days in [start, end] and structuring episodes ending in it.
+
+    ``lake`` is where the cash transactions are read (default: the workspace's).
+    """
     rules, structuring = rules or CtrRules(), structuring or StructuringRule()
     # Weekend/cutoff roll-forward can book earlier days onto ``start``; the
     # structuring window reaches back too.
     lo, hi = padded(start, end, before_days=max(3, int(structuring.window_days) + 1),
                     after_days=1)
-    cash, unconverted = with_usd(cash_transactions(ws, lo, hi))
+    cash, unconverted = with_usd(cash_transactions(reader(ws, lake), lo, hi))
     reportable = aggregate_ctr(cash, rules)
     if not reportable.empty:
         in_period = (reportable["business_day"] >= start) & (reportable["business_day"] <= end)
@@ -199,10 +210,11 @@ def structuring_table(episodes: list[dict[str, Any]]) -> Table:
 
 
 def build_ctr_report(ws: Workspace, start: date, end: date, rules: CtrRules | None = None,
-                     structuring: StructuringRule | None = None) -> Report:
+                     structuring: StructuringRule | None = None,
+                     lake: LakeReader | None = None) -> Report:
     """The ``ctr`` report: reportable person-days, structuring flags, the rules applied."""
     rules, structuring = rules or CtrRules(), structuring or StructuringRule()
-    result = compute_ctr(ws, start, end, rules, structuring)
+    result = compute_ctr(ws, start, end, rules, structuring, lake)
     rules_text = (
         f"Reportable: cash (is_cash or ATM) totalling more than ${rules.threshold_usd:,.2f} "
         f"per person per business day, across all their transactions and terminals. Business "

@@ -13,7 +13,13 @@ from datetime import date
 
 import pandas as pd
 
-from pipelines.analytics.reports.data import REFERENCE_USD_RATES, day_range, plain_rows, query_frame
+from pipelines.analytics.reports.data import (
+    REFERENCE_USD_RATES,
+    LakeReader,
+    day_range,
+    plain_rows,
+    reader,
+)
 from pipelines.analytics.reports.document import Chart, Report, Section, Series, Table
 from pipelines.core.workspace import Workspace
 
@@ -21,38 +27,20 @@ MEASURES = ["transactions", "value_usd", "fraud_transactions", "fraud_value_usd"
             "fraud_rate_count_pct", "fraud_rate_value_pct"]
 
 
-def _grouped_sql(with_labels: bool) -> str:
-    label = "coalesce(l.is_fraud, t.is_fraud)" if with_labels else "t.is_fraud"
-    join = "LEFT JOIN labels l ON l.transaction_id = t.transaction_id" if with_labels else ""
-    return f"""
-        WITH rates AS (SELECT unnest($codes) AS currency, unnest($rates) AS rate),
-        tx AS (
-            SELECT strftime(t.timestamp, '%Y-%m') AS month,
-                   strftime(t.timestamp, '%Y') || '-Q' || quarter(t.timestamp) AS quarter,
-                   t.channel, t.fraud_scenario, {label} AS fraud,
-                   t.amount / r.rate AS value_usd, r.rate IS NULL AS unconverted
-            FROM transactions t {join}
-            LEFT JOIN rates r ON r.currency = upper(coalesce(t.currency, 'USD'))
-            WHERE t.dt BETWEEN $lo AND $hi)
-        SELECT month, quarter, channel,
-               CASE WHEN fraud = 1 THEN fraud_scenario END AS fraud_type,
-               count(*) AS transactions,
-               coalesce(sum(value_usd), 0) AS value_usd,
-               count(*) FILTER (WHERE fraud = 1) AS fraud_transactions,
-               coalesce(sum(value_usd) FILTER (WHERE fraud = 1), 0) AS fraud_value_usd,
-               count(*) FILTER (WHERE fraud IS NULL) AS unlabelled,
-               count(*) FILTER (WHERE unconverted) AS unconverted
-        FROM tx GROUP BY ALL
+def grouped_counts(ws: Workspace, start: date, end: date,
+                   lake: LakeReader | None = None) -> pd.DataFrame:
+    """Counts and USD values per month, quarter, channel and fraud type.
+
+    The query counts in each transaction's currency (the same SQL on DuckDB and
+    Athena); the reference rates convert here, and a currency without a rate is
+    counted as ``unconverted`` with no value.
     """
-
-
-def grouped_counts(ws: Workspace, start: date, end: date) -> pd.DataFrame:
-    """Counts and USD values per month, quarter, channel and fraud type."""
-    lo, hi = day_range(start, end)
-    params = {"lo": lo, "hi": hi, "codes": list(REFERENCE_USD_RATES),
-              "rates": list(REFERENCE_USD_RATES.values())}
-    with_labels = any(ws.labels.rglob("*.parquet")) if ws.labels.is_dir() else False
-    return query_frame(ws, _grouped_sql(with_labels), params)
+    frame = reader(ws, lake).frame("report_fraud_counts", day_range(start, end))
+    rate = frame["currency"].map(REFERENCE_USD_RATES)
+    frame["value_usd"] = (frame["amount"] / rate).fillna(0.0)
+    frame["fraud_value_usd"] = (frame["fraud_amount"] / rate).fillna(0.0)
+    frame["unconverted"] = frame["transactions"].where(rate.isna(), 0)
+    return frame.drop(columns=["currency", "amount", "fraud_amount"])
 
 
 def rates_table(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -92,9 +80,10 @@ def _monthly_rates_chart(by_month: pd.DataFrame) -> Chart:
                  x_label="month", y_label="% of value")
 
 
-def build_fraud_stats_report(ws: Workspace, start: date, end: date) -> Report:
+def build_fraud_stats_report(ws: Workspace, start: date, end: date,
+                             lake: LakeReader | None = None) -> Report:
     """The ``fraud-stats`` report for transactions dated in [start, end]."""
-    frame = grouped_counts(ws, start, end)
+    frame = grouped_counts(ws, start, end, lake)
     notes = [
         "Fraud = the latest label (investigator dispositions and chargebacks override the "
         "ingested flag). Values in USD at the reference rates. Rates are percentages."

@@ -13,19 +13,20 @@ the first alert's ``raised_at``, or for structuring the time of the
 transaction that completed the pattern (the earliest moment it was detectable).
 
 Card numbers appear only as ``card_masked`` (first 6 + last 4) from the
-curated table; the clear number never exists after ingestion.
+curated table; the clear number never exists after ingestion. The alerts and
+their cases are read from the lake's ``alerts`` and ``cases`` tables (the
+queue exported locally; on AWS what the alert Lambda and the case commands write).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipelines.analytics.reports.ctr import CtrRules, StructuringRule, compute_ctr
-from pipelines.analytics.reports.data import query_frame
+from pipelines.analytics.reports.data import LakeReader, day_range, plain, reader
 from pipelines.analytics.reports.document import Report, Section, Table
 from pipelines.core.workspace import Workspace
 
@@ -71,50 +72,29 @@ class Candidate:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     episodes: list[dict[str, Any]] = field(default_factory=list)
 
+    def cards(self) -> list[str]:
+        """Masked cards of the alerted transactions and of the structuring episodes."""
+        found = {a.get("card_masked") for a in self.alerts}
+        found |= {card for e in self.episodes for card in e["card_masked"]}
+        return sorted(card for card in found if card)
+
     def transaction_ids(self) -> list[str]:
         ids = [a["transaction_id"] for a in self.alerts]
         ids += [t for e in self.episodes for t in e["transaction_ids"]]
         return sorted(set(ids))
 
 
-def _period_alerts(ws: Workspace, start: date, end: date) -> list[dict[str, Any]]:
+def _period_alerts(lake: LakeReader, start: date, end: date) -> list[dict[str, Any]]:
     """Every alert with its (primary) case's disposition, transactions in [start, end]."""
-    if not ws.cases_db.exists():
-        return []
-    db = sqlite3.connect(f"file:{ws.cases_db}?mode=ro", uri=True, timeout=30)
-    db.row_factory = sqlite3.Row
-    try:
-        rows = db.execute(
-            "SELECT a.*, c.case_id, c.status, c.disposition, c.closed_at, "
-            "(SELECT e.actor FROM case_events e WHERE e.case_id = c.case_id "
-            " AND e.action = 'closed' ORDER BY e.event_id DESC LIMIT 1) AS closed_by "
-            "FROM alerts a JOIN cases c ON c.alert_id = coalesce(a.grouped_into, a.alert_id) "
-            "WHERE substr(a.tx_timestamp, 1, 10) BETWEEN ? AND ? ORDER BY a.tx_timestamp",
-            (start.isoformat(), end.isoformat()),
-        ).fetchall()
-    finally:
-        db.close()
-    return [{**dict(r), "reasons": json.loads(r["reasons"] or "[]")} for r in rows]
+    frame = lake.frame("report_period_alerts", day_range(start, end))
+    rows = [{k: plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    return [{**row, "reasons": json.loads(row["reasons"] or "[]")} for row in rows]
 
 
 def _is_candidate(alert: dict[str, Any]) -> bool:
     if alert["disposition"] == "escalate_sar":
         return True
     return alert["severity"] == "high" and alert["disposition"] != "false_positive"
-
-
-def _transactions(ws: Workspace, ids: list[str], start: date, end: date) -> dict[str, dict]:
-    """Curated facts (masked card, amount, currency, time) of the given transactions."""
-    if not ids:
-        return {}
-    frame = query_frame(
-        ws,
-        "SELECT transaction_id, card_masked, amount, currency, timestamp FROM transactions "
-        "WHERE dt BETWEEN $lo AND $hi AND list_contains($ids, transaction_id)",
-        {"lo": (start - timedelta(days=10)).isoformat(), "hi": (end + timedelta(days=1))
-         .isoformat(), "ids": ids},
-    )
-    return {row["transaction_id"]: row for row in frame.to_dict(orient="records")}
 
 
 def collect_candidates(alerts: list[dict[str, Any]],
@@ -132,12 +112,11 @@ def collect_candidates(alerts: list[dict[str, Any]],
     return [by_subject[k] for k in sorted(by_subject)]
 
 
-def _narrative(candidate: Candidate, facts: dict[str, dict], total: float,
-               first: str, last: str, categories: list[str]) -> str:
+def _narrative(candidate: Candidate, total: float, first: str, last: str,
+               categories: list[str]) -> str:
     who = (f"customer {candidate.subject}" if subject_identified(candidate.subject)
            else "an unidentified subject")
-    cards = sorted({facts[t]["card_masked"] for t in candidate.transaction_ids()
-                    if t in facts and facts[t]["card_masked"]})
+    cards = candidate.cards()
     when = (f"On {first[:10]}" if first[:10] == last[:10]
             else f"Between {first[:10]} and {last[:10]}")
     count = len(candidate.transaction_ids())
@@ -175,7 +154,7 @@ def _to_datetime(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def describe_candidate(candidate: Candidate, facts: dict[str, dict]) -> dict[str, Any]:
+def describe_candidate(candidate: Candidate) -> dict[str, Any]:
     """One SAR candidate in FinCEN field groups (subject, activity, narrative, filing)."""
     times = [a["tx_timestamp"] for a in candidate.alerts]
     times += [t for e in candidate.episodes for t in (e["first_at"], e["last_at"])]
@@ -192,8 +171,7 @@ def describe_candidate(candidate: Candidate, facts: dict[str, dict]) -> dict[str
     detected_at = min(detections)
     identified = subject_identified(candidate.subject)
     first, last = min(times), max(times)
-    cards = sorted({facts[t]["card_masked"] for t in candidate.transaction_ids()
-                    if t in facts and facts[t]["card_masked"]})
+    cards = candidate.cards()
     return {
         "subject": {"customer_id": candidate.subject or None, "identified": identified,
                     "card_masked": cards},
@@ -206,7 +184,7 @@ def describe_candidate(candidate: Candidate, facts: dict[str, dict]) -> dict[str
                     "dispositions": sorted({a["disposition"] for a in candidate.alerts
                                             if a["disposition"]}),
                     "structuring_episodes": len(candidate.episodes)},
-        "narrative": _narrative(candidate, facts, total, first, last, categories),
+        "narrative": _narrative(candidate, total, first, last, categories),
         "detected_at": detected_at.isoformat(),
         "filing_due": filing_due(detected_at, identified).isoformat(),
         "due_rule": (f"{SAR_DUE_DAYS} days after detection" if identified else
@@ -215,14 +193,13 @@ def describe_candidate(candidate: Candidate, facts: dict[str, dict]) -> dict[str
 
 
 def build_sar_report(ws: Workspace, start: date, end: date, rules: CtrRules | None = None,
-                     structuring: StructuringRule | None = None) -> Report:
+                     structuring: StructuringRule | None = None,
+                     lake: LakeReader | None = None) -> Report:
     """The ``sar-candidates`` report for activity in [start, end]."""
-    alerts = _period_alerts(ws, start, end)
-    episodes = compute_ctr(ws, start, end, rules, structuring).structuring
+    alerts = _period_alerts(reader(ws, lake), start, end)
+    episodes = compute_ctr(ws, start, end, rules, structuring, lake).structuring
     candidates = collect_candidates(alerts, episodes)
-    ids = sorted({t for c in candidates for t in c.transaction_ids()})
-    facts = _transactions(ws, ids, start, end)
-    described = [describe_candidate(c, facts) for c in candidates]
+    described = [describe_candidate(c) for c in candidates]
     rows = [[d["subject"]["customer_id"] or "(unidentified)",
              ", ".join(d["subject"]["card_masked"]),
              d["activity"]["from"], d["activity"]["to"], d["activity"]["total_amount_usd"],

@@ -22,3 +22,39 @@ def add_workdir_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_workspace(args: argparse.Namespace) -> Workspace:
     return Workspace.open(getattr(args, "workdir", None))
+
+
+def add_aws_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--env``, ``--project``, ``--region``: which deployed stacks a command talks to."""
+    parser.add_argument("--env", required=required, choices=("dev", "staging", "prod"),
+                        help="environment whose stacks hold the database, workgroup and buckets")
+    parser.add_argument("--project", default="fraudops")
+    parser.add_argument("--region", default=None)
+
+
+def aws_session(args: argparse.Namespace):  # -> boto3.Session (boto3 imported on use)
+    """A boto3 session in ``--region`` (or the default); a clear error without a region."""
+    import boto3
+
+    session = boto3.Session(region_name=args.region)
+    if session.region_name is None:
+        raise UserError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+    return session
+
+
+def aws_errors() -> tuple[type[Exception], ...]:
+    """AWS failures (credentials, permissions, throttling) as errors the user can act on."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipelines.data.lake.athena_client import AthenaQueryError
+
+    return (AthenaQueryError, BotoCoreError, ClientError)
+
+
+def athena_target(args: argparse.Namespace, session):  # -> AthenaTarget
+    """The environment's database, workgroup and buckets, from its stack exports."""
+    from pipelines.data.lake.athena_client import resolve_target
+
+    if not args.env:
+        raise UserError("--backend aws needs --env (dev, staging or prod)")
+    return resolve_target(session.client("cloudformation"), args.env, args.project)

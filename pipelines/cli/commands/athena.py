@@ -19,7 +19,15 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_aws_arguments,
+    add_workdir_argument,
+    athena_target,
+    aws_errors,
+    aws_session,
+    open_workspace,
+)
 from pipelines.cli.commands.query import emit
 from pipelines.data.lake.catalog import CatalogBusyError
 from pipelines.data.lake.query import QueryError
@@ -45,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--max-rows", type=int, default=200)
     query.add_argument("--no-export", action="store_true",
                        help="local: do not refresh the alerts/cases export before querying")
-    _add_aws_arguments(query)
+    add_aws_arguments(query)
     add_workdir_argument(query)
     query.set_defaults(handler=_query)
 
@@ -59,18 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create-tables", help="create every lake table in Athena")
     create.add_argument("--projection-start", default=None,
                         help="first day partition projection covers (default 2020-01-01)")
-    _add_aws_arguments(create, required=True)
+    add_aws_arguments(create, required=True)
     create.set_defaults(handler=_create_tables)
 
     named = actions.add_parser("create-named-queries",
                                help="create or update the library as Athena named queries")
-    _add_aws_arguments(named, required=True)
+    add_aws_arguments(named, required=True)
     named.set_defaults(handler=_create_named)
 
     quicksight = actions.add_parser(
         "quicksight", help="create or update the QuickSight data source, SPICE datasets from "
         "the named queries, RLS rules, refresh schedules and dashboard")
-    _add_aws_arguments(quicksight, required=True)
+    add_aws_arguments(quicksight, required=True)
     quicksight.add_argument("--owner-arn", required=True,
                             help="QuickSight user or group ARN that administers the assets")
     quicksight.add_argument("--viewer-group-arn", action="append", default=[],
@@ -84,13 +92,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = actions.add_parser("export", help="write the alert/case queue to the lake")
     add_workdir_argument(export)
     export.set_defaults(handler=_export)
-
-
-def _add_aws_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--env", required=required, choices=("dev", "staging", "prod"),
-                        help="environment whose stacks hold the database and workgroup")
-    parser.add_argument("--project", default="fraudops")
-    parser.add_argument("--region", default=None)
 
 
 def parse_named_params(items: list[str]) -> dict[str, str]:
@@ -117,32 +118,11 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _session(args: argparse.Namespace):
-    import boto3
-
-    session = boto3.Session(region_name=args.region)
-    if session.region_name is None:
-        raise UserError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
-    return session
-
-
 def _runner(args: argparse.Namespace):
-    from pipelines.data.lake.athena_client import AthenaRunner, resolve_target
+    from pipelines.data.lake.athena_client import AthenaRunner
 
-    if not args.env:
-        raise UserError("--backend aws needs --env (dev, staging or prod)")
-    session = _session(args)
-    target = resolve_target(session.client("cloudformation"), args.env, args.project)
-    return AthenaRunner(session.client("athena"), target)
-
-
-def _aws_errors():
-    """AWS failures (credentials, permissions, throttling) as errors the user can act on."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from pipelines.data.lake.athena_client import AthenaQueryError
-
-    return (AthenaQueryError, BotoCoreError, ClientError)
+    session = aws_session(args)
+    return AthenaRunner(session.client("athena"), athena_target(args, session))
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -155,7 +135,7 @@ def _query(args: argparse.Namespace) -> int:
             table = _runner(args).run_named(query, params)
         else:
             table = _run_local(args, query.name, params, query.sql)
-    except (NamedQueryError, QueryError, CatalogBusyError, *_aws_errors()) as exc:
+    except (NamedQueryError, QueryError, CatalogBusyError, *aws_errors()) as exc:
         raise UserError(str(exc)) from exc
     emit(table, args.format, args.max_rows)
     return 0
@@ -186,7 +166,7 @@ def _create_tables(args: argparse.Namespace) -> int:
     try:
         runner = _runner(args)
         ids = runner.create_tables(args.projection_start or DEFAULT_PROJECTION_START)
-    except _aws_errors() as exc:
+    except aws_errors() as exc:
         raise UserError(str(exc)) from exc
     for name, query_id in ids.items():
         print(f"{runner.target.database}.{name}: created or already present ({query_id})")
@@ -198,7 +178,7 @@ def _create_named(args: argparse.Namespace) -> int:
 
     try:
         outcome = _runner(args).sync_named_queries(load_library())
-    except _aws_errors() as exc:
+    except aws_errors() as exc:
         raise UserError(str(exc)) from exc
     for name, what in outcome.items():
         print(f"{name}: {what}")
@@ -228,7 +208,7 @@ def _quicksight(args: argparse.Namespace) -> int:
     from pipelines.data.lake.named_queries import load_library
 
     rules = parse_rls(args.rls)
-    session = _session(args)
+    session = aws_session(args)
     try:
         target = resolve_target(session.client("cloudformation"), args.env, args.project)
         config = QuickSightConfig(
@@ -241,7 +221,7 @@ def _quicksight(args: argparse.Namespace) -> int:
         deployer = QuickSightDeployer(session.client("quicksight"), config, session.region_name,
                                       load_library(), output_schema, set(athena_tables()))
         actions = deployer.deploy().actions
-    except _aws_errors() as exc:
+    except aws_errors() as exc:
         raise UserError(str(exc)) from exc
     for resource, action in actions.items():
         print(f"{resource}: {action}")

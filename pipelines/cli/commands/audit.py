@@ -3,6 +3,7 @@
 fraudops audit list [--action backup] [--since 7d] [--actor A] [--subject S] [--json]
 fraudops audit verify        exit 1 naming the first bad seq (or an unauthenticated trail)
 fraudops audit seal          authenticate from here on a trail written by an older fraudops
+fraudops audit checkpoint --env ENV   the verified head into the AWS records bucket (Object Lock)
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_aws_arguments,
+    add_workdir_argument,
+    athena_target,
+    aws_errors,
+    aws_session,
+    open_workspace,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_workdir_argument(sealing)
     sealing.set_defaults(handler=run_seal)
+    checkpointing = actions.add_parser(
+        "checkpoint",
+        help="store the verified trail head (seq, hash, MAC) in the AWS records bucket",
+        description="Verifies the trail, then writes its MAC'd head to s3://<records bucket>/"
+        "audit/checkpoints/ under Object Lock (compliance mode, the records retention): an "
+        "anchor nobody can delete or rewrite, so a later truncation or rewrite is detectable.",
+    )
+    add_aws_arguments(checkpointing, required=True)
+    add_workdir_argument(checkpointing)
+    checkpointing.set_defaults(handler=run_checkpoint)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -137,4 +156,24 @@ def run_seal(args: argparse.Namespace) -> int:
         print(
             f"sealed {entry['details']['legacy_entries']} legacy entries with seq {entry['seq']}"
         )
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    from pipelines.compliance.audit import AuditError
+    from pipelines.compliance.records_bucket import RecordsBucket, checkpoint_trail
+
+    ws = open_workspace(args)
+    try:
+        session = aws_session(args)
+        bucket = athena_target(args, session).records_bucket
+        if not bucket:
+            raise UserError(f"CloudFormation export {args.project}-{args.env}-RecordsBucket "
+                            "not found: deploy the storage stack first")
+        records = RecordsBucket.for_workspace(session.client("s3"), bucket, ws)
+        stored = checkpoint_trail(ws, records)
+    except (AuditError, *aws_errors()) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"audit checkpoint {records.uri(stored.key)} (version {stored.version_id}), "
+          f"locked until {stored.retain_until:%Y-%m-%d}")
     return 0

@@ -3,7 +3,10 @@
 Reports: ``sar-candidates``, ``ctr``, ``model-card`` (``--model-version``,
 default the deployed one; drift measured on the period), ``fraud-stats``.
 Each is written as JSON, CSV, HTML and PDF under
-``records/reports/<name>/<run id>/`` (all files or none) and audited.
+``records/reports/<name>/<run id>/`` (all files or none) and audited. With
+``--backend aws --env ENV`` the lake is read through Athena and the files go
+to ``s3://<records bucket>/reports/<name>/<run id>/`` under Object Lock, followed
+by a checkpoint of the audit trail (``audit/checkpoints/``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_aws_arguments,
+    add_workdir_argument,
+    athena_target,
+    aws_errors,
+    aws_session,
+    open_workspace,
+)
 
 CTR_REPORTS = ("ctr", "sar-candidates")
 
@@ -60,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cash.add_argument("--structuring-window-days", type=float, default=None,
                       help="days the transactions may span (default 3)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--backend", choices=("local", "aws"), default="local",
+                        help="aws: read the lake through Athena (the same report queries) and "
+                        "write to the environment's Object-Lock records bucket, then checkpoint "
+                        "the audit trail there (sar-candidates, ctr, fraud-stats)")
+    add_aws_arguments(parser)
     add_workdir_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -104,27 +120,57 @@ def _check_timezone(name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.analytics.reports import ReportError, generate
+    from pipelines.compliance.audit import AuditError
     from pipelines.compliance.carddata import CardDataError
 
     options = _options(args)
     console = Console(stderr=args.json)
+    checkpoint = None
     try:
         with console.status(f"building the {args.name} report for {args.start}..{args.end}"):
-            written = generate(open_workspace(args), args.name, args.start, args.end, **options)
-    except (ReportError, CardDataError) as exc:
+            if args.backend == "aws":
+                written, checkpoint = _publish(args, options)
+            else:
+                written = generate(open_workspace(args), args.name, args.start, args.end,
+                                   **options)
+    except (ReportError, CardDataError, AuditError, *aws_errors()) as exc:
         raise UserError(str(exc)) from exc
+    where = written.location or str(written.directory)
     if args.json:
         print(json.dumps({"report": written.name, "run_id": written.run_id,
-                          "directory": str(written.directory), "files": written.files,
-                          "summary": written.summary}, indent=2, default=str))
+                          "directory": where, "files": written.files,
+                          "summary": written.summary,
+                          "audit_checkpoint": checkpoint}, indent=2, default=str))
         return 0
     table = Table(title=f"{args.name} {args.start}..{args.end}", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in written.summary.items():
         table.add_row(key.replace("_", " "), str(value))
-    table.add_row("written to", str(written.directory))
-    table.add_row("open", str(written.html))
-    table.add_row("pdf", str(written.pdf))
+    table.add_row("written to", where)
+    if checkpoint:
+        table.add_row("audit checkpoint", checkpoint)
+    else:
+        table.add_row("open", str(written.html))
+        table.add_row("pdf", str(written.pdf))
     console.print(table)
     return 0
+
+
+def _publish(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, str]:
+    """Athena in, records bucket out; then the trail's head (with this report's entry)."""
+    from pipelines.analytics.reports import publish
+    from pipelines.analytics.reports.data import AthenaLake
+    from pipelines.compliance.records_bucket import RecordsBucket, checkpoint_trail
+    from pipelines.data.lake.athena_client import AthenaRunner
+
+    session = aws_session(args)
+    target = athena_target(args, session)
+    if not target.records_bucket:
+        raise UserError(f"CloudFormation export {args.project}-{args.env}-RecordsBucket not "
+                        f"found: deploy the storage stack first (`fraudops infra deploy`)")
+    ws = open_workspace(args)
+    records = RecordsBucket.for_workspace(session.client("s3"), target.records_bucket, ws)
+    lake = AthenaLake(AthenaRunner(session.client("athena"), target))
+    written = publish(ws, args.name, args.start, args.end, lake, records, **options)
+    return written, records.uri(checkpoint_trail(ws, records).key)

@@ -22,12 +22,16 @@ from pipelines.data.lake.ddl import DEFAULT_PROJECTION_START, all_ddl
 from pipelines.data.lake.named_queries import NamedQuery
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
-# Athena result types -> Arrow; anything else (varchar, date, timestamp, ...) stays text.
+# Athena result types -> Arrow; anything else (varchar, ...) stays text. Timestamps
+# arrive as "2026-03-03 09:00:00.000" in UTC (the lake stores UTC instants), and
+# become UTC timestamps as DuckDB returns them locally; dates become dates.
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "tinyint": pa.int64(), "smallint": pa.int64(), "integer": pa.int64(), "bigint": pa.int64(),
     "float": pa.float64(), "real": pa.float64(), "double": pa.float64(),
-    "decimal": pa.float64(), "boolean": pa.bool_(),
+    "decimal": pa.float64(), "boolean": pa.bool_(), "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
 }
+_UTC = pa.timestamp("us", tz="UTC")
 
 
 class AthenaQueryError(RuntimeError):
@@ -43,6 +47,7 @@ class AthenaTarget:
     lake_bucket: str
     output_location: str
     quicksight_role_arn: str = ""  # the role QuickSight assumes to query (catalog stack)
+    records_bucket: str = ""  # the Object-Lock records bucket (storage stack)
 
 
 def resolve_target(cloudformation: Any, env: str, project: str = "fraudops") -> AthenaTarget:
@@ -64,6 +69,7 @@ def resolve_target(cloudformation: Any, env: str, project: str = "fraudops") -> 
         lake_bucket=exports[prefix + "LakeBucket"],
         output_location=f"s3://{exports[prefix + 'ArtifactsBucket']}/athena-results/",
         quicksight_role_arn=exports.get(prefix + "QuickSightAthenaRoleArn", ""),
+        records_bucket=exports.get(prefix + "RecordsBucket", ""),
     )
 
 
@@ -230,6 +236,8 @@ def _to_arrow(columns: list[dict[str, Any]], rows: list[list[str | None]]) -> pa
             arrays[column["Name"]] = pa.array(
                 [None if v is None else v.lower() == "true" for v in values], pa.bool_()
             )
+        elif arrow_type == pa.timestamp("us"):
+            arrays[column["Name"]] = pa.array(values, pa.string()).cast(arrow_type).cast(_UTC)
         else:
             arrays[column["Name"]] = pa.array(values, pa.string()).cast(arrow_type)
     return pa.table(arrays) if arrays else pa.table({})

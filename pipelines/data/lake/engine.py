@@ -191,10 +191,16 @@ def open_engine(relations: Mapping[str, Relation]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def lake_engine(ws: Workspace) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
-    """The engine over ``ws``'s published tables; also returns the refused registrations."""
+def lake_engine(
+    ws: Workspace, empty: Mapping[str, Relation] | None = None
+) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
+    """The engine over ``ws``'s published tables; also returns the refused registrations.
+
+    ``empty`` serves a relation under a name the lake has no files for yet (as
+    Athena reads a declared table with no files: no rows, not an error).
+    """
     tables, runs, refused = published_tables(ws)
-    relations: dict[str, Relation] = {catalog.RUNS_TABLE: runs}
+    relations: dict[str, Relation] = {**(empty or {}), catalog.RUNS_TABLE: runs}
     for table in tables:
         dataset = lake_dataset(table)
         if dataset is not None:

@@ -25,6 +25,9 @@ from functools import cache
 from pathlib import Path
 
 QUERY_DIR = Path(__file__).resolve().parent / "queries"
+# The regulatory reports' queries: the same text on DuckDB and Athena, kept apart
+# from the analysts' library (which also becomes QuickSight datasets).
+REPORT_QUERY_DIR = QUERY_DIR / "reports"
 PARAM_TYPES: dict[str, type] = {"varchar": str, "integer": int, "double": float}
 
 _PARAM_LINE = re.compile(

@@ -60,6 +60,8 @@ CASES_SCHEMA = pa.schema(
         pa.field("opened_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("closed_at", pa.timestamp("us", tz="UTC")),
+        # Who closed it (the SAR narrative names them); the case history stays in the audit trail.
+        pa.field("closed_by", pa.string()),
     ]
 )
 

@@ -84,6 +84,27 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+# The rules of a case's life, shared by the SQLite queue and the lake's case table on AWS.
+def assignment(case_id: int, status: str, disposition: str | None,
+               assignee: str) -> dict[str, str | None]:
+    """The fields an assignment sets; ``CaseError`` if the case is closed."""
+    if status == "closed":
+        raise CaseError(f"case {case_id} is closed ({disposition}); it cannot be assigned")
+    return {"status": "in_review", "assignee": assignee}
+
+
+def closing(case_id: int, status: str, current: str | None,
+            disposition: str) -> dict[str, str | None]:
+    """The fields closing with ``disposition`` sets; ``CaseError`` if unknown or closed."""
+    if disposition not in DISPOSITIONS:
+        raise CaseError(
+            f"unknown disposition {disposition!r}: use one of {', '.join(DISPOSITIONS)}"
+        )
+    if status == "closed":
+        raise CaseError(f"case {case_id} is already closed as {current}")
+    return {"status": "closed", "disposition": disposition, "closed_at": _now()}
+
+
 class CaseQueue:
     """Alerts and cases in one SQLite file (``Workspace.cases_db``)."""
 
@@ -181,10 +202,8 @@ class CaseQueue:
 
     def assign(self, case_id: int, assignee: str, actor: str) -> Case:
         case = self.show(case_id)
-        if case.status == "closed":
-            raise CaseError(f"case {case_id} is closed ({case.disposition}); it cannot be assigned")
         self._update(case_id, actor, "assigned", assignee,
-                     status="in_review", assignee=assignee)
+                     **assignment(case_id, case.status, case.disposition, assignee))
         return self.show(case_id)
 
     def add_note(self, case_id: int, note: str, actor: str) -> Case:
@@ -193,15 +212,11 @@ class CaseQueue:
         return self.show(case_id)
 
     def close(self, case_id: int, disposition: str, actor: str, note: str = "") -> Case:
-        if disposition not in DISPOSITIONS:
-            raise CaseError(
-                f"unknown disposition {disposition!r}: use one of {', '.join(DISPOSITIONS)}"
-            )
+        if disposition not in DISPOSITIONS:  # before the lookup: the clearer error first
+            closing(case_id, "", None, disposition)
         case = self.show(case_id)
-        if case.status == "closed":
-            raise CaseError(f"case {case_id} is already closed as {case.disposition}")
         self._update(case_id, actor, "closed", f"{disposition}: {note}".rstrip(": "),
-                     status="closed", disposition=disposition, closed_at=_now())
+                     **closing(case_id, case.status, case.disposition, disposition))
         return self.show(case_id)
 
     def closed_since(self, since: str = "") -> list[Case]:
