@@ -330,3 +330,23 @@ def test_a_concurrent_change_is_not_overwritten(s3, monkeypatch):
     with pytest.raises(CaseError, match="changed while you worked on it"):
         LakeCaseQueue(s3, "lake").close(5, "false_positive", actor="ann")
     assert _case_row(s3, 5)["assignee"] == "bob"
+
+
+def test_case_command_on_aws_closes_the_lake_case_and_audits_it(workspace: Workspace, s3,
+                                                               monkeypatch, capsys):
+    from pipelines.cli.commands import alerts as alerts_command
+    from pipelines.cli.main import main
+
+    open_case(s3, "lake", {"alert_id": 9, "raised_at": "2026-03-03T08:00:00+00:00"})
+    monkeypatch.setattr(alerts_command, "aws_session", lambda args: _Session({"s3": s3}))
+    monkeypatch.setattr(alerts_command, "athena_target", lambda args, session: TARGET)
+    aws = ["--backend", "aws", "--env", "dev", "--workdir", str(workspace.root)]
+    assert main(["case", "close", "9", "--disposition", "false_positive", "--actor", "ann",
+                 *aws]) == 0
+    assert "case 9" in capsys.readouterr().out
+    row = _case_row(s3, 9)
+    assert (row["status"], row["disposition_is_fraud"], row["closed_by"]) == ("closed", 0, "ann")
+    (entry,) = list_entries(workspace, action="case.close")
+    assert entry["details"]["backend"] == "aws" and entry["subject"] == "case:9"
+    assert main(["case", "assign", "9", "--to", "bob", *aws]) == 2  # closed: refused
+    assert "is closed (false_positive)" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""``fraudops alerts`` and ``fraudops case``: the investigators' queue."""
+"""``fraudops alerts`` and ``fraudops case``: the investigators' queue.
+
+Locally the queue is SQLite; ``fraudops case show|assign|close ID --backend aws
+--env ENV`` works the case the alert Lambda opened in the AWS lake's ``cases``
+table (``pipelines.serving.alerts.lake_queue``), audited in the local trail.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,15 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_aws_arguments,
+    add_workdir_argument,
+    athena_target,
+    aws_errors,
+    aws_session,
+    open_workspace,
+)
 from pipelines.core.identity import current_user
 from pipelines.data.labels import write_labels
 from pipelines.serving.alerts.cases import (
@@ -47,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             action.add_argument("--note", default="", required=name == "note")
         if name == "close":
             action.add_argument("--disposition", required=True, choices=sorted(DISPOSITIONS))
+        if name != "note":  # on AWS a case row has no notes; the audit trail keeps them locally
+            action.add_argument(
+                "--backend", choices=("local", "aws"), default="local",
+                help="aws: the case in the lake's cases table of --env (opened by the alert "
+                "Lambda), written back only if nobody changed it meanwhile")
+            add_aws_arguments(action)
 
 
 def _queue(args: argparse.Namespace) -> CaseQueue:
@@ -104,11 +123,49 @@ def _run(args: argparse.Namespace, action, audit_action: str = "") -> int:
     return 0
 
 
+def _lake_queue(args: argparse.Namespace):
+    from pipelines.serving.alerts.lake_queue import LakeCaseQueue
+
+    session = aws_session(args)
+    return LakeCaseQueue(session.client("s3"), athena_target(args, session).lake_bucket)
+
+
+def _run_aws(args: argparse.Namespace, action: str, audit_action: str = "") -> int:
+    """The case in the AWS lake: show it, or change it and audit the change locally."""
+    try:
+        queue = _lake_queue(args)
+        if action == "assign":
+            row = queue.assign(args.case_id, args.assignee)
+        elif action == "close":
+            row = queue.close(args.case_id, args.disposition, args.actor)
+        else:
+            row = queue.show(args.case_id)
+    except (CaseError, *aws_errors()) as exc:
+        raise UserError(str(exc)) from None
+    if audit_action:
+        from pipelines.compliance.audit import record
+
+        record(open_workspace(args), audit_action, actor=args.actor,
+               subject=f"case:{row['case_id']}",
+               details={"backend": "aws", "lake": queue.bucket, "status": row["status"],
+                        "assignee": row["assignee"], "disposition": row["disposition"],
+                        "alert_id": row["alert_id"]})
+    Console().print(f"[bold]case {row['case_id']}[/] (s3://{queue.bucket}/cases/)  "
+                    f"{row['status']}  assignee={row['assignee'] or '-'}  "
+                    f"disposition={row['disposition'] or '-'}  alert {row['alert_id']}  "
+                    f"opened {row['opened_at']}  updated {row['updated_at']}")
+    return 0
+
+
 def _show(args: argparse.Namespace) -> int:
+    if args.backend == "aws":
+        return _run_aws(args, "show")
     return _run(args, lambda: _queue(args).show(args.case_id))
 
 
 def _assign(args: argparse.Namespace) -> int:
+    if args.backend == "aws":
+        return _run_aws(args, "assign", "case.assign")
     return _run(args, lambda: _queue(args).assign(args.case_id, args.assignee, args.actor),
                 "case.assign")
 
@@ -119,6 +176,9 @@ def _note(args: argparse.Namespace) -> int:
 
 
 def _close(args: argparse.Namespace) -> int:
+    if args.backend == "aws":
+        return _run_aws(args, "close", "case.close")
+
     def close() -> Case:
         case = _queue(args).close(args.case_id, args.disposition, args.actor, args.note)
         write_labels(open_workspace(args), labels_from_cases([case]))

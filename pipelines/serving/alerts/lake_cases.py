@@ -19,7 +19,6 @@ On AWS a case's id is its primary alert's id (stable across Lambda retries).
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -95,9 +94,3 @@ def open_case(s3: Any, bucket: str, alert: Mapping[str, Any]) -> bool:
             return False
         raise
     return True
-
-
-def describe(row: Mapping[str, Any]) -> str:
-    """One line for a case (for the CLI and error messages)."""
-    shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-    return json.dumps(shown, sort_keys=True, default=str)
