@@ -616,19 +616,35 @@ def _in_order_scores(ws: Workspace, rows: list[dict]) -> dict[str, float]:
     return dict(zip([r["transaction_id"] for r in rows], scores.tolist(), strict=True))
 
 
-def test_interleaved_customers_and_terminals_are_all_scored_as_in_time_order(ws, tmp_path):
-    """Up to 20 minutes of cross-entity disorder, micro-batches of 37: nothing is
-    dead-lettered and every score is the one the time-ordered stream gets."""
+def _interleaved(tmp_path: Path, transactions: int = 600,
+                 late_every: int = 0) -> tuple[list[dict], Path]:
+    """Transactions (time order) and a JSONL file of them with customers and terminals
+    up to 20 minutes out of time order; with ``late_every``, after every so many records a
+    copy 1 s older than its customer's newest and one 3 h older, of new entities."""
     from fixtures.arrival import arrival_order, overtaken
 
     rows = _time_ordered(generate_transactions(
-        GeneratorConfig(transactions=600, days=3, customers=40, seed=21)))
+        GeneratorConfig(transactions=transactions, days=3, customers=40, seed=21)))
     arriving = [row for _, row in arrival_order(rows, 20 * MINUTE_US, seed=5)]
-    assert overtaken(arriving) > 100, "the input must be out of time order"
-    source = tmp_path / "interleaved.jsonl"
-    source.write_text("".join(
-        json.dumps({k: v for k, v in row.items() if k != "ts_us"}) + "\n" for row in arriving))
+    assert overtaken(arriving) > len(rows) // 6, "the input must be out of time order"
+    records = []
+    for position, row in enumerate(arriving, start=1):
+        records.append({k: v for k, v in row.items() if k != "ts_us"})
+        if late_every and position % late_every == 0:
+            records.append({**records[-1], "transaction_id": f"late-{position}",
+                            "timestamp": _iso(row["ts_us"] - 1_000_000)})
+            records.append({**records[-2], "transaction_id": f"stale-{position}",
+                            "customer_id": f"new-c{position}", "terminal_id": f"new-t{position}",
+                            "timestamp": _iso(row["ts_us"] - 3 * 3600 * 1_000_000)})
+    source = tmp_path / f"interleaved-{late_every}.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return rows, source
 
+
+def test_interleaved_customers_and_terminals_are_all_scored_as_in_time_order(ws, tmp_path):
+    """Up to 20 minutes of cross-entity disorder, micro-batches of 37: nothing is
+    dead-lettered and every score is the one the time-ordered stream gets."""
+    rows, source = _interleaved(tmp_path)
     assert stream(ws, source, "--batch-size", "37") == 0
     assert not list(dead_letter_dir(ws).rglob("*.parquet"))
     table = scored(ws)
@@ -637,6 +653,30 @@ def test_interleaved_customers_and_terminals_are_all_scored_as_in_time_order(ws,
     expected = _in_order_scores(ws, rows)
     assert got.keys() == expected.keys()
     assert got == pytest.approx(expected, rel=0, abs=1e-12)
+
+
+def test_which_records_are_late_does_not_depend_on_micro_batches_or_commits(
+    ws, tmp_path, model_dir
+):
+    """The same interleaved input with late records: in batches of 5 committed after each,
+    or in one batch, the same records are scored (same scores) and dead-lettered (same
+    reasons)."""
+    _, source = _interleaved(tmp_path, transactions=300, late_every=20)
+    one_batch = Workspace.open(tmp_path / "one-batch")
+    register_model(one_batch, model_dir)
+    assert stream(one_batch, source, "--batch-size", "5000") == 0
+    assert stream(ws, source, "--batch-size", "5", "--commit-interval", "0") == 0
+
+    def dead(w: Workspace) -> dict[str, str]:
+        rows = dead_letters(w).to_pylist()
+        return {r["transaction_id"]: r["reason"] for r in rows}
+
+    assert results(ws) == results(one_batch)
+    assert dead(ws) == dead(one_batch)
+    assert len(dead(ws)) == 2 * (300 // 20)
+    for tx, reason in dead(ws).items():  # 3 h behind their row, more behind the stream
+        kind = "customer_id=" if tx.startswith("late-") else "stream late by "
+        assert reason.startswith(f"out_of_order:{kind}"), (tx, reason)
 
 
 def test_records_late_for_their_customer_or_beyond_the_allowed_lateness_are_dead_lettered(
