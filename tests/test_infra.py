@@ -23,6 +23,8 @@ WILDCARD_RESOURCE_ALLOWED = {
     "codepipeline:PutJobFailureResult",
     # The workflow polls its backup job by id (no resource-level permissions).
     "backup:DescribeBackupJob",
+    # The compliance commands find the stacks' buckets and workgroup by their exports.
+    "cloudformation:ListExports",
 }
 
 
