@@ -262,6 +262,7 @@ class _Session:
 
 def test_report_command_on_aws_writes_the_report_and_the_checkpoint(workspace: Workspace, s3,
                                                                     monkeypatch, capsys):
+    from pipelines.cli.commands import _common as common
     from pipelines.cli.commands import report as report_command
     from pipelines.cli.main import main
 
@@ -270,7 +271,8 @@ def test_report_command_on_aws_writes_the_report_and_the_checkpoint(workspace: W
     athena.expect("report_cash_transactions", CASH_DAYS)
     monkeypatch.setattr(report_command, "aws_session",
                         lambda args: _Session({"s3": s3, "athena": athena.client}))
-    monkeypatch.setattr(report_command, "athena_target", lambda args, session: TARGET)
+    for module in (report_command, common):
+        monkeypatch.setattr(module, "athena_target", lambda args, session: TARGET)
     monkeypatch.setattr("pipelines.data.lake.athena_client.time.sleep", lambda _s: None)
     with athena.stub:
         code = main(["report", "ctr", "--from", "2026-03-01", "--to", "2026-03-06",
@@ -283,6 +285,25 @@ def test_report_command_on_aws_writes_the_report_and_the_checkpoint(workspace: W
     head = json.loads(s3.get_object(Bucket=RECORDS, Key=checkpoint)["Body"].read())
     (entry,) = list_entries(workspace, action="report.generate")
     assert head["seq"] == entry["seq"] and head["hash"] == entry["hash"]  # anchors the report
+
+
+def test_audit_checkpoint_command_writes_the_head_or_says_why_not(workspace: Workspace, s3,
+                                                                 monkeypatch, capsys):
+    from pipelines.cli.commands import _common as common
+    from pipelines.cli.commands import audit as audit_command
+    from pipelines.cli.main import main
+    from pipelines.compliance.audit import record
+
+    monkeypatch.setattr(audit_command, "aws_session", lambda args: _Session({"s3": s3}))
+    monkeypatch.setattr(common, "athena_target", lambda args, session: TARGET)
+    command = ["audit", "checkpoint", "--env", "dev", "--workdir", str(workspace.root)]
+    assert main(command) == 2
+    assert "nothing to checkpoint yet" in capsys.readouterr().err
+    record(workspace, "case.close", actor="ann", subject="case:1", details={})
+    assert main(command) == 0
+    key = checkpoint_key(current_head(workspace))
+    assert f"s3://{RECORDS}/{key}" in capsys.readouterr().out
+    assert len(_objects(s3, "audit/checkpoints/")) == 1
 
 
 # --- case dispositions in the lake's cases table ------------------------------------------

@@ -58,3 +58,14 @@ def athena_target(args: argparse.Namespace, session):  # -> AthenaTarget
     if not args.env:
         raise UserError("--backend aws needs --env (dev, staging or prod)")
     return resolve_target(session.client("cloudformation"), args.env, args.project)
+
+
+def records_bucket(args: argparse.Namespace, session):  # -> RecordsBucket
+    """The environment's Object-Lock records bucket, locked for the workspace's retention."""
+    from pipelines.compliance.records_bucket import RecordsBucket
+
+    name = athena_target(args, session).records_bucket
+    if not name:
+        raise UserError(f"CloudFormation export {args.project}-{args.env}-RecordsBucket not "
+                        "found: deploy the storage stack first (`fraudops infra deploy`)")
+    return RecordsBucket.for_workspace(session.client("s3"), name, open_workspace(args))

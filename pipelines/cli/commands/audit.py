@@ -18,10 +18,10 @@ from pipelines.cli.commands._common import (
     UserError,
     add_aws_arguments,
     add_workdir_argument,
-    athena_target,
     aws_errors,
     aws_session,
     open_workspace,
+    records_bucket,
 )
 
 
@@ -161,17 +161,11 @@ def run_seal(args: argparse.Namespace) -> int:
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     from pipelines.compliance.audit import AuditError
-    from pipelines.compliance.records_bucket import RecordsBucket, checkpoint_trail
+    from pipelines.compliance.records_bucket import checkpoint_trail
 
-    ws = open_workspace(args)
     try:
-        session = aws_session(args)
-        bucket = athena_target(args, session).records_bucket
-        if not bucket:
-            raise UserError(f"CloudFormation export {args.project}-{args.env}-RecordsBucket "
-                            "not found: deploy the storage stack first")
-        records = RecordsBucket.for_workspace(session.client("s3"), bucket, ws)
-        stored = checkpoint_trail(ws, records)
+        records = records_bucket(args, aws_session(args))
+        stored = checkpoint_trail(open_workspace(args), records)
     except (AuditError, *aws_errors()) as exc:
         raise UserError(str(exc)) from exc
     print(f"audit checkpoint {records.uri(stored.key)} (version {stored.version_id}), "

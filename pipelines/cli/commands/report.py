@@ -27,6 +27,7 @@ from pipelines.cli.commands._common import (
     aws_errors,
     aws_session,
     open_workspace,
+    records_bucket,
 )
 
 CTR_REPORTS = ("ctr", "sar-candidates")
@@ -161,16 +162,12 @@ def _publish(args: argparse.Namespace, options: dict[str, Any]) -> tuple[Any, st
     """Athena in, records bucket out; then the trail's head (with this report's entry)."""
     from pipelines.analytics.reports import publish
     from pipelines.analytics.reports.data import AthenaLake
-    from pipelines.compliance.records_bucket import RecordsBucket, checkpoint_trail
+    from pipelines.compliance.records_bucket import checkpoint_trail
     from pipelines.data.lake.athena_client import AthenaRunner
 
     session = aws_session(args)
-    target = athena_target(args, session)
-    if not target.records_bucket:
-        raise UserError(f"CloudFormation export {args.project}-{args.env}-RecordsBucket not "
-                        f"found: deploy the storage stack first (`fraudops infra deploy`)")
     ws = open_workspace(args)
-    records = RecordsBucket.for_workspace(session.client("s3"), target.records_bucket, ws)
-    lake = AthenaLake(AthenaRunner(session.client("athena"), target))
+    records = records_bucket(args, session)
+    lake = AthenaLake(AthenaRunner(session.client("athena"), athena_target(args, session)))
     written = publish(ws, args.name, args.start, args.end, lake, records, **options)
     return written, records.uri(checkpoint_trail(ws, records).key)
