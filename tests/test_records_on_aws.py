@@ -41,7 +41,9 @@ from pipelines.compliance.records_bucket import (  # noqa: E402
     checkpoint_trail,
 )
 from pipelines.core.workspace import Workspace  # noqa: E402
+from pipelines.data.labels import LABEL_SCHEMA  # noqa: E402
 from pipelines.data.lake.athena_client import AthenaRunner, AthenaTarget  # noqa: E402
+from pipelines.data.lake.ddl import athena_tables  # noqa: E402
 from pipelines.data.lake.named_queries import REPORT_QUERY_DIR, get_query  # noqa: E402
 from pipelines.data.lake.tables import CASES_SCHEMA  # noqa: E402
 from pipelines.serving.alerts.cases import CaseError  # noqa: E402
@@ -317,7 +319,7 @@ def _case_row(s3, case_id: int) -> dict:
 
 
 def test_case_decisions_land_in_the_cases_table_and_a_stale_write_is_refused(s3):
-    alert = {"alert_id": 42, "raised_at": "2026-03-03T08:00:00+00:00"}
+    alert = {"alert_id": 42, "transaction_id": "tx-42", "raised_at": "2026-03-03T08:00:00+00:00"}
     assert open_case(s3, "lake", alert) is True
     assert open_case(s3, "lake", alert) is False  # a retry: one case, still open
     queue = LakeCaseQueue(s3, "lake")
@@ -330,6 +332,16 @@ def test_case_decisions_land_in_the_cases_table_and_a_stale_write_is_refused(s3)
     assert row["updated_at"] == closed["updated_at"] and row["closed_at"] is not None
     versions = s3.list_object_versions(Bucket="lake", Prefix=case_key(42))["Versions"]
     assert len(versions) == 3  # open, in review, closed: every version kept
+    # The disposition labels the alerted transaction in the lake's labels table.
+    labels = athena_tables()["labels"].prefix  # where the Athena labels table reads
+    [label_key] = [o["Key"] for o in
+                   s3.list_objects_v2(Bucket="lake", Prefix=f"{labels}/")["Contents"]]
+    assert label_key == f"{labels}/dt={row['closed_at']:%Y-%m-%d}/labels-case-42.parquet"
+    label = pq.read_table(io.BytesIO(s3.get_object(Bucket="lake", Key=label_key)["Body"].read()))
+    assert label.schema == LABEL_SCHEMA
+    assert label.to_pylist() == [{"transaction_id": "tx-42", "is_fraud": 1,
+                                  "label_known_at": row["closed_at"],
+                                  "label_source": "case:42:escalate_sar"}]
     with pytest.raises(CaseError, match="already closed as escalate_sar"):
         queue.close(42, "false_positive", actor="bob")
     with pytest.raises(CaseError, match="no case 7 at s3://lake/cases/case-7.parquet"):
@@ -337,7 +349,8 @@ def test_case_decisions_land_in_the_cases_table_and_a_stale_write_is_refused(s3)
 
 
 def test_a_concurrent_change_is_not_overwritten(s3, monkeypatch):
-    open_case(s3, "lake", {"alert_id": 5, "raised_at": "2026-03-03T08:00:00+00:00"})
+    open_case(s3, "lake", {"alert_id": 5, "transaction_id": "tx-5",
+                           "raised_at": "2026-03-03T08:00:00+00:00"})
     original, interfered = LakeCaseQueue._read, []
 
     def read_then_someone_else_writes(self, case_id: int):
@@ -358,7 +371,8 @@ def test_case_command_on_aws_closes_the_lake_case_and_audits_it(workspace: Works
     from pipelines.cli.commands import alerts as alerts_command
     from pipelines.cli.main import main
 
-    open_case(s3, "lake", {"alert_id": 9, "raised_at": "2026-03-03T08:00:00+00:00"})
+    open_case(s3, "lake", {"alert_id": 9, "transaction_id": "tx-9",
+                           "raised_at": "2026-03-03T08:00:00+00:00"})
     monkeypatch.setattr(alerts_command, "aws_session", lambda args: _Session({"s3": s3}))
     monkeypatch.setattr(alerts_command, "athena_target", lambda args, session: TARGET)
     aws = ["--backend", "aws", "--env", "dev", "--workdir", str(workspace.root)]

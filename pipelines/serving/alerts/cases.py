@@ -246,15 +246,21 @@ def _decoded(row: sqlite3.Row) -> dict[str, Any]:
     return record
 
 
+def case_label(case_id: int, transaction_id: str, disposition: str,
+               closed_at: Any) -> dict[str, Any]:
+    """A closed case as a training label: the transaction, its label, when it became known."""
+    return {
+        "transaction_id": transaction_id,
+        "is_fraud": DISPOSITIONS[disposition],
+        "label_known_at": closed_at,
+        "label_source": f"case:{case_id}:{disposition}",
+    }
+
+
 def labels_from_cases(cases: Sequence[Case]) -> list[dict[str, Any]]:
-    """Closed cases as training labels: the transaction, its label, when it became known."""
+    """Closed cases as training labels (``case_label`` of each)."""
     return [
-        {
-            "transaction_id": case.alert["transaction_id"],
-            "is_fraud": DISPOSITIONS[case.disposition or ""],
-            "label_known_at": case.closed_at,
-            "label_source": f"case:{case.case_id}:{case.disposition}",
-        }
+        case_label(case.case_id, case.alert["transaction_id"], case.disposition, case.closed_at)
         for case in cases
         if case.disposition in DISPOSITIONS
     ]

@@ -30,6 +30,7 @@ from pipelines.data.lake.tables import CASES_SCHEMA, CASES_TABLE
 from pipelines.serving.alerts.cases import DISPOSITIONS
 
 CASE_TIMES = ("opened_at", "updated_at", "closed_at")
+TRANSACTION_METADATA = "transaction-id"
 _CONFLICT_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
@@ -66,11 +67,14 @@ def is_conflict(exc: Exception) -> bool:
     return str(response.get("Error", {}).get("Code", "")) in _CONFLICT_CODES
 
 
-def put_case(s3: Any, bucket: str, row: Mapping[str, Any], **condition: str) -> str:
+def put_case(s3: Any, bucket: str, row: Mapping[str, Any], transaction_id: str,
+             **condition: str) -> str:
     """Write ``row`` as the case's current version; returns the new ETag.
 
-    ``condition`` is ``IfNoneMatch="*"`` (create only) or ``IfMatch=<etag>``
-    (replace exactly the version read).
+    The alerted transaction travels as object metadata (``transaction-id``), so
+    closing the case can label it without a query. ``condition`` is
+    ``IfNoneMatch="*"`` (create only) or ``IfMatch=<etag>`` (replace exactly the
+    version read).
     """
     import pyarrow.parquet as pq
 
@@ -78,7 +82,8 @@ def put_case(s3: Any, bucket: str, row: Mapping[str, Any], **condition: str) -> 
     # No Arrow schema blob: Athena, DuckDB and Spark all see plain Parquet types.
     pq.write_table(cases_table([row]), buffer, compression="zstd", store_schema=False)
     response = s3.put_object(Bucket=bucket, Key=case_key(row["case_id"]),
-                             Body=buffer.getvalue(), **condition)
+                             Body=buffer.getvalue(),
+                             Metadata={TRANSACTION_METADATA: transaction_id}, **condition)
     return str(response.get("ETag", ""))
 
 
@@ -88,7 +93,7 @@ def open_case(s3: Any, bucket: str, alert: Mapping[str, Any]) -> bool:
     row = {"case_id": alert["alert_id"], "alert_id": alert["alert_id"], "status": "open",
            "opened_at": raised, "updated_at": raised}
     try:
-        put_case(s3, bucket, row, IfNoneMatch="*")
+        put_case(s3, bucket, row, alert["transaction_id"], IfNoneMatch="*")
     except Exception as exc:
         if is_conflict(exc):
             return False

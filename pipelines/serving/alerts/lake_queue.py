@@ -1,6 +1,8 @@
 """Working cases on AWS: read a case from the lake's ``cases`` table, change it, write it back.
 
-What ``fraudops case show|assign|close --backend aws`` does. The rules are the
+What ``fraudops case show|assign|close --backend aws`` does; a close also
+labels the alerted transaction in the lake's ``labels`` table
+(``labels/dt=<day closed>/labels-case-<id>.parquet``), as a local close does. The rules are the
 SQLite queue's (``assignment``/``closing`` in ``pipelines.serving.alerts.cases``);
 the new version replaces exactly the one read (``If-Match``), so two
 investigators changing one case at once cannot silently overwrite each other:
@@ -15,8 +17,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.serving.alerts.cases import CaseError, assignment, closing
-from pipelines.serving.alerts.lake_cases import case_key, is_conflict, put_case
+from pipelines.serving.alerts.cases import CaseError, assignment, case_label, closing
+from pipelines.serving.alerts.lake_cases import (
+    TRANSACTION_METADATA,
+    case_key,
+    is_conflict,
+    put_case,
+)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A case as read: its row, the version's ETag and the alerted transaction."""
+
+    row: dict[str, Any]
+    etag: str
+    transaction_id: str
 
 
 @dataclass(frozen=True)
@@ -27,19 +43,47 @@ class LakeCaseQueue:
     bucket: str
 
     def show(self, case_id: int) -> dict[str, Any]:
-        return self._read(case_id)[0]
+        return self._read(case_id).row
 
     def assign(self, case_id: int, assignee: str) -> dict[str, Any]:
-        row, etag = self._read(case_id)
-        changes = assignment(case_id, row["status"], row["disposition"], assignee)
-        return self._replace(row, etag, changes)
+        found = self._read(case_id)
+        row = found.row
+        return self._replace(found, assignment(case_id, row["status"], row["disposition"],
+                                               assignee))
 
     def close(self, case_id: int, disposition: str, actor: str) -> dict[str, Any]:
-        row, etag = self._read(case_id)
-        changes = closing(case_id, row["status"], row["disposition"], disposition)
-        return self._replace(row, etag, {**changes, "closed_by": actor})
+        """Close the case, then label its transaction in the lake's ``labels`` table.
 
-    def _read(self, case_id: int) -> tuple[dict[str, Any], str]:
+        The label object is named by the case, so closing is the only writer of
+        it and the training run reads it as it reads local dispositions.
+        """
+        found = self._read(case_id)
+        changes = closing(case_id, found.row["status"], found.row["disposition"], disposition)
+        if not found.transaction_id:
+            raise CaseError(f"case {case_id} names no alerted transaction (object metadata "
+                            f"{TRANSACTION_METADATA}); only cases the alert Lambda opened "
+                            "can be closed here")
+        closed = self._replace(found, {**changes, "closed_by": actor})
+        self._write_label(case_id, case_label(case_id, found.transaction_id, disposition,
+                                              closed["closed_at"]))
+        return closed
+
+    def _write_label(self, case_id: int, label: dict[str, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pipelines.data.labels import LABEL_SCHEMA
+        from pipelines.data.lake.ddl import athena_tables
+
+        known = datetime.fromisoformat(str(label["label_known_at"]))
+        table = pa.Table.from_pylist([{**label, "label_known_at": known}], schema=LABEL_SCHEMA)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd", store_schema=False)
+        prefix = athena_tables()["labels"].prefix  # where the Athena table reads labels
+        key = f"{prefix}/dt={known.date().isoformat()}/labels-case-{case_id}.parquet"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=buffer.getvalue())
+
+    def _read(self, case_id: int) -> _Found:
         import pyarrow.parquet as pq
 
         key = case_key(case_id)
@@ -55,13 +99,14 @@ class LakeCaseQueue:
                 ) from exc
             raise
         rows = pq.read_table(io.BytesIO(found["Body"].read())).to_pylist()
-        return rows[0], found["ETag"]
+        transaction = found.get("Metadata", {}).get(TRANSACTION_METADATA, "")
+        return _Found(rows[0], found["ETag"], transaction)
 
-    def _replace(self, row: dict[str, Any], etag: str,
-                 changes: dict[str, Any]) -> dict[str, Any]:
+    def _replace(self, found: _Found, changes: dict[str, Any]) -> dict[str, Any]:
+        row = found.row
         updated = {**row, **changes, "updated_at": datetime.now(UTC)}
         try:
-            put_case(self.s3, self.bucket, updated, IfMatch=etag)
+            put_case(self.s3, self.bucket, updated, found.transaction_id, IfMatch=found.etag)
         except Exception as exc:
             if is_conflict(exc):
                 raise CaseError(
