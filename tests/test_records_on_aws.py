@@ -147,6 +147,19 @@ def _assert_locked(s3, key: str, days: int) -> None:
 # --- reports ------------------------------------------------------------------------------
 
 
+def test_every_report_query_compiles_against_the_declared_tables_and_is_athena_typed():
+    from pipelines.analytics.runner import output_schema
+    from pipelines.data.lake.named_queries import load_library
+
+    library = load_library(REPORT_QUERY_DIR)
+    assert set(library) == {"report_cash_transactions", "report_period_alerts",
+                            "report_fraud_counts"}
+    for query in library.values():
+        schema = output_schema(query)  # runs on empty tables with the writers' schemas
+        assert all(_athena_type(f.type) for f in schema), query.name
+        assert [p.name for p in query.params] == ["start_day", "end_day"], query.name
+
+
 def test_ctr_from_athena_lands_in_the_records_bucket_locked_and_equal_to_the_local_report(
         workspace: Workspace, s3):
     _aml_workspace(workspace)
