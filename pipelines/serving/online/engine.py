@@ -722,9 +722,16 @@ def build_entity_pass(plans: Sequence[EntityPlan], steps: Sequence[Any], events:
 def build_newest_check(plans: Sequence[EntityPlan]) -> Any:
     """Generated ``(row, t, entities) -> None | (plan index, key, newest µs)``: the first
     entity of ``row`` whose newest transaction is later than ``t``. Unrolled per plan
-    like the pass (it runs for every transaction); reads nothing it would create."""
+    like the pass (it runs for every transaction); reads nothing it would create.
+
+    A plan keyed by more columns than another (customer+terminal vs customer) holds a
+    subset of its transactions, so its newest is never later: only the plans no other
+    plan's columns are contained in are checked.
+    """
     body = []
     for index, plan in enumerate(plans):
+        if any(set(other.columns) < set(plan.columns) for other in plans):
+            continue
         body += [
             f"key = {_key_source(plan, 'row')}",
             f"entity = entities[{index}].get(key)",
