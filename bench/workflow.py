@@ -12,15 +12,22 @@ and the endpoint it starts), sampled every 0.2 s, and the CPU seconds of all
 the run's processes (the figure the machine's load does not move much).
 
 Measured 2026-12-03 at 1.75M (90 days; 2 cores shared with other helpers'
-test suites). Before this module's changes (commit 8fd9327) and after, run
-alternately on the same file under load 3.4-3.8: end to end 104 / 117 s before,
-91 / 90 s after; CPU 78 / 83 s before, 76 / 77 s after; features step 11.4 s ->
-7.1 s, Train step 24-28 s -> 16-21 s, peak RSS of the tree 2.5 -> 2.2 GB; test
-AP 0.675 both. After, at load 1.5-2.2: 50, 59, 59, 66 s (median 59 s; Tune
-12-18 s, Train 13-14 s of which boosting 5-9.5 s, Preprocess 5-7 s). The 60 s
-goal holds at load <= ~2; boosting on 2 OpenMP threads slows most when another
-process takes a core. At 5M (load 1.7-3.1): 135 s end to end, peak RSS of the
-process tree 4.8 GB (goal <= 6 GB), test AP 0.633.
+test suites), at commit 8fd9327 ("before") and after the changes that followed
+it (Preprocess in Arrow, train.py without scikit-learn, feature row checks on
+stage 1, two Parquet writer threads), run alternately on the same file (wall s /
+CPU s of all processes):
+
+    load 1.3-1.5   before 75.4 / 86.6, 59.8 / 74.1   after 56.8 / 71.7, 56.7 / 69.6
+    load 3.4-3.8   before 104 / 78, 117 / 83         after 91 / 76, 90 / 77
+
+Train step 11.5-14.5 s -> 9.5-9.9 s (boosting 5.5-7.7 s, 190 rounds on 400k
+sampled rows), Tune 16-21 s -> 12-13 s, Preprocess 7.8-8.2 s -> 5.9-6.9 s,
+features 4.2-5.5 s -> 4.1-5.0 s; test AP 0.675 before and after; peak RSS of
+the process tree 2.44 -> 2.24 GB. All runs after at load <= 2.2: 50, 57, 57,
+58, 59, 59, 59, 66, 66 s (median 59 s): the 60 s goal holds unless another
+job takes a core (boosting on 2 OpenMP threads suffers most). At 5M (load
+1.7-3.1): 135 s end to end, peak RSS of the process tree 4.8 GB (goal <= 6 GB),
+test AP 0.633.
 """
 
 from __future__ import annotations
