@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -774,3 +775,32 @@ def test_the_lambda_reads_its_allowed_lateness_from_the_environment():
     assert allowed_lateness({"ALLOWED_LATENESS_SECONDS": "90"}) == 90
     with pytest.raises(ParameterError, match="ALLOWED_LATENESS_SECONDS must be a whole number"):
         allowed_lateness({"ALLOWED_LATENESS_SECONDS": "5m"})
+
+
+# --- relative times -------------------------------------------------------------------------
+def test_relative_times_count_from_the_time_origin_as_at_ingest(ws, tmp_path, capsys):
+    """Seconds from an undisclosed start: refused without an origin, read from the flag
+    or the column map's ``time_origin``, as ``fraudops ingest`` reads them."""
+    def write(name: str, first: int) -> Path:
+        source = tmp_path / name
+        source.write_text("".join(
+            json.dumps({"transaction_id": f"{name}-{i}", "timestamp": str(first + 60 * i),
+                        "customer_id": "c1", "terminal_id": "T1", "amount": "12.50"}) + "\n"
+            for i in range(3)))
+        return source
+
+    assert stream(ws, write("epoch.jsonl", 0)) == 0  # epoch seconds of 1970: refused
+    assert scored(ws).num_rows == 0
+    assert {r["reason"] for r in dead_letters(ws).to_pylist()} == {"bad_timestamp"}
+
+    assert stream(ws, write("flag.jsonl", 3600), "--time-origin", "2026-03-01T00:00:00Z") == 0
+    column_map = tmp_path / "map.json"
+    column_map.write_text(json.dumps({"columns": {}, "time_origin": "2026-03-01T00:00:00Z"}))
+    assert stream(ws, write("map.jsonl", 7200), "--column-map", str(column_map)) == 0
+    times = {r["transaction_id"]: r["timestamp"] for r in scored(ws).to_pylist()}
+    assert times["flag.jsonl-0"] == datetime(2026, 3, 1, 1, 0, tzinfo=UTC)
+    assert times["map.jsonl-2"] == datetime(2026, 3, 1, 2, 2, tzinfo=UTC)
+
+    with pytest.raises(SystemExit):
+        stream(ws, write("bad.jsonl", 0), "--time-origin", "last tuesday")
+    assert "is not an ISO-8601 time" in capsys.readouterr().err

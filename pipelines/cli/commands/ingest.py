@@ -8,9 +8,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_time_origin_argument,
+    add_workdir_argument,
+    open_workspace,
+)
 from pipelines.data.ingest import IngestError, ingest, load_column_map, render
-from pipelines.data.ingest.columns import parse_time_origin
 from pipelines.data.ingest.sources import FORMATS
 
 
@@ -29,11 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='JSON object mapping your column names to canonical ones, e.g. '
         '{"txn_id": "transaction_id", "ts": "timestamp"}',
     )
-    parser.add_argument(
-        "--time-origin", metavar="ISO8601", default=None,
-        help="numeric times count seconds from this instant (e.g. 2013-09-01T00:00:00Z) "
-        "instead of being epoch seconds; also \"time_origin\" in the column map file",
-    )
+    add_time_origin_argument(parser)
     parser.add_argument("--format", choices=("auto", *FORMATS), default="auto",
                         help="input format (default: from each file's extension)")
     parser.add_argument("--token-key-file", type=Path, default=None,
@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         column_map = load_column_map(args.column_map) if args.column_map else None
-        time_origin = parse_time_origin(args.time_origin) if args.time_origin else None
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
             "{task.total}"), TimeElapsedColumn(), console=console, transient=True,
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
             report = ingest(ws, args.paths or None, column_map, args.format,
                             key_file=args.token_key_file, progress=progress,
-                            time_origin=time_origin)
+                            time_origin=args.time_origin)
     except IngestError as exc:
         raise UserError(str(exc)) from exc
     render(report, console)

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_time_origin_argument,
+    add_workdir_argument,
+    open_workspace,
+)
 from pipelines.core.params import DEFAULT_LABEL_DELAY_DAYS
 from pipelines.fraud.pipeline import DEFAULT_TUNING_MAX_JOBS, DEFAULT_TUNING_MAX_SECONDS
 
@@ -39,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--input", type=Path, help="your landing file or folder (skips generate)")
     data.add_argument("--column-map", type=Path, help="JSON {your_column: canonical_column}")
-    data.add_argument("--time-origin", metavar="ISO8601", default=None,
-                      help="your numeric times count seconds from this instant "
-                      "(e.g. 2013-09-01T00:00:00Z); also \"time_origin\" in the column map")
+    add_time_origin_argument(data)
     data.add_argument("--transactions", type=int, default=500_000,
                       help="synthetic transactions to generate (default 500,000)")
     data.add_argument("--days", type=int, default=90, help="days of synthetic data (default 90)")
@@ -92,7 +95,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         input_path=args.input,
         column_map=args.column_map,
-        time_origin=_time_origin(args.time_origin),
+        time_origin=args.time_origin,
         transactions=args.transactions,
         days=args.days,
         seed=args.seed,
@@ -117,19 +120,10 @@ def _options(args: argparse.Namespace) -> RunOptions:
     )
 
 
-def _time_origin(text: str | None) -> dt.datetime | None:
-    from pipelines.data.ingest import IngestError
-    from pipelines.data.ingest.columns import parse_time_origin
-
-    try:
-        return parse_time_origin(text) if text else None
-    except IngestError as exc:
-        raise UserError(str(exc)) from exc
-
-
 def _run(args: argparse.Namespace) -> int:
     from pipelines.core.failures import notify_failure
     from pipelines.core.notifications import OutboxNotifier
+    from pipelines.fraud.local_run import render_ahead
     from pipelines.workflow.declaration import FRAUD_WORKFLOW
     from pipelines.workflow.runner import RunContext, WorkflowFailed, run_workflow
     from pipelines.workflow.steps import IMPLEMENTATIONS
@@ -140,10 +134,13 @@ def _run(args: argparse.Namespace) -> int:
     notifier = OutboxNotifier(ws.outbox, args.webhook_url)
     started = time.perf_counter()
     try:
-        outcomes = run_workflow(
-            FRAUD_WORKFLOW, IMPLEMENTATIONS, context,
-            notify_failure=lambda event: notify_failure(event, notifier),
-        )
+        # The pipeline step's definition is rendered while the data steps run (on the core
+        # they leave idle); the step then reuses that render.
+        with render_ahead(ws, context.options.pipeline_kwargs):
+            outcomes = run_workflow(
+                FRAUD_WORKFLOW, IMPLEMENTATIONS, context,
+                notify_failure=lambda event: notify_failure(event, notifier),
+            )
     except WorkflowFailed as failure:
         _print_steps(console, failure.outcomes)
         last = failure.outcomes[-1]

@@ -11,7 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
+from pipelines.cli.commands._common import (
+    UserError,
+    add_time_origin_argument,
+    add_workdir_argument,
+    open_workspace,
+)
 from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
 
 
@@ -48,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "out_of_order")
     parser.add_argument("--column-map", type=Path, default=None,
                         help='JSON {"their_column": "canonical_column"} as for ingest')
+    add_time_origin_argument(parser)
     add_workdir_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                 allowed_lateness_seconds=args.allowed_lateness),
         source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
         column_map=column_map,
+        time_origin=args.time_origin,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -283,6 +283,7 @@ def process_batch(
     source: str,
     run_id: str,
     column_map: Mapping[str, str] | None = None,
+    time_origin: datetime | None = None,
     now: datetime | None = None,
     before_features: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> BatchOutcome:
@@ -315,6 +316,7 @@ def process_batch(
             seen_quarantine=pa.table({"key": pa.array(list(seen_dead_keys), pa.string())}),
             ingestion_id=run_id,
             ingestion_day=day,
+            time_origin=time_origin,
         )
         dead.append(classified.quarantine)
         dead_keys = classified.quarantine_keys.to_pylist()

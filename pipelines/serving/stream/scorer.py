@@ -163,6 +163,7 @@ class StreamScorer:
         settings: StreamSettings | None = None,
         source: str = "stream",
         column_map: Mapping[str, str] | None = None,
+        time_origin: datetime | None = None,
     ) -> None:
         self.ws = ws
         self.model = model
@@ -172,6 +173,8 @@ class StreamScorer:
         self.settings = settings or StreamSettings()
         self.source = source
         self.column_map = dict(column_map or {})
+        # As for ingest: the flag, else the column map file's time_origin.
+        self.time_origin = time_origin or getattr(column_map, "time_origin", None)
         self.store = LocalStateStore.for_workspace(ws)
         self.policy = AlertPolicy(threshold=model.threshold)
         self.run_id = f"stream-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -288,6 +291,7 @@ class StreamScorer:
                 source=self.source,
                 run_id=self.run_id,
                 column_map=self.column_map,
+                time_origin=self.time_origin,
             )
             self._write(outcome, seq)
             alert_counts = raise_alerts(outcome.alerts, self.policy, self.alert_store,
