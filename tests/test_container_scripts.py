@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 REPO = Path(__file__).resolve().parent.parent
 PREPROCESS = REPO / "processing" / "preprocess.py"
@@ -465,6 +465,24 @@ def test_evaluation_metrics_match_sklearn_on_saved_scores(pipeline_run):
     assert 2 <= len(curve["thresholds"]) <= 200
     assert len(curve["precision"]) == len(curve["recall"]) == len(curve["thresholds"])
     assert "average-precision:" in pipeline_run["evaluate"].stdout
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluate_ranking_metrics_are_scikit_learns_to_the_bit(seed):
+    """evaluate.py ships without scikit-learn: its AP, ROC AUC and PR curve must be the
+    very numbers sklearn gives, ties (rounded scores, float32 predictions) included."""
+    evaluate = load_script(EVALUATE)
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    labels = (rng.random(n) < 0.01 * (seed + 1)).astype(int)
+    raw = rng.random(n) + labels * rng.random(n)
+    for scores in (raw, np.round(raw, 2), raw.astype(np.float32).astype(np.float64)):
+        assert evaluate.average_precision_score(labels, scores) == average_precision_score(
+            labels, scores)
+        assert evaluate.roc_auc_score(labels, scores) == roc_auc_score(labels, scores)
+        for ours, theirs in zip(evaluate.precision_recall_curve(labels, scores),
+                                precision_recall_curve(labels, scores), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
 
 
 def test_test_scores_equal_the_booster_predictions(pipeline_run):
