@@ -533,6 +533,52 @@ def test_cached_render_returns_the_identical_definition_without_the_sdk(
     assert len(calls) == 3, "a cache entry whose staged code is gone is re-rendered"
 
 
+def test_a_render_in_the_background_is_the_one_the_foreground_gets(
+    rendered, tmp_path, monkeypatch
+):
+    """`fraudops run` renders while its data steps run; the pipeline step waits for that
+    render (the entry's lock) and reuses it instead of rendering again."""
+    import fcntl
+    import time
+
+    import pipelines.fraud.definition as definition_module
+
+    result, _, _ = rendered
+    store, cache = tmp_path / "store", tmp_path / "cache"
+
+    def no_second_render(*args, **kwargs):
+        raise AssertionError("the foreground rendered although a background render was running")
+
+    with definition_module.render_in_background(KWARGS, code_store_dir=store, cache_dir=cache):
+        deadline = time.monotonic() + 60
+        while not list(cache.glob("*.json")):  # wait until the background process holds the lock
+            locks = list(cache.glob("*.lock"))
+            if locks:
+                with open(locks[0]) as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+                    except BlockingIOError:
+                        break
+            assert time.monotonic() < deadline, "the background render never started"
+            time.sleep(0.02)
+        monkeypatch.setattr(definition_module, "render_pipeline", no_second_render)
+        got = definition_module.render_pipeline_cached(KWARGS, code_store_dir=store,
+                                                       cache_dir=cache)
+    assert got.definition == result.definition
+    assert got.code_objects and all(
+        (store / uri.removeprefix("s3://")).is_file() for uri in got.code_objects)
+
+
+def test_leaving_the_block_early_stops_the_background_render(tmp_path):
+    import pipelines.fraud.definition as definition_module
+
+    with definition_module.render_in_background(KWARGS, code_store_dir=tmp_path / "store",
+                                                cache_dir=tmp_path / "cache"):
+        pass  # e.g. ingest failed at once: the run ends without waiting for the render
+    assert not list((tmp_path / "cache").glob("*.json"))
+
+
 def test_fingerprint_changes_with_the_shipped_code(monkeypatch, tmp_path):
     import pipelines.fraud.definition as definition_module
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.compliance.locks import file_lock
 from pipelines.core.code import PACKAGE_DIR, unit_dir
 from pipelines.core.fileio import write_bytes_atomically
 from pipelines.core.workspace import ARTIFACTS_BUCKET
@@ -232,15 +234,58 @@ def render_pipeline_cached(
         return render_pipeline(pipeline_kwargs, code_store_dir=code_store_dir,
                                module_name=module_name)
     entry = cache_dir / f"{render_fingerprint(pipeline_kwargs, module_name)}.json"
-    if entry.is_file():
-        cached = json.loads(entry.read_text(encoding="utf-8"))
-        staged = (code_store_dir / uri.removeprefix("s3://") for uri in cached["code_objects"])
-        if all(path.is_file() for path in staged):
-            return RenderedPipeline(cached["name"], cached["definition"],
-                                    tuple(cached["code_objects"]))
-    rendered = render_pipeline(pipeline_kwargs, code_store_dir=code_store_dir,
-                               module_name=module_name)
-    payload = {"name": rendered.name, "definition": rendered.definition,
-               "code_objects": list(rendered.code_objects)}
-    write_bytes_atomically(entry, json.dumps(payload).encode())
+    # One render per entry at a time: a caller arriving while another process
+    # (``render_in_background``) renders the same inputs waits for it and reads its result.
+    with file_lock(entry.with_suffix(".lock"), purpose="rendering the pipeline definition"):
+        if entry.is_file():
+            cached = json.loads(entry.read_text(encoding="utf-8"))
+            staged = (code_store_dir / uri.removeprefix("s3://")
+                      for uri in cached["code_objects"])
+            if all(path.is_file() for path in staged):
+                return RenderedPipeline(cached["name"], cached["definition"],
+                                        tuple(cached["code_objects"]))
+        rendered = render_pipeline(pipeline_kwargs, code_store_dir=code_store_dir,
+                                   module_name=module_name)
+        payload = {"name": rendered.name, "definition": rendered.definition,
+                   "code_objects": list(rendered.code_objects)}
+        write_bytes_atomically(entry, json.dumps(payload).encode())
     return rendered
+
+
+def _render_into_cache(pipeline_kwargs: dict[str, Any], code_store_dir: Path,
+                       cache_dir: Path) -> None:
+    """The background process of ``render_in_background``: fill the cache, say nothing.
+
+    A failure here is not reported: the foreground render of the same inputs
+    then runs itself and reports it where the user sees it.
+    """
+    # Lowest priority: it is meant to use the core the data steps leave idle, not to slow them.
+    os.nice(19)
+    with suppress(Exception):
+        render_pipeline_cached(pipeline_kwargs, code_store_dir=code_store_dir,
+                               cache_dir=cache_dir)
+
+
+@contextmanager
+def render_in_background(
+    pipeline_kwargs: dict[str, Any], *, code_store_dir: Path, cache_dir: Path
+) -> Iterator[None]:
+    """Render the default pipeline into the cache in another process during the block.
+
+    Importing the SDK and building the definition costs seconds of one core
+    that a workflow can spend while its data steps run; the pipeline step's
+    ``render_pipeline_cached`` then waits for this render (the entry's lock)
+    and reuses it: the same function, so the same definition. A separate
+    process, because a render swaps the environment's credentials and patches
+    botocore (moto) for the whole process. Left early, the block stops it.
+    """
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process running threads
+    process = spawn.Process(target=_render_into_cache, daemon=True,
+                            args=(dict(pipeline_kwargs), Path(code_store_dir), Path(cache_dir)))
+    process.start()
+    try:
+        yield
+    finally:
+        if process.is_alive():
+            process.terminate()  # writes are atomic and the lock dies with it
+        process.join()

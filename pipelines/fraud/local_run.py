@@ -13,13 +13,19 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.core.identity import current_user
 from pipelines.core.workspace import Workspace
-from pipelines.fraud.definition import DEFAULT_MODULE, RenderedPipeline, render_pipeline_cached
+from pipelines.fraud.definition import (
+    DEFAULT_MODULE,
+    RenderedPipeline,
+    render_in_background,
+    render_pipeline_cached,
+)
 from pipelines.model.executor import ExecutionSummary, run_pipeline_definition
 from pipelines.model.executor.errors import CLIENT_ERROR, RETRYABLE_EXCEPTION_TYPES
 from pipelines.model.executor.runner import summarize
@@ -120,7 +126,7 @@ def run_pipeline_locally(
     """
     rendered = render_pipeline_cached(
         dict(pipeline_kwargs or {}), code_store_dir=workspace.object_store,
-        module_name=module_name, cache_dir=workspace.state_dir / "definitions",
+        module_name=module_name, cache_dir=_definitions(workspace),
     )
     if on_rendered is not None:
         on_rendered(rendered)
@@ -129,6 +135,24 @@ def run_pipeline_locally(
         rendered.definition, workspace, given, current_user(), rendered.name, progress
     )
     return LocalPipelineRun(rendered, execution, workspace.executions / execution.execution_id)
+
+
+def _definitions(workspace: Workspace) -> Path:
+    """The workspace's render cache."""
+    return workspace.state_dir / "definitions"
+
+
+def render_ahead(
+    workspace: Workspace, pipeline_kwargs: Mapping[str, Any] | None = None
+) -> AbstractContextManager[None]:
+    """Render the default pipeline in the background while the block runs.
+
+    ``run_pipeline_locally`` with the same ``pipeline_kwargs`` inside the block
+    waits for that render and reuses it (see ``render_in_background``).
+    """
+    return render_in_background(dict(pipeline_kwargs or {}),
+                                code_store_dir=workspace.object_store,
+                                cache_dir=_definitions(workspace))
 
 
 def registered_model_package_arn(execution: ExecutionSummary) -> str:
