@@ -12,21 +12,30 @@ and the endpoint it starts), sampled every 0.2 s, and the CPU seconds of all
 the run's processes (the figure the machine's load does not move much).
 
 Measured 2026-12-03 at 1.75M (90 days; 2 cores shared with other helpers'
-test suites), at commit 8fd9327 ("before") and after the changes that followed
-it (Preprocess in Arrow, train.py without scikit-learn, feature row checks on
-stage 1, two Parquet writer threads), run alternately on the same file (wall s /
-CPU s of all processes):
+test suites). Earlier, against 8fd9327 (Preprocess in Arrow, train.py without
+scikit-learn, feature row checks on stage 1, two Parquet writer threads): at
+load 1.3-1.5 75 / 60 s -> 57 / 57 s wall, test AP 0.675 before and after; every
+run at load <= 2.2 after that: median 59 s (50-66 s).
 
-    load 1.3-1.5   before 75.4 / 86.6, 59.8 / 74.1   after 56.8 / 71.7, 56.7 / 69.6
-    load 3.4-3.8   before 104 / 78, 117 / 83         after 91 / 76, 90 / 77
+Then, against f2baa7c, run alternately on one file at load 3.9-5.1 (other
+helpers' suites on both cores; wall s / CPU s of all processes):
 
-Train step 11.5-14.5 s -> 9.5-9.9 s (boosting 5.5-7.7 s, 190 rounds on 400k
-sampled rows), Tune 16-21 s -> 12-13 s, Preprocess 7.8-8.2 s -> 5.9-6.9 s,
-features 4.2-5.5 s -> 4.1-5.0 s; test AP 0.675 before and after; peak RSS of
-the process tree 2.44 -> 2.24 GB. All runs after at load <= 2.2: 50, 57, 57,
-58, 59, 59, 59, 66, 66 s (median 59 s): the 60 s goal holds unless another
-job takes a core (boosting on 2 OpenMP threads suffers most). At 5M (load
-1.7-3.1): 135 s end to end, peak RSS of the process tree 4.8 GB (goal <= 6 GB),
+    f2baa7c            97.5 / 71.2, 115.1 / 82.3, 100.0 / 76.9   (median 100 / 77)
+    after (e48a743)    81.1 / 67.6,  74.1 / 66.3,  94.6 / 74.3   (median 81 / 68)
+
+Tune 24.3-26.2 s -> 11.5-15.5 s (one booster per trial updated in place, so
+XGBoost's prediction caches serve every round and validation measurement with
+the new trees only; profiled alone at load 3.5: 26.4 -> 14.5 s, predict 7.3 ->
+1.8 s, update 10.0 -> 6.4 s), Evaluate 5.1-6.4 s -> 2.8-3.9 s (no scikit-learn
+import), test AP 0.675 in all six runs; bench.quality at 400k (seeds 1-2): AP
+0.597 -> 0.604 on our generator, 0.776 -> 0.776 on the handbook layout. The
+definition is rendered in a background process while ingest and features run
+(about 4.6 s of one core before); at nice 19 it only takes an idle core, so
+under this load it often had not finished and the pipeline step still waited
+for it (the step's time beyond its SageMaker steps 5.5-6.1 s before, 2.7-5.3 s
+after). At low load the run was 50-66 s before these changes (median 59 s);
+it has not been measured at low load since. At 5M (load 1.7-3.1, before these
+changes): 135 s end to end, peak RSS of the process tree 4.8 GB (goal <= 6 GB),
 test AP 0.633.
 """
 
