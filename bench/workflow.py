@@ -33,8 +33,10 @@ definition is rendered in a background process while ingest and features run
 (about 4.6 s of one core before); at nice 19 it only takes an idle core, so
 under this load it often had not finished and the pipeline step still waited
 for it (the step's time beyond its SageMaker steps 5.5-6.1 s before, 2.7-5.3 s
-after). At low load the run was 50-66 s before these changes (median 59 s);
-it has not been measured at low load since. At 5M (load 1.7-3.1, before these
+after). One pair at load 1.5-1.7 afterwards: 68.0 s (f2baa7c; the pipeline step
+5.2 s beyond its SageMaker steps) against 64.4 s (0.1 s beyond: the render was
+ready), Tune 20.1 -> 15.1 s, Evaluate 3.8 -> 3.0 s, but ingest 6.9 -> 8.9 s and
+Train 11.5 -> 16.1 s (Train is unchanged code: noise of the shared cores). At 5M (load 1.7-3.1, before these
 changes): 135 s end to end, peak RSS of the process tree 4.8 GB (goal <= 6 GB),
 test AP 0.633.
 """
