@@ -36,9 +36,9 @@ for it (the step's time beyond its SageMaker steps 5.5-6.1 s before, 2.7-5.3 s
 after). One pair at load 1.5-1.7 afterwards: 68.0 s (f2baa7c; the pipeline step
 5.2 s beyond its SageMaker steps) against 64.4 s (0.1 s beyond: the render was
 ready), Tune 20.1 -> 15.1 s, Evaluate 3.8 -> 3.0 s, but ingest 6.9 -> 8.9 s and
-Train 11.5 -> 16.1 s (Train is unchanged code: noise of the shared cores). At 5M (load 1.7-3.1, before these
-changes): 135 s end to end, peak RSS of the process tree 4.8 GB (goal <= 6 GB),
-test AP 0.633.
+Train 11.5 -> 16.1 s (Train is unchanged code: noise of the shared cores). At
+5M (load 1.7-3.1, before these changes): 135 s end to end, peak RSS of the
+process tree 4.8 GB (goal <= 6 GB), test AP 0.633.
 """
 
 from __future__ import annotations
