@@ -59,6 +59,12 @@ def load_column_map(path: str | Path) -> ColumnMap:
     return check_column_map(raw, origin=str(file))
 
 
+def effective_time_origin(flag: datetime | None,
+                          column_map: Mapping[str, str] | None) -> datetime | None:
+    """The origin numeric times count from: ``--time-origin``, else the column map's."""
+    return flag or getattr(column_map, "time_origin", None)
+
+
 def parse_time_origin(text: str, origin: str = "--time-origin") -> datetime:
     """An ISO-8601 instant (``Z`` or an offset; none means UTC) for relative numeric times."""
     try:

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest import writer
+from pipelines.data.ingest.columns import effective_time_origin
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 from pipelines.data.ingest.layout import LakeLayout
 from pipelines.data.ingest.ledger import Ledger
@@ -71,7 +72,7 @@ def run_ingestion(
     column map's, see ``columns.ColumnMap``): numeric times count seconds from it.
     """
     column_map = column_map or {}
-    time_origin = time_origin or getattr(column_map, "time_origin", None)
+    time_origin = effective_time_origin(time_origin, column_map)
     with card_numbers_masked():  # no exception leaves ingestion with a card number in it
         return _run(layout, paths, tokeniser, column_map, fmt, progress, commit_guard,
                     time_origin)

@@ -48,6 +48,7 @@ from pipelines.core.params import (
 )
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
+from pipelines.data.ingest.columns import effective_time_origin
 from pipelines.data.ingest.tokenise import Tokeniser
 from pipelines.data.labels import LABEL_SCHEMA
 from pipelines.serving.alerts.alerting import AlertPolicy, AlertStore, raise_alerts
@@ -173,8 +174,7 @@ class StreamScorer:
         self.settings = settings or StreamSettings()
         self.source = source
         self.column_map = dict(column_map or {})
-        # As for ingest: the flag, else the column map file's time_origin.
-        self.time_origin = time_origin or getattr(column_map, "time_origin", None)
+        self.time_origin = effective_time_origin(time_origin, column_map)
         self.store = LocalStateStore.for_workspace(ws)
         self.policy = AlertPolicy(threshold=model.threshold)
         self.run_id = f"stream-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
