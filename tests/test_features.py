@@ -28,7 +28,12 @@ from pipelines.data.features import (
     store,
 )
 from pipelines.data.features.build import build_feature_table
-from pipelines.data.features.definitions import NO_PREVIOUS_TX_SECONDS, Aggregate, Window
+from pipelines.data.features.definitions import (
+    LABEL_COLUMN,
+    NO_PREVIOUS_TX_SECONDS,
+    Aggregate,
+    Window,
+)
 from pipelines.data.features.duckdb_engine import compile_sql
 from pipelines.data.features.emr import JobCode, feature_step, submit_feature_step, upload_job_code
 
@@ -477,8 +482,11 @@ def test_partitions_are_written_per_day_whatever_the_row_order(tmp_path):
     table = compute_features(to_table(crafted_transactions()))
     # Shuffled and streamed in small batches: days come back again and again.
     shuffled = table.take(random.Random(3).sample(range(table.num_rows), table.num_rows))
-    days = store.write_partitions(shuffled.to_batches(max_chunksize=7), tmp_path / "out")
-    assert days == len(set(table["dt"].to_pylist()))
+    written = store.write_partitions(shuffled.to_batches(max_chunksize=7), tmp_path / "out")
+    assert written.partitions == len(set(table["dt"].to_pylist()))
+    assert written.rows == table.num_rows
+    labels = table[LABEL_COLUMN].to_pylist()
+    assert written.fraud_rate == pytest.approx(sum(labels) / len(labels))
     import pyarrow.dataset as ds
 
     back = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive").to_table()

@@ -122,7 +122,9 @@ def with_layout(sql: str, layout: FeatureLayout, source: str) -> str:
     )
 
 
-def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> FeatureLayout:
+def _build_with_duckdb(
+    ws: Workspace, staging: Path, label_delay_days: int
+) -> tuple[FeatureLayout, store.TableSummary]:
     temp_dir = ws.root / "tmp" / "duckdb"
     temp_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb_engine.connect(temp_dir=str(temp_dir))
@@ -135,12 +137,14 @@ def _build_with_duckdb(ws: Workspace, staging: Path, label_delay_days: int) -> F
     layout = curated_layout(con, source)
     sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
     rows = con.sql(with_layout(sql, layout, source)).fetch_record_batch(ROWS_PER_BATCH)
-    store.write_partitions(rows, staging)
+    written = store.write_partitions(rows, staging)
     con.close()
-    return layout
+    return layout, written
 
 
-def _build_with_spark(ws: Workspace, staging: Path, label_delay_days: int) -> FeatureLayout:
+def _build_with_spark(
+    ws: Workspace, staging: Path, label_delay_days: int
+) -> tuple[FeatureLayout, store.TableSummary]:
     # Imported here: pyspark is an optional extra and slow to import.
     from pipelines.data.features import spark_engine
 
@@ -150,20 +154,22 @@ def _build_with_spark(ws: Workspace, staging: Path, label_delay_days: int) -> Fe
     result = spark_engine.run_feature_job(
         spark, ws.curated.as_uri(), staging.as_uri(), label_delay_days, labels_uri=labels
     )
-    return FeatureLayout(frozenset(result["inputs"]), tuple(result["user_features"].items()))
+    layout = FeatureLayout(frozenset(result["inputs"]), tuple(result["user_features"].items()))
+    return layout, _table_stats(staging)
 
 
-def _table_stats(directory: Path) -> tuple[int, int, float | None]:
-    """Rows, partitions and fraud rate of a written feature table."""
+def _table_stats(directory: Path) -> store.TableSummary:
+    """Rows, partitions and fraud rate of a feature table written by Spark."""
     files = store.parquet_files(directory)
     if not files:
-        return 0, 0, None
+        return store.TableSummary(0, 0, None)
     con = duckdb_engine.connect()
     rows, partitions, fraud_rate = con.execute(
         f"SELECT count(*), count(DISTINCT {PARTITION_COLUMN}), avg({LABEL_COLUMN}) "
         f"FROM read_parquet({_sql_list(files)}, hive_partitioning = true)"
     ).fetchall()[0]
-    return int(rows), int(partitions), None if fraud_rate is None else float(fraud_rate)
+    fraud_rate = None if fraud_rate is None else float(fraud_rate)
+    return store.TableSummary(int(rows), int(partitions), fraud_rate)
 
 
 def register_in_catalog(ws: Workspace, directory: Path) -> str:
@@ -188,9 +194,9 @@ def build_feature_table(
     try:
         say(f"computing features with {engine}")
         if engine == "duckdb":
-            layout = _build_with_duckdb(ws, staging, label_delay_days)
+            layout, written = _build_with_duckdb(ws, staging, label_delay_days)
         else:
-            layout = _build_with_spark(ws, staging, label_delay_days)
+            layout, written = _build_with_spark(ws, staging, label_delay_days)
         staging.mkdir(parents=True, exist_ok=True)
         store.write_manifest(staging, label_delay_days, layout)
         say("publishing the feature table")
@@ -198,15 +204,14 @@ def build_feature_table(
     except BaseException:
         store.discard(staging)
         raise
-    rows, partitions, fraud_rate = _table_stats(ws.features)
     say("registering in the catalog")
     catalog = register_in_catalog(ws, ws.features)
     return FeatureBuildSummary(
         engine=engine,
-        rows=rows,
+        rows=written.rows,
         features=len(layout.feature_columns),
-        partitions=partitions,
-        fraud_rate=fraud_rate,
+        partitions=written.partitions,
+        fraud_rate=written.fraud_rate,
         seconds=time.perf_counter() - started,
         label_delay_days=label_delay_days,
         version=FEATURE_SET_VERSION,

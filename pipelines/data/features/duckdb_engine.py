@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import numpy as np
@@ -421,11 +422,17 @@ def prepare_query(
         label_delay_days, with_labels=with_labels, missing_columns=missing, source=source
     )
     base = con.sql(inputs_sql).to_arrow_table()
-    if may_fail_checks(base):
-        check_transactions(con, source)
-    base = base.drop_columns([ID_HASH_COLUMN])
     threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    aggregates = frames.evaluate(base, AGGREGATES, delay, threads=threads)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The cheap check (one core's sort) runs beside the frames; bad input then
+        # fails with the exact check's message, whatever the frames made of it.
+        suspect = pool.submit(may_fail_checks, base)
+        base = base.drop_columns([ID_HASH_COLUMN])
+        try:
+            aggregates = frames.evaluate(base, AGGREGATES, delay, threads=threads)
+        finally:
+            if suspect.result():
+                check_transactions(con, source)
     windowed = base.drop_columns(list(frames.input_columns(AGGREGATES).values()))
     for name, column in aggregates.items():
         windowed = windowed.append_column(name, column)

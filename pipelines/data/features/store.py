@@ -14,12 +14,15 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.core.fileio import write_text_atomically
 from pipelines.data.features.definitions import (
+    FEATURE_COLUMNS,
     FULL_LAYOUT,
+    LABEL_COLUMN,
     PARTITION_COLUMN,
     FeatureLayout,
     feature_set_manifest,
@@ -32,6 +35,15 @@ MANIFEST_NAME = "_feature_set.json"
 # Parquet writer threads of the feature build (the 2-core budget: pyarrow encodes
 # and compresses without the GIL while DuckDB computes the next batches).
 WRITE_THREADS = 2
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """Rows, day partitions and fraud rate (mean of the non-NULL labels) of a feature table."""
+
+    rows: int
+    partitions: int
+    fraud_rate: float | None
 
 
 def parquet_files(directory: Path) -> list[Path]:
@@ -80,8 +92,11 @@ def discard(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
-    """Write a stream of feature rows as ``directory/dt=<day>/part-0.parquet``; returns days.
+def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> TableSummary:
+    """Write a stream of feature rows as ``directory/dt=<day>/part-0.parquet``.
+
+    Returns what was written, counted on the way (reading the files back to
+    count them cost 0.1 s at 1.75M rows).
 
     Streamed so memory holds a few days and one batch, not the table. A day's rows
     that arrive together become one row group, written by one of ``WRITE_THREADS``
@@ -92,7 +107,8 @@ def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
     pyarrow with dictionaries only for text columns other than the transaction
     id (elsewhere they are tried and dropped) and snappy like Spark's writer:
     1.1 CPU-s at 1.75M rows x 41 columns where DuckDB's partitioned COPY took 5
-    (zstd: files 30% smaller, +0.65 s).
+    (zstd: files 30% smaller, +0.65 s). Min/max statistics only for the id, time and
+    label columns, which readers filter on (features' cost 0.1 CPU-s, buy nothing).
     """
     # Imported here: the Spark job shipped to EMR imports this module without pyarrow.
     import pyarrow as pa
@@ -100,6 +116,8 @@ def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
     import pyarrow.parquet as pq
 
     writers: dict[str, pq.ParquetWriter] = {}
+    feature_columns = set(FEATURE_COLUMNS)
+    rows = frauds = labelled = 0
 
     def write(day: str, parts: list[pa.RecordBatch]) -> None:
         table = pa.Table.from_batches(parts)
@@ -112,7 +130,11 @@ def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
             target = directory / f"{PARTITION_COLUMN}={day}"
             target.mkdir(parents=True, exist_ok=True)
             writers[day] = pq.ParquetWriter(
-                target / "part-0.parquet", table.schema, compression="snappy", use_dictionary=text
+                target / "part-0.parquet",
+                table.schema,
+                compression="snappy",
+                use_dictionary=text,
+                write_statistics=[n for n in table.schema.names if n not in feature_columns],
             )
         writers[day].write_table(table)
 
@@ -128,6 +150,11 @@ def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
     pending = []
     try:
         for batch in batches:
+            rows += batch.num_rows
+            if LABEL_COLUMN in batch.schema.names:
+                label = batch.column(LABEL_COLUMN)
+                frauds += pc.sum(label).as_py() or 0
+                labelled += len(label) - label.null_count
             days = pc.run_end_encode(batch.column(PARTITION_COLUMN))
             body = batch.drop_columns([PARTITION_COLUMN])
             start = 0
@@ -151,4 +178,4 @@ def write_partitions(batches: Iterable[pa.RecordBatch], directory: Path) -> int:
             pool.shutdown(cancel_futures=True)
         for writer in writers.values():
             writer.close()
-    return len(writers)
+    return TableSummary(rows, len(writers), frauds / labelled if labelled else None)
