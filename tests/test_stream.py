@@ -438,10 +438,14 @@ def _explain_response(n: int) -> dict:
     return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
 
 
-def _transactions(n: int) -> list[dict]:
+def _transaction_table(n: int) -> pa.Table:
     table = generate_transactions(GeneratorConfig(transactions=300, days=2, customers=4, seed=9))
+    return table.slice(0, n)
+
+
+def _transactions(n: int) -> list[dict]:
     rows = []
-    for row in table.slice(0, n).to_pylist():
+    for row in _transaction_table(n).to_pylist():
         row["timestamp"] = row["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ")
         rows.append(row)
     return rows
@@ -804,3 +808,192 @@ def test_relative_times_count_from_the_time_origin_as_at_ingest(ws, tmp_path, ca
     with pytest.raises(SystemExit):
         stream(ws, write("bad.jsonl", 0), "--time-origin", "last tuesday")
     assert "is not an ISO-8601 time" in capsys.readouterr().err
+
+
+# --- records dated ahead of the processing clock --------------------------------------------
+FAR_AHEAD = "2099-06-01T00:00:00Z"  # a producer's wrong clock; ingest accepts up to 2100
+
+
+def _batch_features(table: pa.Table) -> pa.Table:
+    """The DuckDB batch feature table of generated transactions (the deployed delay)."""
+    from pipelines.data.features.duckdb_engine import compute_features
+
+    table = table.drop_columns(["card_number"])
+    index = table.schema.get_field_index("timestamp")
+    table = table.set_column(index, "timestamp",
+                             table.column("timestamp").cast(pa.timestamp("us", tz="UTC")))
+    return compute_features(table, SERVED.label_delay_days)
+
+
+def _ahead_reason(transaction_id: str, at: str, clock: str, skew: str = "300") -> str:
+    ahead = datetime.fromisoformat(at) - datetime.fromisoformat(clock)
+    seconds = f"{ahead.days * 86400 + ahead.seconds}.{ahead.microseconds:06d}".rstrip("0")
+    return (f"future_timestamp:transaction {transaction_id} at {at} is {seconds.rstrip('.')} s "
+            f"ahead of the processing clock ({clock}), more than the allowed future skew of "
+            f"{skew} s; correct the sender's clock and send it again (replaying a file dated "
+            "ahead of today: fraudops stream --now <its present>)")
+
+
+def _watermark(ws: Workspace) -> int | None:
+    from pipelines.serving.online.store import LocalStateStore
+
+    engine, _ = LocalStateStore.for_workspace(ws).load(7)
+    return engine.meta.watermark
+
+
+def test_a_record_dated_far_ahead_is_dead_lettered_and_the_rest_scored_as_in_batch(
+    ws, tmp_path, capsys
+):
+    """Three days of transactions with one dated 2099 in the middle (an existing customer
+    and terminal): it is dead-lettered with why, and every other record is scored with the
+    batch features' score; without the bound it would become the stream's newest and every
+    record after it would be late by decades."""
+    from pipelines.serving.scoring.batch import load_model, score_table
+
+    table = generate_transactions(GeneratorConfig(transactions=300, days=3, customers=20,
+                                                  seed=31))
+    rows = _time_ordered(table)
+    middle = len(rows) // 2
+    bad = {**{k: v for k, v in rows[middle].items() if k != "ts_us"},
+           "transaction_id": "bad-clock", "timestamp": FAR_AHEAD}
+    records = [{k: v for k, v in r.items() if k != "ts_us"} for r in rows]
+    records.insert(middle, bad)
+    source = tmp_path / "ahead.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    clock = "2026-01-04T00:00:00Z"  # the end of the data: the replay's present
+
+    assert stream(ws, source, "--batch-size", "50", "--now", clock) == 0
+    captured = capsys.readouterr()
+    table_out = scored(ws)
+    got = dict(zip(table_out.column("transaction_id").to_pylist(),
+                   table_out.column("score").to_pylist(), strict=True))
+    batch = score_table(load_model(ws, version="1", threshold=0.5), _batch_features(table),
+                        datetime.now(UTC))
+    expected = dict(zip(batch.column("transaction_id").to_pylist(),
+                        batch.column("score").to_pylist(), strict=True))
+    assert got.keys() == expected.keys() == {r["transaction_id"] for r in rows}
+    assert got == pytest.approx(expected, rel=0, abs=1e-12)
+    (dead,) = dead_letters(ws).to_pylist()
+    assert dead["transaction_id"] == "bad-clock"
+    assert dead["reason"] == _ahead_reason("bad-clock", FAR_AHEAD, clock)
+    assert dead["source_line"] == middle + 1
+    assert bad["card_number"] not in dead["reason"]
+    assert _watermark(ws) == max(r["ts_us"] for r in rows)
+    assert "dead letters: future_timestamp │     1" in captured.out
+    assert "run it again with --now" in captured.err
+
+
+def test_the_future_skew_bound_accepts_exactly_the_skew_and_refuses_a_microsecond_more(
+    ws, tmp_path
+):
+    def write(tx: str, customer: str) -> Path:
+        source = tmp_path / f"{tx}.jsonl"
+        source.write_text(json.dumps({"transaction_id": tx, "timestamp": "2026-03-02T10:05:00Z",
+                                      "customer_id": customer, "terminal_id": "T1",
+                                      "amount": "25.00"}) + "\n")
+        return source
+
+    assert stream(ws, write("at-bound", "c1"), "--now", "2026-03-02T10:00:00Z") == 0
+    assert scored(ws).column("transaction_id").to_pylist() == ["at-bound"]
+    assert not list(dead_letter_dir(ws).rglob("*.parquet"))
+
+    beyond_clock = "2026-03-02T09:59:59.999999Z"
+    assert stream(ws, write("beyond", "c2"), "--now", beyond_clock) == 0
+    assert scored(ws).column("transaction_id").to_pylist() == ["at-bound"]
+    (dead,) = dead_letters(ws).to_pylist()
+    assert dead["reason"] == _ahead_reason("beyond", "2026-03-02T10:05:00Z", beyond_clock)
+    assert "is 300.000001 s ahead" in dead["reason"]
+
+    # A narrower bound, from the flag: the same minute ahead is now refused.
+    assert stream(ws, write("narrow", "c3"), "--now", "2026-03-02T10:04:00Z",
+                  "--max-future-skew", "59") == 0
+    reasons = {r["transaction_id"]: r["reason"] for r in dead_letters(ws).to_pylist()}
+    assert reasons["narrow"] == _ahead_reason("narrow", "2026-03-02T10:05:00Z",
+                                              "2026-03-02T10:04:00Z", skew="59")
+
+
+def test_a_replay_dated_ahead_of_today_needs_its_present_as_the_clock(ws, tmp_path, capsys):
+    """Generated data can start after today (--start-date): against today's clock every
+    record is refused, nothing is lost and the summary says what to do; the same file
+    with --now at its end is scored whole."""
+    import datetime as dt
+
+    table = generate_transactions(GeneratorConfig(transactions=120, days=2, customers=10,
+                                                  seed=4, start_date=dt.date(2027, 3, 1)))
+    source = tmp_path / "future.jsonl"
+    source.write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "ts_us"}) + "\n"
+        for r in _time_ordered(table)))
+
+    assert stream(ws, source, "--now", "2026-12-03T08:00:00Z") == 0
+    assert scored(ws).num_rows == 0
+    reasons = dead_letters(ws).column("reason").to_pylist()
+    assert len(reasons) == 120 and all(r.startswith("future_timestamp:") for r in reasons)
+    assert _watermark(ws) is None
+    assert "run it again with --now set to its present" in capsys.readouterr().err
+
+    assert stream(ws, source, "--now", "2027-03-03T00:00:00Z") == 0
+    assert scored(ws).num_rows == 120
+
+
+def test_a_future_skew_beyond_the_allowed_lateness_is_refused(ws, tmp_path, capsys):
+    from pipelines.core.params import ParameterError
+    from pipelines.serving.stream import StreamSettings
+
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    assert stream(ws, source, "--max-future-skew", "3601") != 0
+    assert ("--max-future-skew (3601 s) must not exceed --allowed-lateness (3600 s)"
+            in capsys.readouterr().err)
+    assert stream(ws, source, "--allowed-lateness", "0") != 0  # the default skew is 300 s
+    assert "lower --max-future-skew or raise --allowed-lateness" in capsys.readouterr().err
+    assert stream(ws, source, "--allowed-lateness", "0", "--max-future-skew", "0") == 0
+    with pytest.raises(ParameterError, match="StreamSettings.max_future_skew_seconds must be"):
+        StreamSettings(max_future_skew_seconds=-1)
+
+
+def test_the_lambda_dead_letters_a_record_dated_far_ahead_and_scores_the_rest(aws_stream):
+    from lambdas.stream_scoring.handler import handler
+
+    table = _transaction_table(8)
+    rows = _transactions(8)
+    bad = {**rows[3], "transaction_id": "bad-clock", "timestamp": FAR_AHEAD}
+    clock = "2026-01-03T00:00:00Z"
+    resources = replace(aws_stream["resources"],
+                        clock=lambda: datetime.fromisoformat(clock))
+    aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 8))
+    event = _kinesis_event([*rows[:4], bad, *rows[4:]])
+    assert handler(event, None, resources) == {"batchItemFailures": []}
+
+    features = {row["transaction_id"]: {c: row[c] for c in FEATURE_COLUMNS}
+                for row in _batch_features(table).to_pylist()}
+    sent = [instance for call in aws_stream["sent"] for instance in call["instances"]]
+    assert len(sent) == 8
+    for got, row in zip(sent, rows, strict=True):
+        assert got == pytest.approx(features[row["transaction_id"]], rel=1e-12, abs=1e-12)
+    (message,) = aws_stream["sqs"].receive_message(QueueUrl=aws_stream["queue_url"],
+                                                   MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(message["Body"])
+    assert body["transaction_id"] == "bad-clock"
+    assert body["reason"] == _ahead_reason("bad-clock", FAR_AHEAD, clock)
+    assert bad["card_number"] not in message["Body"]
+    meta = aws_stream["table"].get_item(Key={"entity": "online#meta"})["Item"]
+    newest = max(int(np.datetime64(r["timestamp"].rstrip("Z"), "us").astype(np.int64))
+                 for r in rows)
+    assert json.loads(meta["state"])["watermark"] == newest
+    items = aws_stream["table"].scan()["Items"]
+    assert not any(i["entity"] == "processed#bad-clock" for i in items)
+
+
+def test_the_lambda_reads_its_future_skew_from_the_environment(aws_stream):
+    from lambdas.stream_scoring.handler import max_future_skew
+    from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS, ParameterError
+
+    assert max_future_skew({}) == max_future_skew({"MAX_FUTURE_SKEW_SECONDS": " "}) \
+        == DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    assert max_future_skew({"MAX_FUTURE_SKEW_SECONDS": "60"}) == 60
+    with pytest.raises(ParameterError, match="MAX_FUTURE_SKEW_SECONDS must be a whole number"):
+        max_future_skew({"MAX_FUTURE_SKEW_SECONDS": "5m"})
+    with pytest.raises(ParameterError, match="MAX_FUTURE_SKEW_SECONDS .7200 s. must not exceed "
+                                             "ALLOWED_LATENESS_SECONDS .3600 s."):
+        replace(aws_stream["resources"], max_future_skew_seconds=7200)

@@ -5,10 +5,13 @@ with AWS adapters: online state in DynamoDB (``STATE_TABLE``), scores from the
 SageMaker endpoint (``ENDPOINT_NAME``), dead letters to SQS
 (``DEAD_LETTER_QUEUE_URL``), alerts to the alert Lambda (``ALERT_FUNCTION``),
 the card-token key from Secrets Manager (``TOKEN_KEY_SECRET``). Optional:
-``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``) and
+``SCORED_BUCKET`` (write scored rows to ``s3://<bucket>/scored/transactions/``),
 ``ALLOWED_LATENESS_SECONDS`` (how far behind the stream's newest transaction one may
 arrive, its own entities permitting; empty: the package default,
-``pipelines.core.params.DEFAULT_ALLOWED_LATENESS_SECONDS``).
+``pipelines.core.params.DEFAULT_ALLOWED_LATENESS_SECONDS``) and
+``MAX_FUTURE_SKEW_SECONDS`` (how far ahead of the function's clock one may be dated;
+later ones go to the dead-letter queue as ``future_timestamp`` without touching the
+state; empty: ``DEFAULT_MAX_FUTURE_SKEW_SECONDS``).
 
 The alert threshold, model version, label delay and feature set version are
 those of the model package the endpoint serves (its CustomerMetadataProperties,
@@ -37,13 +40,19 @@ import io
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, check_allowed_lateness_seconds
+from pipelines.core.params import (
+    DEFAULT_ALLOWED_LATENESS_SECONDS,
+    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    check_max_future_skew_seconds,
+    check_whole_seconds,
+)
 from pipelines.data.features.definitions import FEATURE_COLUMNS, require_current_feature_set
 from pipelines.data.ingest.sources import json_text  # the ingest job's JSON -> text rule
 from pipelines.data.ingest.tokenise import Tokeniser, key_from_text
@@ -53,7 +62,7 @@ from pipelines.serving.online.store import (
     DynamoStateStore,
     StateConflict,
 )
-from pipelines.serving.stream.core import BatchOutcome, process_batch
+from pipelines.serving.stream.core import BatchOutcome, process_batch, wall_clock
 from pipelines.serving.stream.models import (
     DeployedModel,
     DeployedModelLookup,
@@ -84,6 +93,13 @@ class Resources:
     s3: Any = None
     scored_bucket: str | None = None
     allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
+    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    clock: Callable[[], datetime] = wall_clock  # what event times are checked against
+
+    def __post_init__(self) -> None:
+        check_max_future_skew_seconds(self.max_future_skew_seconds,
+                                      self.allowed_lateness_seconds,
+                                      "MAX_FUTURE_SKEW_SECONDS", "ALLOWED_LATENESS_SECONDS")
 
     @classmethod
     def from_environment(cls) -> Resources:
@@ -107,19 +123,28 @@ class Resources:
             s3=boto3.client("s3") if bucket else None,
             scored_bucket=bucket,
             allowed_lateness_seconds=allowed_lateness(os.environ),
+            max_future_skew_seconds=max_future_skew(os.environ),
         )
 
 
 _RESOURCES: Resources | None = None
 
 
+def _seconds_setting(environ: Mapping[str, str], name: str, default: int) -> int:
+    """Whole seconds from ``environ[name]``; unset or empty means the package default, so
+    each default is written in one place (pipelines.core.params)."""
+    text = environ.get(name, "").strip()
+    return check_whole_seconds(text, name) if text else default
+
+
 def allowed_lateness(environ: Mapping[str, str]) -> int:
-    """``ALLOWED_LATENESS_SECONDS`` (infra/ml.yaml's StreamAllowedLatenessSeconds); unset
-    or empty means the package default, so the default is written in one place."""
-    text = environ.get("ALLOWED_LATENESS_SECONDS", "").strip()
-    if not text:
-        return DEFAULT_ALLOWED_LATENESS_SECONDS
-    return check_allowed_lateness_seconds(text, "ALLOWED_LATENESS_SECONDS")
+    """``ALLOWED_LATENESS_SECONDS`` (infra/ml.yaml's StreamAllowedLatenessSeconds)."""
+    return _seconds_setting(environ, "ALLOWED_LATENESS_SECONDS", DEFAULT_ALLOWED_LATENESS_SECONDS)
+
+
+def max_future_skew(environ: Mapping[str, str]) -> int:
+    """``MAX_FUTURE_SKEW_SECONDS`` (infra/ml.yaml's StreamMaxFutureSkewSeconds)."""
+    return _seconds_setting(environ, "MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW_SECONDS)
 
 
 def decode(records: list[dict[str, Any]]) -> list[RawRecord]:
@@ -261,6 +286,8 @@ def score_chunk(records: list[dict[str, Any]], resources: Resources,
             seen_dead_keys=[],
             source=source,
             run_id=source,
+            now=resources.clock(),
+            max_future_skew_seconds=resources.max_future_skew_seconds,
             before_features=store.prefetch,
         )
         _write_scored(resources, outcome, source)

@@ -53,6 +53,15 @@ LABEL_DELAY_FROM_FEATURES = -1
 # (pipelines.serving.online.engine). Covers shards and producers lagging each other by
 # minutes; raising it only keeps label and dedupe state that much longer.
 DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
+# Stream setting, the other side of the same clock: how far (seconds) a transaction's
+# time may be ahead of the processing clock and still be scored. A record dated further
+# ahead is a producer's wrong clock, not a transaction: accepted, it would move the
+# stream's newest time (the watermark) and make every correctly dated record after it
+# "late". Five minutes is the customary tolerance for unsynchronised clocks (Kerberos'
+# default maximum clock skew); NTP-synchronised producers are within milliseconds. It
+# may not exceed the allowed lateness (check_max_future_skew_seconds): then even a
+# record accepted at the bound leaves on-time records within the lateness.
+DEFAULT_MAX_FUTURE_SKEW_SECONDS = 300
 
 
 class ParameterError(ValueError):
@@ -73,15 +82,34 @@ def check_label_delay_days(value: object, source: str = "label_delay_days") -> i
     return value
 
 
-def check_allowed_lateness_seconds(value: object,
-                                   source: str = "allowed_lateness_seconds") -> int:
-    """The stream's allowed lateness as whole seconds >= 0 (an int or its text, as in an
-    environment variable); ``source`` names where ``value`` came from."""
+def check_whole_seconds(value: object, source: str) -> int:
+    """A stream bound (allowed lateness, future skew) as whole seconds >= 0 (an int or its
+    text, as in an environment variable); ``source`` names where ``value`` came from."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ParameterError(f"{source} must be a whole number of seconds >= 0, got {value!r}")
     return value
+
+
+def check_max_future_skew_seconds(value: object, allowed_lateness_seconds: int,
+                                  source: str = "max_future_skew_seconds",
+                                  lateness_source: str = "allowed_lateness_seconds") -> int:
+    """The stream's future skew as whole seconds, at most the allowed lateness.
+
+    A record accepted ``skew`` ahead of the clock moves the watermark that far, so
+    records on time are then ``skew`` behind it: within the lateness only if
+    ``skew <= lateness``; otherwise one early clock would still dead-letter them.
+    """
+    skew = check_whole_seconds(value, source)
+    if skew > allowed_lateness_seconds:
+        raise ParameterError(
+            f"{source} ({skew} s) must not exceed {lateness_source} "
+            f"({allowed_lateness_seconds} s): a record accepted that far ahead of the clock "
+            f"would make on-time records later than the allowed lateness; lower {source} "
+            f"or raise {lateness_source}"
+        )
+    return skew
 
 
 def check_alert_threshold(value: object, source: str = "alert_threshold") -> float:

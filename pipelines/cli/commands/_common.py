@@ -20,20 +20,25 @@ def add_workdir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _time_origin(text: str):  # -> datetime; argparse calls it on the flag's value
-    from pipelines.data.ingest import IngestError
-    from pipelines.data.ingest.columns import parse_time_origin
+def iso_instant(flag: str):  # -> Callable[[str], datetime], the argparse type of ``flag``
+    """Parse a flag's ISO-8601 instant (``Z``, an offset, or none meaning UTC)."""
 
-    try:
-        return parse_time_origin(text)
-    except IngestError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--time-origin: ")) from exc
+    def parse(text: str):  # -> datetime; argparse calls it on the flag's value
+        from pipelines.data.ingest import IngestError
+        from pipelines.data.ingest.columns import parse_time_origin
+
+        try:
+            return parse_time_origin(text, flag)
+        except IngestError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from exc
+
+    return parse
 
 
 def add_time_origin_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--time-origin``: numeric times count seconds from this instant (ingest, run, stream)."""
     parser.add_argument(
-        "--time-origin", metavar="ISO8601", default=None, type=_time_origin,
+        "--time-origin", metavar="ISO8601", default=None, type=iso_instant("--time-origin"),
         help="numeric times count seconds from this instant (e.g. 2013-09-01T00:00:00Z) "
         "instead of being epoch seconds; also \"time_origin\" in the column map file",
     )

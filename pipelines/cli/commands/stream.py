@@ -15,9 +15,10 @@ from pipelines.cli.commands._common import (
     UserError,
     add_time_origin_argument,
     add_workdir_argument,
+    iso_instant,
     open_workspace,
 )
-from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, DEFAULT_MAX_FUTURE_SKEW_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "still be scored, if no later transaction of its own customer, terminal, ... was "
         f"scored (default {DEFAULT_ALLOWED_LATENESS_SECONDS}); older ones are dead-lettered "
         "out_of_order")
+    parser.add_argument(
+        "--max-future-skew", type=int, default=DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+        metavar="SECONDS",
+        help="how far (seconds) a transaction may be dated ahead of the processing clock "
+        f"(default {DEFAULT_MAX_FUTURE_SKEW_SECONDS}, at most --allowed-lateness); later ones "
+        "are dead-lettered future_timestamp before they touch the online state, so one wrong "
+        "clock cannot make the records after it late")
+    parser.add_argument(
+        "--now", metavar="ISO8601", default=None, type=iso_instant("--now"),
+        help="the processing clock that --max-future-skew measures from (default: the wall "
+        "clock, right for live input and for files dated in the past); when replaying a file "
+        "dated ahead of today (e.g. generated with a later --start-date), give its present, "
+        "e.g. the end of its last day")
     parser.add_argument("--column-map", type=Path, default=None,
                         help='JSON {"their_column": "canonical_column"} as for ingest')
     add_time_origin_argument(parser)
@@ -75,10 +89,12 @@ def _model(ws, args):
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.core.notifications import OutboxNotifier
+    from pipelines.core.params import ParameterError, check_max_future_skew_seconds
     from pipelines.data.ingest import IngestError, Tokeniser, load_column_map, load_key
     from pipelines.serving.alerts.cases import CaseQueue
     from pipelines.serving.online.store import StateError
     from pipelines.serving.stream import SourceError, StreamScorer, StreamSettings, read_records
+    from pipelines.serving.stream.core import wall_clock
     from pipelines.serving.stream.models import EndpointError
 
     if args.batch_size < 1:
@@ -89,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--commit-interval must be 0 or more seconds")
     if args.allowed_lateness < 0:
         raise UserError("--allowed-lateness must be 0 or more seconds")
+    try:
+        check_max_future_skew_seconds(args.max_future_skew, args.allowed_lateness,
+                                      "--max-future-skew", "--allowed-lateness")
+    except ParameterError as exc:
+        raise UserError(str(exc)) from exc
     if args.input != "-" and not Path(args.input).is_file():
         raise UserError(f"--input {args.input} does not exist; pass a CSV/JSONL file or -")
     ws = open_workspace(args)
@@ -106,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
         notifier=OutboxNotifier(ws.outbox),
         settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
                                 commit_interval_seconds=args.commit_interval,
-                                allowed_lateness_seconds=args.allowed_lateness),
+                                allowed_lateness_seconds=args.allowed_lateness,
+                                max_future_skew_seconds=args.max_future_skew),
         source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
         column_map=column_map,
         time_origin=args.time_origin,
+        clock=(lambda: args.now) if args.now else wall_clock,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -142,6 +165,8 @@ def _register_scored(ws, console: Console) -> None:
 
 
 def _print(summary, console: Console) -> None:
+    from pipelines.serving.stream.core import FUTURE_TIMESTAMP
+
     table = Table(title=f"stream {summary.run_id}" + (" (stopped)" if summary.stopped else ""))
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -153,4 +178,9 @@ def _print(summary, console: Console) -> None:
         table.add_row("uncommitted files removed", str(summary.recovered_files))
     table.add_row("records/s", f"{summary.records_per_second:,.0f}")
     Console().print(table)
+    if summary.dead_letter_reasons.get(FUTURE_TIMESTAMP):
+        console.print(f"[yellow]{summary.dead_letter_reasons[FUTURE_TIMESTAMP]:,} record(s) "
+                      "dated ahead of the processing clock were dead-lettered "
+                      f"({FUTURE_TIMESTAMP}); if this input is a replay of records dated "
+                      "ahead of today, run it again with --now set to its present[/]")
     print(json.dumps({"run_id": summary.run_id, **summary.counts}))  # one line for scripts

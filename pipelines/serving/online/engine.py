@@ -29,7 +29,10 @@ features, and those of the newer ones already scored, would differ from the
 batch engines'), and one older than the stream's newest by more than the
 allowed lateness: that bound is what lets :meth:`OnlineFeatureEngine.prune`
 forget label-index entries, pending labels and processed ids while keeping every
-transaction it can still accept exact.
+transaction it can still accept exact. The engine trusts the times it is given: one
+dated far ahead would move the watermark, and the floor with it, for every entity,
+so the stream refuses such records before they get here
+(:func:`pipelines.serving.stream.core.process_batch`, the future skew).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, check_allowed_lateness_seconds
+from pipelines.core.params import DEFAULT_ALLOWED_LATENESS_SECONDS, check_whole_seconds
 from pipelines.data.features.definitions import (
     AGGREGATES,
     DEFAULT_LABEL_DELAY_DAYS,
@@ -71,11 +74,12 @@ STREAM_ENTITY = "stream"  # what OutOfOrder names when the allowed lateness is e
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _iso(ts_us: int) -> str:
+def iso_time(ts_us: int) -> str:
+    """Microseconds since the epoch as ISO-8601 UTC with ``Z`` (what reasons quote)."""
     return (_EPOCH + timedelta(microseconds=ts_us)).isoformat().replace("+00:00", "Z")
 
 
-def _seconds(us: int) -> str:
+def exact_seconds(us: int) -> str:
     """Microseconds as exact decimal seconds (``1.5``, ``86400``, ``0.000001``)."""
     return f"{us // 1_000_000}.{us % 1_000_000:06d}".rstrip("0").rstrip(".")
 
@@ -97,18 +101,18 @@ class OutOfOrder(ValueError):
         self.newest_us = newest_us
         self.late_by_us = late_by_us
         self.allowed_us = allowed_us
-        super().__init__(f"transaction {transaction_id} at {_iso(ts_us)}: {self.detail}")
+        super().__init__(f"transaction {transaction_id} at {iso_time(ts_us)}: {self.detail}")
 
     @property
     def detail(self) -> str:
         """Which entity it is late for and by how much (the dead letter's reason text)."""
         if self.entity == STREAM_ENTITY:
-            return (f"{STREAM_ENTITY} late by {_seconds(self.late_by_us)} s, more than the "
-                    f"allowed lateness of {_seconds(self.allowed_us or 0)} s behind the "
-                    f"stream's newest transaction ({_iso(self.newest_us)})")
+            return (f"{STREAM_ENTITY} late by {exact_seconds(self.late_by_us)} s, more than the "
+                    f"allowed lateness of {exact_seconds(self.allowed_us or 0)} s behind the "
+                    f"stream's newest transaction ({iso_time(self.newest_us)})")
         key = ",".join("null" if part is None else str(part) for part in self.key or ())
-        return (f"{self.entity}={key} late by {_seconds(self.late_by_us)} s (its newest "
-                f"transaction is at {_iso(self.newest_us)}; features need each entity's "
+        return (f"{self.entity}={key} late by {exact_seconds(self.late_by_us)} s (its newest "
+                f"transaction is at {iso_time(self.newest_us)}; features need each entity's "
                 "transactions in time order)")
 
 
@@ -371,7 +375,8 @@ class OnlineFeatureEngine:
     ) -> None:
         self.label_delay_days = label_delay_days
         self.allowed_lateness_us = (
-            check_allowed_lateness_seconds(allowed_lateness_seconds) * 1_000_000
+            check_whole_seconds(allowed_lateness_seconds, "allowed_lateness_seconds")
+            * 1_000_000
         )
         self.delay_micros = label_delay_micros(label_delay_days)
         self.plans = build_entity_plans(self.delay_micros)

@@ -3,7 +3,9 @@
 Shared by the local stream scorer (``fraudops stream``) and the Kinesis Lambda;
 only the sinks differ. Validation and tokenisation are the ingest job's own
 functions (``classify``, ``Tokeniser``), so a record the stream accepts is one
-ingestion would accept, with the same card token. Features are computed one
+ingestion would accept, with the same card token. A valid record dated more than
+the future skew ahead of the processing clock is then refused before it reaches
+the online state (see :func:`split_ahead`). Features are computed one
 transaction at a time by the online engine; scoring is vectorised over the
 micro-batch (features of a batch never depend on its scores).
 """
@@ -22,6 +24,7 @@ import pyarrow.compute as pc
 
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
+from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 from pipelines.data.features.definitions import CANONICAL_CURATED_COLUMNS
 from pipelines.data.ingest.columns import forbidden_columns
 from pipelines.data.ingest.run import card_text
@@ -33,14 +36,23 @@ from pipelines.data.ingest.validation import (
     card_columns,
     classify,
 )
-from pipelines.serving.online.engine import OnlineFeatureEngine, OutOfOrder
+from pipelines.serving.online.engine import (
+    OnlineFeatureEngine,
+    OutOfOrder,
+    exact_seconds,
+    iso_time,
+)
 from pipelines.serving.online.reasons import TOP_N, explain
 from pipelines.serving.scoring.batch import ALERT, CLEAR, SCORED_SCHEMA
 from pipelines.serving.stream.source import RawRecord
 
 # A dead letter's reason is ``out_of_order:<entity>=<key> late by <s> s (...)`` or
-# ``out_of_order:stream late by ...`` (OutOfOrder.detail); summaries count the prefix.
+# ``out_of_order:stream late by ...`` (OutOfOrder.detail), or
+# ``future_timestamp:transaction <id> at <time> is <s> s ahead of ...`` (ahead_detail);
+# summaries count the prefix.
 OUT_OF_ORDER = "out_of_order"
+FUTURE_TIMESTAMP = "future_timestamp"
+DETAILED_REASONS = (OUT_OF_ORDER, FUTURE_TIMESTAMP)
 FORBIDDEN = "forbidden_column"
 MALFORMED = "malformed_row"
 # Raw fields the reason sentences may quote (never the card number).
@@ -124,7 +136,49 @@ def split_forbidden(records: Sequence[RawRecord]) -> tuple[list[RawRecord], list
 
 def reason_kind(reason: str) -> str:
     """A dead letter's reason without its per-record detail (what summaries count)."""
-    return OUT_OF_ORDER if reason.startswith(f"{OUT_OF_ORDER}:") else reason
+    kind = reason.split(":", 1)[0]
+    return kind if kind in DETAILED_REASONS else reason
+
+
+def wall_clock() -> datetime:
+    """The processing clock of a live stream (injected instead in tests and replays)."""
+    return datetime.now(UTC)
+
+
+def _micros(instant: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
+    delta = instant - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def ahead_detail(transaction_id: str, ts_us: int, clock_us: int, skew_us: int) -> str:
+    """Why a record dated too far ahead was refused, and what to do (its reason text)."""
+    return (f"transaction {transaction_id} at {iso_time(ts_us)} is "
+            f"{exact_seconds(ts_us - clock_us)} s ahead of the processing clock "
+            f"({iso_time(clock_us)}), more than the allowed future skew of "
+            f"{exact_seconds(skew_us)} s; correct the sender's clock and send it again "
+            "(replaying a file dated ahead of today: fraudops stream --now <its present>)")
+
+
+def split_ahead(rows: list[dict[str, Any]], clock: datetime,
+                skew_seconds: int) -> tuple[list[dict[str, Any]], list[tuple[dict, str]]]:
+    """Rows at most ``skew_seconds`` ahead of ``clock``, and the others with their reason.
+
+    Decided before features, so a wrong clock never reaches the online state: its
+    record would otherwise become the stream's newest and every correctly dated
+    record after it would be dead-lettered as late.
+    """
+    clock_us = _micros(clock)
+    skew_us = skew_seconds * 1_000_000
+    latest = clock_us + skew_us
+    kept, ahead = [], []
+    for row in rows:
+        if row["ts_us"] > latest:
+            tx = row["transaction_id"]
+            ahead.append((row, ahead_detail(tx, row["ts_us"], clock_us, skew_us)))
+        else:
+            kept.append(row)
+    return kept, ahead
 
 
 def _dead_rows(
@@ -285,16 +339,21 @@ def process_batch(
     column_map: Mapping[str, str] | None = None,
     time_origin: datetime | None = None,
     now: datetime | None = None,
+    processing_time: datetime | None = None,
+    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     before_features: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> BatchOutcome:
     """Validate, tokenise, featurise (one at a time), score and explain one micro-batch.
 
     The engine's state advances; nothing is written. Duplicates of transactions
-    in ``seen_ids`` are skipped (counted), rejected records become dead letters.
+    in ``seen_ids`` are skipped (counted), rejected records become dead letters,
+    among them those dated more than ``max_future_skew_seconds`` after
+    ``processing_time`` (the processing clock; default ``now``, the wall clock,
+    which also stamps ``scored_at`` and the dead letters' day).
     ``before_features(rows)`` sees the valid rows first (the Lambda prefetches
     their entities' state from DynamoDB there).
     """
-    now = now or datetime.now(UTC)
+    now = now or wall_clock()
     day = f"{now:%Y-%m-%d}"
     counts = {"records": len(records), "scored": 0, "alerts": 0, "dead_letters": 0,
               "duplicates": 0}
@@ -331,6 +390,11 @@ def process_batch(
         # not depend on where micro-batch boundaries fall, or restarts could differ.
         valid = sorted(curated_rows(classified.curated),
                        key=lambda row: first_row[row["transaction_id"]])
+        valid, ahead = split_ahead(valid, processing_time or now, max_future_skew_seconds)
+        if ahead:
+            dead.append(_dead_rows(raw, cards, [first_row[r["transaction_id"]] for r, _ in ahead],
+                                   [f"{FUTURE_TIMESTAMP}:{why}" for _, why in ahead],
+                                   source, run_id, day))
         if before_features is not None:
             before_features(valid)
         rows, late = _featurise(valid, engine)

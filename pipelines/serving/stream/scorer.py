@@ -43,8 +43,10 @@ from pipelines.core.fileio import atomic_path
 from pipelines.core.notifications import Notifier
 from pipelines.core.params import (
     DEFAULT_ALLOWED_LATENESS_SECONDS,
-    check_allowed_lateness_seconds,
+    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     check_label_delay_days,
+    check_max_future_skew_seconds,
+    check_whole_seconds,
 )
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
@@ -54,7 +56,13 @@ from pipelines.data.labels import LABEL_SCHEMA
 from pipelines.serving.alerts.alerting import AlertPolicy, AlertStore, raise_alerts
 from pipelines.serving.online.engine import OnlineFeatureEngine
 from pipelines.serving.online.store import LocalStateStore
-from pipelines.serving.stream.core import BatchOutcome, StreamModel, process_batch, reason_kind
+from pipelines.serving.stream.core import (
+    BatchOutcome,
+    StreamModel,
+    process_batch,
+    reason_kind,
+    wall_clock,
+)
 from pipelines.serving.stream.source import RawRecord, RecordQueue
 
 SCORED_PREFIX = "stream-"
@@ -83,10 +91,18 @@ class StreamSettings:
     # Transactions may arrive this far behind the stream's newest (their own customer's,
     # terminal's... newest permitting); older ones are dead-lettered out_of_order.
     allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
+    # Transactions may be dated this far ahead of the processing clock; later ones are
+    # dead-lettered future_timestamp before they touch the state (a wrong clock would
+    # otherwise make every correctly dated record after it late). At most the lateness.
+    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS
 
     def __post_init__(self) -> None:
-        check_allowed_lateness_seconds(self.allowed_lateness_seconds,
-                                       "StreamSettings.allowed_lateness_seconds")
+        check_whole_seconds(self.allowed_lateness_seconds,
+                            "StreamSettings.allowed_lateness_seconds")
+        check_max_future_skew_seconds(self.max_future_skew_seconds,
+                                      self.allowed_lateness_seconds,
+                                      "StreamSettings.max_future_skew_seconds",
+                                      "StreamSettings.allowed_lateness_seconds")
 
 
 @dataclass
@@ -165,6 +181,7 @@ class StreamScorer:
         source: str = "stream",
         column_map: Mapping[str, str] | None = None,
         time_origin: datetime | None = None,
+        clock: Callable[[], datetime] = wall_clock,
     ) -> None:
         self.ws = ws
         self.model = model
@@ -175,6 +192,8 @@ class StreamScorer:
         self.source = source
         self.column_map = dict(column_map or {})
         self.time_origin = effective_time_origin(time_origin, column_map)
+        # What event times are checked against (max_future_skew_seconds), read per batch.
+        self.clock = clock
         self.store = LocalStateStore.for_workspace(ws)
         self.policy = AlertPolicy(threshold=model.threshold)
         self.run_id = f"stream-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -292,6 +311,8 @@ class StreamScorer:
                 run_id=self.run_id,
                 column_map=self.column_map,
                 time_origin=self.time_origin,
+                processing_time=self.clock(),
+                max_future_skew_seconds=self.settings.max_future_skew_seconds,
             )
             self._write(outcome, seq)
             alert_counts = raise_alerts(outcome.alerts, self.policy, self.alert_store,
