@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.features import duckdb_engine, store
@@ -90,14 +91,32 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def curated_layout(con: duckdb.DuckDBPyConnection, source: str) -> FeatureLayout:
-    """Which optional inputs have values and which user feature columns ``source`` holds."""
+def curated_layout(
+    con: duckdb.DuckDBPyConnection, source: str, values: str | None = None
+) -> FeatureLayout:
+    """Which optional inputs have values and which user feature columns ``source`` holds.
+
+    ``values``: a relation with the same optional columns to count them in (the
+    feature job's in-memory stage-1 rows: another pass over the files cost 0.07 s).
+    """
     types = {row[0]: row[1] for row in con.execute(f"DESCRIBE {source}").fetchall()}
     present = [name for name in OPTIONAL_FEATURE_INPUTS if name in types]
     counts = con.execute(
-        f"SELECT {', '.join(f'count({quote(n)})' for n in present)} FROM {source}"
+        f"SELECT {', '.join(f'count({quote(n)})' for n in present)} FROM {values or source}"
     ).fetchall()[0] if present else ()
     return layout_of(types, [n for n, count in zip(present, counts, strict=True) if count])
+
+
+def curated_source_sql(files: list[Path]) -> str:
+    """``read_parquet`` over the curated files, matching columns by name only when the
+    files' schemas differ (user columns added between ingests): DuckDB reads every
+    footer for that, 0.1 s per scan at 183 daily files, where pyarrow needs 0.04 s once."""
+    first = pq.read_schema(files[0])
+    by_name = any(not pq.read_schema(f).equals(first) for f in files[1:])
+    return (
+        f"read_parquet({_sql_list(files)}, union_by_name = {str(by_name).lower()}, "
+        "hive_partitioning = false)"
+    )
 
 
 def with_layout(sql: str, layout: FeatureLayout, source: str) -> str:
@@ -130,12 +149,9 @@ def _build_with_duckdb(
     con = duckdb_engine.connect(temp_dir=str(temp_dir))
     files = _curated_files(ws)
     source = duckdb_engine.TRANSACTIONS_VIEW
-    con.execute(
-        f"CREATE VIEW {source} AS SELECT * FROM "
-        f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
-    )
-    layout = curated_layout(con, source)
+    con.execute(f"CREATE VIEW {source} AS SELECT * FROM {curated_source_sql(files)}")
     sql = duckdb_engine.prepare_query(con, label_delay_days, read_labels(ws), ordered=False)
+    layout = curated_layout(con, source, values=duckdb_engine.FRAMES_VIEW)
     rows = con.sql(with_layout(sql, layout, source)).fetch_record_batch(ROWS_PER_BATCH)
     written = store.write_partitions(rows, staging)
     con.close()

@@ -142,8 +142,10 @@ class SortedEntity:
         self.reach = reach
         # Sorted position of the first row of the row's entity, and of its (entity, ts) run.
         self.first = np.repeat(starts, sizes)
-        runs = np.flatnonzero(new_run)
-        self._edges: dict[int, np.ndarray] = {0: np.repeat(runs, np.diff(runs, append=n))}
+        run_start = np.arange(n)
+        np.multiply(run_start, new_run, out=run_start)  # 0 inside a run, its position at its start
+        np.maximum.accumulate(run_start, out=run_start)
+        self._edges: dict[int, np.ndarray] = {0: run_start}
         self._totals: dict[tuple[str | None, str | None], np.ndarray] = {}
         self.scratch = np.empty(n, np.int64)  # one aggregate's values at a time
         if reach:
