@@ -937,7 +937,7 @@ def test_a_replay_dated_ahead_of_today_needs_its_present_as_the_clock(ws, tmp_pa
 
 
 def test_a_future_skew_beyond_the_allowed_lateness_is_refused(ws, tmp_path, capsys):
-    from pipelines.core.params import ParameterError
+    from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS, ParameterError
     from pipelines.serving.stream import StreamSettings
 
     source = tmp_path / "empty.jsonl"
@@ -945,9 +945,13 @@ def test_a_future_skew_beyond_the_allowed_lateness_is_refused(ws, tmp_path, caps
     assert stream(ws, source, "--max-future-skew", "3601") != 0
     assert ("--max-future-skew (3601 s) must not exceed --allowed-lateness (3600 s)"
             in capsys.readouterr().err)
-    assert stream(ws, source, "--allowed-lateness", "0") != 0  # the default skew is 300 s
+    assert stream(ws, source, "--allowed-lateness", "60", "--max-future-skew", "61") != 0
     assert "lower --max-future-skew or raise --allowed-lateness" in capsys.readouterr().err
-    assert stream(ws, source, "--allowed-lateness", "0", "--max-future-skew", "0") == 0
+    # Not given, the skew is the default capped at the lateness.
+    assert stream(ws, source, "--allowed-lateness", "0") == 0
+    assert StreamSettings(allowed_lateness_seconds=0).max_future_skew_seconds == 0
+    assert StreamSettings(allowed_lateness_seconds=60).max_future_skew_seconds == 60
+    assert StreamSettings().max_future_skew_seconds == DEFAULT_MAX_FUTURE_SKEW_SECONDS
     with pytest.raises(ParameterError, match="StreamSettings.max_future_skew_seconds must be"):
         StreamSettings(max_future_skew_seconds=-1)
 
@@ -989,8 +993,12 @@ def test_the_lambda_reads_its_future_skew_from_the_environment(aws_stream):
     from lambdas.stream_scoring.handler import max_future_skew
     from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS, ParameterError
 
-    assert max_future_skew({}) == max_future_skew({"MAX_FUTURE_SKEW_SECONDS": " "}) \
+    assert max_future_skew({}) is max_future_skew({"MAX_FUTURE_SKEW_SECONDS": " "}) is None
+    resources = aws_stream["resources"]
+    assert replace(resources, max_future_skew_seconds=None).max_future_skew_seconds \
         == DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    assert replace(resources, allowed_lateness_seconds=0,
+                   max_future_skew_seconds=None).max_future_skew_seconds == 0
     assert max_future_skew({"MAX_FUTURE_SKEW_SECONDS": "60"}) == 60
     with pytest.raises(ParameterError, match="MAX_FUTURE_SKEW_SECONDS must be a whole number"):
         max_future_skew({"MAX_FUTURE_SKEW_SECONDS": "5m"})

@@ -49,7 +49,6 @@ import pyarrow.parquet as pq
 
 from pipelines.core.params import (
     DEFAULT_ALLOWED_LATENESS_SECONDS,
-    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     check_max_future_skew_seconds,
     check_whole_seconds,
 )
@@ -93,11 +92,12 @@ class Resources:
     s3: Any = None
     scored_bucket: str | None = None
     allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
-    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    max_future_skew_seconds: int | None = None  # None: the default capped at the lateness
     clock: Callable[[], datetime] = wall_clock  # what event times are checked against
 
     def __post_init__(self) -> None:
-        check_max_future_skew_seconds(self.max_future_skew_seconds,
+        self.max_future_skew_seconds = check_max_future_skew_seconds(
+                                      self.max_future_skew_seconds,
                                       self.allowed_lateness_seconds,
                                       "MAX_FUTURE_SKEW_SECONDS", "ALLOWED_LATENESS_SECONDS")
 
@@ -130,21 +130,23 @@ class Resources:
 _RESOURCES: Resources | None = None
 
 
-def _seconds_setting(environ: Mapping[str, str], name: str, default: int) -> int:
-    """Whole seconds from ``environ[name]``; unset or empty means the package default, so
-    each default is written in one place (pipelines.core.params)."""
+def _seconds_setting(environ: Mapping[str, str], name: str) -> int | None:
+    """Whole seconds from ``environ[name]``; unset or empty: ``None``, the package default,
+    so each default is written in one place (pipelines.core.params)."""
     text = environ.get(name, "").strip()
-    return check_whole_seconds(text, name) if text else default
+    return check_whole_seconds(text, name) if text else None
 
 
 def allowed_lateness(environ: Mapping[str, str]) -> int:
     """``ALLOWED_LATENESS_SECONDS`` (infra/ml.yaml's StreamAllowedLatenessSeconds)."""
-    return _seconds_setting(environ, "ALLOWED_LATENESS_SECONDS", DEFAULT_ALLOWED_LATENESS_SECONDS)
+    lateness = _seconds_setting(environ, "ALLOWED_LATENESS_SECONDS")
+    return DEFAULT_ALLOWED_LATENESS_SECONDS if lateness is None else lateness
 
 
-def max_future_skew(environ: Mapping[str, str]) -> int:
-    """``MAX_FUTURE_SKEW_SECONDS`` (infra/ml.yaml's StreamMaxFutureSkewSeconds)."""
-    return _seconds_setting(environ, "MAX_FUTURE_SKEW_SECONDS", DEFAULT_MAX_FUTURE_SKEW_SECONDS)
+def max_future_skew(environ: Mapping[str, str]) -> int | None:
+    """``MAX_FUTURE_SKEW_SECONDS`` (infra/ml.yaml's StreamMaxFutureSkewSeconds); ``None`` when
+    unset: :class:`Resources` then caps the default at the allowed lateness."""
+    return _seconds_setting(environ, "MAX_FUTURE_SKEW_SECONDS")
 
 
 def decode(records: list[dict[str, Any]]) -> list[RawRecord]:

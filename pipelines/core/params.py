@@ -60,7 +60,8 @@ DEFAULT_ALLOWED_LATENESS_SECONDS = 3600
 # "late". Five minutes is the customary tolerance for unsynchronised clocks (Kerberos'
 # default maximum clock skew); NTP-synchronised producers are within milliseconds. It
 # may not exceed the allowed lateness (check_max_future_skew_seconds): then even a
-# record accepted at the bound leaves on-time records within the lateness.
+# record accepted at the bound leaves on-time records within the lateness. Not set, it
+# is this default capped at the lateness (a lateness of 0 means a skew of 0).
 DEFAULT_MAX_FUTURE_SKEW_SECONDS = 300
 
 
@@ -92,15 +93,18 @@ def check_whole_seconds(value: object, source: str) -> int:
     return value
 
 
-def check_max_future_skew_seconds(value: object, allowed_lateness_seconds: int,
+def check_max_future_skew_seconds(value: object | None, allowed_lateness_seconds: int,
                                   source: str = "max_future_skew_seconds",
                                   lateness_source: str = "allowed_lateness_seconds") -> int:
-    """The stream's future skew as whole seconds, at most the allowed lateness.
+    """The stream's future skew as whole seconds, at most the allowed lateness; ``None``
+    (not set): ``DEFAULT_MAX_FUTURE_SKEW_SECONDS`` capped at the lateness.
 
     A record accepted ``skew`` ahead of the clock moves the watermark that far, so
     records on time are then ``skew`` behind it: within the lateness only if
     ``skew <= lateness``; otherwise one early clock would still dead-letter them.
     """
+    if value is None:
+        return min(DEFAULT_MAX_FUTURE_SKEW_SECONDS, allowed_lateness_seconds)
     skew = check_whole_seconds(value, source)
     if skew > allowed_lateness_seconds:
         raise ParameterError(

@@ -53,10 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"scored (default {DEFAULT_ALLOWED_LATENESS_SECONDS}); older ones are dead-lettered "
         "out_of_order")
     parser.add_argument(
-        "--max-future-skew", type=int, default=DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+        "--max-future-skew", type=int, default=None,
         metavar="SECONDS",
         help="how far (seconds) a transaction may be dated ahead of the processing clock "
-        f"(default {DEFAULT_MAX_FUTURE_SKEW_SECONDS}, at most --allowed-lateness); later ones "
+        f"(default {DEFAULT_MAX_FUTURE_SKEW_SECONDS}, or --allowed-lateness if smaller; at most "
+        "--allowed-lateness); later ones "
         "are dead-lettered future_timestamp before they touch the online state, so one wrong "
         "clock cannot make the records after it late")
     parser.add_argument(
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.allowed_lateness < 0:
         raise UserError("--allowed-lateness must be 0 or more seconds")
     try:
-        check_max_future_skew_seconds(args.max_future_skew, args.allowed_lateness,
-                                      "--max-future-skew", "--allowed-lateness")
+        max_future_skew = check_max_future_skew_seconds(
+            args.max_future_skew, args.allowed_lateness, "--max-future-skew", "--allowed-lateness")
     except ParameterError as exc:
         raise UserError(str(exc)) from exc
     if args.input != "-" and not Path(args.input).is_file():
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
                                 commit_interval_seconds=args.commit_interval,
                                 allowed_lateness_seconds=args.allowed_lateness,
-                                max_future_skew_seconds=args.max_future_skew),
+                                max_future_skew_seconds=max_future_skew),
         source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
         column_map=column_map,
         time_origin=args.time_origin,

@@ -43,7 +43,6 @@ from pipelines.core.fileio import atomic_path
 from pipelines.core.notifications import Notifier
 from pipelines.core.params import (
     DEFAULT_ALLOWED_LATENESS_SECONDS,
-    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     check_label_delay_days,
     check_max_future_skew_seconds,
     check_whole_seconds,
@@ -93,13 +92,15 @@ class StreamSettings:
     allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS
     # Transactions may be dated this far ahead of the processing clock; later ones are
     # dead-lettered future_timestamp before they touch the state (a wrong clock would
-    # otherwise make every correctly dated record after it late). At most the lateness.
-    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    # otherwise make every correctly dated record after it late). At most the lateness;
+    # None: the default capped at the lateness.
+    max_future_skew_seconds: int | None = None
 
     def __post_init__(self) -> None:
         check_whole_seconds(self.allowed_lateness_seconds,
                             "StreamSettings.allowed_lateness_seconds")
-        check_max_future_skew_seconds(self.max_future_skew_seconds,
+        self.max_future_skew_seconds = check_max_future_skew_seconds(
+                                      self.max_future_skew_seconds,
                                       self.allowed_lateness_seconds,
                                       "StreamSettings.max_future_skew_seconds",
                                       "StreamSettings.allowed_lateness_seconds")
