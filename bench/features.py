@@ -13,19 +13,23 @@ run so each run's peak memory is its own. Spark at 1M takes minutes: set
 own (the child's imports left out): on the shared 2-core machine it is the
 stable figure, and CPU / 2 is what an idle machine could reach.
 
-Measured 2026-12-03 (medians of 3; the machine shared with other jobs, load
-average beside each):
+Measured 2026-12-03, after the last cuts (medians of 3; the machine otherwise idle
+but its speed drifting by +-20% over minutes, load average from these runs):
 
     rows   uniform wall / CPU   skewed wall / CPU   skew ratio  peak RSS  load
-    1M     3.4 s / 5.0 s        2.7 s / 4.3 s       0.80        0.97 GB   2.0
-    1.75M  5.1 s / 7.8 s        4.6 s / 7.3 s       0.92        1.63 GB   1.5
-    5M     12.8 s / 20.9 s      13.7 s / 23.3 s     1.07        2.96 GB   2.0
+    1M     2.3 s / 4.0 s        2.2 s / 3.8 s       0.94        1.01 GB   1.3
+    1.75M  3.9 s / 7.0 s        3.9 s / 7.0 s       1.02        1.60 GB   1.6
+    5M     10.0 s / 18.7 s      10.8 s / 19.7 s     1.08        3.33 GB   2.1
 
-CPU per million rows 5.0, 4.5, 4.2 s: linear (fixed costs make small runs
-dearer). The skewed case stays within 1.1x of the uniform one. <= 4 s at
-1.75M is met on an idle machine only (CPU / 2 = 3.9 s); under load 1.5-3.5 the
-wall time was 5-7 s. Before issue 15 (DuckDB RANGE windows): 54 s uniform,
-338 s skewed at 1.75M.
+CPU per million rows 4.0, 4.0, 3.7 s: linear (fixed costs, ~0.3 s of connecting,
+publishing and registering, make small runs dearer: 1M sits at its scaled target).
+Before these cuts 4.6 s / 7.8 s at 1.75M; run alternately on one 1.75M input
+(4 pairs each, wall s): 4.8 -> 3.7 (frame-edge search by blocks that fit in cache,
+entity sizes by histogram, largest entities first, the duplicate check beside the
+frames, the table summary counted while writing) and 4.6 -> 3.5 (one pass less over
+the 183 daily files, read by name only when their schemas differ). About a fifth of
+the CPU is the kernel's (page faults of fresh buffers). Before issue 15 (DuckDB
+RANGE windows): 54 s uniform, 338 s skewed at 1.75M.
 """
 
 from __future__ import annotations

@@ -98,6 +98,27 @@ def test_declared_user_columns_pass_through_the_feature_table(workspace):
     assert rows["x00017"]["log_amount"] is not None
 
 
+def test_days_ingested_before_a_user_column_was_declared_still_build(workspace):
+    # Ingests with different column maps leave daily files with different columns;
+    # they are read by name, the older days holding NULL in the newer column.
+    n = 400
+    score = pa.array(np.arange(n, dtype=float))
+    table = curated_table(n, risk_score=score)
+    days = sorted(set(table["dt"].to_pylist()))
+    write_curated(workspace, table)
+    for day in days[:3]:  # rewritten as an earlier ingest without the column
+        path = workspace.curated / f"dt={day}" / "part-0.parquet"
+        pq.write_table(pq.read_table(path).drop_columns(["risk_score"]), path)
+    summary = build_feature_table(workspace)
+    assert summary.rows == n
+    assert manifest(workspace)["user_features"] == {"risk_score": "numeric"}
+    rows = feature_rows(workspace)
+    early = set(table.filter(pc.is_in(table["dt"], pa.array(days[:3])))["transaction_id"]
+                .to_pylist())
+    assert early and all(rows[t]["risk_score"] is None for t in early)
+    assert all(rows[t]["risk_score"] == float(t[1:]) for t in rows if t not in early)
+
+
 def test_features_whose_inputs_have_no_values_are_left_out_not_constant(workspace):
     write_curated(workspace, curated_table(300))  # channel, country and is_cash all null
     summary = build_feature_table(workspace)
