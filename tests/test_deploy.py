@@ -460,7 +460,10 @@ def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, mo
     workdir = str(workspace.root)
     command = [sys.executable, "-m", "pipelines.cli.main", "serve", "--port", "0", "--version", "2"]
     command += ["--workdir", workdir]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # As from a terminal: a test run started in the background (`make test &`) ignores
+    # SIGINT, its children inherit that, and Ctrl-C would never reach the server.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
@@ -468,7 +471,10 @@ def test_serve_runs_the_approved_model_in_the_foreground(registry, workspace, mo
         assert 0.0 <= score(url) <= 1.0
     finally:
         process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=20)
+        try:
+            out, _ = process.communicate(timeout=20)
+        finally:
+            process.kill()  # never leave a server behind when the assertion fails
     assert process.returncode == 0 and "stopped" in out
 
 
