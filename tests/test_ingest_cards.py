@@ -3,7 +3,7 @@
 Issue 11 item 2. The rule (docs/CONTRACTS.md): every Luhn-valid 13-19 digit
 number (also grouped by spaces or dashes) in any text field is masked before
 anything is stored; in free text (merchant_category, fraud_scenario) the row
-is kept, in every other field the row is quarantined as ``card_number_in_text``.
+is kept, in every other field the row is quarantined as ``card_number_in_text:<column>``.
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def test_no_clear_card_number_anywhere_after_ingesting_one_in_every_field(tmp_pa
         if field in KEPT_FIELDS:
             assert kept[f"tx-{field}"][field] == f"paid with {mask(card)} at the till"
         elif field == "transaction_id":
-            assert reasons[mask(card)] == "card_number_in_text"
+            assert reasons[mask(card)] == "card_number_in_text:transaction_id"
         else:
-            assert reasons[f"tx-{field}"] == "card_number_in_text", field
+            assert reasons[f"tx-{field}"] == f"card_number_in_text:{field}", field
     assert set(kept) == {"clean", "tx-note", *(f"tx-{f}" for f in KEPT_FIELDS)}
     assert {r["source_file"] for r in stored} == {str(drop).replace(IN_FILE_NAME,
                                                                      mask(IN_FILE_NAME))}
@@ -189,7 +189,7 @@ def test_the_stream_reads_through_the_same_masking(tmp_path):
     scenario = table.column("fraud_scenario").to_pylist()[0]
     assert scenario == f"note {mask(CARDS['fraud_scenario'])}"
     assert table.column("customer_id").to_pylist()[1] == mask(CARDS["customer_id"])
-    assert table.column("_read_reason").to_pylist() == [None, "card_number_in_text"]
+    assert table.column("_read_reason").to_pylist() == [None, "card_number_in_text:customer_id"]
     outside_card_column = table.drop_columns(["card_number"]).to_pylist()  # tokenised later
     assert clear_card_numbers(tmp_path, ALL, json.dumps(outside_card_column)) == []
 
@@ -219,6 +219,6 @@ def test_a_card_among_many_values_is_found_wherever_it_is(workspace, tmp_path, w
 
     report = ingest(workspace, [drop])
 
-    assert report.quarantine_reasons == {"card_number_in_text": 1}
+    assert report.quarantine_reasons == {"card_number_in_text:customer_id": 1}
     assert mask(card) in curated(workspace).column("merchant_category").to_pylist()
     assert clear_card_numbers(workspace.root, [card]) == []

@@ -80,7 +80,7 @@ def test_a_card_number_in_a_categorical_feature_is_quarantined_and_masked(worksp
 
     report = ingest(workspace, [drop], FEATURES)
 
-    assert report.quarantine_reasons == {"card_number_in_text": 1}
+    assert report.quarantine_reasons == {"card_number_in_text:device": 1}
     assert clear_card_numbers(workspace.root, [VISA]) == []
 
 

@@ -111,9 +111,25 @@ def mask_card_numbers(text: str) -> str:
     return text
 
 
+# Shortest card number ISO/IEC 7812 allows (12-digit Maestro cards exist); the text scan
+# above starts at 13 (MIN_DIGITS) because 12-digit ids and references are common in text.
+SHORTEST_CARD_DIGITS = 12
+
+
 def mask(digits: str) -> str:
-    """First six and last four digits, the rest starred (what PCI DSS allows to show)."""
-    return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+    """First six and last four digits, the rest starred (what PCI DSS allows to show).
+
+    A 12-digit number shows its first four and last four: first six and last
+    four would hide only two digits, and as the last digit is the Luhn check
+    digit only ~10 numbers would fit the mask. Hiding four leaves ~1,000, as
+    the usual mask does for a 14-digit number; the last four still name the
+    card to its holder and the first four its scheme (Maestro 6304...).
+    Anything shorter than a card number is starred whole.
+    """
+    if len(digits) < SHORTEST_CARD_DIGITS:
+        return "*" * max(len(digits), 4)
+    head = 6 if len(digits) > SHORTEST_CARD_DIGITS else 4
+    return digits[:head] + "*" * (len(digits) - head - 4) + digits[-4:]
 
 
 def is_sensitive_auth_field(name: str) -> bool:

@@ -166,6 +166,7 @@ def _register_scored(ws, console: Console) -> None:
 
 
 def _print(summary, console: Console) -> None:
+    from pipelines.data.ingest.cardtext import card_column_advice
     from pipelines.serving.stream.core import FUTURE_TIMESTAMP
 
     table = Table(title=f"stream {summary.run_id}" + (" (stopped)" if summary.stopped else ""))
@@ -184,4 +185,6 @@ def _print(summary, console: Console) -> None:
                       "dated ahead of the processing clock were dead-lettered "
                       f"({FUTURE_TIMESTAMP}); if this input is a replay of records dated "
                       "ahead of today, run it again with --now set to its present[/]")
+    for advice in card_column_advice(summary.dead_letter_reasons):
+        console.print(f"[yellow]{advice}[/]")
     print(json.dumps({"run_id": summary.run_id, **summary.counts}))  # one line for scripts

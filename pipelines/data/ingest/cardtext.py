@@ -11,9 +11,18 @@ counted or printed. Then, per field:
 - free text (``MASKED_IN_PLACE``: merchant_category, fraud_scenario): the
   masked text is kept and the row goes on; a note is not worth losing a row;
 - every other field (ids, timestamp, amount, codes, flags): the row is
-  quarantined with reason ``card_number_in_text``, showing the masked value. A
-  masked id would merge different entities and a masked number is no value;
-  the fix is to map that column to ``card_number`` (then it is tokenised).
+  quarantined with reason ``card_number_in_text:<column>`` (the column as the
+  file names it), showing the masked value. A masked id would merge different
+  entities and a masked number is no value; the fix is to map that column to
+  ``card_number`` (then it is tokenised and the per-card features key on its
+  token), which the run's notes say (``card_column_advice``).
+
+A key column (transaction, customer or terminal id) most of whose non-empty
+values in the file or micro-batch are Luhn-valid 12-19 digit numbers holds
+card numbers, not ids: then each of its 12-19 digit values is masked and its
+row quarantined the same way, so the 12-digit cards (Maestro) the text scan
+leaves alone are not stored in clear either. The text scan itself starts at
+13 digits, where a 12-digit reference number in a note or id is no card.
 
 Millions of values are screened cheaply (``shapes``: too short, or an ISO
 timestamp) and then by one regular expression in Arrow (RE2,
@@ -23,18 +32,29 @@ masked in Python with ``carddata.mask_card_numbers``, the one definition.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.compliance.carddata import CARD_NUMBER_PREFILTER, MIN_DIGITS, mask_card_numbers
+from pipelines.compliance.carddata import (
+    CARD_NUMBER_PREFILTER,
+    MIN_DIGITS,
+    mask,
+    mask_card_numbers,
+)
+from pipelines.core.schema import ID_COLUMNS
 from pipelines.data.ingest import shapes
+from pipelines.data.ingest.tokenise import MAX_CARD_DIGITS, MIN_CARD_DIGITS, luhn_valid_matrix
 
 CARD_IN_TEXT_REASON = "card_number_in_text"
 # Fields whose card numbers are masked in place, the row kept (see the module docstring).
 MASKED_IN_PLACE: frozenset[str] = frozenset({"merchant_category", "fraud_scenario"})
+# Key columns read as card data whole when most of their values are card numbers.
+CARD_EVIDENCE_COLUMNS: frozenset[str] = frozenset(ID_COLUMNS)
 # The card column itself is tokenised (or masked when invalid) by ``tokenise``.
 _NOT_SCREENED = frozenset({"card_number"})
 
@@ -90,38 +110,111 @@ def _any_match(values: Column) -> bool:
     return False
 
 
+# Longest card number written with a space or dash between every two digits and a space
+# either side.
+_MAX_CARD_BYTES = 2 * MAX_CARD_DIGITS + 1
+
+
+def _card_column_rows(column: Column) -> tuple[np.ndarray, list[str]]:
+    """Rows of a key column that evidently holds card numbers, and their masked values.
+
+    Evidence: more than half of the column's non-empty values in this file (or
+    micro-batch) are Luhn-valid 12-19 digit numbers (digits, maybe grouped by
+    spaces or dashes). Then every such 12-19 digit value in it is card data, as
+    in ``card_number``: the 12-digit ones the text scan (13 digits up) lets
+    through, and the mistyped ones failing Luhn. Otherwise nothing: a column of
+    12-digit ids, a tenth of which pass Luhn by chance, is ids. Shapes and
+    Luhn digits are checked in numpy; only the card rows' distinct values are
+    masked in Python.
+    """
+    none = (np.empty(0, np.int64), [])
+    if not pa.types.is_string(column.type):
+        return none
+    nonempty = int(np.count_nonzero(shapes.byte_lengths(column)))
+    rows = np.flatnonzero(shapes.digit_group_edges(column, MIN_CARD_DIGITS, _MAX_CARD_BYTES))
+    if 2 * rows.size <= nonempty:  # most values are something else (names, uuids, codes)
+        return none
+    values = column.take(pa.array(rows))
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    card = np.zeros(len(values), dtype=bool)
+    valid = np.zeros(len(values), dtype=bool)
+    for positions, digits in shapes.digit_matrices(values, MIN_CARD_DIGITS, MAX_CARD_DIGITS):
+        card[positions] = True
+        valid[positions] = luhn_valid_matrix(digits)
+    if 2 * int(np.count_nonzero(valid)) <= nonempty:
+        return none
+    encoded = pc.dictionary_encode(values.filter(pa.array(card)))
+    masked = [mask(re.sub(r"\D", "", v)) for v in encoded.dictionary.to_pylist()]
+    return rows[card], [masked[i] for i in encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _replaced(column: Column, rows: np.ndarray, values: list[str]) -> pa.Array:
+    """``column`` with ``values`` at ``rows`` (sorted, distinct)."""
+    selector = np.zeros(len(column), dtype=bool)
+    selector[rows] = True
+    plain = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pc.replace_with_mask(plain, pa.array(selector), pa.array(values, pa.string()))
+
+
 def mask_card_numbers_in_columns(
     columns: Mapping[str, Column],
     cannot_hold: Mapping[str, np.ndarray] | None = None,
-) -> tuple[dict[str, Column], np.ndarray]:
-    """Columns with every card number masked, and which rows must be quarantined.
+) -> tuple[dict[str, Column], dict[str, np.ndarray]]:
+    """Columns with every card number masked, and the rows each column has quarantined.
 
-    Returns ``(columns, quarantine)`` where ``quarantine`` is a boolean per row,
-    true when a card number was found in a field not in ``MASKED_IN_PLACE``.
-    Columns without a card number are returned as they were (no copy).
-    ``cannot_hold[name]`` marks rows known to hold none (skipped).
+    Returns ``(columns, quarantine)``: ``quarantine[name]`` is a boolean per row,
+    true where a card number was found in ``name`` (a field not in
+    ``MASKED_IN_PLACE``); names without such rows are left out. Key columns
+    (``CARD_EVIDENCE_COLUMNS``) that evidently hold card numbers are card data
+    whole (``_card_column_rows``). Columns without a card number are returned as
+    they were (no copy). ``cannot_hold[name]`` marks rows known to hold none.
     """
     n = len(next(iter(columns.values()))) if columns else 0
-    quarantine = np.zeros(n, dtype=bool)
+    quarantine: dict[str, np.ndarray] = {}
     masked_columns = dict(columns)
     for name, column in columns.items():
         if name in _NOT_SCREENED:
             continue
+        found = np.zeros(n, dtype=bool)
+        if name in CARD_EVIDENCE_COLUMNS:
+            rows, masked = _card_column_rows(column)
+            if rows.size:
+                column = _replaced(column, rows, masked)
+                found[rows] = True
         rows = _candidates(column, (cannot_hold or {}).get(name))
-        if rows.size == 0:
-            continue
-        values = column.take(pa.array(rows)).to_pylist()
-        masked = [mask_card_numbers(v) for v in values]
-        changed = np.array([m != v for m, v in zip(masked, values, strict=True)], dtype=bool)
-        if not changed.any():
-            continue
-        rows = rows[changed]
-        selector = np.zeros(n, dtype=bool)
-        selector[rows] = True
-        replacement = pa.array([m for m, c in zip(masked, changed, strict=True) if c],
-                               pa.string())
-        plain = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        masked_columns[name] = pc.replace_with_mask(plain, pa.array(selector), replacement)
-        if name not in MASKED_IN_PLACE:
-            quarantine[rows] = True
+        if rows.size:
+            values = column.take(pa.array(rows)).to_pylist()
+            masked = [mask_card_numbers(v) for v in values]
+            changed = np.array([m != v for m, v in zip(masked, values, strict=True)], dtype=bool)
+            if changed.any():
+                column = _replaced(column, rows[changed],
+                                   [m for m, c in zip(masked, changed, strict=True) if c])
+                found[rows[changed]] = True
+        if found.any():
+            masked_columns[name] = column
+            if name not in MASKED_IN_PLACE:
+                quarantine[name] = found
     return masked_columns, quarantine
+
+
+def card_in_text_reason(column: str) -> str:
+    """The quarantine reason of a row whose ``column`` (as the file names it) held a card."""
+    return f"{CARD_IN_TEXT_REASON}:{mask_card_numbers(column)}"
+
+
+def card_column_advice(reasons: Mapping[str, int]) -> list[str]:
+    """For each column whose card numbers quarantined rows: which, how many, and the fix."""
+    advice = []
+    for reason, rows in reasons.items():
+        kind, _, column = reason.partition(":")
+        if kind != CARD_IN_TEXT_REASON or not column:
+            continue
+        advice.append(
+            f"column {column!r} held card numbers in {rows:,} row(s), quarantined as "
+            f"{reason} (masked, never stored in clear). If it is the card number, map it to "
+            f"card_number in the column map ({json.dumps({column: 'card_number'})}): it is then "
+            "tokenised, and the per-card features key on its token. Otherwise correct those "
+            "values at the source."
+        )
+    return advice

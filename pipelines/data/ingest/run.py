@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest import writer
+from pipelines.data.ingest.cardtext import card_column_advice
 from pipelines.data.ingest.columns import effective_time_origin
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 from pipelines.data.ingest.layout import LakeLayout
@@ -123,6 +124,7 @@ def _run(
         recovered=recovered,
     )
     apply_counts(report, classified.counts)
+    report.notes.extend(card_column_advice(report.quarantine_reasons))
     progress("validating", 1, 1)
 
     progress("writing", 0, 1)

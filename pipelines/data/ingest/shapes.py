@@ -104,6 +104,60 @@ def plain_number_text(column: Column) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, bool)
 
 
+def _digit_group_bytes(data: np.ndarray) -> np.ndarray:
+    """True for the bytes 0-9, space and dash (comparisons: faster than a table lookup)."""
+    return ((data >= ord("0")) & (data <= ord("9"))) | (data == ord(" ")) | (data == ord("-"))
+
+
+def digit_group_edges(column: Column, min_bytes: int, max_bytes: int) -> np.ndarray:
+    """True where a value is ``min_bytes``..``max_bytes`` long and starts and ends with a
+    digit, space or dash: a cheap superset of the values that are card numbers (two bytes
+    a value, whatever its length)."""
+    parts = []
+    for array in _chunks(column):
+        offsets, data = _buffers(array)
+        lengths = np.diff(offsets)
+        ok = _valid(array) & (lengths >= min_bytes) & (lengths <= max_bytes)
+        rows = np.flatnonzero(ok)
+        ok[rows] = (_digit_group_bytes(data[offsets[rows]])
+                    & _digit_group_bytes(data[offsets[rows + 1] - 1]))
+        parts.append(ok)
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
+def digit_matrices(array: pa.Array, min_digits: int,
+                   max_digits: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, digits)`` per digit count, for the values of ``array`` made only of
+    digits, spaces and dashes (at most ``2 * max_digits + 1`` bytes) holding
+    ``min_digits``..``max_digits`` digits.
+
+    ``digits`` is a (values, count) int16 matrix of 0-9, separators dropped, read
+    from the data buffer without a Python string per value.
+    """
+    offsets, data = _buffers(array)
+    lengths = np.diff(offsets)
+    ok = _valid(array) & (lengths >= min_digits) & (lengths <= 2 * max_digits + 1)
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        return
+    flat = data[offsets[0]:offsets[-1]][np.repeat(ok, lengths)]
+    ends = np.cumsum(lengths[rows])
+    # One running sum gives both facts per value: a digit weighs 1, a separator 0, any
+    # other byte more than a value's length (chunk data is < 2 GiB: int32 holds the sums).
+    is_digit = (flat >= ord("0")) & (flat <= ord("9"))
+    weights = np.where(_digit_group_bytes(flat), is_digit, np.uint8(2 * max_digits + 2))
+    running = np.concatenate(([0], np.cumsum(weights, dtype=np.int32)))
+    counts = running[ends] - running[ends - lengths[rows]]
+    keep = (counts >= min_digits) & (counts <= max_digits)
+    if not keep.any():
+        return
+    digits = flat[is_digit].astype(np.int16) - ord("0")
+    digit_starts = np.cumsum(counts) - counts
+    for count in np.unique(counts[keep]):
+        chosen = np.flatnonzero(keep & (counts == count))
+        yield rows[chosen], digits[digit_starts[chosen][:, None] + np.arange(count)]
+
+
 def common_iso_timestamp(column: Column) -> np.ndarray:
     """True where a value is ``YYYY-MM-DDTHH:MM:SSZ`` (digits where digits belong).
 

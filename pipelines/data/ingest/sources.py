@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
-from pipelines.data.ingest.cardtext import CARD_IN_TEXT_REASON, mask_card_numbers_in_columns
+from pipelines.data.ingest.cardtext import card_in_text_reason, mask_card_numbers_in_columns
 from pipelines.data.ingest.columns import check_header, resolve_columns, user_features
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 
@@ -226,7 +226,8 @@ def canonical_table(
 
     Card numbers in any text field are masked here (``cardtext``), so no
     caller, batch or stream, ever holds one outside ``card_number``; a row
-    whose key or typed field held one gets read reason ``card_number_in_text``.
+    whose key or typed field held one gets read reason ``card_number_in_text:<column>``,
+    the column named as in ``headers``.
     The user's feature columns follow the canonical ones under their own names,
     as text, their kind in the field metadata (``FEATURE_KIND_KEY``); one the
     map declares but ``headers`` lack is null (a stream record without it).
@@ -246,15 +247,19 @@ def canonical_table(
         arrays[name] = _as_text(columns[name]) if name in resolved else pa.nulls(n, pa.string())
     iso_shaped = shapes.common_iso_timestamp(arrays["timestamp"])
     arrays, card_in_text = mask_card_numbers_in_columns(arrays, {"timestamp": iso_shaped})
+    quarantined = np.zeros(n, dtype=bool)
     arrays[LINE_COLUMN] = pa.array(lines, pa.int64())
     arrays[LINE_END_COLUMN] = pa.array(lines if line_ends is None else line_ends, pa.int64())
     reasons = np.full(n, None, dtype=object)
-    reasons[card_in_text] = CARD_IN_TEXT_REASON
+    for name, rows in card_in_text.items():  # the first column holding one names the reason
+        rows = rows & ~quarantined
+        reasons[rows] = card_in_text_reason(by_target.get(name, name))
+        quarantined |= rows
     reasons[np.asarray(malformed, dtype=bool)] = MALFORMED_REASON  # first rule wins
     arrays[ISO_SHAPED_COLUMN] = pa.array(iso_shaped, pa.bool_())
     arrays[DERIVE_ID_COLUMN] = pa.repeat(pa.scalar("transaction_id" not in by_target), n)
     arrays[READ_REASON_COLUMN] = (
-        pa.array(reasons, pa.string()) if card_in_text.any() or np.any(malformed)
+        pa.array(reasons, pa.string()) if quarantined.any() or np.any(malformed)
         else pa.nulls(n, pa.string())
     )
     fields = [pa.field(name, array.type, metadata={FEATURE_KIND_KEY: features[name].encode()}

@@ -2,8 +2,13 @@
 
 ``card_token`` is HMAC-SHA256(key, digits): stable for joins and per-card
 features, useless without the key. ``card_masked`` keeps the first 6 and last 4
-digits (PCI DSS display rule). Work is done once per *distinct* card value, not
-per row: a day of transactions has far fewer cards than rows.
+digits (PCI DSS display rule; ``carddata.mask``). Card numbers have 12 to 19
+digits (ISO/IEC 7812: 12-digit Maestro cards exist). Work is done once per
+*distinct* card value, not per row: a day of transactions has far fewer cards
+than rows.
+
+A transaction with a card but no customer id is keyed on its card
+(``card_customer_ids``): ``card-`` + the first 32 hex digits of its token.
 
 The key comes from ``$FRAUDOPS_TOKEN_KEY``, else an explicit key file, else a
 key generated once under ``workspace.secrets`` with 0600 permissions. Changing
@@ -24,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.compliance.carddata import SHORTEST_CARD_DIGITS, mask
 from pipelines.core import keys
 from pipelines.core.keys import MIN_KEY_BYTES, TOKEN_KEY_ID_LABEL, KeyFileError
 from pipelines.core.keys import TOKEN_KEY_ENV as KEY_ENV
 from pipelines.core.keys import TOKEN_KEY_FILENAME as KEY_FILENAME
 from pipelines.data.ingest.errors import IngestError
 
-MIN_CARD_DIGITS = 13
+MIN_CARD_DIGITS = SHORTEST_CARD_DIGITS
 MAX_CARD_DIGITS = 19
 _SEPARATORS = re.compile(r"[\s\-]")
 
@@ -62,7 +68,7 @@ class Tokeniser:
     def card_lookup(self, values: pa.Array | pa.ChunkedArray) -> pa.Table:
         """One row per distinct raw card value: ``card_raw, card_ok, card_token, card_masked``.
 
-        ``card_ok`` is false for values that are not 13-19 digits (after removing
+        ``card_ok`` is false for values that are not 12-19 digits (after removing
         spaces and dashes) or fail the Luhn check; those get no token but are
         still masked, because even a mistyped number must not be stored in clear.
         """
@@ -99,6 +105,12 @@ def luhn_valid(digits: list[str]) -> np.ndarray:
     matrix = (np.frombuffer(padded, dtype=np.uint8).reshape(len(digits), width) - 48).astype(
         np.int16
     )
+    return luhn_valid_matrix(matrix)
+
+
+def luhn_valid_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Luhn check of each row of a (numbers, digits) matrix of values 0-9, right-aligned."""
+    width = matrix.shape[1]
     kept = matrix[:, width - 1 :: -2].sum(axis=1)
     doubled = matrix[:, width - 2 :: -2] * 2
     doubled -= 9 * (doubled > 9)
@@ -106,11 +118,23 @@ def luhn_valid(digits: list[str]) -> np.ndarray:
 
 
 def mask_card(value: str) -> str:
-    """First 6 + last 4 digits for card-length values; anything shorter is fully masked."""
-    digits = re.sub(r"\D", "", value)
-    if len(digits) >= MIN_CARD_DIGITS:
-        return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
-    return "*" * max(len(digits), 4)
+    """``value``'s digits masked as ``carddata.mask`` does; shorter than a card: all stars."""
+    return mask(re.sub(r"\D", "", value))
+
+
+# The customer id of a transaction that has a card but no customer id. 32 hex digits are
+# 128 bits of the HMAC: a collision among a billion cards has odds of ~1e-21, and the id
+# is half the bytes of the token in every per-customer sort, hash and online-state key.
+# The prefix tells a derived id from one the data gave; like the token it is useless
+# without the key and changes with it.
+CARD_CUSTOMER_PREFIX = "card-"
+CARD_CUSTOMER_HEX = 32
+
+
+def card_customer_ids(tokens: pa.Array) -> pa.Array:
+    """``card-`` + the first 32 hex digits of each card token (the per-card features' key)."""
+    short = pc.utf8_slice_codeunits(tokens, 0, CARD_CUSTOMER_HEX)
+    return pc.binary_join_element_wise(CARD_CUSTOMER_PREFIX, short, "")
 
 
 # --- key management (one implementation for every key: pipelines.core.keys) -------------------

@@ -34,6 +34,7 @@ from pipelines.data.ingest.sources import (
     LINE_END_COLUMN,
     READ_REASON_COLUMN,
 )
+from pipelines.data.ingest.tokenise import card_customer_ids
 
 MAX_AMOUNT = 10_000_000
 EARLIEST_TIMESTAMP = "1990-01-01"
@@ -181,6 +182,11 @@ class CardColumns:
 
     def tokens(self) -> pa.DictionaryArray:
         values = pc.fill_null(self._lookup("card_token"), "")
+        return pa.DictionaryArray.from_arrays(self._valid_indices(), values)
+
+    def customer_ids(self) -> pa.DictionaryArray:
+        """The id the per-card features key on when a row has no customer id (valid cards)."""
+        values = card_customer_ids(pc.fill_null(self._lookup("card_token"), ""))
         return pa.DictionaryArray.from_arrays(self._valid_indices(), values)
 
     def valid_masked(self) -> pa.DictionaryArray:
@@ -502,8 +508,9 @@ def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id, feature
     }
     table = pa.table(columns).filter(mask)
     # Optional text: filtered first, so blank -> null runs on curated rows only.
-    for name in ("customer_id", "terminal_id", "currency", "merchant_category", "channel",
-                 "country", "fraud_scenario"):
+    table = table.append_column("customer_id", _customer_ids(text["customer_id"], cards, mask))
+    for name in ("terminal_id", "currency", "merchant_category", "channel", "country",
+                 "fraud_scenario"):
         table = table.append_column(name, _blank_to_null(text[name].filter(mask)))
     day = pc.cast(parsed.column("timestamp").filter(mask), pa.date32())  # timestamps are UTC
     table = table.append_column("dt", pc.cast(day, pa.string()))
@@ -513,6 +520,23 @@ def _curated(raw, text, parsed, cards, mask, source_files, ingestion_id, feature
                   else _blank_to_null(text[feature.alias]))
         table = table.append_column(feature.name, values.filter(mask))
     return _sorted_by_day(table)
+
+
+def _customer_ids(given: pa.ChunkedArray, cards: CardColumns,
+                  mask: pa.Array) -> pa.ChunkedArray:
+    """The curated rows' customer ids: the one given, else the card's (``card_customer_ids``).
+
+    Decided row by row, not per file: the stream meets records one micro-batch at
+    a time, whose make-up must not change a record's key, or its features would
+    differ from batch. A row with neither stays null. Derived ids are not part of
+    ``_transaction_ids``' content (the card token already is), so files ingested
+    before this rule keep their ids.
+    """
+    customer = _blank_to_null(given.filter(mask))
+    if customer.null_count == 0:
+        return customer
+    derived = cards.customer_ids().filter(mask).cast(pa.string())
+    return pc.coalesce(customer.combine_chunks(), derived)
 
 
 def _sorted_by_day(table: pa.Table) -> pa.Table:
