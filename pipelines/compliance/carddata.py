@@ -4,7 +4,10 @@ Other units call ``assert_no_card_data(record)`` before they write a record
 (audit entries, reports, notifications, case notes). A clear card number is
 any run of 13 to 19 digits (optionally grouped by single spaces or dashes)
 that passes the Luhn check and is not part of a longer alphanumeric token
-(so hex digests and ids do not trip it). Masked numbers (``411111******1111``)
+(so hex digests and ids do not trip it). Cards may be 12 digits long
+(``SHORTEST_CARD_DIGITS``, Maestro), and the ``card_number`` column takes
+them, but in text a 12-digit number is far more often a reference or an id
+than a card, so the scan starts at 13. Masked numbers (``411111******1111``)
 and tokens pass. Pass timestamps as ISO strings, not epoch milliseconds: a
 13-digit number that happens to pass Luhn is refused.
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.compliance.carddata import SHORTEST_CARD_DIGITS, mask
+from pipelines.compliance.carddata import MAX_DIGITS, SHORTEST_CARD_DIGITS, mask
 from pipelines.core import keys
 from pipelines.core.keys import MIN_KEY_BYTES, TOKEN_KEY_ID_LABEL, KeyFileError
 from pipelines.core.keys import TOKEN_KEY_ENV as KEY_ENV
@@ -37,7 +37,7 @@ from pipelines.core.keys import TOKEN_KEY_FILENAME as KEY_FILENAME
 from pipelines.data.ingest.errors import IngestError
 
 MIN_CARD_DIGITS = SHORTEST_CARD_DIGITS
-MAX_CARD_DIGITS = 19
+MAX_CARD_DIGITS = MAX_DIGITS
 _SEPARATORS = re.compile(r"[\s\-]")
 
 
