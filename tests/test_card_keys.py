@@ -264,6 +264,19 @@ def test_a_key_column_mostly_of_card_numbers_is_card_data_whole(workspace, tmp_p
     assert clear_card_numbers(workspace.root, pan_pieces((*cards, mistyped))) == []
 
 
+def test_a_categorical_feature_of_card_numbers_keeps_no_12_digit_card_in_clear(
+        workspace, tmp_path):
+    """cc_num declared a categorical feature: its 12-digit Maestro number is card data too."""
+    drop = write_csv(tmp_path / "feature.csv", [row(f"t{i}") | {"cc_num": card}
+                                                for i, card in enumerate(SPARKOV_CARDS)])
+
+    report = ingest(workspace, [drop], {"cc_num": "feature:categorical"})
+
+    assert report.quarantine_reasons == {"card_number_in_text:cc_num": 4}
+    assert report.notes and "'cc_num'" in report.notes[0]
+    assert clear_card_numbers(workspace.root, pan_pieces(SPARKOV_CARDS)) == []
+
+
 # --- stream = batch -----------------------------------------------------------------------------
 @dataclass
 class CapturingModel:

@@ -17,8 +17,8 @@ counted or printed. Then, per field:
   ``card_number`` (then it is tokenised and the per-card features key on its
   token), which the run's notes say (``card_column_advice``).
 
-A key column (transaction, customer or terminal id) most of whose non-empty
-values in the file or micro-batch are Luhn-valid 12-19 digit numbers holds
+A key column (transaction, customer or terminal id) or a user feature column
+most of whose non-empty values in the file or micro-batch are Luhn-valid 12-19 digit numbers holds
 card numbers, not ids: then each of its 12-19 digit values is masked and its
 row quarantined the same way, so the 12-digit cards (Maestro) the text scan
 leaves alone are not stored in clear either. The text scan itself starts at
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +53,8 @@ from pipelines.data.ingest.tokenise import MAX_CARD_DIGITS, MIN_CARD_DIGITS, luh
 CARD_IN_TEXT_REASON = "card_number_in_text"
 # Fields whose card numbers are masked in place, the row kept (see the module docstring).
 MASKED_IN_PLACE: frozenset[str] = frozenset({"merchant_category", "fraud_scenario"})
-# Key columns read as card data whole when most of their values are card numbers.
+# Key columns read as card data whole when most of their values are card numbers (the
+# user's feature columns too: ``canonical_table`` adds them).
 CARD_EVIDENCE_COLUMNS: frozenset[str] = frozenset(ID_COLUMNS)
 # The card column itself is tokenised (or masked when invalid) by ``tokenise``.
 _NOT_SCREENED = frozenset({"card_number"})
@@ -160,14 +161,15 @@ def _replaced(column: Column, rows: np.ndarray, values: list[str]) -> pa.Array:
 def mask_card_numbers_in_columns(
     columns: Mapping[str, Column],
     cannot_hold: Mapping[str, np.ndarray] | None = None,
+    evidence: Collection[str] = CARD_EVIDENCE_COLUMNS,
 ) -> tuple[dict[str, Column], dict[str, np.ndarray]]:
     """Columns with every card number masked, and the rows each column has quarantined.
 
     Returns ``(columns, quarantine)``: ``quarantine[name]`` is a boolean per row,
     true where a card number was found in ``name`` (a field not in
-    ``MASKED_IN_PLACE``); names without such rows are left out. Key columns
-    (``CARD_EVIDENCE_COLUMNS``) that evidently hold card numbers are card data
-    whole (``_card_column_rows``). Columns without a card number are returned as
+    ``MASKED_IN_PLACE``); names without such rows are left out. The ``evidence``
+    columns (keys, the user's features) that evidently hold card numbers are
+    card data whole (``_card_column_rows``). Columns without a card number are returned as
     they were (no copy). ``cannot_hold[name]`` marks rows known to hold none.
     """
     n = len(next(iter(columns.values()))) if columns else 0
@@ -177,7 +179,7 @@ def mask_card_numbers_in_columns(
         if name in _NOT_SCREENED:
             continue
         found = np.zeros(n, dtype=bool)
-        if name in CARD_EVIDENCE_COLUMNS:
+        if name in evidence:
             rows, masked = _card_column_rows(column)
             if rows.size:
                 column = _replaced(column, rows, masked)

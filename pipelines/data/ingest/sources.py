@@ -37,7 +37,11 @@ import pyarrow.parquet as pq
 from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
-from pipelines.data.ingest.cardtext import card_in_text_reason, mask_card_numbers_in_columns
+from pipelines.data.ingest.cardtext import (
+    CARD_EVIDENCE_COLUMNS,
+    card_in_text_reason,
+    mask_card_numbers_in_columns,
+)
 from pipelines.data.ingest.columns import check_header, resolve_columns, user_features
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 
@@ -246,7 +250,8 @@ def canonical_table(
     for name in features:
         arrays[name] = _as_text(columns[name]) if name in resolved else pa.nulls(n, pa.string())
     iso_shaped = shapes.common_iso_timestamp(arrays["timestamp"])
-    arrays, card_in_text = mask_card_numbers_in_columns(arrays, {"timestamp": iso_shaped})
+    arrays, card_in_text = mask_card_numbers_in_columns(
+        arrays, {"timestamp": iso_shaped}, evidence={*CARD_EVIDENCE_COLUMNS, *features})
     quarantined = np.zeros(n, dtype=bool)
     arrays[LINE_COLUMN] = pa.array(lines, pa.int64())
     arrays[LINE_END_COLUMN] = pa.array(lines if line_ends is None else line_ends, pa.int64())
