@@ -375,3 +375,19 @@ def test_the_stream_dead_letters_card_numbers_in_an_id_column_naming_it(workspac
     assert outcome.scored.num_rows == 0
     assert clear_card_numbers(workspace.root, pan_pieces(SPARKOV_CARDS),
                               json.dumps(dead, default=str)) == []
+
+
+def test_the_stream_summary_names_the_card_column_and_the_fix(capsys):
+    from rich.console import Console
+
+    from pipelines.cli.commands.stream import _print
+    from pipelines.serving.stream.scorer import StreamSummary
+
+    summary = StreamSummary("run-1", dead_letter_reasons={"card_number_in_text:cc_num": 4,
+                                                          "bad_amount": 1})
+    _print(summary, Console(width=400))
+
+    out = capsys.readouterr().out
+    assert "column 'cc_num' held card numbers in 4 row(s)" in out
+    assert '{"cc_num": "card_number"}' in out and "bad_amount" in out
+    assert out.count("held card numbers") == 1
