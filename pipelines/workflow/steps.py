@@ -65,8 +65,10 @@ class RunOptions:
     webhook_url: str | None
     # SageMaker pipeline parameters by their declared names; None keeps the default.
     pipeline_parameters: Mapping[str, Any]
-    # Numeric times in the user's data count seconds from this instant (None: epoch).
+    # Numeric times in the user's data count from this instant (None: epoch seconds)...
     time_origin: dt.datetime | None = None
+    # ...in this unit (``columns.TIME_UNITS``; None: the column map's, else seconds).
+    time_unit: str | None = None
     # get_pipeline() arguments (the model-selection budget); {} keeps the defaults.
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -149,7 +151,7 @@ def ingest(ctx: FraudRunContext) -> IngestReport:
         column_map = load_column_map(options.column_map) if options.column_map else None
         paths = [options.input_path] if options.input_path else None
         report = run_ingest(ctx.workspace, paths, column_map=column_map,
-                            time_origin=options.time_origin)
+                            time_origin=options.time_origin, time_unit=options.time_unit)
     render(report, ctx.console)
     return report
 

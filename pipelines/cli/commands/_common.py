@@ -36,11 +36,20 @@ def iso_instant(flag: str):  # -> Callable[[str], datetime], the argparse type o
 
 
 def add_time_origin_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--time-origin``: numeric times count seconds from this instant (ingest, run, stream)."""
+    """``--time-origin`` and ``--time-unit``: numeric times count units from this instant
+    (ingest, run, stream)."""
+    from pipelines.data.ingest.columns import TIME_UNITS
+
     parser.add_argument(
         "--time-origin", metavar="ISO8601", default=None, type=iso_instant("--time-origin"),
-        help="numeric times count seconds from this instant (e.g. 2013-09-01T00:00:00Z) "
+        help="numeric times count --time-unit from this instant (e.g. 2013-09-01T00:00:00Z) "
         "instead of being epoch seconds; also \"time_origin\" in the column map file",
+    )
+    # Default None, not "seconds": a unit given without an origin is refused, not ignored.
+    parser.add_argument(
+        "--time-unit", choices=tuple(TIME_UNITS), default=None,
+        help="what numeric times count from --time-origin (default seconds; e.g. hours for "
+        "PaySim's step); also \"time_unit\" in the column map file",
     )
 
 

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
             report = ingest(ws, args.paths or None, column_map, args.format,
                             key_file=args.token_key_file, progress=progress,
-                            time_origin=args.time_origin)
+                            time_origin=args.time_origin, time_unit=args.time_unit)
     except IngestError as exc:
         raise UserError(str(exc)) from exc
     render(report, console)

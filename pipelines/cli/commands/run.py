@@ -90,12 +90,15 @@ def _options(args: argparse.Namespace) -> RunOptions:
         raise UserError("--column-map applies to your own data: pass --input PATH too")
     if args.time_origin and not args.input:
         raise UserError("--time-origin applies to your own data: pass --input PATH too")
+    if args.time_unit and not args.input:
+        raise UserError("--time-unit applies to your own data: pass --input PATH too")
     if args.tuning_budget < 0 or args.tuning_seconds < 1:
         raise UserError("--tuning-budget must be 0 or more and --tuning-seconds at least 1")
     return RunOptions(
         input_path=args.input,
         column_map=args.column_map,
         time_origin=args.time_origin,
+        time_unit=args.time_unit,
         transactions=args.transactions,
         days=args.days,
         seed=args.seed,

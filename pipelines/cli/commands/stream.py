@@ -120,21 +120,25 @@ def run(args: argparse.Namespace) -> int:
         tokeniser = Tokeniser(load_key(ws.secrets))
     except IngestError as exc:
         raise UserError(str(exc)) from exc
-    scorer = StreamScorer(
-        ws,
-        model,
-        tokeniser,
-        alert_store=CaseQueue(ws.cases_db),
-        notifier=OutboxNotifier(ws.outbox),
-        settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
-                                commit_interval_seconds=args.commit_interval,
-                                allowed_lateness_seconds=args.allowed_lateness,
-                                max_future_skew_seconds=max_future_skew),
-        source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
-        column_map=column_map,
-        time_origin=args.time_origin,
-        clock=(lambda: args.now) if args.now else wall_clock,
-    )
+    try:  # a --time-unit without any time origin is refused here
+        scorer = StreamScorer(
+            ws,
+            model,
+            tokeniser,
+            alert_store=CaseQueue(ws.cases_db),
+            notifier=OutboxNotifier(ws.outbox),
+            settings=StreamSettings(batch_size=args.batch_size, max_wait_seconds=args.max_wait,
+                                    commit_interval_seconds=args.commit_interval,
+                                    allowed_lateness_seconds=args.allowed_lateness,
+                                    max_future_skew_seconds=max_future_skew),
+            source="stdin" if args.input == "-" else str(Path(args.input).resolve()),
+            column_map=column_map,
+            time_origin=args.time_origin,
+            time_unit=args.time_unit,
+            clock=(lambda: args.now) if args.now else wall_clock,
+        )
+    except IngestError as exc:
+        raise UserError(str(exc)) from exc
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())  # finish the batch in hand, commit, exit

@@ -1,9 +1,10 @@
 """Mapping a user's own column names onto the canonical schema.
 
 A column map is a JSON object ``{"their_column": "canonical_column"}``, or, to
-say more about the data, ``{"columns": {...}, "time_origin": "ISO-8601"}``
-(``time_origin``: numeric times count seconds from that instant, as
-``--time-origin`` does). Columns already named canonically need no entry;
+say more about the data, ``{"columns": {...}, "time_origin": "ISO-8601",
+"time_unit": "hours"}`` (``time_origin``: numeric times count from that instant,
+as ``--time-origin`` does; ``time_unit``: in what, as ``--time-unit`` does,
+seconds unless said). Columns already named canonically need no entry;
 headers that differ from a canonical name only by case or surrounding spaces
 are matched too. A column mapped to ``feature:numeric`` or
 ``feature:categorical`` is the user's own model feature, stored under its own
@@ -23,7 +24,11 @@ from pipelines.compliance.carddata import is_sensitive_auth_field
 from pipelines.core import schema
 from pipelines.data.ingest.errors import IngestError
 
-_SETTINGS = ("columns", "time_origin")  # the keys of the structured form
+_SETTINGS = ("columns", "time_origin", "time_unit")  # the keys of the structured form
+# What a numeric time counts from a time origin: the unit's length in seconds. The one
+# definition of the units (the CLI's --time-unit choices, the column map's "time_unit").
+TIME_UNITS: dict[str, int] = {"seconds": 1, "minutes": 60, "hours": 3_600, "days": 86_400}
+DEFAULT_TIME_UNIT = "seconds"
 FEATURE_NUMERIC = "feature:numeric"
 FEATURE_CATEGORICAL = "feature:categorical"
 FEATURE_KINDS = (FEATURE_NUMERIC, FEATURE_CATEGORICAL)
@@ -32,16 +37,18 @@ _TAKEN_NAMES = frozenset(n.lower() for n in (*schema.LANDING_COLUMNS, *schema.CU
 
 
 class ColumnMap(dict[str, str]):
-    """``{their column: canonical column}``, plus the file's ``time_origin`` if it set one.
+    """``{their column: canonical column}``, plus the file's ``time_origin`` and
+    ``time_unit`` if it set them.
 
     A plain dict everywhere a mapping is expected, so callers that only map
     columns need not know about the settings.
     """
 
     def __init__(self, columns: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-                 time_origin: datetime | None = None) -> None:
+                 time_origin: datetime | None = None, time_unit: str | None = None) -> None:
         super().__init__(columns)
         self.time_origin = time_origin
+        self.time_unit = time_unit
 
 
 def load_column_map(path: str | Path) -> ColumnMap:
@@ -65,6 +72,39 @@ def effective_time_origin(flag: datetime | None,
     return flag or getattr(column_map, "time_origin", None)
 
 
+def effective_time_unit(flag: str | None, column_map: Mapping[str, str] | None,
+                        time_origin: datetime | None) -> str:
+    """What numeric times count in: ``--time-unit``, else the column map's, else seconds.
+
+    ``time_origin`` is the effective origin (``effective_time_origin``): a unit
+    given without one would silently do nothing (epoch times are seconds), so it
+    is refused, naming both settings.
+    """
+    unit = flag or getattr(column_map, "time_unit", None)
+    if unit is None:
+        return DEFAULT_TIME_UNIT
+    parse_time_unit(unit)
+    if time_origin is None:
+        raise IngestError(
+            f"time unit {unit!r} (--time-unit, or \"time_unit\" in the column map) needs a "
+            "time origin the numbers count from: pass --time-origin ISO8601 too (or set "
+            "\"time_origin\" in the column map), or drop the unit if the times are epoch seconds")
+    return unit
+
+
+def parse_time_unit(text: object, origin: str = "--time-unit") -> str:
+    """One of ``TIME_UNITS``, else an ``IngestError`` naming the choices."""
+    if text not in TIME_UNITS:
+        raise IngestError(f"{origin}: {text!r} is not a time unit; give one of "
+                          f"{', '.join(TIME_UNITS)}")
+    return str(text)
+
+
+def unit_microseconds(unit: str) -> int:
+    """Microseconds in one ``unit`` (exact: the lake stores microseconds)."""
+    return TIME_UNITS[parse_time_unit(unit, "time unit")] * 1_000_000
+
+
 def parse_time_origin(text: str, origin: str = "--time-origin") -> datetime:
     """An ISO-8601 instant (``Z`` or an offset; none means UTC) for relative numeric times."""
     try:
@@ -82,7 +122,7 @@ def check_column_map(raw: object, origin: str = "column map") -> ColumnMap:
         raise IngestError(
             f'{origin}: expected a JSON object like {{"their_col": "transaction_id"}}'
         )
-    time_origin = None
+    time_origin = time_unit = None
     if isinstance(raw.get("columns"), Mapping):  # the structured form
         unknown = [key for key in raw if key not in _SETTINGS]
         if unknown:
@@ -90,8 +130,10 @@ def check_column_map(raw: object, origin: str = "column map") -> ColumnMap:
                               f"expected {', '.join(_SETTINGS)}")
         if raw.get("time_origin") is not None:
             time_origin = parse_time_origin(raw["time_origin"], f"{origin}: time_origin")
+        if raw.get("time_unit") is not None:
+            time_unit = parse_time_unit(raw["time_unit"], f"{origin}: time_unit")
         raw = raw["columns"]
-    mapping = ColumnMap(time_origin=time_origin)
+    mapping = ColumnMap(time_origin=time_origin, time_unit=time_unit)
     used: dict[str, str] = {}
     for source, target in raw.items():
         if not isinstance(source, str) or not isinstance(target, str):

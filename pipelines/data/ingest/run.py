@@ -23,7 +23,11 @@ import pyarrow.compute as pc
 from pipelines.core.workspace import Workspace
 from pipelines.data.ingest import writer
 from pipelines.data.ingest.cardtext import card_column_advice
-from pipelines.data.ingest.columns import effective_time_origin
+from pipelines.data.ingest.columns import (
+    DEFAULT_TIME_UNIT,
+    effective_time_origin,
+    effective_time_unit,
+)
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 from pipelines.data.ingest.layout import LakeLayout
 from pipelines.data.ingest.ledger import Ledger
@@ -64,19 +68,22 @@ def run_ingestion(
     progress: Progress = _no_progress,
     commit_guard: CommitGuard = _no_guard,
     time_origin: datetime | None = None,
+    time_unit: str | None = None,
 ) -> IngestReport:
     """Ingest landing files into the curated and quarantine zones; return the reconciliation.
 
     The caller must hold the ingestion lock (one run at a time per lake). Every
     file is read and checked before anything is written, so a refused file
     (``IngestError``) leaves the lake untouched. ``time_origin`` (else the
-    column map's, see ``columns.ColumnMap``): numeric times count seconds from it.
+    column map's, see ``columns.ColumnMap``): numeric times count ``time_unit``s (else
+    the column map's, else seconds) from it.
     """
     column_map = column_map or {}
     time_origin = effective_time_origin(time_origin, column_map)
+    time_unit = effective_time_unit(time_unit, column_map, time_origin)
     with card_numbers_masked():  # no exception leaves ingestion with a card number in it
         return _run(layout, paths, tokeniser, column_map, fmt, progress, commit_guard,
-                    time_origin)
+                    time_origin, time_unit)
 
 
 def _run(
@@ -88,6 +95,7 @@ def _run(
     progress: Progress,
     commit_guard: CommitGuard,
     time_origin: datetime | None,
+    time_unit: str,
 ) -> IngestReport:
     ledger = Ledger(layout.fs, layout.state)
     recovered = writer.recover(layout, ledger, lambda report: _write_log(layout, report))
@@ -113,8 +121,9 @@ def _run(
         ingestion_day=f"{started:%Y-%m-%d}",
         file_keys=[raw_file.sha256 for raw_file in raw_files],
         time_origin=time_origin,
+        time_unit=time_unit,
     )
-    _refuse_files_without_times(raw_files, classified.counts, time_origin)
+    _refuse_files_without_times(raw_files, classified.counts, time_origin, time_unit)
     report = IngestReport(
         ingestion_id=ingestion_id,
         started_at=started.isoformat(),
@@ -125,6 +134,9 @@ def _run(
     )
     apply_counts(report, classified.counts)
     report.notes.extend(card_column_advice(report.quarantine_reasons))
+    if time_origin is not None and time_unit == DEFAULT_TIME_UNIT:
+        report.notes.extend(time_unit_advice(classified.curated, time_origin,
+                                             _time_column(column_map)))
     progress("validating", 1, 1)
 
     progress("writing", 0, 1)
@@ -175,7 +187,7 @@ _TIME_REASONS = frozenset({"bad_timestamp", "missing_timestamp"})
 
 
 def _refuse_files_without_times(raw_files: list[RawFile], counts: list[tuple[int, str, str, int]],
-                                time_origin: datetime | None) -> None:
+                                time_origin: datetime | None, time_unit: str) -> None:
     """A file none of whose rows has a usable time is misread, not dirty: refuse the run.
 
     Quarantining every row and "succeeding" with nothing curated would only move
@@ -187,7 +199,7 @@ def _refuse_files_without_times(raw_files: list[RawFile], counts: list[tuple[int
         rows[file_index] += n
         timeless[file_index] += n if reason in _TIME_REASONS else 0
     for index in np.flatnonzero((rows > 0) & (timeless == rows)):
-        hint = (f"its times are neither ISO-8601 nor seconds from {time_origin.isoformat()}"
+        hint = (f"its times are neither ISO-8601 nor {time_unit} from {time_origin.isoformat()}"
                 if time_origin else "give ISO-8601 times or epoch seconds; if the numbers count "
                 "seconds from a start, pass --time-origin ISO8601 (or \"time_origin\" in the "
                 "column map)")
@@ -195,6 +207,45 @@ def _refuse_files_without_times(raw_files: list[RawFile], counts: list[tuple[int
             f"{raw_files[index].source.display}: none of its {rows[index]:,} rows has a usable "
             f"timestamp, so nothing from this run was stored: {hint}"
         )
+
+
+# A file this big whose offsets all fall in its origin's first hour, in whole seconds, most
+# likely counts another unit (PaySim's ``step`` counts hours: a month would become 12 minutes).
+_SUSPECT_ROWS = 1_000
+_SUSPECT_SPAN_US = 3_600 * 1_000_000
+
+
+def time_unit_advice(curated: pa.Table, time_origin: datetime, column: str) -> list[str]:
+    """Warn (never refuse) per file whose second offsets look like another unit.
+
+    Silence costs every window, hour of day and the day split; a warning costs
+    nothing if the data really spans minutes. Runs on the curated rows only (one
+    pass of numpy over their timestamps).
+    """
+    if curated.num_rows < _SUSPECT_ROWS:
+        return []
+    offsets = (curated.column("timestamp").cast(pa.int64()).to_numpy()
+               - round(time_origin.timestamp() * 1_000_000))
+    files = curated.column("source_file").combine_chunks()
+    codes, names = files.indices.to_numpy(), files.dictionary.to_pylist()
+    notes = []
+    for code in np.flatnonzero(np.bincount(codes, minlength=len(names)) >= _SUSPECT_ROWS):
+        mine = offsets[codes == code]
+        if mine.min() < 0 or mine.max() >= _SUSPECT_SPAN_US or np.any(mine % 1_000_000):
+            continue
+        notes.append(
+            f"{names[code]}: warning: its {mine.size:,} rows' times in {column!r} span only "
+            f"{(mine.max() - mine.min()) // 1_000_000:,} seconds from the time origin: if those "
+            "numbers count minutes, hours or days (PaySim's step counts hours), ingest again "
+            "with --time-unit minutes|hours|days (or \"time_unit\" in the column map); as "
+            "seconds every window, hour of day and day split is wrong")
+    return notes
+
+
+def _time_column(column_map: Mapping[str, str]) -> str:
+    """The user's name of the timestamp column, for messages."""
+    return next((name for name, target in column_map.items() if target == "timestamp"),
+                "timestamp")
 
 
 def card_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -239,12 +290,14 @@ def ingest(
     key_file: Path | None = None,
     progress: Progress = _no_progress,
     time_origin: datetime | None = None,
+    time_unit: str | None = None,
 ) -> IngestReport:
     """Ingest local files or directories (default: the workspace landing zone).
 
     Records the reconciliation in the catalog's ``ingestion_runs`` table and
     refreshes the ``transactions`` and ``quarantine`` views. ``time_origin``:
-    numeric times count seconds from it (else the column map's, else epoch).
+    numeric times count ``time_unit``s (default seconds) from it (else the column
+    map's, else epoch).
     """
     from pipelines.compliance import audit
     from pipelines.compliance.locks import workspace_lock
@@ -266,7 +319,8 @@ def ingest(
         # Shared workspace lock: a backup (exclusive) never sees a half-published run.
         with ingestion_lock(ws), workspace_lock(ws, exclusive=False):
             report = run_ingestion(layout, targets, tokeniser, column_map, fmt, progress,
-                                   commit_guard=audited, time_origin=time_origin)
+                                   commit_guard=audited, time_origin=time_origin,
+                                   time_unit=time_unit)
     except IngestError as exc:
         audit.record(ws, "ingest.refused", subject=", ".join(targets), details={"error": str(exc)})
         raise

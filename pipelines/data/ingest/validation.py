@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
-from pipelines.data.ingest.columns import FEATURE_NUMERIC
+from pipelines.data.ingest.columns import DEFAULT_TIME_UNIT, FEATURE_NUMERIC, unit_microseconds
 from pipelines.data.ingest.sources import (
     DERIVE_ID_COLUMN,
     FEATURE_KIND_KEY,
@@ -85,8 +85,9 @@ _PLAIN_CHECKED = ("amount", "timestamp", "is_fraud")
 # Text is trimmed (and upper/lower-cased) in Arrow, which is several times faster than
 # DuckDB's trim; DuckDB does what Arrow cannot do row by row: try_cast without failing.
 # Only typed columns and the reason leave DuckDB; text stays in Arrow (no extra copies).
-# ``{epoch_from}``: the lowest number read as seconds (0 for epoch seconds; with a time
-# origin, relative times may be negative); ``{origin_us}``: that origin in epoch micros.
+# ``{epoch_from}``/``{epoch_to}``: the numbers read as times (from 0 for epoch seconds; with
+# a time origin, relative times may be negative), in units; ``{origin_us}``: that origin in
+# epoch micros; ``{unit_us}``: micros per unit (``columns.TIME_UNITS``).
 _PARSE = f"""
 WITH typed AS (
     SELECT
@@ -108,16 +109,26 @@ WITH typed AS (
              THEN try_cast(is_fraud AS DOUBLE)::TINYINT END AS is_fraud{{feature_typed}}
     FROM raw
 ),
+offsets AS (
+    -- A whole number of units is multiplied exactly as an integer (3 hours is exactly
+    -- 10,800,000,000 us); only a fraction (1.5 hours) is rounded to the microsecond.
+    SELECT *, CASE
+        WHEN ts_number = trunc(ts_number) AND abs(ts_number) <= {{epoch_to}}
+            THEN try_cast(ts_number AS BIGINT) * {{unit_us}}::BIGINT
+        ELSE try_cast(round(ts_number * {{unit_us}}) AS BIGINT)
+    END AS offset_us
+    FROM (SELECT *, CASE WHEN _plain_timestamp AND iso_ts IS NULL
+                         THEN try_cast(timestamp_text AS DOUBLE) END AS ts_number
+          FROM typed)
+),
 timed AS (
     -- CASE evaluates the epoch branch only for rows that are not ISO-8601 text.
     SELECT *, CASE
         WHEN iso_ts IS NOT NULL THEN iso_ts
-        WHEN _plain_timestamp
-             AND try_cast(timestamp_text AS DOUBLE) BETWEEN {{epoch_from}} AND {EPOCH_LIMIT}
-            THEN make_timestamp({{origin_us}}
-                 + round(try_cast(timestamp_text AS DOUBLE) * 1000000)::BIGINT)::TIMESTAMPTZ
+        WHEN ts_number BETWEEN {{epoch_from}} AND {{epoch_to}}
+            THEN make_timestamp({{origin_us}} + offset_us)::TIMESTAMPTZ
     END AS ts
-    FROM typed
+    FROM offsets
 )
 SELECT _row, ts AS timestamp, amount, is_cash, is_fraud{{feature_values}},
     CASE
@@ -269,8 +280,10 @@ def _shape_columns(raw: pa.Table, text: dict[str, pa.ChunkedArray]) -> dict[str,
     return shape
 
 
-def _parse_sql(time_origin: datetime | None, features: list[UserFeature]) -> str:
-    """The parse query; with ``time_origin``, numbers are seconds from it (maybe negative).
+def _parse_sql(time_origin: datetime | None, features: list[UserFeature],
+               time_unit: str = DEFAULT_TIME_UNIT) -> str:
+    """The parse query; with ``time_origin``, numbers are ``time_unit``s from it (maybe
+    negative).
 
     Each numeric user feature adds its typed value and, after every built-in
     rule, its own reason; names reach the SQL only as quoted reason text.
@@ -286,15 +299,19 @@ def _parse_sql(time_origin: datetime | None, features: list[UserFeature]) -> str
         for f in numeric)
     sql = (_PARSE.replace("{feature_typed}", typed).replace("{feature_reasons}", reasons)
            .replace("{feature_values}", "".join(f", {f.alias}_value" for f in numeric)))
+    unit_us = unit_microseconds(time_unit)
+    epoch_to = EPOCH_LIMIT * 1_000_000 // unit_us  # the same span in any unit: no overflow
+    sql = sql.replace("{unit_us}", str(unit_us)).replace("{epoch_to}", str(epoch_to))
     if time_origin is None:
         return sql.replace("{epoch_from}", "0").replace("{origin_us}", "0")
     origin_us = round(time_origin.timestamp() * 1_000_000)
-    return (sql.replace("{epoch_from}", str(-EPOCH_LIMIT))
+    return (sql.replace("{epoch_from}", str(-epoch_to))
             .replace("{origin_us}", f"{origin_us}::BIGINT"))
 
 
 def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns,
-           time_origin: datetime | None, features: list[UserFeature]) -> pa.Table:
+           time_origin: datetime | None, features: list[UserFeature],
+           time_unit: str) -> pa.Table:
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -308,7 +325,7 @@ def _parse(raw: pa.Table, text: dict[str, pa.ChunkedArray], cards: CardColumns,
         columns = [*_PARSE_INPUTS, *numeric, *(f"_plain{alias}" for alias in numeric)]
         con.register("raw", inputs.select(columns))
         # DuckDB 2.0: .sql(...).to_arrow_table() avoids the extra copy execute() makes.
-        parsed = con.sql(_parse_sql(time_origin, features)).to_arrow_table()
+        parsed = con.sql(_parse_sql(time_origin, features, time_unit)).to_arrow_table()
     finally:
         con.close()
     return _in_row_order(parsed)
@@ -427,19 +444,20 @@ def classify(
     ingestion_day: str,
     file_keys: list[str] | None = None,
     time_origin: datetime | None = None,
+    time_unit: str = DEFAULT_TIME_UNIT,
 ) -> Classified:
     """Validate, type and de-duplicate ``raw`` (text columns plus ``_file``, ``_line``).
 
     ``source_files[i]`` names file ``_file == i`` and ``file_keys[i]`` identifies
     its content (default: its name, for sources without a file such as a
     stream); ``seen_ids`` and ``seen_quarantine`` are the ledger's keys (column
-    ``key``) from earlier runs. ``time_origin``: numeric times count seconds from it
-    (default: they are epoch seconds).
+    ``key``) from earlier runs. ``time_origin``: numeric times count ``time_unit``s
+    (``columns.TIME_UNITS``) from it (default: they are epoch seconds).
     """
     features = user_features(raw)
     text = normalise_text(raw)
     text.update({f.alias: pc.utf8_trim_whitespace(raw.column(f.name)) for f in features})
-    parsed = _parse(raw, text, cards, time_origin, features)
+    parsed = _parse(raw, text, cards, time_origin, features, time_unit)
     valid = pc.is_null(parsed.column("reason")).to_numpy(zero_copy_only=False)
     ids = _transaction_ids(raw, text, parsed, cards, features)
     seen = pc.fill_null(pc.is_in(ids, value_set=seen_ids.column("key")), False)

@@ -26,7 +26,7 @@ from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 from pipelines.data.features.definitions import CANONICAL_CURATED_COLUMNS
-from pipelines.data.ingest.columns import forbidden_columns
+from pipelines.data.ingest.columns import DEFAULT_TIME_UNIT, forbidden_columns
 from pipelines.data.ingest.run import card_text
 from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, canonical_table
 from pipelines.data.ingest.tokenise import Tokeniser
@@ -338,6 +338,7 @@ def process_batch(
     run_id: str,
     column_map: Mapping[str, str] | None = None,
     time_origin: datetime | None = None,
+    time_unit: str = DEFAULT_TIME_UNIT,
     now: datetime | None = None,
     processing_time: datetime | None = None,
     max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
@@ -376,6 +377,7 @@ def process_batch(
             ingestion_id=run_id,
             ingestion_day=day,
             time_origin=time_origin,
+            time_unit=time_unit,
         )
         dead.append(classified.quarantine)
         dead_keys = classified.quarantine_keys.to_pylist()

@@ -49,7 +49,7 @@ from pipelines.core.params import (
 )
 from pipelines.core.schema import PARTITION_COLUMN
 from pipelines.core.workspace import Workspace
-from pipelines.data.ingest.columns import effective_time_origin
+from pipelines.data.ingest.columns import effective_time_origin, effective_time_unit
 from pipelines.data.ingest.tokenise import Tokeniser
 from pipelines.data.labels import LABEL_SCHEMA
 from pipelines.serving.alerts.alerting import AlertPolicy, AlertStore, raise_alerts
@@ -182,6 +182,7 @@ class StreamScorer:
         source: str = "stream",
         column_map: Mapping[str, str] | None = None,
         time_origin: datetime | None = None,
+        time_unit: str | None = None,
         clock: Callable[[], datetime] = wall_clock,
     ) -> None:
         self.ws = ws
@@ -193,6 +194,7 @@ class StreamScorer:
         self.source = source
         self.column_map = dict(column_map or {})
         self.time_origin = effective_time_origin(time_origin, column_map)
+        self.time_unit = effective_time_unit(time_unit, column_map, self.time_origin)
         # What event times are checked against (max_future_skew_seconds), read per batch.
         self.clock = clock
         self.store = LocalStateStore.for_workspace(ws)
@@ -312,6 +314,7 @@ class StreamScorer:
                 run_id=self.run_id,
                 column_map=self.column_map,
                 time_origin=self.time_origin,
+                time_unit=self.time_unit,
                 processing_time=self.clock(),
                 max_future_skew_seconds=self.settings.max_future_skew_seconds,
             )
