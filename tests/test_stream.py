@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -808,6 +808,40 @@ def test_relative_times_count_from_the_time_origin_as_at_ingest(ws, tmp_path, ca
     with pytest.raises(SystemExit):
         stream(ws, write("bad.jsonl", 0), "--time-origin", "last tuesday")
     assert "is not an ISO-8601 time" in capsys.readouterr().err
+
+
+def test_paysim_hours_reach_the_stream_as_they_reach_batch_ingest(ws, tmp_path):
+    """``--time-unit hours`` (or the map's ``time_unit``): the same rows get the same
+    timestamps in the stream as in ``fraudops ingest`` (the validation is shared)."""
+    from fixtures.landing import curated
+    from fixtures.paysim import COLUMNS, ORIGIN, ORIGIN_TEXT, paysim_csv
+
+    steps = paysim_csv(tmp_path / "paysim.csv", rows=200, ids=True)  # the stream needs ids
+    column_map = tmp_path / "paysim.json"
+    column_map.write_text(json.dumps({"columns": COLUMNS}))
+    flags = ("--column-map", str(column_map), "--time-origin", ORIGIN_TEXT, "--time-unit", "hours")
+    assert main(["ingest", str(tmp_path / "paysim.csv"), "--workdir", str(ws.root), *flags]) == 0
+    assert stream(ws, tmp_path / "paysim.csv", *flags) == 0
+
+    batch = curated(ws)
+    streamed = scored(ws)
+    assert streamed.num_rows == batch.num_rows == len(steps)
+    expected = {name: ORIGIN + timedelta(hours=step) for name, step in steps.items()}
+    assert dict(zip(streamed.column("customer_id").to_pylist(),
+                    streamed.column("timestamp").to_pylist(), strict=True)) == expected
+    assert dict(zip(streamed.column("transaction_id").to_pylist(),
+                    streamed.column("timestamp").to_pylist(), strict=True)) == dict(
+        zip(batch.column("transaction_id").to_pylist(), batch.column("timestamp").to_pylist(),
+            strict=True))
+
+    # The map's time_unit counts the same, and a unit without any origin is refused.
+    column_map.write_text(json.dumps({"columns": COLUMNS, "time_origin": ORIGIN_TEXT,
+                                      "time_unit": "hours"}))
+    assert stream(ws, tmp_path / "paysim.csv", "--column-map", str(column_map)) == 0
+    assert scored(ws).num_rows == len(steps)  # all duplicates of the rows above
+    column_map.write_text(json.dumps({"columns": COLUMNS}))
+    assert stream(ws, tmp_path / "paysim.csv", "--column-map", str(column_map),
+                  "--time-unit", "hours") == 2
 
 
 # --- records dated ahead of the processing clock --------------------------------------------

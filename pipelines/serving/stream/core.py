@@ -84,7 +84,7 @@ class BatchOutcome:
 
 
 # --- validation -----------------------------------------------------------------------------
-def _headers(records: Sequence[RawRecord]) -> list[str]:
+def _headers(records: Sequence[RawRecord], column_map: Mapping[str, str]) -> list[str]:
     headers: dict[str, None] = {}
     last = None  # records of one source share their fields: compare, don't re-add
     for record in records:
@@ -92,8 +92,12 @@ def _headers(records: Sequence[RawRecord]) -> list[str]:
         if values is not None and values.keys() != last:
             headers.update(dict.fromkeys(values))
             last = values.keys()
-    for name in schema.REQUIRED_COLUMNS:  # absent everywhere -> missing_* per record
-        headers.setdefault(name, None)
+    # A required column no field provides (by name or through the map, e.g. PaySim's step
+    # -> timestamp) is added empty, so each record is dead-lettered missing_*.
+    provided = {column_map.get(h) or h.strip().lower() for h in headers}
+    for name in schema.REQUIRED_COLUMNS:
+        if name not in provided:
+            headers.setdefault(name, None)
     return list(headers)
 
 
@@ -101,7 +105,7 @@ def raw_table(
     records: Sequence[RawRecord], source: str, column_map: Mapping[str, str]
 ) -> pa.Table:
     """The ingest job's all-text canonical table for ``records`` (``_line``, ``_file`` = 0)."""
-    headers = _headers(records)
+    headers = _headers(records, column_map)
     empty: dict[str, str | None] = {}
     values = pa.Table.from_pylist(
         [empty if r.values is None else r.values for r in records],
