@@ -164,3 +164,14 @@ def test_no_warning_for_seconds_spanning_days_or_hours_given(workspace, tmp_path
     report = ingest(workspace, [tmp_path / "paysim.csv"], COLUMNS, time_origin=ORIGIN,
                     time_unit="hours")
     assert report.rows_curated == 1_200 and not report.notes
+
+
+def test_the_documented_paysim_column_map_is_the_one_tested_here():
+    """docs/BRING_YOUR_OWN_DATA.md's PaySim map loads, and maps what these tests map."""
+    from conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "BRING_YOUR_OWN_DATA.md").read_text()
+    block = next(b.split("```", 1)[0] for b in text.split("```json\n")[1:] if '"step"' in b)
+    mapping = check_column_map(json.loads(block))
+    assert dict(mapping) == FEATURES
+    assert (mapping.time_origin, mapping.time_unit) == (ORIGIN, "hours")

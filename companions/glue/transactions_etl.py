@@ -8,6 +8,7 @@ Glue runs this script with job arguments such as::
     --token_key_secret fraudops/dev/card-tokenisation-key
     [--column_map_uri s3://.../column_map.json] [--format auto|csv|jsonl|parquet]
     [--time_origin 2013-09-01T00:00:00Z (numeric times count seconds from it)]
+    [--time_unit seconds|minutes|hours|days (what they count instead; needs an origin)]
     [--state_uri s3://lake-bucket/_state/ingest] [--logs_uri s3://lake-bucket/_logs/ingest]
     [--glue_database fraudops_dev] [--endpoint_url http://127.0.0.1:5000 (tests, LocalStack)]
 
@@ -33,13 +34,18 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from pipelines.data.ingest import IngestError, LakeLayout, Tokeniser, run_ingestion
-from pipelines.data.ingest.columns import ColumnMap, check_column_map, parse_time_origin
+from pipelines.data.ingest.columns import (
+    ColumnMap,
+    check_column_map,
+    parse_time_origin,
+    parse_time_unit,
+)
 from pipelines.data.ingest.tokenise import KEY_ENV, key_from_text
 
 REQUIRED = ("JOB_NAME", "landing_uri", "lake_uri")
 OPTIONAL = (
-    "token_key_secret", "column_map_uri", "format", "time_origin", "state_uri", "logs_uri",
-    "glue_database", "endpoint_url", "region",
+    "token_key_secret", "column_map_uri", "format", "time_origin", "time_unit", "state_uri",
+    "logs_uri", "glue_database", "endpoint_url", "region",
 )
 # Glue table name -> (zone in the run report, lake prefix relative to --lake_uri).
 GLUE_TABLES = {
@@ -172,6 +178,8 @@ def main(argv: Sequence[str] | None = None, session=None) -> int:
             fmt=options.get("format", "auto"),
             time_origin=(parse_time_origin(options["time_origin"], "--time_origin")
                          if options.get("time_origin") else None),
+            time_unit=(parse_time_unit(options["time_unit"], "--time_unit")
+                       if options.get("time_unit") else None),
         )
     except IngestError as exc:
         print(f"{options['JOB_NAME']}: error: {exc}", file=sys.stderr)
