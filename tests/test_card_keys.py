@@ -334,7 +334,8 @@ def test_a_stream_record_with_a_card_and_no_customer_id_gets_the_batch_key_and_f
     scored = []
     for start in range(0, len(records), 64):
         outcome = process_batch(records[start:start + 64], engine=engine, model=model,
-                                tokeniser=tokeniser, seen_ids=set(), seen_dead_keys=[],
+                                tokeniser=tokeniser, scored_before=lambda ids: set(),
+                                seen_dead_keys=[],
                                 source="cards.csv", run_id="run-1",
                                 now=datetime(2026, 12, 3, tzinfo=UTC))
         assert outcome.dead_letters.num_rows == 0
@@ -365,7 +366,8 @@ def test_the_stream_dead_letters_card_numbers_in_an_id_column_naming_it(workspac
     model = CapturingModel()
 
     outcome = process_batch(records, engine=OnlineFeatureEngine(7), model=model,
-                            tokeniser=Tokeniser(load_key(workspace.secrets)), seen_ids=set(),
+                            tokeniser=Tokeniser(load_key(workspace.secrets)),
+                            scored_before=lambda ids: set(),
                             seen_dead_keys=[], source="s", run_id="run-1",
                             now=datetime(2026, 12, 3, tzinfo=UTC))
 

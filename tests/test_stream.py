@@ -1039,3 +1039,60 @@ def test_the_lambda_reads_its_future_skew_from_the_environment(aws_stream):
     with pytest.raises(ParameterError, match="MAX_FUTURE_SKEW_SECONDS .7200 s. must not exceed "
                                              "ALLOWED_LATENESS_SECONDS .3600 s."):
         replace(aws_stream["resources"], max_future_skew_seconds=7200)
+
+
+# --- records without a transaction id, and ids under another name ------------------------------
+def _id_less_drop(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The same records three ways: without ids, with ids named "tx", and a map for each."""
+    rows = _transactions(12)
+    plain = tmp_path / "no_ids.csv"
+    named = tmp_path / "named_ids.csv"
+    columns = ["timestamp", "customer_id", "terminal_id", "amount", "channel", "country"]
+    plain.write_text("\n".join([",".join(columns)] + [
+        ",".join(str(r[c] or "") for c in columns) for r in rows]) + "\n")
+    named.write_text("\n".join([",".join(["tx", *columns])] + [
+        ",".join([r["transaction_id"], *(str(r[c] or "") for c in columns)]) for r in rows]) + "\n")
+    id_map = tmp_path / "ids.json"
+    id_map.write_text(json.dumps({"tx": "transaction_id"}))
+    return plain, named, id_map
+
+
+def _last_summary(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_records_without_ids_are_scored_once_and_their_replay_skipped(ws, tmp_path, capsys):
+    plain, _, _ = _id_less_drop(tmp_path)
+    assert stream(ws, plain) == 0
+    assert _last_summary(capsys)["scored"] == 12
+    ids = scored(ws).column("transaction_id").to_pylist()
+    assert len(set(ids)) == 12 and all(i.startswith("drv-") for i in ids)
+
+    assert stream(ws, plain) == 0  # the same records again: recognised by their content
+    summary = _last_summary(capsys)
+    assert summary["scored"] == 0 and summary["duplicates"] == 12
+    assert scored(ws).column("transaction_id").to_pylist() == ids
+
+
+def test_a_replay_is_skipped_when_the_id_column_has_another_name(ws, tmp_path, capsys):
+    _, named, id_map = _id_less_drop(tmp_path)
+    assert stream(ws, named, "--column-map", str(id_map)) == 0
+    assert _last_summary(capsys)["scored"] == 12
+    assert stream(ws, named, "--column-map", str(id_map)) == 0
+    summary = _last_summary(capsys)
+    assert summary["scored"] == 0 and summary["duplicates"] == 12
+
+
+def test_the_lambda_scores_records_without_ids_and_skips_their_redelivery(aws_stream):
+    from lambdas.stream_scoring.handler import handler
+
+    rows = [{k: v for k, v in row.items() if k != "transaction_id"} for row in _transactions(4)]
+    event = _kinesis_event(rows)
+    aws_stream["endpoint"].add_response("invoke_endpoint", _scores_response([0.1] * 4))
+    assert handler(event, None, aws_stream["resources"]) == {"batchItemFailures": []}
+    # Redelivered: no endpoint call is stubbed, so scoring again would fail the batch.
+    assert handler(event, None, aws_stream["resources"]) == {"batchItemFailures": []}
+    assert sum(len(call["instances"]) for call in aws_stream["sent"]) == 4
+    items = aws_stream["table"].scan()["Items"]
+    processed = [i["entity"] for i in items if i["entity"].startswith("processed#")]
+    assert len(processed) == 4 and all(p.startswith("processed#drv-") for p in processed)

@@ -187,6 +187,11 @@ class ProcessedIds:
     def __contains__(self, transaction_id: object) -> bool:
         return transaction_id in self.ids
 
+    def lookup(self, candidates: list[str]) -> set[str]:
+        """Which of ``candidates`` were scored before (``process_batch``'s ``scored_before``)."""
+        self.load(candidates)
+        return self.ids
+
     @staticmethod
     def items(processed: dict[str, int], now: float | None = None) -> list[dict[str, Any]]:
         """``processed#<id>`` items for :meth:`DynamoStateStore.commit`, expiring by TTL."""
@@ -271,7 +276,6 @@ def score_chunk(records: list[dict[str, Any]], resources: Resources,
         store = DynamoStateStore(resources.table, deployed.parameters.label_delay_days,
                                  resources.allowed_lateness_seconds)
         seen = ProcessedIds(resources.table)
-        seen.load([(r.values or {}).get("transaction_id", "") or "" for r in raw])
         model = SageMakerEndpointModel(
             endpoint_name=resources.endpoint_name,
             feature_columns=list(FEATURE_COLUMNS),
@@ -284,7 +288,7 @@ def score_chunk(records: list[dict[str, Any]], resources: Resources,
             engine=store.engine,
             model=model,
             tokeniser=resources.tokeniser,
-            seen_ids=seen,
+            scored_before=seen.lookup,
             seen_dead_keys=[],
             source=source,
             run_id=source,

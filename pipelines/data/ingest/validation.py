@@ -218,6 +218,8 @@ class Classified:
     quarantine: pa.Table
     quarantine_keys: pa.Array
     counts: list[tuple[int, str, str, int]]  # (file index, status, reason, rows)
+    # Every input row's id, given or derived (DERIVED_ID_PREFIX), in input order.
+    transaction_ids: pa.ChunkedArray
 
 
 def card_columns(card_values: pa.ChunkedArray, lookup: pa.Table) -> CardColumns:
@@ -484,6 +486,7 @@ def classify(
         quarantine_keys=pa.array([k for k, a in zip(keys, already, strict=True) if not a],
                                  pa.string()),
         counts=_counts(raw.column("_file"), status, parsed.column("reason")),
+        transaction_ids=ids,
     )
 
 

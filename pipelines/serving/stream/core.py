@@ -31,6 +31,7 @@ from pipelines.data.ingest.run import card_text
 from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, canonical_table
 from pipelines.data.ingest.tokenise import Tokeniser
 from pipelines.data.ingest.validation import (
+    DERIVED_ID_PREFIX,
     QUARANTINE_TEXT_COLUMNS,
     CardColumns,
     card_columns,
@@ -336,7 +337,7 @@ def process_batch(
     engine: OnlineFeatureEngine,
     model: StreamModel,
     tokeniser: Tokeniser,
-    seen_ids: Container[str],
+    scored_before: Callable[[list[str]], Container[str]],
     seen_dead_keys: Sequence[str],
     source: str,
     run_id: str,
@@ -350,9 +351,10 @@ def process_batch(
 ) -> BatchOutcome:
     """Validate, tokenise, featurise (one at a time), score and explain one micro-batch.
 
-    The engine's state advances; nothing is written. Duplicates of transactions
-    in ``seen_ids`` are skipped (counted), rejected records become dead letters,
-    among them those dated more than ``max_future_skew_seconds`` after
+    The engine's state advances; nothing is written. Records scored by an earlier
+    batch are skipped (counted): ``scored_before(ids)`` says which, asked for the
+    given ids, then for the ids derived for records without one. Rejected records
+    become dead letters, among them those dated more than ``max_future_skew_seconds`` after
     ``processing_time`` (the processing clock; default ``now``, the wall clock,
     which also stamps ``scored_at`` and the dead letters' day).
     ``before_features(rows)`` sees the valid rows first (the Lambda prefetches
@@ -370,8 +372,10 @@ def process_batch(
         raw = raw_table(kept, source, column_map or {})
         card_values = card_text(raw.column("card_number"))
         cards = card_columns(card_values, tokeniser.card_lookup(card_values))
-        raw_ids = pc.utf8_trim_whitespace(raw.column("transaction_id")).to_pylist()
-        seen = [i for i in dict.fromkeys(raw_ids) if i is not None and i in seen_ids]
+        raw_ids = [i for i in dict.fromkeys(
+            pc.utf8_trim_whitespace(raw.column("transaction_id")).to_pylist()) if i is not None]
+        scored = scored_before(raw_ids)
+        seen = [i for i in raw_ids if i in scored]
         classified = classify(
             raw=raw,
             source_files=[source],
@@ -389,13 +393,22 @@ def process_batch(
             if status.startswith("duplicate"):
                 counts["duplicates"] += n
         first_row: dict[str, int] = {}
-        for index, tx in enumerate(raw_ids):
+        for index, tx in enumerate(classified.transaction_ids.to_pylist()):
             if tx is not None:
                 first_row.setdefault(tx, index)
+        # Records without an id get one derived from their content: only now can a
+        # replay of them be recognised (records with ids were checked above).
+        derived = [i for i in first_row if i.startswith(DERIVED_ID_PREFIX)]
+        replays = scored_before(derived) if derived else ()
+        valid = []
+        for row in curated_rows(classified.curated):
+            if row["transaction_id"] in replays:
+                counts["duplicates"] += 1
+            else:
+                valid.append(row)
         # Arrival order (validation groups rows by day): whether a record is late must
         # not depend on where micro-batch boundaries fall, or restarts could differ.
-        valid = sorted(curated_rows(classified.curated),
-                       key=lambda row: first_row[row["transaction_id"]])
+        valid.sort(key=lambda row: first_row[row["transaction_id"]])
         valid, ahead = split_ahead(valid, processing_time or now, max_future_skew_seconds)
         if ahead:
             dead.append(_dead_rows(raw, cards, [first_row[r["transaction_id"]] for r, _ in ahead],

@@ -130,16 +130,6 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def _transaction_ids(batch: list[RawRecord]) -> list[str]:
-    """Ids as validation will see them (trimmed), to look up which were already scored."""
-    ids = []
-    for record in batch:
-        value = (record.values or {}).get("transaction_id")
-        if value and value.strip():
-            ids.append(value.strip())
-    return ids
-
-
 @contextmanager
 def _full_collections_at_commits() -> Iterator[None]:
     """Let the garbage collector scan the whole heap only when the state is committed.
@@ -308,7 +298,7 @@ class StreamScorer:
                 engine=self.engine,
                 model=self.model,
                 tokeniser=self.tokeniser,
-                seen_ids=self.store.seen(_transaction_ids(batch)),
+                scored_before=self.store.seen,
                 seen_dead_keys=self.checkpoint["dead_keys"],
                 source=self.source,
                 run_id=self.run_id,
