@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -568,6 +569,18 @@ def test_failed_build_keeps_the_previous_table(workspace):
     assert read_feature_table(workspace).equals(before)
     leftovers = [p.name for p in workspace.features.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_an_unreadable_curated_file_is_named_and_the_previous_table_kept(workspace):
+    write_curated(workspace, label_delay_rows())
+    build_feature_table(workspace)
+    before = read_feature_table(workspace)
+    broken = workspace.curated / "dt=2024-03-02" / "part-0.parquet"
+    broken.write_bytes(b"not parquet")  # a torn copy, a disk error
+    with pytest.raises(ValueError, match=f"curated file {re.escape(str(broken))} is not a "
+                                         "readable Parquet file.*fraudops backup restore"):
+        build_feature_table(workspace)
+    assert read_feature_table(workspace).equals(before)
 
 
 def test_cli_prints_the_summary(workspace, capsys):

@@ -107,12 +107,23 @@ def curated_layout(
     return layout_of(types, [n for n, count in zip(present, counts, strict=True) if count])
 
 
+def _curated_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(
+            f"curated file {path} is not a readable Parquet file ({exc}); restore the lake "
+            "from a snapshot ('fraudops backup restore') or move the file aside and ingest "
+            "that day's drop again"
+        ) from exc
+
+
 def curated_source_sql(files: list[Path]) -> str:
     """``read_parquet`` over the curated files, matching columns by name only when the
     files' schemas differ (user columns added between ingests): DuckDB reads every
     footer for that, 0.1 s per scan at 183 daily files, where pyarrow needs 0.04 s once."""
-    first = pq.read_schema(files[0])
-    by_name = any(not pq.read_schema(f).equals(first) for f in files[1:])
+    first = _curated_schema(files[0])
+    by_name = any(not _curated_schema(f).equals(first) for f in files[1:])
     return (
         f"read_parquet({_sql_list(files)}, union_by_name = {str(by_name).lower()}, "
         "hive_partitioning = false)"
