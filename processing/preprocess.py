@@ -279,7 +279,14 @@ def hive_partition_values(path: Path, root: Path) -> dict[str, str]:
 def read_partition(path: Path, root: Path, columns: list[str]) -> pa.Table:
     """Read ``columns`` from one file; a column absent from the file may come from its
     hive directory name (e.g. ``dt``)."""
-    available = set(pq.read_schema(path).names)
+    try:
+        available = set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise SplitError(
+            f"feature table file {path.relative_to(root)} ({path}) is not a readable Parquet "
+            f"file ({exc}); rebuild the feature table "
+            "('fraudops features') or restore it from a snapshot."
+        ) from exc
     partition = hive_partition_values(path, root)
     absent = [name for name in columns if name not in available and name not in partition]
     if absent:

@@ -313,6 +313,18 @@ def test_missing_feature_set_file_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "_feature_set.json" in err
 
 
+def test_an_unreadable_feature_file_is_named_with_what_to_do(tmp_path, capsys):
+    features_dir = tmp_path / "processing" / "input" / "features"
+    make_feature_table(features_dir, n_days=12)
+    broken = sorted(features_dir.glob("dt=*/*.parquet"))[3]
+    broken.write_bytes(b"torn")
+    code, err = run_main(PREPROCESS, capsys, "--base-dir", str(tmp_path))
+    assert code == 2
+    assert f"feature table file {broken.relative_to(features_dir)}" in err
+    assert "not a readable Parquet file" in err and "fraudops features" in err
+    assert not (tmp_path / "processing" / "train").exists()  # nothing half-written
+
+
 # --- train ---------------------------------------------------------------------
 
 
