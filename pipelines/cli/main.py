@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pipelines import __version__
 from pipelines.cli import commands
 from pipelines.compliance.audit import AuditError
+from pipelines.core.stores import DamagedStoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except commands.UserError as exc:
+    except (commands.UserError, DamagedStoreError) as exc:
         print(f"fraudops {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except AuditError as exc:  # fail closed: nothing is done on top of a trail that is not intact

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.compliance.audit import Commit, mark_committed
+from pipelines.core import stores
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -57,7 +58,7 @@ class DeploymentHistory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
+        with stores.opening(self.path, "model registry"), self._connect() as conn:
             conn.executescript(_SCHEMA)
 
     @contextmanager

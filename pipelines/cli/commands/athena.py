@@ -29,7 +29,7 @@ from pipelines.cli.commands._common import (
     open_workspace,
 )
 from pipelines.cli.commands.query import emit
-from pipelines.data.lake.catalog import CatalogBusyError
+from pipelines.data.lake.catalog import CatalogError
 from pipelines.data.lake.query import QueryError
 
 _QUEUE_TABLES = ("alerts", "cases")
@@ -135,7 +135,7 @@ def _query(args: argparse.Namespace) -> int:
             table = _runner(args).run_named(query, params)
         else:
             table = _run_local(args, query.name, params, query.sql)
-    except (NamedQueryError, QueryError, CatalogBusyError, *aws_errors()) as exc:
+    except (NamedQueryError, QueryError, CatalogError, *aws_errors()) as exc:
         raise UserError(str(exc)) from exc
     emit(table, args.format, args.max_rows)
     return 0

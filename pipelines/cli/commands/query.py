@@ -16,7 +16,7 @@ from rich.table import Table
 from pipelines.cli.commands._common import UserError, add_workdir_argument, open_workspace
 from pipelines.core import csvsafe
 from pipelines.core.fileio import atomic_path
-from pipelines.data.lake.catalog import CatalogBusyError
+from pipelines.data.lake.catalog import CatalogError
 from pipelines.data.lake.query import QueryError, execute
 
 _INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param, args.arg)
     try:
         result = execute(ws, args.sql, params or None, "athena" if args.athena else "auto")
-    except (QueryError, CatalogBusyError) as exc:
+    except (QueryError, CatalogError) as exc:
         raise UserError(str(exc)) from exc
     if result.transpiled and not args.athena:
         print(f"note: ran as Athena SQL, transpiled to DuckDB: {result.sql}", file=sys.stderr)

@@ -329,7 +329,7 @@ def ingest(
     try:
         catalog.sync_ingestion_runs(ws)
         catalog.refresh_catalog(ws)
-    except catalog.CatalogBusyError as exc:
+    except catalog.CatalogError as exc:
         # The data is committed; the catalog is derived and catches up on the next run.
         report.notes.append(f"{exc}; the run is committed and will be recorded next time")
     return report

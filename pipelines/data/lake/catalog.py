@@ -69,8 +69,16 @@ _RUN_COLUMNS = (
 _JSON_COLUMNS = {"quarantine_reasons", "sources", "partitions"}
 
 
-class CatalogBusyError(RuntimeError):
+class CatalogError(RuntimeError):
+    """The catalog cannot be opened now; the lake's data is not affected."""
+
+
+class CatalogBusyError(CatalogError):
     """Another process kept the catalog file locked for longer than the timeout."""
+
+
+class CatalogUnreadableError(CatalogError):
+    """The catalog file is damaged (it holds only views and the ingestion log: rebuildable)."""
 
 
 def connect(ws: Workspace, read_only: bool = True) -> duckdb.DuckDBPyConnection:
@@ -101,7 +109,13 @@ def _open(ws: Workspace, read_only: bool) -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(ws.catalog_db), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            if "lock" not in str(exc).lower():
+                raise CatalogUnreadableError(
+                    f"catalog {ws.catalog_db} is unreadable ({exc}); it holds only views over "
+                    "the lake and the ingestion log, so it can be rebuilt: move it aside and "
+                    "run the command again (the next ingest records the runs again)"
+                ) from exc
+            if time.monotonic() > deadline:
                 raise CatalogBusyError(
                     f"catalog {ws.catalog_db} is locked by another process: {exc}"
                 ) from exc

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.core import stores
 from pipelines.model.executor.errors import ExecutionNotFoundError
 
 EXECUTING, SUCCEEDED, FAILED, STOPPED = "Executing", "Succeeded", "Failed", "Stopped"
@@ -84,10 +85,13 @@ class ExecutionStore:
         # database checkpoints it, which cost more than the executor's own work.
         self._conn = sqlite3.connect(self.path, timeout=30)
         self._conn.row_factory = sqlite3.Row
-        # Records are rewritten at every step boundary; losing the last one in a power
-        # cut is acceptable, an fsync per status change is not.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self._connect() as conn:
+        history = ("it holds the pipeline executions' history: restore it from a snapshot "
+                   "('fraudops backup restore') or move it aside to start a new history")
+        with stores.opening(self.path, "execution store", history):
+            # Records are rewritten at every step boundary; losing the last one in a power
+            # cut is acceptable, an fsync per status change is not.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        with stores.opening(self.path, "execution store", history), self._connect() as conn:
             if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
                 # WAL: readers (``fraudops pipeline list``) never block a running execution.
                 conn.execute("PRAGMA journal_mode=WAL")

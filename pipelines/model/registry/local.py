@@ -34,6 +34,7 @@ from typing import Any
 
 from pipelines.compliance.audit import Commit, mark_committed
 from pipelines.compliance.carddata import mask_card_numbers
+from pipelines.core import stores
 from pipelines.core.events import (
     LOCAL_ACCOUNT,
     LOCAL_REGION,
@@ -187,7 +188,7 @@ class LocalModelRegistry:
         self.bus = bus if bus is not None else EventBus()
         self._audit = audit
         self._commit_audit = commit_audit
-        with self._connect() as conn:
+        with stores.opening(self.path, "model registry"), self._connect() as conn:
             conn.executescript(_SCHEMA)
             _add_missing_columns(conn)
 

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.core import stores
+
 DISPOSITIONS: dict[str, int | None] = {
     "confirmed_fraud": 1,
     "false_positive": 0,
@@ -116,7 +118,7 @@ class CaseQueue:
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._connect() as db:
+        with stores.opening(self.path, "case queue"), self._connect() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
