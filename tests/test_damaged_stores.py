@@ -48,3 +48,18 @@ def test_the_deployment_history_names_the_damaged_registry(workspace):
     _damage(workspace.registry_db)
     with pytest.raises(DamagedStoreError, match="model registry .*registry.sqlite is unreadable"):
         DeploymentHistory(workspace.registry_db)
+
+
+def test_a_damaged_token_key_is_named_and_not_replaced(workspace, tmp_path, capsys):
+    key = workspace.secrets / "card_token.key"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("garbage\n")
+    key.chmod(0o600)
+    drop = tmp_path / "tx.csv"
+    drop.write_text("transaction_id,timestamp,amount\nt1,2026-01-01T00:00:00Z,1.00\n")
+    code = main(["ingest", str(drop), "--workdir", str(workspace.root)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"token key file {key} holds 7 bytes, too short" in err
+    assert "restore it from a snapshot" in err and "new key cannot reproduce" in err
+    assert key.read_text() == "garbage\n"  # never silently replaced: tokens would change

@@ -37,7 +37,15 @@ def key_from_text(text: str, origin: str) -> bytes:
     text = text.strip()
     if not text:
         raise KeyFileError(f"{origin} is empty: put a key of at least {MIN_KEY_BYTES} bytes there")
-    return bytes.fromhex(text) if _HEX_KEY.match(text) else text.encode("utf-8")
+    key = bytes.fromhex(text) if _HEX_KEY.match(text) else text.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise KeyFileError(
+            f"{origin} holds {len(key)} bytes, too short for a key (at least {MIN_KEY_BYTES}): "
+            "if it was damaged, restore it from a snapshot ('fraudops backup restore'), as a "
+            "new key cannot reproduce what the old one made (card tokens, record MACs); for a "
+            "first setup use 64 hex characters from `openssl rand -hex 32`"
+        )
+    return key
 
 
 def read_key_file(path: Path, what: str = "key") -> bytes:
