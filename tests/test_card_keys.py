@@ -393,3 +393,26 @@ def test_the_stream_summary_names_the_card_column_and_the_fix(capsys):
     assert "column 'cc_num' held card numbers in 4 row(s)" in out
     assert '{"cc_num": "card_number"}' in out and "bad_amount" in out
     assert out.count("held card numbers") == 1
+
+
+@pytest.mark.parametrize(("customer_id", "is_card"), [
+    (luhn_completed("40000000123"), False),  # a bank's 12-digit account number, Luhn by chance
+    (luhn_completed("63041234567"), True),   # a 12-digit Maestro card
+    ("C1231006815", False),                  # PaySim-like id
+])
+def test_one_record_batches_take_only_real_cards_for_cards(workspace, customer_id, is_card):
+    """A quiet stream sends one record at a time: a lone 12-digit id that passes Luhn
+    by chance (one in ten) must be scored, not dead-lettered as a card; a lone 12-digit
+    Maestro card must still never be stored in clear."""
+    assert luhn_valid(customer_id) or not customer_id.isdigit()
+    record = RawRecord(1, {**row("q1", card_number=""), "customer_id": customer_id})
+    outcome = process_batch([record], engine=OnlineFeatureEngine(7), model=CapturingModel(),
+                            tokeniser=Tokeniser(load_key(workspace.secrets)),
+                            scored_before=lambda ids: set(), seen_dead_keys=[],
+                            source="s", run_id="run-1", now=datetime(2026, 12, 3, tzinfo=UTC))
+    dead = outcome.dead_letters.to_pylist()
+    if is_card:
+        assert [d["reason"] for d in dead] == ["card_number_in_text:customer_id"]
+        assert dead[0]["customer_id"] == mask(customer_id) and outcome.scored.num_rows == 0
+    else:
+        assert dead == [] and outcome.scored.column("customer_id").to_pylist() == [customer_id]

@@ -58,6 +58,14 @@ MASKED_IN_PLACE: frozenset[str] = frozenset({"merchant_category", "fraud_scenari
 CARD_EVIDENCE_COLUMNS: frozenset[str] = frozenset(ID_COLUMNS)
 # The card column itself is tokenised (or masked when invalid) by ``tokenise``.
 _NOT_SCREENED = frozenset({"card_number"})
+# Below this many values (a quiet stream's micro-batch) one 12-digit id in ten passing Luhn
+# by chance would make a majority: then only numbers that are cards on their own count as
+# evidence: Luhn-valid and, at 12 digits, in a range of the only 12-digit cards, Maestro
+# (ISO/IEC 7812 issuers 5018, 5020, 5038, 5893, 6304, 6759, 6761-6763; 56-58, 0604, 6390
+# as card generators such as Faker issue them).
+MIN_EVIDENCE_VALUES = 20
+_MAESTRO_12_DIGIT_PREFIXES = {4: (5018, 5020, 5038, 5893, 6304, 6390, 6759, 6761, 6762, 6763,
+                                  604), 2: (56, 57, 58)}
 
 Column = pa.Array | pa.ChunkedArray
 
@@ -124,7 +132,10 @@ def _card_column_rows(column: Column) -> tuple[np.ndarray, list[str]]:
     spaces or dashes). Then every such 12-19 digit value in it is card data, as
     in ``card_number``: the 12-digit ones the text scan (13 digits up) lets
     through, and the mistyped ones failing Luhn. Otherwise nothing: a column of
-    12-digit ids, a tenth of which pass Luhn by chance, is ids. Shapes and
+    12-digit ids, a tenth of which pass Luhn by chance, is ids. Among fewer than
+    ``MIN_EVIDENCE_VALUES`` values only cards on their own count towards the
+    majority (Luhn-valid; at 12 digits, in a Maestro range), so a lone 12-digit
+    id that passes Luhn by chance is not taken for a card. Shapes and
     Luhn digits are checked in numpy; only the card rows' distinct values are
     masked in Python.
     """
@@ -140,14 +151,26 @@ def _card_column_rows(column: Column) -> tuple[np.ndarray, list[str]]:
         values = values.combine_chunks()
     card = np.zeros(len(values), dtype=bool)
     valid = np.zeros(len(values), dtype=bool)
+    alone = np.zeros(len(values), dtype=bool)  # a card by itself, whatever the column holds
     for positions, digits in shapes.digit_matrices(values, MIN_CARD_DIGITS, MAX_CARD_DIGITS):
         card[positions] = True
-        valid[positions] = luhn_valid_matrix(digits)
-    if 2 * int(np.count_nonzero(valid)) <= nonempty:
+        valid[positions] = luhn = luhn_valid_matrix(digits)
+        alone[positions] = luhn & (digits.shape[1] > 12 or _maestro_12(digits))
+    evidence = alone if nonempty < MIN_EVIDENCE_VALUES else valid
+    if 2 * int(np.count_nonzero(evidence)) <= nonempty:
         return none
     encoded = pc.dictionary_encode(values.filter(pa.array(card)))
     masked = [mask(re.sub(r"\D", "", v)) for v in encoded.dictionary.to_pylist()]
     return rows[card], [masked[i] for i in encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _maestro_12(digits: np.ndarray) -> np.ndarray:
+    """Per row of a (values, 12) digit matrix: in a 12-digit Maestro range."""
+    found = np.zeros(len(digits), dtype=bool)
+    for width, prefixes in _MAESTRO_12_DIGIT_PREFIXES.items():
+        prefix = digits[:, :width].astype(np.int64) @ (10 ** np.arange(width - 1, -1, -1))
+        found |= np.isin(prefix, prefixes)
+    return found
 
 
 def _replaced(column: Column, rows: np.ndarray, values: list[str]) -> pa.Array:
