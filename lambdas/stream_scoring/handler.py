@@ -97,9 +97,8 @@ class Resources:
 
     def __post_init__(self) -> None:
         self.max_future_skew_seconds = check_max_future_skew_seconds(
-                                      self.max_future_skew_seconds,
-                                      self.allowed_lateness_seconds,
-                                      "MAX_FUTURE_SKEW_SECONDS", "ALLOWED_LATENESS_SECONDS")
+            self.max_future_skew_seconds, self.allowed_lateness_seconds,
+            "MAX_FUTURE_SKEW_SECONDS", "ALLOWED_LATENESS_SECONDS")
 
     @classmethod
     def from_environment(cls) -> Resources:

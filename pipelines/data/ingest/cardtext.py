@@ -155,7 +155,7 @@ def _card_column_rows(column: Column) -> tuple[np.ndarray, list[str]]:
     for positions, digits in shapes.digit_matrices(values, MIN_CARD_DIGITS, MAX_CARD_DIGITS):
         card[positions] = True
         valid[positions] = luhn = luhn_valid_matrix(digits)
-        alone[positions] = luhn & (digits.shape[1] > 12 or _maestro_12(digits))
+        alone[positions] = luhn & (digits.shape[1] > MIN_CARD_DIGITS or _maestro_12(digits))
     evidence = alone if nonempty < MIN_EVIDENCE_VALUES else valid
     if 2 * int(np.count_nonzero(evidence)) <= nonempty:
         return none

@@ -105,6 +105,12 @@ def unit_microseconds(unit: str) -> int:
     return TIME_UNITS[parse_time_unit(unit, "time unit")] * 1_000_000
 
 
+def epoch_micros(instant: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact: no float)."""
+    delta = instant - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def parse_time_origin(text: str, origin: str = "--time-origin") -> datetime:
     """An ISO-8601 instant (``Z`` or an offset; none means UTC) for relative numeric times."""
     try:

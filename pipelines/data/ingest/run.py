@@ -27,6 +27,7 @@ from pipelines.data.ingest.columns import (
     DEFAULT_TIME_UNIT,
     effective_time_origin,
     effective_time_unit,
+    epoch_micros,
 )
 from pipelines.data.ingest.errors import IngestError, card_numbers_masked
 from pipelines.data.ingest.layout import LakeLayout
@@ -225,7 +226,7 @@ def time_unit_advice(curated: pa.Table, time_origin: datetime, column: str) -> l
     if curated.num_rows < _SUSPECT_ROWS:
         return []
     offsets = (curated.column("timestamp").cast(pa.int64()).to_numpy()
-               - round(time_origin.timestamp() * 1_000_000))
+               - epoch_micros(time_origin))
     files = curated.column("source_file").combine_chunks()
     codes, names = files.indices.to_numpy(), files.dictionary.to_pylist()
     notes = []

@@ -25,7 +25,12 @@ import pyarrow.compute as pc
 
 from pipelines.core import schema
 from pipelines.data.ingest import shapes
-from pipelines.data.ingest.columns import DEFAULT_TIME_UNIT, FEATURE_NUMERIC, unit_microseconds
+from pipelines.data.ingest.columns import (
+    DEFAULT_TIME_UNIT,
+    FEATURE_NUMERIC,
+    epoch_micros,
+    unit_microseconds,
+)
 from pipelines.data.ingest.sources import (
     DERIVE_ID_COLUMN,
     FEATURE_KIND_KEY,
@@ -306,7 +311,7 @@ def _parse_sql(time_origin: datetime | None, features: list[UserFeature],
     sql = sql.replace("{unit_us}", str(unit_us)).replace("{epoch_to}", str(epoch_to))
     if time_origin is None:
         return sql.replace("{epoch_from}", "0").replace("{origin_us}", "0")
-    origin_us = round(time_origin.timestamp() * 1_000_000)
+    origin_us = epoch_micros(time_origin)
     return (sql.replace("{epoch_from}", str(-epoch_to))
             .replace("{origin_us}", f"{origin_us}::BIGINT"))
 

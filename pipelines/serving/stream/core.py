@@ -26,7 +26,7 @@ from pipelines.compliance.carddata import mask_card_numbers
 from pipelines.core import schema
 from pipelines.core.params import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 from pipelines.data.features.definitions import CANONICAL_CURATED_COLUMNS
-from pipelines.data.ingest.columns import DEFAULT_TIME_UNIT, forbidden_columns
+from pipelines.data.ingest.columns import DEFAULT_TIME_UNIT, epoch_micros, forbidden_columns
 from pipelines.data.ingest.run import card_text
 from pipelines.data.ingest.sources import LINE_COLUMN, LINE_END_COLUMN, canonical_table
 from pipelines.data.ingest.tokenise import Tokeniser
@@ -150,12 +150,6 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _micros(instant: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
-    delta = instant - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def ahead_detail(transaction_id: str, ts_us: int, clock_us: int, skew_us: int) -> str:
     """Why a record dated too far ahead was refused, and what to do (its reason text)."""
     return (f"transaction {transaction_id} at {iso_time(ts_us)} is "
@@ -173,7 +167,7 @@ def split_ahead(rows: list[dict[str, Any]], clock: datetime,
     record would otherwise become the stream's newest and every correctly dated
     record after it would be dead-lettered as late.
     """
-    clock_us = _micros(clock)
+    clock_us = epoch_micros(clock)
     skew_us = skew_seconds * 1_000_000
     latest = clock_us + skew_us
     kept, ahead = [], []

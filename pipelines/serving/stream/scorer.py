@@ -100,10 +100,8 @@ class StreamSettings:
         check_whole_seconds(self.allowed_lateness_seconds,
                             "StreamSettings.allowed_lateness_seconds")
         self.max_future_skew_seconds = check_max_future_skew_seconds(
-                                      self.max_future_skew_seconds,
-                                      self.allowed_lateness_seconds,
-                                      "StreamSettings.max_future_skew_seconds",
-                                      "StreamSettings.allowed_lateness_seconds")
+            self.max_future_skew_seconds, self.allowed_lateness_seconds,
+            "StreamSettings.max_future_skew_seconds", "StreamSettings.allowed_lateness_seconds")
 
 
 @dataclass
